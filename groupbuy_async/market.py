@@ -1,0 +1,95 @@
+"""Read side for the shop front: price trial with joinable teams, and one team's state."""
+
+import asyncpg
+
+from . import errors
+from .models import GoodsTrial, MarketConfig, MarketConfigQuery, TeamBrief, TeamOut, TeamStatistic
+from .rules import countdown, trial_price
+
+# The user's own forming teams first, then other joinable ones (as the original: 1 + 2).
+OWN_TEAMS, OTHER_TEAMS = 1, 2
+
+_CONFIG = """
+SELECT m.activity_id, s.original_price, d.market_plan, d.market_expr, now() AS db_now
+FROM sc_sku_activity m
+JOIN sku s ON s.goods_id = m.goods_id
+JOIN group_buy_activity a ON a.activity_id = m.activity_id
+JOIN group_buy_discount d ON d.discount_id = a.discount_id
+WHERE m.source = $1 AND m.channel = $2 AND m.goods_id = $3
+"""
+
+_TEAM_COLUMNS = """t.team_id, t.activity_id, t.target_count, t.complete_count, t.lock_count,
+       t.valid_start_time, t.valid_end_time"""
+
+_OWN_TEAMS = f"""
+SELECT DISTINCT ON (t.valid_end_time, t.team_id) {_TEAM_COLUMNS}
+FROM group_buy_order t JOIN group_buy_order_list o ON o.team_id = t.team_id
+WHERE t.activity_id = $1 AND o.user_id = $2 AND t.status = 0 AND t.valid_end_time > now()
+ORDER BY t.valid_end_time, t.team_id LIMIT $3
+"""
+
+_OTHER_TEAMS = f"""
+SELECT {_TEAM_COLUMNS}
+FROM group_buy_order t
+WHERE t.activity_id = $1 AND t.status = 0 AND t.lock_count < t.target_count
+  AND t.valid_end_time > now()
+  AND NOT EXISTS (SELECT 1 FROM group_buy_order_list o
+                  WHERE o.team_id = t.team_id AND o.user_id = $2)
+ORDER BY t.valid_end_time LIMIT $3
+"""
+
+_STATISTIC = """
+SELECT count(*) AS all_team_count,
+       count(*) FILTER (WHERE status = 1) AS all_team_complete_count,
+       coalesce(sum(lock_count), 0) AS all_team_user_count
+FROM group_buy_order WHERE activity_id = $1
+"""
+
+
+async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery) -> MarketConfig:
+    async with pool.acquire() as conn:
+        cfg = await conn.fetchrow(_CONFIG, query.source, query.channel, query.goods_id)
+        if cfg is None:
+            raise errors.NoActivityForGoods()
+        activity_id = cfg["activity_id"]
+        own = await conn.fetch(_OWN_TEAMS, activity_id, query.user_id, OWN_TEAMS)
+        others = await conn.fetch(_OTHER_TEAMS, activity_id, query.user_id, OTHER_TEAMS)
+        stats = await conn.fetchrow(_STATISTIC, activity_id)
+    assert stats is not None
+    price = trial_price(cfg["original_price"], cfg["market_plan"], cfg["market_expr"])
+    now = cfg["db_now"]
+    teams = [
+        TeamBrief(
+            team_id=t["team_id"],
+            activity_id=t["activity_id"],
+            target_count=t["target_count"],
+            complete_count=t["complete_count"],
+            lock_count=t["lock_count"],
+            valid_start_time=t["valid_start_time"],
+            valid_end_time=t["valid_end_time"],
+            valid_time_countdown=countdown(t["valid_end_time"], now),
+        )
+        for t in [*own, *others]
+    ]
+    return MarketConfig(
+        activity_id=activity_id,
+        goods=GoodsTrial(
+            goods_id=query.goods_id,
+            original_price=price.original,
+            deduction_price=price.deduction,
+            pay_price=price.pay,
+        ),
+        team_list=teams,
+        team_statistic=TeamStatistic(**dict(stats)),
+    )
+
+
+async def get_team(pool: asyncpg.Pool, team_id: str) -> TeamOut:
+    row = await pool.fetchrow(
+        "SELECT team_id, activity_id, target_count, lock_count, complete_count, status,"
+        " valid_start_time, valid_end_time, notify_url FROM group_buy_order WHERE team_id = $1",
+        team_id,
+    )
+    if row is None:
+        raise errors.TeamNotFound()
+    return TeamOut(**dict(row))

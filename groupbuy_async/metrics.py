@@ -1,0 +1,36 @@
+"""Prometheus metrics of callback delivery, on a registry of our own (not the global one)."""
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.attempts = Counter(
+            "groupbuy_notify_attempts", "Callback attempts by outcome", ["outcome"], registry=r
+        )
+        self.latency = Histogram(
+            "groupbuy_notify_delivery_seconds", "Duration of one callback attempt",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "groupbuy_notify_in_flight", "Callback requests being sent now", registry=r
+        )
+        self.tasks = Gauge(
+            "groupbuy_notify_tasks", "Notify tasks by status (0 initial, 1 success, 2 retry,"
+            " 3 error)", ["status"], registry=r,
+        )  # fmt: skip
+        self.due = Gauge("groupbuy_notify_due", "Notify tasks due now (backlog)", registry=r)
+
+    def set_task_counts(self, by_status: dict[int, int], due: int) -> None:
+        for status in range(4):
+            self.tasks.labels(status=str(status)).set(by_status.get(status, 0))
+        self.due.set(due)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,122 @@
+"""Pure callback decisions: signature, outcome, retry schedule. No I/O here."""
+
+import base64
+import hashlib
+import hmac
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from enum import IntEnum
+from urllib.parse import urlsplit
+
+MAX_RETRY_AFTER = timedelta(hours=24)
+JITTER = 0.2
+
+
+class NotifyStatus(IntEnum):
+    INITIAL = 0
+    SUCCESS = 1
+    RETRY = 2
+    ERROR = 3
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one HTTP attempt produced; exactly one of http_status / error describes it."""
+
+    http_status: int | None
+    body: str = ""
+    error: str | None = None
+    retry_after: str | None = None
+    # A failure no retry can mend (bad URL, blocked address): give up at once.
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: NotifyStatus
+    next_attempt_at: datetime | None
+    error: str | None
+
+
+def secret_key(secret: str) -> bytes:
+    """Standard Webhooks secrets are 'whsec_' + base64; the bytes behind it sign."""
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(key: bytes, msg_id: str, timestamp: int, body: str, header: str) -> bool:
+    expected = sign(key, msg_id, timestamp, body)
+    return any(hmac.compare_digest(expected, s) for s in header.split())
+
+
+def url_problem(url: str) -> str | None:
+    """Why a notifyUrl can never be delivered to, or None when it is a valid http(s) URL."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        return f"invalid notifyUrl: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "invalid notifyUrl: not an absolute http(s) URL"
+    return None
+
+
+def is_success(outcome: AttemptOutcome, accept_any_2xx: bool) -> bool:
+    if outcome.http_status is None or not 200 <= outcome.http_status < 300:
+        return False
+    return accept_any_2xx or outcome.body.strip() == "success"
+
+
+def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        delay = timedelta(seconds=int(value))
+    else:
+        try:
+            delay = parsedate_to_datetime(value) - now
+        except (TypeError, ValueError):
+            return None
+    return min(max(delay, timedelta(0)), MAX_RETRY_AFTER)
+
+
+def jittered(delay: timedelta, rng: random.Random | None = None) -> timedelta:
+    factor = (rng or random).uniform(1 - JITTER, 1 + JITTER)
+    return delay * factor
+
+
+def decide(
+    outcome: AttemptOutcome,
+    attempt: int,
+    schedule: tuple[timedelta, ...],
+    now: datetime,
+    accept_any_2xx: bool = False,
+    rng: random.Random | None = None,
+) -> Verdict:
+    """The task's next state after its `attempt`-th try (1-based, counted since any replay).
+
+    A failed attempt k waits schedule[k-1]; after the last scheduled retry fails, or on a
+    410 Gone or a permanent failure, the task is in error for good.
+    """
+    if is_success(outcome, accept_any_2xx):
+        return Verdict(NotifyStatus.SUCCESS, None, None)
+    error = outcome.error or _describe_failure(outcome)
+    if outcome.permanent or outcome.http_status == 410 or attempt > len(schedule):
+        return Verdict(NotifyStatus.ERROR, None, error)
+    delay = jittered(schedule[attempt - 1], rng)
+    if outcome.http_status in (429, 503):
+        delay = parse_retry_after(outcome.retry_after, now) or delay
+    return Verdict(NotifyStatus.RETRY, now + delay, error)
+
+
+def _describe_failure(outcome: AttemptOutcome) -> str:
+    if outcome.http_status is not None and 200 <= outcome.http_status < 300:
+        return f"HTTP {outcome.http_status} with body other than 'success'"
+    return f"HTTP {outcome.http_status}"

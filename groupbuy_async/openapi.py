@@ -1,0 +1,124 @@
+"""OpenAPI 3.1 document generated from the route table and its pydantic models."""
+
+import re
+from functools import cache
+from typing import TYPE_CHECKING, Any, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from . import __version__, errors
+
+if TYPE_CHECKING:
+    from .web import Route
+
+_REF = "#/components/schemas/{model}"
+
+
+def _models(routes: "list[Route]") -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = []
+    for route in routes:
+        for model in (route.body, _inner(route.response)):
+            if model is not None and model not in found:
+                found.append(model)
+    return found
+
+
+def _inner(response: Any) -> type[BaseModel] | None:
+    if get_origin(response) is list:
+        (response,) = get_args(response)
+    return response if isinstance(response, type) and issubclass(response, BaseModel) else None
+
+
+def _envelope(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["code", "info", "data"],
+        "properties": {
+            "code": {"type": "string", "description": '"0000" on success'},
+            "info": {"type": "string"},
+            "data": data,
+        },
+    }
+
+
+def _data_schema(route: "Route") -> dict[str, Any]:
+    model = _inner(route.response)
+    if model is None:
+        return {}
+    ref = {"$ref": _REF.format(model=model.__name__)}
+    if get_origin(route.response) is list:
+        return {"type": "array", "items": ref}
+    return ref
+
+
+def _operation(route: "Route") -> dict[str, Any]:
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    params += [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in route.query
+    ]
+    error = {"content": {"application/json": {"schema": _envelope({"type": "null"})}}}
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "success",
+            "content": {"application/json": {"schema": _envelope(_data_schema(route))}},
+        },
+        "500": {"description": 'unexpected error (code "0001")', **error},
+    }
+    op: dict[str, Any] = {
+        "operationId": route.view.__name__,
+        "summary": route.summary,
+        "tags": [route.tag],
+        "parameters": params,
+        "responses": responses,
+    }
+    if params or route.body is not None:
+        responses["400"] = {"description": 'bad input (code "0002")', **error}
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(model=route.body.__name__)}}
+            },
+        }
+    if route.admin:
+        op["security"] = [{"adminToken": []}]
+        responses["401"] = {"description": "missing or wrong admin token", **error}
+    if route.method != "GET" or params:
+        responses["404"] = {"description": "unknown resource", **error}
+        responses["409"] = {"description": "business rule rejection (E-codes)", **error}
+    if route.path == "/readyz":
+        responses["503"] = {"description": "a dependency is unreachable", **error}
+    return op
+
+
+@cache
+def _build(routes: "tuple[Route, ...]") -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in _models(list(routes))], ref_template=_REF
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    codes = "; ".join(f"{e.code} {e.info}" for e in errors.ALL_ERRORS)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "groupbuy-async",
+            "version": __version__,
+            "description": f"Group-buy trading with merchant callbacks. Codes: {codes}.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def build_openapi(routes: "list[Route]") -> dict[str, Any]:
+    return _build(tuple(routes))

@@ -1,0 +1,177 @@
+"""The notify_task outbox in PostgreSQL: claim with a lease, write results fenced by the claim."""
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from .notify_rules import AttemptOutcome, Verdict
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    event_id: str
+    team_id: str
+    notify_url: str
+    body: str
+    # Attempt number this delivery will be, counted since the last replay.
+    attempt: int
+    token: uuid.UUID
+    claimed_at: float  # time.monotonic() at claim: the lease runs from here
+
+
+@dataclass(frozen=True)
+class Result:
+    task: Task
+    outcome: AttemptOutcome
+    verdict: Verdict
+    started_at: datetime
+    duration_ms: int
+
+
+# Pushing next_attempt_at to the lease expiry takes claimed rows out of the due range, so
+# later claims do not rescan them; a crashed holder's rows fall due again when it lapses.
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM notify_task
+    WHERE notify_status IN (0, 2) AND next_attempt_at <= now()
+      AND ($3::text IS NULL OR team_id = $3)
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE notify_task t
+SET claim_token = $2, locked_until = now() + $4::interval,
+    next_attempt_at = now() + $4::interval, update_time = now()
+FROM due WHERE t.id = due.id
+RETURNING t.id, t.event_id, t.team_id, t.notify_url, t.parameter_json,
+          t.notify_count - t.schedule_offset + 1 AS attempt
+"""
+
+
+async def claim(
+    pool: asyncpg.Pool, limit: int, lease: timedelta, team_id: str | None = None
+) -> list[Task]:
+    token = uuid.uuid4()
+    claimed_at = time.monotonic()
+    rows = await pool.fetch(_CLAIM, limit, token, team_id, lease)
+    return [
+        Task(r["id"], str(r["event_id"]), r["team_id"], r["notify_url"], r["parameter_json"],
+             r["attempt"], token, claimed_at)
+        for r in rows
+    ]  # fmt: skip
+
+
+# One statement per batch: results land only where the claim token still matches, so a
+# holder whose lease lapsed (and was re-claimed) cannot overwrite the new holder's state.
+_RECORD = """
+WITH r AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::smallint[], $4::timestamptz[],
+                         $5::int[], $6::text[], $7::text[], $8::timestamptz[], $9::int[])
+        AS r(token, id, status, next_at, http_status, error, body, started_at, duration_ms)
+), updated AS (
+    UPDATE notify_task t
+    SET notify_count = t.notify_count + 1, notify_status = r.status,
+        next_attempt_at = coalesce(r.next_at, t.next_attempt_at),
+        last_http_status = r.http_status, last_error = r.error,
+        locked_until = NULL, claim_token = NULL, update_time = now()
+    FROM r WHERE t.id = r.id AND t.claim_token = r.token
+    RETURNING t.id, t.notify_count
+)
+INSERT INTO notify_attempt (task_id, attempt, started_at, duration_ms, http_status,
+                            response_body, error)
+SELECT u.id, u.notify_count, r.started_at, r.duration_ms, r.http_status, r.body, r.error
+FROM updated u JOIN r ON r.id = u.id
+RETURNING task_id
+"""
+
+
+async def record(pool: asyncpg.Pool, results: list[Result]) -> set[int]:
+    """Write back a batch of attempts; returns the task ids whose claim still held."""
+    if not results:
+        return set()
+    rows = await pool.fetch(
+        _RECORD,
+        [r.task.token for r in results],
+        [r.task.id for r in results],
+        [int(r.verdict.status) for r in results],
+        [r.verdict.next_attempt_at for r in results],
+        [r.outcome.http_status for r in results],
+        [r.verdict.error for r in results],
+        [r.outcome.body[:2048] if r.outcome.http_status is not None else None for r in results],
+        [r.started_at for r in results],
+        [r.duration_ms for r in results],
+    )
+    return {r["task_id"] for r in rows}
+
+
+async def release(pool: asyncpg.Pool, tasks: list[Task], delay: timedelta) -> None:
+    """Give claimed tasks back unattempted (due again after `delay`)."""
+    if tasks:
+        await pool.execute(
+            "UPDATE notify_task t SET claim_token = NULL, locked_until = NULL,"
+            " next_attempt_at = now() + $3::interval, update_time = now()"
+            " FROM unnest($1::bigint[], $2::uuid[]) AS r(id, token)"
+            " WHERE t.id = r.id AND t.claim_token = r.token",
+            [t.id for t in tasks],
+            [t.token for t in tasks],
+            delay,
+        )
+
+
+_TASK_COLUMNS = """id, team_id, activity_id, event_id, notify_url, notify_count, notify_status,
+    next_attempt_at, last_http_status, last_error, create_time, update_time"""
+
+
+async def list_tasks(
+    pool: asyncpg.Pool, status: int | None, team_id: str | None, limit: int
+) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {_TASK_COLUMNS} FROM notify_task"
+        " WHERE ($1::smallint IS NULL OR notify_status = $1)"
+        " AND ($2::text IS NULL OR team_id = $2) ORDER BY id DESC LIMIT $3",
+        status,
+        team_id,
+        limit,
+    )
+
+
+async def get_task(
+    pool: asyncpg.Pool, team_id: str
+) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    async with pool.acquire() as conn:
+        task = await conn.fetchrow(
+            f"SELECT {_TASK_COLUMNS} FROM notify_task WHERE team_id = $1", team_id
+        )
+        if task is None:
+            return None, []
+        attempts = await conn.fetch(
+            "SELECT attempt, started_at, duration_ms, http_status, error FROM notify_attempt"
+            " WHERE task_id = $1 ORDER BY attempt",
+            task["id"],
+        )
+    return task, attempts
+
+
+async def replay(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record | None:
+    """Make a task in error due again now, its retry schedule restarted. None if not in error."""
+    return await pool.fetchrow(
+        "UPDATE notify_task SET notify_status = 2, next_attempt_at = now(),"
+        " schedule_offset = notify_count, last_error = NULL, locked_until = NULL,"
+        " claim_token = NULL, update_time = now()"
+        f" WHERE team_id = $1 AND notify_status = 3 RETURNING {_TASK_COLUMNS}",
+        team_id,
+    )
+
+
+async def status_counts(pool: asyncpg.Pool) -> tuple[dict[int, int], int]:
+    """Tasks by status, and how many are due now (the backlog)."""
+    rows = await pool.fetch("SELECT notify_status, count(*) FROM notify_task GROUP BY 1")
+    due = await pool.fetchval(
+        "SELECT count(*) FROM notify_task WHERE notify_status IN (0, 2)"
+        " AND next_attempt_at <= now()"
+    )
+    return {r[0]: r[1] for r in rows}, int(due)

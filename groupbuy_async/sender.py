@@ -1,0 +1,141 @@
+"""Outbound callbacks: one shared ClientSession per process, signed POSTs, bounded reads.
+
+Every failure of one attempt (timeout, DNS, refused, reset, blocked address) is caught
+here, in one place, and turned into an AttemptOutcome: nothing escapes to the batch.
+"""
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from aiohttp_retry import ExponentialRetry, RetryClient
+
+from . import __version__
+from .notify_rules import AttemptOutcome, sign, url_problem
+
+BODY_CAP = 2048
+# Within one attempt, only failures to connect are retried: the request was never sent,
+# so the merchant still sees one request per attempt.
+TRANSPORT_RETRY = ExponentialRetry(
+    attempts=3,
+    start_timeout=0.05,
+    max_timeout=0.5,
+    exceptions={aiohttp.ClientConnectorError},
+    retry_all_server_errors=False,
+)
+
+
+class BlockedAddress(OSError):
+    """The notifyUrl resolves to an address callbacks must not reach."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(errno.EACCES, f"{host} resolves only to blocked addresses")
+
+
+def is_blocked_ip(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves as usual, then drops loopback, private, link-local and metadata addresses."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        allowed = [r for r in found if not is_blocked_ip(r["host"])]
+        if not allowed:
+            raise BlockedAddress(host)
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def create_session(limit: int, block_private: bool) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=limit,
+        limit_per_host=0,
+        resolver=PublicOnlyResolver() if block_private else None,
+        ttl_dns_cache=60,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": f"groupbuy-async/{__version__}"},
+        auto_decompress=False,
+    )
+
+
+@dataclass
+class Sender:
+    session: aiohttp.ClientSession
+    signing_key: bytes | None
+    timeout: float
+    block_private: bool = False
+
+    def __post_init__(self) -> None:
+        self._client = RetryClient(client_session=self.session, retry_options=TRANSPORT_RETRY)
+
+    def headers(self, event_id: str, body: str) -> dict[str, str]:
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if self.signing_key is not None:
+            headers["webhook-signature"] = sign(self.signing_key, event_id, timestamp, body)
+        return headers
+
+    async def send(self, url: str, event_id: str, body: str) -> AttemptOutcome:
+        problem = url_problem(url)
+        if problem is None and self.block_private and is_blocked_ip(_host(url)):
+            problem = "notifyUrl points at a blocked address"
+        if problem:
+            return AttemptOutcome(http_status=None, error=problem, permanent=True)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._post(url, self.headers(event_id, body), body)
+        except TimeoutError:
+            return AttemptOutcome(None, error=f"timeout after {self.timeout:g}s")
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedAddress):
+                return AttemptOutcome(None, error=exc.os_error.strerror, permanent=True)
+            return AttemptOutcome(None, error=_error_text(exc))
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return AttemptOutcome(None, error=_error_text(exc))
+
+    async def _post(self, url: str, headers: dict[str, str], body: str) -> AttemptOutcome:
+        async with self._client.post(
+            url, data=body.encode(), headers=headers, allow_redirects=False
+        ) as resp:
+            raw = await resp.content.read(BODY_CAP)
+            return AttemptOutcome(
+                http_status=resp.status,
+                body=raw.decode("utf-8", "replace"),
+                retry_after=resp.headers.get("Retry-After"),
+            )
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

@@ -1,0 +1,281 @@
+"""Lock and settle: the trade transactions. Each rule is a conditional statement or constraint."""
+
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from . import errors
+from .db import Conn
+from .models import LockIn, LockOut, SettleIn, SettleOut
+from .rules import biz_ids, check_activity_open, check_trade_time, is_blacklisted, trial_price
+
+TEAM_FORMING, TEAM_COMPLETE, TEAM_FAILED = 0, 1, 2
+ORDER_LOCKED, ORDER_PAID = 0, 1
+
+
+@dataclass(frozen=True)
+class Settlement:
+    result: SettleOut
+    # Set when this settlement completed the team: the outbox row to dispatch after commit.
+    notify_team_id: str | None
+
+
+_ORDER_BY_OUT_TRADE_NO = """
+SELECT order_id, team_id, user_id, activity_id, goods_id, original_price, deduction_price,
+       pay_price, status
+FROM group_buy_order_list WHERE source = $1 AND channel = $2 AND out_trade_no = $3
+"""
+
+
+async def lock_order(pool: asyncpg.Pool, req: LockIn) -> LockOut:
+    """Lock a discounted order, opening or joining a team. Idempotent on outTradeNo."""
+    existing = await pool.fetchrow(
+        _ORDER_BY_OUT_TRADE_NO, req.source, req.channel, req.out_trade_no
+    )
+    if existing:
+        return _replay_lock(existing, req)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            return await _lock_in_transaction(conn, req)
+    except (errors.Rejected, asyncpg.UniqueViolationError) as exc:
+        if isinstance(exc, asyncpg.UniqueViolationError) and (
+            exc.constraint_name != "order_list_out_trade_no_key"
+        ):
+            raise
+        # A concurrent identical request may have taken the slot or the take this one
+        # needed; idempotency wins over the rejection it caused.
+        existing = await pool.fetchrow(
+            _ORDER_BY_OUT_TRADE_NO, req.source, req.channel, req.out_trade_no
+        )
+        if existing is None:
+            raise
+        return _replay_lock(existing, req)
+
+
+def _replay_lock(order: asyncpg.Record, req: LockIn) -> LockOut:
+    if (order["user_id"], order["activity_id"], order["goods_id"]) != (
+        req.user_id,
+        req.activity_id,
+        req.goods_id,
+    ):
+        raise errors.OutTradeNoConflict()
+    return LockOut(
+        order_id=order["order_id"],
+        team_id=order["team_id"],
+        original_price=order["original_price"],
+        deduction_price=order["deduction_price"],
+        pay_price=order["pay_price"],
+        trade_order_status=order["status"],
+    )
+
+
+_ACTIVITY_FOR_LOCK = """
+SELECT a.activity_id, a.status, a.start_time, a.end_time, a.take_limit_count, a.target,
+       a.valid_time, d.market_plan, d.market_expr, s.original_price,
+       m.activity_id AS mapped_activity_id, now() AS db_now
+FROM group_buy_activity a
+JOIN group_buy_discount d ON d.discount_id = a.discount_id
+LEFT JOIN sc_sku_activity m ON m.source = $2 AND m.channel = $3 AND m.goods_id = $4
+LEFT JOIN sku s ON s.goods_id = m.goods_id
+WHERE a.activity_id = $1
+"""
+
+_OPEN_TEAM = """
+INSERT INTO group_buy_order (team_id, activity_id, source, channel, original_price,
+    deduction_price, pay_price, target_count, complete_count, lock_count, status,
+    valid_start_time, valid_end_time, notify_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 1, 0, now(), now() + make_interval(mins => $9), $10)
+ON CONFLICT (team_id) DO NOTHING
+RETURNING team_id
+"""
+
+_JOIN_TEAM = """
+UPDATE group_buy_order SET lock_count = lock_count + 1, update_time = now()
+WHERE team_id = $1 AND activity_id = $2 AND status = 0
+  AND lock_count < target_count AND valid_end_time > now()
+RETURNING team_id
+"""
+
+_INSERT_ORDER = """
+INSERT INTO group_buy_order_list (user_id, team_id, activity_id, start_time, end_time, goods_id,
+    source, channel, original_price, deduction_price, pay_price, status, out_trade_no, biz_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13)
+ON CONFLICT (biz_id) DO NOTHING
+RETURNING order_id
+"""
+
+
+async def _lock_in_transaction(conn: Conn, req: LockIn) -> LockOut:
+    act = await conn.fetchrow(
+        _ACTIVITY_FOR_LOCK, req.activity_id, req.source, req.channel, req.goods_id
+    )
+    if act is None:
+        raise errors.BadInput(f"unknown activityId {req.activity_id}")
+    if act["mapped_activity_id"] != req.activity_id:
+        raise errors.NoActivityForGoods()
+    check_activity_open(act["status"], act["start_time"], act["end_time"], act["db_now"])
+    price = trial_price(act["original_price"], act["market_plan"], act["market_expr"])
+
+    taken = await conn.fetchval(
+        "SELECT count(*) FROM group_buy_order_list WHERE activity_id = $1 AND user_id = $2",
+        req.activity_id,
+        req.user_id,
+    )
+    if taken >= act["take_limit_count"]:
+        raise errors.TakeLimitReached()
+
+    if req.team_id is None:
+        team_id = None
+        while team_id is None:  # 8 random digits, as the original; retried on a collision
+            team_id = await conn.fetchval(
+                _OPEN_TEAM, f"{secrets.randbelow(10**8):08d}", req.activity_id, req.source,
+                req.channel, price.original, price.deduction, price.pay, act["target"],
+                act["valid_time"], req.notify_url,
+            )  # fmt: skip
+    else:
+        team_id = await conn.fetchval(_JOIN_TEAM, req.team_id, req.activity_id)
+        if team_id is None:
+            await _explain_join_refusal(conn, req.team_id, req.activity_id)
+
+    # The unique biz_id caps a user's takes even when the count above raced: each
+    # order claims one of the take_limit_count numbered keys or none is left.
+    for biz_id in biz_ids(req.activity_id, req.user_id, act["take_limit_count"])[taken:]:
+        order_id = await conn.fetchval(
+            _INSERT_ORDER, req.user_id, team_id, req.activity_id, act["start_time"],
+            act["end_time"], req.goods_id, req.source, req.channel, price.original,
+            price.deduction, price.pay, req.out_trade_no, biz_id,
+        )  # fmt: skip
+        if order_id is not None:
+            return LockOut(
+                order_id=order_id,
+                team_id=team_id,
+                original_price=price.original,
+                deduction_price=price.deduction,
+                pay_price=price.pay,
+                trade_order_status=ORDER_LOCKED,
+            )
+    raise errors.TakeLimitReached()
+
+
+async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int) -> None:
+    team = await conn.fetchrow(
+        "SELECT activity_id, status, lock_count, target_count, valid_end_time > now() AS open"
+        " FROM group_buy_order WHERE team_id = $1",
+        team_id,
+    )
+    if team is None:
+        raise errors.TeamNotFound()
+    if team["activity_id"] != activity_id:
+        raise errors.TeamActivityMismatch()
+    if team["status"] == TEAM_COMPLETE or team["lock_count"] >= team["target_count"]:
+        raise errors.TeamFull()
+    raise errors.TeamClosed()
+
+
+_ORDER_FOR_SETTLE = """
+SELECT o.order_id, o.status, o.team_id, o.activity_id, o.completed_team, t.valid_end_time
+FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id
+WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $4
+FOR UPDATE OF o
+"""
+
+# complete_count < target_count and status = 0 make completion happen exactly once,
+# however many members settle at the same instant: the row lock serialises them and
+# each sees the count its predecessor committed.
+_COMPLETE_ONE = """
+UPDATE group_buy_order
+SET complete_count = complete_count + 1,
+    status = CASE WHEN complete_count + 1 = target_count THEN 1 ELSE 0 END,
+    update_time = now()
+WHERE team_id = $1 AND status = 0 AND complete_count < target_count AND valid_end_time >= now()
+RETURNING status, activity_id, notify_url
+"""
+
+_INSERT_NOTIFY_TASK = """
+INSERT INTO notify_task (event_id, activity_id, team_id, notify_url, parameter_json)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (team_id) DO NOTHING
+"""
+
+
+async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[str]) -> Settlement:
+    """Mark a locked order paid; the member that fills the team writes its notify task."""
+    if is_blacklisted(req.source, req.channel, blacklist):
+        raise errors.ChannelBlacklisted()
+    async with pool.acquire() as conn, conn.transaction():
+        order = await conn.fetchrow(
+            _ORDER_FOR_SETTLE, req.source, req.channel, req.out_trade_no, req.user_id
+        )
+        if order is None or order["status"] not in (ORDER_LOCKED, ORDER_PAID):
+            raise errors.UnknownOutTradeNo()
+        if order["status"] == ORDER_PAID:
+            return Settlement(_settle_out(req, order, order["completed_team"]), None)
+        check_trade_time(req.out_trade_time, order["valid_end_time"])
+        team = await conn.fetchrow(_COMPLETE_ONE, order["team_id"])
+        if team is None:
+            raise errors.TeamClosed()
+        completed = team["status"] == TEAM_COMPLETE
+        await conn.execute(
+            "UPDATE group_buy_order_list SET status = 1, out_trade_time = $2,"
+            " completed_team = $3, update_time = now() WHERE order_id = $1",
+            order["order_id"],
+            req.out_trade_time,
+            completed,
+        )
+        if completed:
+            await _write_notify_task(conn, order["team_id"], team)
+    return Settlement(_settle_out(req, order, completed), order["team_id"] if completed else None)
+
+
+async def _write_notify_task(conn: Conn, team_id: str, team: asyncpg.Record) -> None:
+    out_trade_nos = await conn.fetchval(
+        "SELECT coalesce(array_agg(out_trade_no ORDER BY id), '{}') FROM group_buy_order_list"
+        " WHERE team_id = $1 AND status = 1",
+        team_id,
+    )
+    event_id = uuid.uuid4()
+    payload = {
+        "teamId": team_id,
+        "outTradeNoList": list(out_trade_nos),
+        "activityId": team["activity_id"],
+        "eventId": str(event_id),
+    }
+    await conn.execute(
+        _INSERT_NOTIFY_TASK,
+        event_id,
+        team["activity_id"],
+        team_id,
+        team["notify_url"],
+        json.dumps(payload, separators=(",", ":")),
+    )
+
+
+def _settle_out(req: SettleIn, order: asyncpg.Record, completed: bool) -> SettleOut:
+    return SettleOut(
+        user_id=req.user_id,
+        team_id=order["team_id"],
+        activity_id=order["activity_id"],
+        out_trade_no=req.out_trade_no,
+        team_completed=completed,
+    )
+
+
+async def fail_expired_teams(pool: asyncpg.Pool, batch: int = 1000) -> int:
+    """Mark forming teams past their window as failed (status 2). Returns how many."""
+    total = 0
+    while True:
+        done = await pool.fetchval(
+            "WITH expired AS (SELECT id FROM group_buy_order WHERE status = 0"
+            " AND valid_end_time < now() ORDER BY valid_end_time LIMIT $1"
+            " FOR UPDATE SKIP LOCKED),"
+            " marked AS (UPDATE group_buy_order t SET status = 2, update_time = now()"
+            " FROM expired WHERE t.id = expired.id AND t.status = 0 RETURNING 1)"
+            " SELECT count(*) FROM marked",
+            batch,
+        )
+        total += int(done)
+        if done < batch:
+            return total

@@ -1,0 +1,157 @@
+"""HTTP plumbing: envelope, error translation, request ids, access log, the route table type."""
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from . import errors
+from .jsonenc import dumps
+from .keys import SETTINGS
+from .logs import request_id
+
+log = logging.getLogger("groupbuy_async.web")
+access_log = logging.getLogger("groupbuy_async.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def envelope(
+    data: Any, code: str = "0000", info: str = "success", status: int = 200
+) -> web.Response:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(by_alias=True)
+    elif isinstance(data, list):
+        data = [d.model_dump(by_alias=True) if isinstance(d, BaseModel) else d for d in data]
+    return web.Response(
+        text=dumps({"code": code, "info": info, "data": data}),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def error_response(exc: errors.ServiceError) -> web.Response:
+    return envelope(None, code=exc.code, info=exc.info, status=exc.http_status)
+
+
+def validation_info(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:10]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def translate(exc: Exception) -> errors.ServiceError | None:
+    """Known failures as service errors; None for the unexpected."""
+    if isinstance(exc, errors.ServiceError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return errors.BadInput(validation_info(exc))
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return errors.BadInput(f"refers to something that does not exist: {exc.detail or exc}")
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return errors.UniqueConflict(f"unique index conflict: {exc.detail or exc}")
+    if isinstance(exc, asyncpg.CheckViolationError):
+        return errors.BadInput(f"violates a rule of the data: {exc.constraint_name}")
+    return None
+
+
+_HTTP_CODES = {401: "0401", 404: "0404", 405: "0405", 413: "0002"}
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    token = request_id.set(rid[:64])
+    started = time.perf_counter()
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = envelope(
+                None, code=_HTTP_CODES.get(exc.status, "0002"), info=exc.reason, status=exc.status
+            )
+        except Exception as exc:
+            known = translate(exc)
+            if known is None:
+                log.exception(
+                    "unexpected error on %s %s", request.method, request.path,
+                    extra={"query": request.query_string},
+                )  # fmt: skip
+                known = errors.ServiceError()
+            response = error_response(known)
+        response.headers["X-Request-Id"] = rid
+        status = response.status
+        return response
+    finally:
+        access_log.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+        request_id.reset(token)
+
+
+View = Callable[[web.Request, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    view: View
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    response: Any = None
+    admin: bool = False
+    query: tuple[str, ...] = ()
+    # Raw views build their own web.Response (not enveloped).
+    raw: bool = False
+
+
+def path_param(request: web.Request, name: str, adapter: TypeAdapter[Any]) -> Any:
+    try:
+        return adapter.validate_python(request.match_info[name], strict=False)
+    except ValidationError as exc:
+        raise errors.BadInput(f"{name}: {exc.errors()[0]['msg']}") from None
+
+
+def require_admin(request: web.Request) -> None:
+    expected = request.app[SETTINGS].admin_token
+    given = request.headers.get("Authorization", "")
+    if not expected or not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        raise errors.Unauthorized()
+
+
+def _endpoint(route: Route) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if route.admin:
+            require_admin(request)
+        body = None
+        if route.body is not None:
+            body = route.body.model_validate_json(await request.read())
+        result = await route.view(request, body)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return envelope(result)
+
+    return handle
+
+
+def add_routes(app: web.Application, routes: list[Route]) -> None:
+    for route in routes:
+        app.router.add_route(route.method, route.path, _endpoint(route))

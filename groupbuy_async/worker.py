@@ -1,0 +1,92 @@
+"""The arq worker: team expiry and callback compensation, with the same startup as the app."""
+
+import logging
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from . import trade
+from .db import create_pool
+from .dispatch import Dispatcher
+from .metrics import Metrics
+from .notify_rules import secret_key
+from .sender import Sender, create_session
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Mirrors the app's cleanup_ctx: one pool, one shared ClientSession, one dispatcher."""
+    settings: Settings = ctx["settings"]
+    assert settings.database_url, "GROUPBUY_DATABASE_URL must be set"
+    ctx["pool"] = await create_pool(settings.database_url, 1, settings.db_pool_max)
+    ctx["session"] = create_session(settings.notify_concurrency, settings.notify_block_private)
+    key = secret_key(settings.notify_secret) if settings.notify_secret else None
+    sender = Sender(
+        ctx["session"], key, settings.notify_timeout_seconds, settings.notify_block_private
+    )
+    ctx["dispatcher"] = Dispatcher(ctx["pool"], sender, settings, Metrics())
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if "session" in ctx:
+        await ctx["session"].close()
+    if "pool" in ctx:
+        await ctx["pool"].close()
+
+
+async def fail_expired_teams(ctx: dict[str, Any]) -> int:
+    failed = await trade.fail_expired_teams(ctx["pool"])
+    if failed:
+        log.info("marked %d expired teams as failed", failed)
+    return failed
+
+
+async def deliver_callbacks(ctx: dict[str, Any]) -> dict[str, int]:
+    """Compensation: drain every due notify task (the original's execSettlementNotifyJob())."""
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    counts = (await dispatcher.drain()).as_dict()
+    if counts["waitCount"]:
+        log.info("callback compensation: %s", counts)
+    return counts
+
+
+def every(seconds: int) -> set[int]:
+    """arq cron seconds for a period that divides a minute (else the nearest that does)."""
+    step = next(s for s in range(min(seconds, 60), 61) if 60 % s == 0)
+    return set(range(0, 60, step))
+
+
+def build_worker(settings: Settings, **overrides: Any) -> Worker:
+    assert settings.redis_url, "GROUPBUY_REDIS_URL must be set"
+    options: dict[str, Any] = {
+        "functions": [],
+        "cron_jobs": [
+            cron(
+                fail_expired_teams,
+                second=every(settings.fail_teams_cron_seconds),
+                microsecond=0,
+                run_at_startup=True,
+                timeout=300,
+            ),
+            cron(
+                deliver_callbacks,
+                second=every(settings.notify_cron_seconds),
+                microsecond=0,
+                run_at_startup=True,
+                timeout=3600,
+            ),
+        ],
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {"settings": settings},
+        "handle_signals": False,
+        "max_jobs": 10,
+        "keep_result": 60,
+    }
+    options.update(overrides)
+    return Worker(**options)

@@ -1,0 +1,235 @@
+"""Real PostgreSQL and Redis: GROUPBUY_TEST_DATABASE_URL / GROUPBUY_TEST_REDIS_URL, else embedded.
+
+Each test session gets a fresh database (dropped at the end) and its own arq queue name.
+"""
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from groupbuy_async.app import create_app
+from groupbuy_async.db import create_pool, migrate
+from groupbuy_async.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    db_url = os.environ.get("GROUPBUY_TEST_DATABASE_URL")
+    redis_url = os.environ.get("GROUPBUY_TEST_REDIS_URL")
+    started = []
+    if not db_url or not redis_url:
+        from groupbuy_async.embedded import start_postgres, start_redis
+
+        data = ROOT / ".data" / "test"
+        if not db_url:
+            started.append(start_postgres(data))
+            db_url = started[-1].url
+        if not redis_url:
+            started.append(start_redis(data))
+            redis_url = started[-1].url
+    yield db_url, redis_url
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    admin_url = server_urls[0]
+    name = f"groupbuy_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = str(URL(admin_url).with_path(f"/{name}"))
+    await migrate(url)
+    yield url
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, server_urls: tuple[str, str]) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=server_urls[1],
+        admin_token=ADMIN_TOKEN,
+        sc_blacklist="s02c02",
+        db_pool_max=40,
+        _env_file=None,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    db = await create_pool(database_url, 1, 10)
+    yield db
+    await db.close()
+
+
+async def start_client(settings: Settings) -> TestClient[Any, Any]:
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    c = await start_client(settings)
+    yield c
+    await c.close()
+
+
+class Api:
+    """Calls the service as a client would; returns (HTTP status, envelope)."""
+
+    def __init__(self, client: TestClient[Any, Any]) -> None:
+        self.client = client
+
+    async def call(
+        self, method: str, path: str, body: Any = None, admin: bool = False, raw: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.client.request(method, path, **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def lock(self, **body: Any) -> tuple[int, dict[str, Any]]:
+        return await self.call("POST", "/api/v1/gbm/trade/lock_market_pay_order", body)
+
+    async def settle(self, **body: Any) -> tuple[int, dict[str, Any]]:
+        return await self.call("POST", "/api/v1/gbm/trade/settlement_market_pay_order", body)
+
+    async def team(self, team_id: str) -> dict[str, Any]:
+        status, env = await self.call("GET", f"/api/v1/gbm/teams/{team_id}")
+        assert status == 200, env
+        return env["data"]  # type: ignore[no-any-return]
+
+    async def new_activity(self, **overrides: Any) -> dict[str, Any]:
+        """A fresh discount, goods and effective activity; returns ids for lock requests."""
+        tag = uuid.uuid4().hex[:10]
+        activity_id = int(uuid.uuid4().int % 10**12) + 1
+        plan = overrides.pop("market_plan", "ZJ")
+        expr = overrides.pop("market_expr", "20")
+        price = overrides.pop("original_price", 100)
+        source, channel = overrides.pop("source", "s01"), overrides.pop("channel", "c01")
+        await self._put(f"/api/v1/admin/discounts/d{tag}", {
+            "discountName": "test", "marketPlan": plan, "marketExpr": expr,
+        })  # fmt: skip
+        await self._put(f"/api/v1/admin/skus/g{tag}", {
+            "goodsName": "goods", "originalPrice": price, "source": source, "channel": channel,
+        })  # fmt: skip
+        now = datetime.now(UTC)
+        activity = {
+            "activityName": "test activity",
+            "discountId": f"d{tag}",
+            "takeLimitCount": 1,
+            "target": 3,
+            "validTime": 15,
+            "status": 1,
+            "startTime": (now - timedelta(days=1)).isoformat(),
+            "endTime": (now + timedelta(days=1)).isoformat(),
+            "goods": [{"source": source, "channel": channel, "goodsId": f"g{tag}"}],
+            **overrides,
+        }
+        await self._put(f"/api/v1/admin/activities/{activity_id}", activity)
+        return {
+            "activityId": activity_id,
+            "goodsId": f"g{tag}",
+            "source": source,
+            "channel": channel,
+            "notifyUrl": "http://127.0.0.1:9/notify",
+        }
+
+    async def _put(self, path: str, body: dict[str, Any]) -> None:
+        status, env = await self.call("PUT", path, body, admin=True)
+        assert status == 200, env
+
+
+@pytest.fixture
+def api(client: TestClient[Any, Any]) -> Api:
+    return Api(client)
+
+
+def new_id(prefix: str = "o") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:16]}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+async def merchant() -> AsyncIterator[Any]:
+    from .merchant import start_merchant
+
+    m = await start_merchant()
+    yield m
+    await m.server.close()
+
+
+@pytest.fixture
+async def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[Any]:
+    """Dispatchers with their own settings and session, as separate processes would have."""
+    from groupbuy_async.dispatch import Dispatcher
+    from groupbuy_async.metrics import Metrics
+    from groupbuy_async.notify_rules import secret_key
+    from groupbuy_async.sender import Sender, create_session
+
+    sessions = []
+
+    def make(**overrides: Any) -> Dispatcher:
+        s = settings.model_copy(update={"notify_secret": SECRET, **overrides})
+        session = create_session(s.notify_concurrency, s.notify_block_private)
+        sessions.append(session)
+        key = secret_key(s.notify_secret) if s.notify_secret else None
+        sender = Sender(session, key, s.notify_timeout_seconds, s.notify_block_private)
+        return Dispatcher(pool, sender, s, Metrics())
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+async def make_tasks(pool: asyncpg.Pool, count: int, url: str) -> list[str]:
+    """Completed teams with their due notify tasks, written straight to the outbox."""
+    await pool.execute(
+        "INSERT INTO group_buy_discount (discount_id, discount_name, market_plan, market_expr)"
+        " VALUES ('outbox-tests', 'outbox tests', 'ZJ', '1') ON CONFLICT DO NOTHING;"
+        " INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, start_time,"
+        " end_time) VALUES (1, 'outbox tests', 'outbox-tests', now(), now() + interval '1 day')"
+        " ON CONFLICT DO NOTHING"
+    )
+    activity_id = 1
+    prefix = str(uuid.uuid4().int)[:14]
+    rows = await pool.fetch(
+        "WITH t AS (INSERT INTO group_buy_order (team_id, activity_id, source, channel,"
+        " original_price, deduction_price, pay_price, target_count, complete_count, lock_count,"
+        " status, valid_start_time, valid_end_time, notify_url)"
+        " SELECT $1 || lpad(g::text, 6, '0'), $2, 's01', 'c01', 100, 20, 80, 1, 1, 1, 1,"
+        " now(), now() + interval '15 minutes', $3 FROM generate_series(1, $4) g"
+        " RETURNING team_id, activity_id, notify_url)"
+        " INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json)"
+        " SELECT activity_id, team_id, notify_url,"
+        " json_build_object('teamId', team_id, 'outTradeNoList', json_build_array())::text"
+        " FROM t RETURNING team_id",
+        prefix, activity_id, url, count,
+    )  # fmt: skip
+    return [r["team_id"] for r in rows]

@@ -1,0 +1,158 @@
+"""Operator and merchant-facing callback endpoints, the worker's compensation cron, the CLI."""
+
+import re
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+from groupbuy_async.settings import Settings
+from groupbuy_async.worker import build_worker
+
+from .conftest import ADMIN_TOKEN, SECRET, Api, make_tasks, start_client
+from .merchant import Merchant
+
+
+async def test_run_list_inspect_and_replay(
+    api: Api, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    async def gone(_: int) -> web.Response:
+        return web.Response(status=410, text="gone")
+
+    merchant.behaviour = gone
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    status, env = await api.call(
+        "POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True
+    )
+    assert status == 200
+    assert env["data"] == {"waitCount": 1, "successCount": 0, "retryCount": 0, "errorCount": 1}
+
+    status, env = await api.call(
+        "GET", f"/api/v1/admin/notify_tasks?status=3&teamId={team_id}", admin=True
+    )
+    (task,) = env["data"]
+    assert task["teamId"] == team_id and task["notifyStatus"] == 3 and task["lastHttpStatus"] == 410
+    assert set(task) == {
+        "teamId", "activityId", "eventId", "notifyUrl", "notifyCount", "notifyStatus",
+        "nextAttemptAt", "lastHttpStatus", "lastError", "createTime", "updateTime",
+    }  # fmt: skip
+
+    status, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
+    (attempt,) = env["data"]["attempts"]
+    assert attempt["attempt"] == 1 and attempt["httpStatus"] == 410 and attempt["durationMs"] >= 0
+
+    merchant.behaviour = Merchant.behaviour  # the merchant is fixed: answers success again
+    status, env = await api.call("POST", f"/api/v1/admin/notify_tasks/{team_id}/replay", admin=True)
+    assert status == 200 and env["data"]["notifyStatus"] == 2
+    status, env = await api.call(
+        "POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True
+    )
+    assert env["data"]["successCount"] == 1
+    status, env = await api.call("POST", f"/api/v1/admin/notify_tasks/{team_id}/replay", admin=True)
+    assert (status, env["code"]) == (409, "E0201") and "status 1" in env["info"]
+    _, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
+    assert [a["httpStatus"] for a in env["data"]["attempts"]] == [410, 200]
+    assert len(merchant.ids) == 1  # one event id for every attempt, replay included
+
+
+async def test_notify_admin_input_and_auth(api: Api) -> None:
+    assert (await api.call("GET", "/api/v1/admin/notify_tasks"))[0] == 401
+    status, env = await api.call("GET", "/api/v1/admin/notify_tasks?status=9", admin=True)
+    assert (status, env["code"]) == (400, "0002")
+    status, env = await api.call("GET", "/api/v1/admin/notify_tasks?limit=abc", admin=True)
+    assert status == 400
+    status, env = await api.call("GET", "/api/v1/admin/notify_tasks/00000000999", admin=True)
+    assert status == 404
+    status, env = await api.call(
+        "POST", "/api/v1/admin/notify_tasks/00000000999/replay", admin=True
+    )
+    assert status == 404
+
+
+async def test_mock_merchant_verifies_signatures_and_dedupes(settings: Settings) -> None:
+    client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
+    try:
+        body = '{"teamId":"12345678","outTradeNoList":["a","b"]}'
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        headers = {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": Webhook(SECRET).sign(
+                msg_id, __import__("datetime").datetime.now(), body
+            ),
+        }
+        for _ in range(2):
+            async with client.post(
+                "/api/v1/test/group_buy_notify", data=body, headers=headers
+            ) as r:
+                assert (r.status, await r.text()) == (200, "success")
+        bad = {**headers, "webhook-signature": "v1,Zm9yZ2Vk"}
+        async with client.post("/api/v1/test/group_buy_notify", data=body, headers=bad) as r:
+            assert r.status == 401
+        async with client.get("/api/v1/test/group_buy_notify") as r:
+            received = (await r.json())["data"]
+        mine = [c for c in received if c["webhookId"] == msg_id]
+        assert len(mine) == 1 and mine[0]["signatureVerified"] is True
+        assert mine[0]["payload"]["outTradeNoList"] == ["a", "b"]
+    finally:
+        await client.close()
+
+
+async def _scrape(api: Api) -> str:
+    async with api.client.get("/metrics") as resp:
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        return await resp.text()
+
+
+def _sample(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_metrics_are_prometheus_text(
+    api: Api, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    success = 'groupbuy_notify_attempts_total{outcome="success"}'
+    before = _sample(await _scrape(api), success)
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    await api.call("POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True)
+    text = await _scrape(api)
+    assert _sample(text, success) == before + 1
+    done = await pool.fetchval("SELECT count(*) FROM notify_task WHERE notify_status = 1")
+    assert _sample(text, 'groupbuy_notify_tasks{status="1"}') == done
+    assert "groupbuy_notify_due " in text
+    assert "groupbuy_notify_delivery_seconds_bucket" in text
+    assert "groupbuy_notify_in_flight 0.0" in text
+
+
+async def test_worker_cron_delivers_due_callbacks(
+    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    team_ids = await make_tasks(pool, 5, merchant.url)
+    worker = build_worker(settings, burst=True, queue_name=f"test:{uuid.uuid4().hex}")
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    assert len(merchant.requests) >= 5
+    statuses = await pool.fetch(
+        "SELECT notify_status FROM notify_task WHERE team_id = ANY($1::text[])", team_ids
+    )
+    assert {r["notify_status"] for r in statuses} == {1}
+
+
+async def test_notify_cli_runs_one_team(
+    settings: Settings, pool: asyncpg.Pool, merchant: Merchant, monkeypatch: Any, capsys: Any
+) -> None:
+    from groupbuy_async.__main__ import _notify
+
+    team_id, _other = await make_tasks(pool, 2, merchant.url)
+    counts = await _notify(settings, team_id)
+    assert counts == {"waitCount": 1, "successCount": 1, "retryCount": 0, "errorCount": 0}
+    assert [h["webhook-id"] for h, _ in merchant.requests] == [
+        str(await pool.fetchval("SELECT event_id FROM notify_task WHERE team_id = $1", team_id))
+    ]
+    assert ADMIN_TOKEN  # the CLI needs no token: it runs beside the database

@@ -1,0 +1,287 @@
+"""Callback delivery end to end: real PostgreSQL, a real local merchant, real HTTP."""
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+from groupbuy_async import outbox
+
+from .conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
+from .merchant import Merchant, start_merchant
+
+
+async def task_row(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM notify_task WHERE team_id = $1", team_id)
+    assert row is not None
+    return row
+
+
+async def attempts(pool: asyncpg.Pool, team_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT a.* FROM notify_attempt a JOIN notify_task t ON t.id = a.task_id"
+        " WHERE t.team_id = $1 ORDER BY attempt",
+        team_id,
+    )
+
+
+async def complete_team(api: Api, act: dict[str, Any], size: int) -> tuple[str, list[str]]:
+    outs = [new_id() for _ in range(size)]
+    _, env = await api.lock(**act, userId="m0", outTradeNo=outs[0])
+    team_id = env["data"]["teamId"]
+    for i in range(1, size):
+        await api.lock(**act, userId=f"m{i}", teamId=team_id, outTradeNo=outs[i])
+    for i, out in enumerate(outs):
+        status, env = await api.settle(source=act["source"], channel=act["channel"],
+                                       userId=f"m{i}", outTradeNo=out, outTradeTime=now_iso())  # fmt: skip
+        assert status == 200, env
+    return team_id, outs
+
+
+async def test_completed_team_is_called_back_at_once_and_signed(
+    api: Api, settings: Any, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
+    try:
+        signed_api = Api(client)
+        act = {**await signed_api.new_activity(target=2), "notifyUrl": merchant.url}
+        team_id, outs = await complete_team(signed_api, act, 2)
+        await merchant.wait_for(1)
+        headers, body = merchant.requests[0]
+        payload = Webhook(SECRET).verify(body, headers)  # raises on a bad signature
+        assert payload["teamId"] == team_id and payload["outTradeNoList"] == outs
+        assert payload["activityId"] == act["activityId"]
+        task = await task_row(pool, team_id)
+        assert headers["webhook-id"] == payload["eventId"] == str(task["event_id"])
+        async with asyncio.timeout(5):
+            while (await task_row(pool, team_id))["notify_status"] != 1:
+                await asyncio.sleep(0.02)
+        task = await task_row(pool, team_id)
+        assert (task["notify_count"], task["last_http_status"]) == (1, 200)
+        assert [a["http_status"] for a in await attempts(pool, team_id)] == [200]
+    finally:
+        await client.close()
+
+
+async def test_settle_returns_before_a_slow_merchant_answers(
+    settings: Any, pool: asyncpg.Pool
+) -> None:
+    async def slow(_: int) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="success")
+
+    merchant = await start_merchant(behaviour=slow)
+    client = await start_client(settings)
+    try:
+        api = Api(client)
+        act = {**await api.new_activity(target=1), "notifyUrl": merchant.url}
+        out = new_id()
+        await api.lock(**act, userId="u", outTradeNo=out)
+        began = time.monotonic()
+        status, env = await api.settle(source="s01", channel="c01", userId="u", outTradeNo=out,
+                                       outTradeTime=now_iso())  # fmt: skip
+        assert time.monotonic() - began < 1.0
+        assert status == 200 and env["data"]["teamCompleted"] is True
+        await merchant.wait_for(1)
+        async with asyncio.timeout(8):
+            while (await task_row(pool, env["data"]["teamId"]))["notify_status"] != 1:
+                await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+        await merchant.server.close()
+
+
+async def test_failing_twice_then_succeeding_takes_three_attempts_with_one_webhook_id(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    async def flaky(n: int) -> web.Response:
+        return web.Response(status=500, text="oops") if n <= 2 else web.Response(text="success")
+
+    merchant.behaviour = flaky
+    dispatcher = make_dispatcher(notify_retry_schedule="0s,0s,0s")
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    statuses = []
+    for _ in range(3):
+        counts = await dispatcher.drain(team_id)
+        statuses.append((await task_row(pool, team_id))["notify_status"])
+        assert counts.wait_count == 1
+    assert statuses == [2, 2, 1]
+    assert len(merchant.requests) == 3 and len(merchant.ids) == 1
+    logged = await attempts(pool, team_id)
+    assert [(a["attempt"], a["http_status"]) for a in logged] == [(1, 500), (2, 500), (3, 200)]
+    assert logged[0]["response_body"] == "oops"
+    assert (await dispatcher.drain(team_id)).wait_count == 0
+
+
+async def test_always_failing_ends_in_error_after_the_schedule(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    async def refuse(_: int) -> web.Response:
+        return web.Response(text="error")
+
+    merchant.behaviour = refuse
+    dispatcher = make_dispatcher(notify_retry_schedule="0,0")
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    results = [(await dispatcher.drain(team_id)).as_dict() for _ in range(4)]
+    assert [r["retryCount"] for r in results] == [1, 1, 0, 0]
+    assert [r["errorCount"] for r in results] == [0, 0, 1, 0]
+    task = await task_row(pool, team_id)
+    assert (task["notify_status"], task["notify_count"]) == (3, 3)
+    assert "success" in task["last_error"]
+    assert [a["attempt"] for a in await attempts(pool, team_id)] == [1, 2, 3]
+
+
+async def test_timeout_is_a_counted_failed_attempt(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    async def hang(_: int) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response(text="success")
+
+    merchant.behaviour = hang
+    dispatcher = make_dispatcher(notify_timeout_seconds=0.3)
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    counts = await dispatcher.drain(team_id)
+    assert counts.retry_count == 1
+    task = await task_row(pool, team_id)
+    assert task["notify_status"] == 2 and task["notify_count"] == 1
+    assert "timeout" in task["last_error"] and task["last_http_status"] is None
+    delay = task["next_attempt_at"] - datetime.now(UTC)
+    assert timedelta(seconds=10) < delay <= timedelta(seconds=18)
+    (logged,) = await attempts(pool, team_id)
+    assert logged["http_status"] is None and "timeout" in logged["error"]
+
+
+async def test_connection_refused_is_a_counted_failed_attempt(
+    pool: asyncpg.Pool, make_dispatcher: Any
+) -> None:
+    dispatcher = make_dispatcher()
+    (team_id,) = await make_tasks(pool, 1, "http://127.0.0.1:9/nobody-listens")
+    assert (await dispatcher.drain(team_id)).retry_count == 1
+    task = await task_row(pool, team_id)
+    assert task["notify_status"] == 2 and "ClientConnectorError" in task["last_error"]
+
+
+async def test_gone_stops_at_once(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    async def gone(_: int) -> web.Response:
+        return web.Response(status=410)
+
+    merchant.behaviour = gone
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    assert (await make_dispatcher().drain(team_id)).error_count == 1
+    task = await task_row(pool, team_id)
+    assert (task["notify_status"], task["last_http_status"]) == (3, 410)
+
+
+async def test_retry_after_is_honoured(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    async def limited(_: int) -> web.Response:
+        return web.Response(status=429, headers={"Retry-After": "120"})
+
+    merchant.behaviour = limited
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    await make_dispatcher().drain(team_id)
+    task = await task_row(pool, team_id)
+    delay = task["next_attempt_at"] - datetime.now(UTC)
+    assert task["notify_status"] == 2
+    assert timedelta(seconds=115) < delay <= timedelta(seconds=120)
+
+
+async def test_blocked_private_address_is_refused(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    dispatcher = make_dispatcher(notify_block_private=True)
+    by_ip, by_name = await make_tasks(pool, 2, merchant.url)
+    await pool.execute(
+        "UPDATE notify_task SET notify_url = replace(notify_url, '127.0.0.1', 'localhost')"
+        " WHERE team_id = $1",
+        by_name,
+    )
+    for team_id in (by_ip, by_name):
+        assert (await dispatcher.drain(team_id)).error_count == 1
+        task = await task_row(pool, team_id)
+        assert task["notify_status"] == 3 and "blocked" in task["last_error"]
+    assert merchant.requests == []
+
+
+async def test_two_dispatchers_racing_deliver_each_task_exactly_once(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    team_ids = await make_tasks(pool, 1000, merchant.url)
+    first = make_dispatcher(notify_concurrency=50, notify_per_host=50, notify_batch_size=100)
+    second = make_dispatcher(notify_concurrency=50, notify_per_host=50, notify_batch_size=100)
+    await asyncio.gather(first.drain(), second.drain())
+    assert len(merchant.requests) == 1000
+    assert len(merchant.ids) == 1000 and max(merchant.ids.values()) == 1
+    statuses = await pool.fetch(
+        "SELECT notify_status, notify_count FROM notify_task WHERE team_id = ANY($1::text[])",
+        team_ids,
+    )
+    assert {(r["notify_status"], r["notify_count"]) for r in statuses} == {(1, 1)}
+
+
+async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwrite(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    # A process claims the task, then "crashes" before sending.
+    (stale,) = await outbox.claim(pool, 10, timedelta(milliseconds=300), team_id)
+    dispatcher = make_dispatcher()
+    assert (await dispatcher.drain(team_id)).wait_count == 0  # leased: not due
+    await asyncio.sleep(0.4)
+    assert (await dispatcher.drain(team_id)).success_count == 1
+    # The stale holder wakes up and reports a failure: it must not land.
+    from groupbuy_async.notify_rules import AttemptOutcome, NotifyStatus, Verdict
+
+    failure = outbox.Result(
+        stale, AttemptOutcome(500), Verdict(NotifyStatus.RETRY, datetime.now(UTC), "late"),
+        datetime.now(UTC), 1,
+    )  # fmt: skip
+    assert await outbox.record(pool, [failure]) == set()
+    task = await task_row(pool, team_id)
+    assert (task["notify_status"], task["notify_count"], task["last_error"]) == (1, 1, None)
+    assert len(await attempts(pool, team_id)) == 1 and len(merchant.requests) == 1
+
+
+async def test_per_host_cap_bounds_concurrent_requests(
+    pool: asyncpg.Pool, make_dispatcher: Any
+) -> None:
+    in_flight = peak = 0
+
+    async def slow(_: int) -> web.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return web.Response(text="success")
+
+    merchant = await start_merchant(behaviour=slow)
+    try:
+        team_ids = await make_tasks(pool, 60, merchant.url)
+        dispatcher = make_dispatcher(notify_concurrency=100, notify_per_host=4)
+        # Two overlapping drains (cron ticks) share the process-wide bounds.
+        await asyncio.gather(dispatcher.drain(), dispatcher.drain())
+        done = await pool.fetchval(
+            "SELECT count(*) FROM notify_task WHERE team_id = ANY($1::text[])"
+            " AND notify_status = 1",
+            team_ids,
+        )
+        assert done == 60 and peak == 4
+    finally:
+        await merchant.server.close()
+
+
+async def test_payload_keeps_the_original_fields(pool: asyncpg.Pool, api: Api) -> None:
+    act = await api.new_activity(target=1)
+    team_id, _outs = await complete_team(api, act, 1)
+    payload = json.loads((await task_row(pool, team_id))["parameter_json"])
+    assert set(payload) == {"teamId", "outTradeNoList", "activityId", "eventId"}

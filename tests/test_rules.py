@@ -1,0 +1,113 @@
+"""Pure decisions: prices, eligibility, countdown, retry schedule. No I/O."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from groupbuy_async import errors
+from groupbuy_async.jsonenc import dumps
+from groupbuy_async.rules import (
+    biz_ids,
+    check_activity_open,
+    check_trade_time,
+    countdown,
+    is_blacklisted,
+    parse_market_expr,
+    trial_price,
+)
+from groupbuy_async.settings import parse_schedule
+
+D = Decimal
+
+
+@pytest.mark.parametrize(
+    ("original", "plan", "expr", "pay"),
+    [
+        ("100.00", "ZJ", "20", "80.00"),
+        ("10.00", "ZJ", "20", "0.01"),
+        ("100.00", "MJ", "100,10", "90.00"),
+        ("99.99", "MJ", "100,10", "99.99"),
+        ("5.00", "MJ", "1,10", "0.01"),
+        ("100.00", "ZK", "0.8", "80.00"),
+        ("0.05", "ZK", "0.1", "0.01"),
+        ("10.01", "ZK", "0.85", "8.51"),  # 8.5085 rounds half-up to the cent, not to whole yuan
+        ("10.03", "ZK", "0.5", "5.02"),  # 5.015 -> 5.02 (half-up)
+        ("100.00", "N", "1.99", "1.99"),
+        ("1.00", "N", "1.99", "1.00"),
+    ],
+)
+def test_trial_price(original: str, plan: str, expr: str, pay: str) -> None:
+    price = trial_price(D(original), plan, expr)
+    assert price.pay == D(pay)
+    assert price.deduction == D(original) - D(pay)
+    assert price.pay.as_tuple().exponent == -2
+
+
+@pytest.mark.parametrize(
+    ("plan", "expr"),
+    [
+        ("MJ", "100"),
+        ("MJ", "a,b"),
+        ("ZK", "1.5"),
+        ("ZK", "0"),
+        ("ZJ", "-1"),
+        ("N", "NaN"),
+        ("X", "1"),
+    ],
+)
+def test_malformed_market_expr_is_refused(plan: str, expr: str) -> None:
+    with pytest.raises(ValueError):
+        parse_market_expr(plan, expr)
+
+
+def test_activity_must_be_effective_and_in_time() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    day = timedelta(days=1)
+    check_activity_open(1, now - day, now + day, now)
+    with pytest.raises(errors.ActivityNotEffective):
+        check_activity_open(0, now - day, now + day, now)
+    with pytest.raises(errors.OutsideActivityTime):
+        check_activity_open(1, now + timedelta(seconds=1), now + day, now)
+    with pytest.raises(errors.OutsideActivityTime):
+        check_activity_open(1, now - day, now - timedelta(seconds=1), now)
+
+
+def test_trade_time_must_not_be_after_the_team_window() -> None:
+    end = datetime(2026, 1, 1, tzinfo=UTC)
+    check_trade_time(end - timedelta(minutes=5), end)
+    check_trade_time(end, end)
+    with pytest.raises(errors.TradeTimeOutsideWindow):
+        check_trade_time(end + timedelta(seconds=1), end)
+
+
+def test_countdown_formats_remaining_time() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert countdown(now + timedelta(minutes=14, seconds=5), now) == "00:14:05"
+    assert countdown(now + timedelta(hours=25, seconds=1), now) == "25:00:01"
+    assert countdown(now - timedelta(seconds=5), now) == "00:00:00"
+
+
+def test_blacklist_matches_source_and_channel_together() -> None:
+    assert is_blacklisted("s02", "c02", frozenset({"s02c02"}))
+    assert not is_blacklisted("s02", "c01", frozenset({"s02c02"}))
+
+
+def test_biz_ids_are_numbered_up_to_the_take_limit() -> None:
+    assert biz_ids(100123, "xfg", 2) == ["100123_xfg_1", "100123_xfg_2"]
+
+
+def test_retry_schedule_parses_units_and_plain_seconds() -> None:
+    assert parse_schedule("15s,3m,1h") == (
+        timedelta(seconds=15),
+        timedelta(minutes=3),
+        timedelta(hours=1),
+    )
+    assert parse_schedule("15,15") == (timedelta(seconds=15),) * 2
+    with pytest.raises(ValueError):
+        parse_schedule("soon")
+
+
+def test_money_is_encoded_as_a_number_with_two_decimals() -> None:
+    text = dumps({"p": D("80"), "q": [D("0.1")], "s": "\x00money:1"})
+    assert text == '{"p":80.00,"q":[0.10],"s":"\\u0000money:1"}'
