@@ -101,6 +101,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             request.path,
             status,
             (time.perf_counter() - started) * 1000,
+            extra={"request_id": rid[:64]},
         )
         request_id.reset(token)
 

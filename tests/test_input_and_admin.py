@@ -178,3 +178,34 @@ async def test_openapi_covers_every_route(api: Api) -> None:
     lock = doc["paths"][LOCK]["post"]
     assert lock["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("LockIn")
     assert "notifyUrl" in doc["components"]["schemas"]["LockIn"]["properties"]
+
+
+SETTLE = "/api/v1/gbm/trade/settlement_market_pay_order"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"outTradeTime": "2026-11-26T10:00:00"},  # no offset
+        {"outTradeTime": "yesterday"},
+        {"outTradeTime": 1764151200},
+        {"userId": None},
+        {"outTradeNo": ["a"]},
+        {"source": "s" * 65},
+    ],
+)
+async def test_bad_settle_input_is_400_and_settles_nothing(
+    api: Api, pool: asyncpg.Pool, change: dict[str, Any]
+) -> None:
+    act = await api.new_activity()
+    out = new_id()
+    await api.lock(**act, userId="u1", outTradeNo=out)
+    body = {"source": act["source"], "channel": act["channel"], "userId": "u1",
+            "outTradeNo": out, "outTradeTime": "2026-11-26T10:00:00+08:00", **change}  # fmt: skip
+    body = {k: v for k, v in body.items() if v is not None}
+    status, env = await api.call("POST", SETTLE, body)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert (
+        await pool.fetchval("SELECT status FROM group_buy_order_list WHERE out_trade_no = $1", out)
+        == 0
+    )

@@ -285,3 +285,13 @@ async def test_payload_keeps_the_original_fields(pool: asyncpg.Pool, api: Api) -
     team_id, _outs = await complete_team(api, act, 1)
     payload = json.loads((await task_row(pool, team_id))["parameter_json"])
     assert set(payload) == {"teamId", "outTradeNoList", "activityId", "eventId"}
+
+
+async def test_invalid_notify_url_is_an_error_at_once(
+    pool: asyncpg.Pool, make_dispatcher: Any
+) -> None:
+    (team_id,) = await make_tasks(pool, 1, "gopher://merchant.example/cb")
+    assert (await make_dispatcher().drain(team_id)).error_count == 1
+    task = await task_row(pool, team_id)
+    assert (task["notify_status"], task["notify_count"]) == (3, 1)
+    assert "invalid notifyUrl" in task["last_error"]
