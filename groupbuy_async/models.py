@@ -12,18 +12,26 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from .rules import parse_market_expr
 
-Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\w.:\-]+$")]
+Code = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
+]
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 Text = Annotated[str, StringConstraints(max_length=1024, pattern=r"^[^\x00]*$")]
-Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)]
+# Numeric strings are tolerated on input, but the documented form is a JSON number.
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=12, decimal_places=2),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01}),
+]
 Count = Annotated[int, Field(ge=1, le=100_000)]
 TeamId = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9]+$")]
 ActivityId = Annotated[int, Field(ge=1, le=2**62)]
@@ -45,6 +53,15 @@ HttpUrlText = Annotated[
     StringConstraints(min_length=1, max_length=2048, pattern=r"^[^\x00-\x20\x7f]+$"),
     AfterValidator(_absolute_http_url),
 ]
+
+
+# Every path parameter of the API, validated (and documented) by these types.
+PATH_PARAMS: dict[str, Any] = {
+    "discountId": Code,
+    "goodsId": Code,
+    "activityId": ActivityId,
+    "teamId": TeamId,
+}
 
 
 class Body(BaseModel):
@@ -220,6 +237,12 @@ def dump(model: BaseModel) -> dict[str, Any]:
 
 
 # --- callbacks -----------------------------------------------------------------------
+
+
+class NotifyTaskQuery(Body):
+    status: Annotated[int, Field(ge=0, le=3)] | None = None
+    team_id: TeamId | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
 class NotifyRunIn(Body):

@@ -4,34 +4,25 @@ import json
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 from aiohttp import web
-from pydantic import Field, TypeAdapter
 
 from . import errors, outbox
 from .keys import DISPATCHER, METRICS, MOCK_MERCHANT, POOL
 from .models import (
-    Body,
     NotifyAttemptOut,
     NotifyCounts,
     NotifyRunIn,
     NotifyTaskDetail,
     NotifyTaskOut,
+    NotifyTaskQuery,
     ReceivedCallback,
-    TeamId,
 )
 from .notify_rules import verify
 from .web import Route, path_param
 
-_team_id = TypeAdapter(TeamId)
 SIGNATURE_TOLERANCE_SECONDS = 300
-
-
-class NotifyTaskQuery(Body):
-    status: Annotated[int, Field(ge=0, le=3)] | None = None
-    team_id: TeamId | None = None
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
 def _task_out(row: Any) -> NotifyTaskOut:
@@ -46,15 +37,13 @@ async def run_notify(request: web.Request, body: NotifyRunIn) -> NotifyCounts:
 
 
 async def list_notify_tasks(request: web.Request, _: None) -> list[NotifyTaskOut]:
-    query = NotifyTaskQuery.model_validate({k: v for k, v in request.query.items()}, strict=False)
+    query = NotifyTaskQuery.model_validate(dict(request.query), strict=False)
     rows = await outbox.list_tasks(request.app[POOL], query.status, query.team_id, query.limit)
     return [_task_out(r) for r in rows]
 
 
 async def get_notify_task(request: web.Request, _: None) -> NotifyTaskDetail:
-    task, attempts = await outbox.get_task(
-        request.app[POOL], path_param(request, "teamId", _team_id)
-    )
+    task, attempts = await outbox.get_task(request.app[POOL], path_param(request, "teamId"))
     if task is None:
         raise errors.NotFound("no notify task for this team")
     return NotifyTaskDetail(
@@ -65,7 +54,7 @@ async def get_notify_task(request: web.Request, _: None) -> NotifyTaskDetail:
 
 async def replay_notify_task(request: web.Request, _: None) -> NotifyTaskOut:
     pool = request.app[POOL]
-    team_id = path_param(request, "teamId", _team_id)
+    team_id = path_param(request, "teamId")
     row = await outbox.replay(pool, team_id)
     if row is None:
         task, _attempts = await outbox.get_task(pool, team_id)
@@ -160,7 +149,7 @@ NOTIFY_ROUTES: list[Route] = [
         None,
         list[NotifyTaskOut],
         admin=True,
-        query=("status", "teamId", "limit"),
+        query=NotifyTaskQuery,
     ),
     Route(
         "GET",
@@ -182,7 +171,7 @@ NOTIFY_ROUTES: list[Route] = [
         NotifyTaskOut,
         admin=True,
     ),
-    Route("GET", "/metrics", metrics, "Prometheus metrics", "ops", raw=True),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", "ops", raw="text/plain"),
 ]
 
 MOCK_MERCHANT_ROUTES: list[Route] = [
@@ -192,7 +181,7 @@ MOCK_MERCHANT_ROUTES: list[Route] = [
         mock_merchant_receive,
         "Mock merchant: receives a callback, answers 'success'",
         "test",
-        raw=True,
+        raw="text/plain",
     ),
     Route(
         "GET",

@@ -4,15 +4,17 @@ import re
 from functools import cache
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from . import __version__, errors
+from .models import PATH_PARAMS
 
 if TYPE_CHECKING:
     from .web import Route
 
 _REF = "#/components/schemas/{model}"
+_PATH_SCHEMAS = {name: TypeAdapter(kind).json_schema() for name, kind in PATH_PARAMS.items()}
 
 
 def _models(routes: "list[Route]") -> list[type[BaseModel]]:
@@ -54,19 +56,23 @@ def _data_schema(route: "Route") -> dict[str, Any]:
 
 def _operation(route: "Route") -> dict[str, Any]:
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS[name]}
         for name in re.findall(r"{(\w+)}", route.path)
     ]
-    params += [
-        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-        for name in route.query
-    ]
+    if route.query is not None:
+        schema = route.query.model_json_schema(by_alias=True)
+        params += [
+            {"name": name, "in": "query", "required": False, "schema": prop}
+            for name, prop in schema["properties"].items()
+        ]
     error = {"content": {"application/json": {"schema": _envelope({"type": "null"})}}}
+    success = (
+        {"application/json": {"schema": _envelope(_data_schema(route))}}
+        if route.raw is None
+        else {route.raw: {"schema": {"type": "string" if route.raw == "text/plain" else "object"}}}
+    )
     responses: dict[str, Any] = {
-        "200": {
-            "description": "success",
-            "content": {"application/json": {"schema": _envelope(_data_schema(route))}},
-        },
+        "200": {"description": "success", "content": success},
         "500": {"description": 'unexpected error (code "0001")', **error},
     }
     op: dict[str, Any] = {

@@ -5,15 +5,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from pydantic import TypeAdapter
 
 from . import admin, errors, market, trade
 from .keys import DISPATCHER, POOL, REDIS, ROUTE_TABLE, SETTINGS
 from .models import (
-    ActivityId,
     ActivityIn,
     ActivityOut,
-    Code,
     DiscountIn,
     DiscountOut,
     Health,
@@ -25,14 +22,9 @@ from .models import (
     SettleOut,
     SkuIn,
     SkuOut,
-    TeamId,
     TeamOut,
 )
 from .web import Route, envelope, path_param
-
-_code = TypeAdapter(Code)
-_activity_id = TypeAdapter(ActivityId)
-_team_id = TypeAdapter(TeamId)
 
 
 def _found(value: Any, what: str) -> Any:
@@ -45,32 +37,30 @@ def _found(value: Any, what: str) -> Any:
 
 
 async def put_discount(request: web.Request, body: DiscountIn) -> DiscountOut:
-    return await admin.put_discount(
-        request.app[POOL], path_param(request, "discountId", _code), body
-    )
+    return await admin.put_discount(request.app[POOL], path_param(request, "discountId"), body)
 
 
 async def get_discount(request: web.Request, _: None) -> DiscountOut:
-    found = await admin.get_discount(request.app[POOL], path_param(request, "discountId", _code))
+    found = await admin.get_discount(request.app[POOL], path_param(request, "discountId"))
     return _found(found, "discount")  # type: ignore[no-any-return]
 
 
 async def put_sku(request: web.Request, body: SkuIn) -> SkuOut:
-    return await admin.put_sku(request.app[POOL], path_param(request, "goodsId", _code), body)
+    return await admin.put_sku(request.app[POOL], path_param(request, "goodsId"), body)
 
 
 async def get_sku(request: web.Request, _: None) -> SkuOut:
-    found = await admin.get_sku(request.app[POOL], path_param(request, "goodsId", _code))
+    found = await admin.get_sku(request.app[POOL], path_param(request, "goodsId"))
     return _found(found, "sku")  # type: ignore[no-any-return]
 
 
 async def put_activity(request: web.Request, body: ActivityIn) -> ActivityOut:
-    activity_id = path_param(request, "activityId", _activity_id)
+    activity_id = path_param(request, "activityId")
     return await admin.put_activity(request.app[POOL], activity_id, body)
 
 
 async def get_activity(request: web.Request, _: None) -> ActivityOut:
-    activity_id = path_param(request, "activityId", _activity_id)
+    activity_id = path_param(request, "activityId")
     return _found(await admin.get_activity(request.app[POOL], activity_id), "activity")  # type: ignore[no-any-return]
 
 
@@ -95,7 +85,7 @@ async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
-    return await market.get_team(request.app[POOL], path_param(request, "teamId", _team_id))
+    return await market.get_team(request.app[POOL], path_param(request, "teamId"))
 
 
 # --- operations ----------------------------------------------------------------------
@@ -232,5 +222,5 @@ ROUTES: list[Route] = [
         None,
         Health,
     ),
-    Route("GET", "/openapi.json", openapi, "This OpenAPI document", "ops", raw=True),
+    Route("GET", "/openapi.json", openapi, "This OpenAPI document", "ops", raw="application/json"),
 ]

@@ -16,6 +16,7 @@ from . import errors
 from .jsonenc import dumps
 from .keys import SETTINGS
 from .logs import request_id
+from .models import PATH_PARAMS
 
 log = logging.getLogger("groupbuy_async.web")
 access_log = logging.getLogger("groupbuy_async.access")
@@ -82,6 +83,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             response = envelope(
                 None, code=_HTTP_CODES.get(exc.status, "0002"), info=exc.reason, status=exc.status
             )
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
         except Exception as exc:
             known = translate(exc)
             if known is None:
@@ -119,14 +122,17 @@ class Route:
     body: type[BaseModel] | None = None
     response: Any = None
     admin: bool = False
-    query: tuple[str, ...] = ()
-    # Raw views build their own web.Response (not enveloped).
-    raw: bool = False
+    query: type[BaseModel] | None = None
+    # Raw views build their own web.Response (not enveloped), of this content type.
+    raw: str | None = None
 
 
-def path_param(request: web.Request, name: str, adapter: TypeAdapter[Any]) -> Any:
+_PATH_ADAPTERS = {name: TypeAdapter(kind) for name, kind in PATH_PARAMS.items()}
+
+
+def path_param(request: web.Request, name: str) -> Any:
     try:
-        return adapter.validate_python(request.match_info[name], strict=False)
+        return _PATH_ADAPTERS[name].validate_python(request.match_info[name], strict=False)
     except ValidationError as exc:
         raise errors.BadInput(f"{name}: {exc.errors()[0]['msg']}") from None
 
