@@ -10,9 +10,8 @@ from .dispatch import Dispatcher
 from .keys import DISPATCHER, METRICS, MOCK_MERCHANT, POOL, REDIS, ROUTE_TABLE, SETTINGS
 from .metrics import Metrics
 from .notify_routes import MOCK_MERCHANT_ROUTES, NOTIFY_ROUTES, MockMerchant
-from .notify_rules import secret_key
 from .routes import ROUTES
-from .sender import Sender, create_session
+from .sender import Sender
 from .settings import Settings
 from .web import add_routes, envelope_middleware
 
@@ -37,26 +36,18 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 async def _callbacks(app: web.Application) -> AsyncIterator[None]:
     """The one shared ClientSession of this process and the dispatcher that uses it."""
     settings = app[SETTINGS]
-    session = create_session(settings.notify_concurrency, settings.notify_block_private)
-    sender = Sender(
-        session, signing_key(settings), settings.notify_timeout_seconds,
-        settings.notify_block_private,
-    )  # fmt: skip
+    sender = Sender.from_settings(settings)
     app[DISPATCHER] = Dispatcher(app[POOL], sender, settings, app[METRICS])
     yield
     await app[DISPATCHER].close(grace_seconds=settings.notify_timeout_seconds)
-    await session.close()
-
-
-def signing_key(settings: Settings) -> bytes | None:
-    return secret_key(settings.notify_secret) if settings.notify_secret else None
+    await sender.close()
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[envelope_middleware], client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app[MOCK_MERCHANT] = MockMerchant(signing_key(settings))
+    app[MOCK_MERCHANT] = MockMerchant(settings.signing_key)
     routes = ROUTES + NOTIFY_ROUTES + (MOCK_MERCHANT_ROUTES if settings.mock_merchant else [])
     app[ROUTE_TABLE] = routes
     app.cleanup_ctx.extend([_database, _redis, _callbacks])

@@ -2,10 +2,14 @@
 
 import logging
 import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +69,24 @@ async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
         await conn.close()
     return applied
+
+
+@asynccontextmanager
+async def temporary_database(admin_dsn: str, prefix: str) -> AsyncIterator[str]:
+    """A new, migrated database on the server of `admin_dsn`; dropped on exit (tests, bench)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = str(URL(admin_dsn).with_path(f"/{name}"))
+    try:
+        await migrate(url)
+        yield url
+    finally:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()

@@ -19,6 +19,7 @@ from aiohttp_retry import ExponentialRetry, RetryClient
 
 from . import __version__
 from .notify_rules import AttemptOutcome, sign, url_problem
+from .settings import Settings
 
 BODY_CAP = 2048
 # Within one attempt, only failures to connect are retried: the request was never sent,
@@ -91,6 +92,18 @@ class Sender:
 
     def __post_init__(self) -> None:
         self._client = RetryClient(client_session=self.session, retry_options=TRANSPORT_RETRY)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Sender":
+        """The process's sender, owning its one shared ClientSession (close() it at exit)."""
+        session = create_session(settings.notify_concurrency, settings.notify_block_private)
+        return cls(
+            session, settings.signing_key, settings.notify_timeout_seconds,
+            settings.notify_block_private,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        await self.session.close()
 
     def headers(self, event_id: str, body: str) -> dict[str, str]:
         timestamp = int(time.time())

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         return frozenset(p.strip() for p in self.sc_blacklist.split(",") if p.strip())
 
     @property
+    def signing_key(self) -> bytes | None:
+        from .notify_rules import secret_key
+
+        return secret_key(self.notify_secret) if self.notify_secret else None
+
+    @property
     def retry_schedule(self) -> tuple[timedelta, ...]:
         return parse_schedule(self.notify_retry_schedule)
 

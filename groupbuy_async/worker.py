@@ -11,8 +11,7 @@ from . import trade
 from .db import create_pool
 from .dispatch import Dispatcher
 from .metrics import Metrics
-from .notify_rules import secret_key
-from .sender import Sender, create_session
+from .sender import Sender
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,17 +22,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     assert settings.database_url, "GROUPBUY_DATABASE_URL must be set"
     ctx["pool"] = await create_pool(settings.database_url, 1, settings.db_pool_max)
-    ctx["session"] = create_session(settings.notify_concurrency, settings.notify_block_private)
-    key = secret_key(settings.notify_secret) if settings.notify_secret else None
-    sender = Sender(
-        ctx["session"], key, settings.notify_timeout_seconds, settings.notify_block_private
-    )
-    ctx["dispatcher"] = Dispatcher(ctx["pool"], sender, settings, Metrics())
+    ctx["sender"] = Sender.from_settings(settings)
+    ctx["dispatcher"] = Dispatcher(ctx["pool"], ctx["sender"], settings, Metrics())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if "session" in ctx:
-        await ctx["session"].close()
+    if "sender" in ctx:
+        await ctx["sender"].close()
     if "pool" in ctx:
         await ctx["pool"].close()
 

@@ -13,10 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from yarl import URL
 
 from groupbuy_async.app import create_app
-from groupbuy_async.db import create_pool, migrate
+from groupbuy_async.db import create_pool, temporary_database
 from groupbuy_async.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"
@@ -45,17 +44,8 @@ def server_urls() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
-    admin_url = server_urls[0]
-    name = f"groupbuy_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = str(URL(admin_url).with_path(f"/{name}"))
-    await migrate(url)
-    yield url
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    async with temporary_database(server_urls[0], "groupbuy_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -190,22 +180,18 @@ async def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> AsyncIterat
     """Dispatchers with their own settings and session, as separate processes would have."""
     from groupbuy_async.dispatch import Dispatcher
     from groupbuy_async.metrics import Metrics
-    from groupbuy_async.notify_rules import secret_key
-    from groupbuy_async.sender import Sender, create_session
+    from groupbuy_async.sender import Sender
 
-    sessions = []
+    senders = []
 
     def make(**overrides: Any) -> Dispatcher:
         s = settings.model_copy(update={"notify_secret": SECRET, **overrides})
-        session = create_session(s.notify_concurrency, s.notify_block_private)
-        sessions.append(session)
-        key = secret_key(s.notify_secret) if s.notify_secret else None
-        sender = Sender(session, key, s.notify_timeout_seconds, s.notify_block_private)
-        return Dispatcher(pool, sender, s, Metrics())
+        senders.append(Sender.from_settings(s))
+        return Dispatcher(pool, senders[-1], s, Metrics())
 
     yield make
-    for session in sessions:
-        await session.close()
+    for sender in senders:
+        await sender.close()
 
 
 async def make_tasks(pool: asyncpg.Pool, count: int, url: str) -> list[str]:
