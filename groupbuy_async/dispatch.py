@@ -1,16 +1,17 @@
 """Delivering notify tasks: claim, send concurrently outside any transaction, record in batches.
 
-One Dispatcher per process holds the bounds (total sends in flight, sends per merchant
-host), so they hold however many drains (cron ticks) or immediate sends overlap.
+One Dispatcher per process holds the bounds (sends in flight, sends per merchant host), so
+they hold however many drains (cron ticks) and immediate sends overlap. A drain is a
+pipeline: a claimer keeps a bounded number of tasks in hand, workers start the next send
+as soon as one ends, and a recorder writes results back in one statement per batch.
 """
 
 import asyncio
 import logging
 import time
-from collections import Counter as Tally
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -23,8 +24,10 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# How long a drain collects finished sends before writing them back in one statement.
+# How long finished sends collect before they are written back in one statement.
 FLUSH_SECONDS = 0.02
+# A compensation drain stops claiming after this long; the next cron tick goes on.
+DRAIN_SECONDS = 300.0
 
 
 @dataclass
@@ -55,6 +58,12 @@ class Counts:
         }
 
 
+@dataclass
+class _Host:
+    slots: asyncio.Semaphore
+    in_hand: int = 0  # claimed by this process and not finished
+
+
 class Dispatcher:
     def __init__(
         self, pool: asyncpg.Pool, sender: Sender, settings: Settings, metrics: Metrics
@@ -69,28 +78,17 @@ class Dispatcher:
         self.schedule = settings.retry_schedule
         self.accept_any_2xx = settings.notify_accept_any_2xx
         self.immediate_limit = settings.notify_immediate_limit
+        self.in_flight = 0
         self._sending = asyncio.Semaphore(self.concurrency)
-        self._host_load: Tally[str] = Tally()
+        self._hosts: dict[str, _Host] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Beyond this wait for a send slot, the lease could lapse mid-send: give it back.
         self._max_wait = self.lease.total_seconds() - 2 * settings.notify_timeout_seconds - 10
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
-    async def drain(self, team_id: str | None = None) -> Counts:
-        """Deliver every due task (or one team's), batch after batch, until none is due."""
-        counts = Counts()
-        pending: set[asyncio.Task[Result | Task]] = set()
-        more = True
-        while more or pending:
-            room = self.concurrency - len(pending)
-            if more and room > 0 and (not pending or room >= self.concurrency // 4):
-                claimed, tasks = await self._claim(min(room, self.batch_size), team_id)
-                more = claimed > 0 and team_id is None
-                pending.update(asyncio.create_task(self._deliver(t)) for t in tasks)
-                if not pending:
-                    break
-            done, pending = await asyncio.wait(pending, timeout=FLUSH_SECONDS)
-            await self._finish([d.result() for d in done], counts)
-        return counts
+    async def drain(self, team_id: str | None = None, seconds: float = DRAIN_SECONDS) -> Counts:
+        """Deliver every due task (or one team's) until none is due or `seconds` pass."""
+        return await _Drain(self, team_id, time.monotonic() + seconds).run()
 
     def fire(self, team_id: str) -> bool:
         """Deliver a just-completed team's task in the background; False when saturated
@@ -111,62 +109,69 @@ class Dispatcher:
 
     async def _fire(self, team_id: str) -> None:
         try:
-            _, tasks = await self._claim(1, team_id)
+            # Not capped at claim: it waits for a slot of its host like any send.
+            _, tasks = await self.claim(1, team_id, capped=False)
             if tasks:
-                await self._finish([await self._deliver(tasks[0])], Counts())
+                await self.finish([await self.deliver(tasks[0])], Counts())
         except Exception:
             log.exception("immediate callback for team %s failed; compensation retries", team_id)
 
-    async def _claim(self, limit: int, team_id: str | None) -> tuple[int, list[Task]]:
-        """Claim due tasks; those whose host is at its cap go straight back.
-        Returns how many were claimed and the ones to send."""
+    async def claim(
+        self, limit: int, team_id: str | None, capped: bool = True
+    ) -> tuple[int, list[Task]]:
+        """Claim due tasks. Capped, a host keeps at most two rounds of its bound in hand
+        (one sending, one waiting); the rest go back, due again at once behind tasks that
+        were due earlier. Returns how many were claimed and the ones kept."""
         tasks = await outbox.claim(self.pool, limit, self.lease, team_id)
         keep, over = [], []
         for task in tasks:
-            host = _host(task.notify_url)
-            if self._host_load[host] >= self.per_host:
+            host = self._hosts.get(task.host)
+            if host is None:
+                host = self._hosts[task.host] = _Host(asyncio.Semaphore(self.per_host))
+            if capped and host.in_hand >= 2 * self.per_host:
                 over.append(task)
             else:
-                self._host_load[host] += 1
+                host.in_hand += 1
                 keep.append(task)
-        # Due again at once, behind the tasks that were due earlier: a capped merchant's
-        # backlog waits its turn without holding slots other merchants could use.
         await outbox.release(self.pool, over, timedelta(0))
         return len(tasks), keep
 
-    async def _deliver(self, task: Task) -> Result | Task:
+    async def deliver(self, task: Task) -> Result | Task:
         """One attempt; returns the Result, or the Task itself when it was not attempted."""
-        host = _host(task.notify_url)
+        host = self._hosts[task.host]
         try:
-            async with self._sending:
+            async with host.slots, self._sending:
                 if time.monotonic() - task.claimed_at > self._max_wait:
                     return task
                 started_at = datetime.now(UTC)
                 began = time.perf_counter()
-                self.metrics.in_flight.inc()
+                self.in_flight += 1
                 try:
                     outcome = await self.sender.send(task.notify_url, task.event_id, task.body)
                 finally:
-                    self.metrics.in_flight.dec()
+                    self.in_flight -= 1
                 elapsed = time.perf_counter() - began
         finally:
-            self._host_load[host] -= 1
-            if self._host_load[host] <= 0:
-                del self._host_load[host]
+            host.in_hand -= 1
+            if host.in_hand == 0:
+                del self._hosts[task.host]
         self.metrics.latency.observe(elapsed)
-        verdict = decide(
-            outcome, task.attempt, self.schedule, datetime.now(UTC), self.accept_any_2xx
-        )
+        ended_at = started_at + timedelta(seconds=elapsed)
+        verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
         return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
 
-    async def _finish(self, done: list[Result | Task], counts: Counts) -> None:
+    async def finish(self, done: list[Result | Task], counts: Counts) -> None:
+        """Write a batch back: results fenced by their claims, unattempted tasks released."""
         results = [d for d in done if isinstance(d, Result)]
         await outbox.release(self.pool, [d for d in done if isinstance(d, Task)], timedelta(0))
         recorded = await outbox.record(self.pool, results)
         counts.add(results, recorded)
+        outcomes = Counter(
+            r.verdict.status.name.lower() if r.task.id in recorded else "stale" for r in results
+        )
+        for outcome, n in outcomes.items():
+            self.metrics.attempts.labels(outcome=outcome).inc(n)
         for r in results:
-            outcome = r.verdict.status.name.lower() if r.task.id in recorded else "stale"
-            self.metrics.attempts.labels(outcome=outcome).inc()
             if r.task.id not in recorded:
                 log.warning("result for task %s dropped: its claim was taken over", r.task.id)
             elif r.verdict.status is not NotifyStatus.SUCCESS:
@@ -176,9 +181,94 @@ class Dispatcher:
                 )  # fmt: skip
 
 
-def _host(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        return f"{parts.hostname}:{parts.port}"
-    except ValueError:
-        return url
+@dataclass
+class _Drain:
+    dispatcher: Dispatcher
+    team_id: str | None
+    deadline: float
+    counts: Counts = field(default_factory=Counts)
+    queue: asyncio.Queue[Task] = field(default_factory=asyncio.Queue)
+    done: list[Result | Task] = field(default_factory=list)
+    in_hand: int = 0
+    freed: int = 0  # tasks finished since the last claim
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: bool = False
+
+    async def run(self) -> Counts:
+        d = self.dispatcher
+        count = 1 if self.team_id is not None else d.concurrency
+        workers = [asyncio.create_task(self._work()) for _ in range(count)]
+        recorder = asyncio.create_task(self._record_periodically())
+        try:
+            await self._claim_all()
+            await self.queue.join()
+
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            # Not cancelled: a write it has begun must land, or those sends would repeat.
+            self.stopped = True
+            await recorder
+            await self._record()
+        return self.counts
+
+    async def _claim_all(self) -> None:
+        """Keep at most twice the concurrency in hand (memory stays flat whatever the backlog).
+        After a claim that hit a host's cap, claim only as many as have finished since,
+        so a capped merchant's backlog is not claimed and released over and over."""
+        d = self.dispatcher
+        limit_in_hand = 2 * d.concurrency
+        saturated = False
+        while time.monotonic() < self.deadline:
+            room = limit_in_hand - self.in_hand
+            if saturated:
+                room = min(room, self.freed)
+            if room <= 0:
+                if self.in_hand == 0:
+                    return  # all that is due belongs to hosts other drains keep busy
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            self.freed = 0
+            claimed, tasks = await d.claim(min(room, d.batch_size), self.team_id)
+            if claimed == 0:
+                return
+            # Sticky: once a host's backlog outgrew its bound, refill only what finishes.
+            saturated = saturated or len(tasks) < claimed
+            self.in_hand += len(tasks)
+            for task in tasks:
+                self.queue.put_nowait(task)
+            if self.team_id is not None:
+                return
+
+    async def _work(self) -> None:
+        while True:
+            task = await self.queue.get()
+            result: Result | Task = task
+            try:
+                result = await self.dispatcher.deliver(task)
+            except Exception:
+                # Never lose a worker: the task goes back unrecorded and is tried again.
+                log.exception("delivering the callback for team %s failed", task.team_id)
+            finally:
+                # Appended after the await: the recorder swaps `done` for a new list meanwhile.
+                self.done.append(result)
+                self.in_hand -= 1
+                self.freed += 1
+                self.wake.set()
+                self.queue.task_done()
+
+    async def _record_periodically(self) -> None:
+        while not self.stopped:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self._record()
+            except Exception:
+                # The claims lapse and the tasks are sent again; merchants dedupe on the id.
+                log.exception("writing back callback results failed")
+
+    async def _record(self) -> None:
+        if self.done:
+            batch, self.done = self.done, []
+            await self.dispatcher.finish(batch, self.counts)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import IntEnum
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 MAX_RETRY_AFTER = timedelta(hours=24)
@@ -55,6 +56,7 @@ def verify(key: bytes, msg_id: str, timestamp: int, body: str, header: str) -> b
     return any(hmac.compare_digest(expected, s) for s in header.split())
 
 
+@lru_cache(maxsize=4096)  # merchants' URLs repeat: parse each once
 def url_problem(url: str) -> str | None:
     """Why a notifyUrl can never be delivered to, or None when it is a valid http(s) URL."""
     try:
@@ -65,6 +67,16 @@ def url_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "invalid notifyUrl: not an absolute http(s) URL"
     return None
+
+
+@lru_cache(maxsize=4096)
+def merchant_host(url: str) -> str:
+    """The key the per-host bound counts by: host and port as the URL gives them."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port}"
+    except ValueError:
+        return url
 
 
 def is_success(outcome: AttemptOutcome, accept_any_2xx: bool) -> bool:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from .notify_rules import AttemptOutcome, Verdict
+from .notify_rules import AttemptOutcome, Verdict, merchant_host
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Task:
     attempt: int
     token: uuid.UUID
     claimed_at: float  # time.monotonic() at claim: the lease runs from here
+    host: str  # what the per-host bound counts by
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ async def claim(
     rows = await pool.fetch(_CLAIM, limit, token, team_id, lease)
     return [
         Task(r["id"], str(r["event_id"]), r["team_id"], r["notify_url"], r["parameter_json"],
-             r["attempt"], token, claimed_at)
+             r["attempt"], token, claimed_at, merchant_host(r["notify_url"]))
         for r in rows
     ]  # fmt: skip
 

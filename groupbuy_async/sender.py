@@ -4,7 +4,6 @@ Every failure of one attempt (timeout, DNS, refused, reset, blocked address) is 
 here, in one place, and turned into an AttemptOutcome: nothing escapes to the batch.
 """
 
-import asyncio
 import errno
 import ipaddress
 import socket
@@ -92,6 +91,7 @@ class Sender:
 
     def __post_init__(self) -> None:
         self._client = RetryClient(client_session=self.session, retry_options=TRANSPORT_RETRY)
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Sender":
@@ -123,8 +123,7 @@ class Sender:
         if problem:
             return AttemptOutcome(http_status=None, error=problem, permanent=True)
         try:
-            async with asyncio.timeout(self.timeout):
-                return await self._post(url, self.headers(event_id, body), body)
+            return await self._post(url, self.headers(event_id, body), body)
         except TimeoutError:
             return AttemptOutcome(None, error=f"timeout after {self.timeout:g}s")
         except aiohttp.ClientConnectorError as exc:
@@ -136,7 +135,7 @@ class Sender:
 
     async def _post(self, url: str, headers: dict[str, str], body: str) -> AttemptOutcome:
         async with self._client.post(
-            url, data=body.encode(), headers=headers, allow_redirects=False
+            url, data=body.encode(), headers=headers, allow_redirects=False, timeout=self._timeout
         ) as resp:
             raw = await resp.content.read(BODY_CAP)
             return AttemptOutcome(

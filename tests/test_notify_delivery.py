@@ -252,9 +252,18 @@ async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwr
 
 
 async def test_per_host_cap_bounds_concurrent_requests(
-    pool: asyncpg.Pool, make_dispatcher: Any
+    pool: asyncpg.Pool, make_dispatcher: Any, monkeypatch: Any
 ) -> None:
     in_flight = peak = 0
+    released = 0
+    real_release = outbox.release
+
+    async def counting_release(pool: asyncpg.Pool, tasks: list[Any], delay: Any) -> None:
+        nonlocal released
+        released += len(tasks)
+        await real_release(pool, tasks, delay)
+
+    monkeypatch.setattr(outbox, "release", counting_release)
 
     async def slow(_: int) -> web.Response:
         nonlocal in_flight, peak
@@ -276,6 +285,8 @@ async def test_per_host_cap_bounds_concurrent_requests(
             team_ids,
         )
         assert done == 60 and peak == 4
+        # The capped backlog is not claimed and given back over and over.
+        assert released <= 60, released
     finally:
         await merchant.server.close()
 
