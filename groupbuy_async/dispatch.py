@@ -193,6 +193,7 @@ class _Drain:
     freed: int = 0  # tasks finished since the last claim
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: bool = False
+    saturated: bool = False
 
     async def run(self) -> Counts:
         d = self.dispatcher
@@ -213,29 +214,36 @@ class _Drain:
             await self._record()
         return self.counts
 
-    async def _claim_all(self) -> None:
-        """Keep at most twice the concurrency in hand (memory stays flat whatever the backlog).
-        After a claim that hit a host's cap, claim only as many as have finished since,
-        so a capped merchant's backlog is not claimed and released over and over."""
+    def _refill(self) -> int | None:
+        """How many to claim now, or None to wait for sends to finish. Between one and two
+        rounds of the concurrency stay in hand: memory is flat whatever the backlog, and one
+        claim serves many sends. Once a claim hit a host's cap (sticky), only what has
+        finished is refilled, so a capped merchant's backlog is not claimed and given back
+        over and over."""
         d = self.dispatcher
-        limit_in_hand = 2 * d.concurrency
-        saturated = False
+        if self.saturated:
+            if self.freed >= min(d.per_host, d.concurrency) or self.in_hand == 0:
+                return self.freed
+            return None
+        if self.in_hand <= d.concurrency * 3 // 2:
+            return 2 * d.concurrency - self.in_hand
+        return None
+
+    async def _claim_all(self) -> None:
+        d = self.dispatcher
         while time.monotonic() < self.deadline:
-            room = limit_in_hand - self.in_hand
-            if saturated:
-                room = min(room, self.freed)
-            if room <= 0:
-                if self.in_hand == 0:
-                    return  # all that is due belongs to hosts other drains keep busy
+            want = self._refill()
+            if want is None:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            if want <= 0:
+                return  # all that is due belongs to hosts other drains keep busy
             self.freed = 0
-            claimed, tasks = await d.claim(min(room, d.batch_size), self.team_id)
+            claimed, tasks = await d.claim(min(want, d.batch_size), self.team_id)
             if claimed == 0:
                 return
-            # Sticky: once a host's backlog outgrew its bound, refill only what finishes.
-            saturated = saturated or len(tasks) < claimed
+            self.saturated = self.saturated or len(tasks) < claimed
             self.in_hand += len(tasks)
             for task in tasks:
                 self.queue.put_nowait(task)
@@ -256,7 +264,8 @@ class _Drain:
                 self.done.append(result)
                 self.in_hand -= 1
                 self.freed += 1
-                self.wake.set()
+                if self._refill() is not None:
+                    self.wake.set()
                 self.queue.task_done()
 
     async def _record_periodically(self) -> None:

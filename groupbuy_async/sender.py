@@ -4,6 +4,7 @@ Every failure of one attempt (timeout, DNS, refused, reset, blocked address) is 
 here, in one place, and turned into an AttemptOutcome: nothing escapes to the batch.
 """
 
+import asyncio
 import errno
 import ipaddress
 import socket
@@ -22,10 +23,13 @@ from .settings import Settings
 
 BODY_CAP = 2048
 # Within one attempt, only failures to connect are retried: the request was never sent,
-# so the merchant still sees one request per attempt.
+# so the merchant still sees one request per attempt. The first try goes straight through
+# the session (the common case pays nothing for the wrapper); aiohttp-retry takes over
+# for the tries after a failed connect.
+FIRST_RETRY_WAIT = 0.05
 TRANSPORT_RETRY = ExponentialRetry(
-    attempts=3,
-    start_timeout=0.05,
+    attempts=2,
+    start_timeout=FIRST_RETRY_WAIT * 2,
     max_timeout=0.5,
     exceptions={aiohttp.ClientConnectorError},
     retry_all_server_errors=False,
@@ -134,8 +138,21 @@ class Sender:
             return AttemptOutcome(None, error=_error_text(exc))
 
     async def _post(self, url: str, headers: dict[str, str], body: str) -> AttemptOutcome:
-        async with self._client.post(
-            url, data=body.encode(), headers=headers, allow_redirects=False, timeout=self._timeout
+        data = body.encode()
+        try:
+            return await self._exchange(self.session, url, headers, data)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedAddress):
+                raise
+        await asyncio.sleep(FIRST_RETRY_WAIT)
+        return await self._exchange(self._client, url, headers, data)
+
+    async def _exchange(
+        self, client: aiohttp.ClientSession | RetryClient, url: str, headers: dict[str, str],
+        data: bytes,
+    ) -> AttemptOutcome:  # fmt: skip
+        async with client.post(
+            url, data=data, headers=headers, allow_redirects=False, timeout=self._timeout
         ) as resp:
             raw = await resp.content.read(BODY_CAP)
             return AttemptOutcome(
