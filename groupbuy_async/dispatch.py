@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # How long finished sends collect before they are written back in one statement.
 FLUSH_SECONDS = 0.02
+# Settlements completing within this share one claim and one write-back of their callbacks.
+FIRE_WINDOW = 0.002
 # A compensation drain stops claiming after this long; the next cron tick goes on.
 DRAIN_SECONDS = 300.0
 
@@ -82,6 +84,8 @@ class Dispatcher:
         self._sending = asyncio.Semaphore(self.concurrency)
         self._hosts: dict[str, _Host] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._fire_batch: list[str] = []
+        self._firing = 0
         # Beyond this wait for a send slot, the lease could lapse mid-send: give it back.
         self._max_wait = self.lease.total_seconds() - 2 * settings.notify_timeout_seconds - 10
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -92,12 +96,16 @@ class Dispatcher:
 
     def fire(self, team_id: str) -> bool:
         """Deliver a just-completed team's task in the background; False when saturated
-        (the worker's compensation delivers it instead)."""
-        if len(self._background) >= self.immediate_limit:
+        (the worker's compensation delivers it instead). Teams fired within FIRE_WINDOW
+        share one claim and one write-back."""
+        if self._firing >= self.immediate_limit:
             return False
-        bg = asyncio.create_task(self._fire(team_id))
-        self._background.add(bg)
-        bg.add_done_callback(self._background.discard)
+        self._firing += 1
+        self._fire_batch.append(team_id)
+        if len(self._fire_batch) == 1:
+            bg = asyncio.create_task(self._fire_batch_soon())
+            self._background.add(bg)
+            bg.add_done_callback(self._background.discard)
         return True
 
     async def close(self, grace_seconds: float) -> None:
@@ -107,22 +115,26 @@ class Dispatcher:
             for task in late:
                 task.cancel()
 
-    async def _fire(self, team_id: str) -> None:
+    async def _fire_batch_soon(self) -> None:
+        await asyncio.sleep(FIRE_WINDOW)
+        team_ids, self._fire_batch = self._fire_batch, []
         try:
-            # Not capped at claim: it waits for a slot of its host like any send.
-            _, tasks = await self.claim(1, team_id, capped=False)
-            if tasks:
-                await self.finish([await self.deliver(tasks[0])], Counts())
+            # Not capped at claim: each waits for a slot of its host like any send.
+            _, tasks = await self.claim(len(team_ids), team_ids, capped=False)
+            done = await asyncio.gather(*(self.deliver(t) for t in tasks))
+            await self.finish(list(done), Counts())
         except Exception:
-            log.exception("immediate callback for team %s failed; compensation retries", team_id)
+            log.exception("immediate callbacks for teams %s failed; compensation retries", team_ids)
+        finally:
+            self._firing -= len(team_ids)
 
     async def claim(
-        self, limit: int, team_id: str | None, capped: bool = True
+        self, limit: int, team_ids: list[str] | None = None, capped: bool = True
     ) -> tuple[int, list[Task]]:
         """Claim due tasks. Capped, a host keeps at most two rounds of its bound in hand
         (one sending, one waiting); the rest go back, due again at once behind tasks that
         were due earlier. Returns how many were claimed and the ones kept."""
-        tasks = await outbox.claim(self.pool, limit, self.lease, team_id)
+        tasks = await outbox.claim(self.pool, limit, self.lease, team_ids)
         keep, over = [], []
         for task in tasks:
             host = self._hosts.get(task.host)
@@ -151,14 +163,18 @@ class Dispatcher:
                 finally:
                     self.in_flight -= 1
                 elapsed = time.perf_counter() - began
+            self.metrics.latency.observe(elapsed)
+            ended_at = started_at + timedelta(seconds=elapsed)
+            verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
+            return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
+        except Exception:
+            # Never lose the task: it goes back unrecorded and is tried again.
+            log.exception("delivering the callback for team %s failed", task.team_id)
+            return task
         finally:
             host.in_hand -= 1
             if host.in_hand == 0:
                 del self._hosts[task.host]
-        self.metrics.latency.observe(elapsed)
-        ended_at = started_at + timedelta(seconds=elapsed)
-        verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
-        return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
 
     async def finish(self, done: list[Result | Task], counts: Counts) -> None:
         """Write a batch back: results fenced by their claims, unattempted tasks released."""
@@ -240,7 +256,8 @@ class _Drain:
             if want <= 0:
                 return  # all that is due belongs to hosts other drains keep busy
             self.freed = 0
-            claimed, tasks = await d.claim(min(want, d.batch_size), self.team_id)
+            teams = None if self.team_id is None else [self.team_id]
+            claimed, tasks = await d.claim(min(want, d.batch_size), teams)
             if claimed == 0:
                 return
             self.saturated = self.saturated or len(tasks) < claimed
@@ -253,15 +270,11 @@ class _Drain:
     async def _work(self) -> None:
         while True:
             task = await self.queue.get()
-            result: Result | Task = task
             try:
                 result = await self.dispatcher.deliver(task)
-            except Exception:
-                # Never lose a worker: the task goes back unrecorded and is tried again.
-                log.exception("delivering the callback for team %s failed", task.team_id)
-            finally:
                 # Appended after the await: the recorder swaps `done` for a new list meanwhile.
                 self.done.append(result)
+            finally:
                 self.in_hand -= 1
                 self.freed += 1
                 if self._refill() is not None:

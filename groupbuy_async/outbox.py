@@ -38,27 +38,34 @@ class Result:
 _CLAIM = """
 WITH due AS (
     SELECT id FROM notify_task
-    WHERE notify_status IN (0, 2) AND next_attempt_at <= now()
-      AND ($3::text IS NULL OR team_id = $3)
+    WHERE {where}
     ORDER BY next_attempt_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE notify_task t
-SET claim_token = $2, locked_until = now() + $4::interval,
-    next_attempt_at = now() + $4::interval, update_time = now()
+SET claim_token = $2, locked_until = now() + $3::interval,
+    next_attempt_at = now() + $3::interval, update_time = now()
 FROM due WHERE t.id = due.id
 RETURNING t.id, t.event_id, t.team_id, t.notify_url, t.parameter_json,
           t.notify_count - t.schedule_offset + 1 AS attempt
 """
+_DUE = "notify_status IN (0, 2) AND next_attempt_at <= now()"
+_CLAIM_DUE = _CLAIM.format(where=_DUE)
+# Named teams are found by their unique key, however large the due backlog is.
+_CLAIM_TEAMS = _CLAIM.format(where=f"team_id = ANY($4::text[]) AND {_DUE}")
 
 
 async def claim(
-    pool: asyncpg.Pool, limit: int, lease: timedelta, team_id: str | None = None
+    pool: asyncpg.Pool, limit: int, lease: timedelta, team_ids: list[str] | None = None
 ) -> list[Task]:
+    """Claim up to `limit` due tasks (only these teams' when given) under a new lease."""
     token = uuid.uuid4()
     claimed_at = time.monotonic()
-    rows = await pool.fetch(_CLAIM, limit, token, team_id, lease)
+    if team_ids is None:
+        rows = await pool.fetch(_CLAIM_DUE, limit, token, lease)
+    else:
+        rows = await pool.fetch(_CLAIM_TEAMS, limit, token, lease, team_ids)
     return [
         Task(r["id"], str(r["event_id"]), r["team_id"], r["notify_url"], r["parameter_json"],
              r["attempt"], token, claimed_at, merchant_host(r["notify_url"]))

@@ -233,7 +233,7 @@ async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwr
 ) -> None:
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     # A process claims the task, then "crashes" before sending.
-    (stale,) = await outbox.claim(pool, 10, timedelta(milliseconds=300), team_id)
+    (stale,) = await outbox.claim(pool, 10, timedelta(milliseconds=300), [team_id])
     dispatcher = make_dispatcher()
     assert (await dispatcher.drain(team_id)).wait_count == 0  # leased: not due
     await asyncio.sleep(0.4)
@@ -306,3 +306,22 @@ async def test_invalid_notify_url_is_an_error_at_once(
     task = await task_row(pool, team_id)
     assert (task["notify_status"], task["notify_count"]) == (3, 1)
     assert "invalid notifyUrl" in task["last_error"]
+
+
+async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    dispatcher = make_dispatcher(notify_immediate_limit=4)
+    team_ids = await make_tasks(pool, 5, merchant.url)
+    fired = [dispatcher.fire(t) for t in team_ids]
+    assert fired == [True, True, True, True, False]  # the fifth is left to compensation
+    await dispatcher.close(grace_seconds=5)
+    rows = await pool.fetch(
+        "SELECT team_id, notify_status FROM notify_task WHERE team_id = ANY($1::text[])", team_ids
+    )
+    statuses = {r["team_id"]: r["notify_status"] for r in rows}
+    assert [statuses[t] for t in team_ids] == [1, 1, 1, 1, 0]
+    assert len(merchant.requests) == 4
+    assert dispatcher.fire(team_ids[4])  # room again once the batch is done
+    await dispatcher.close(grace_seconds=5)
+    assert (await task_row(pool, team_ids[4]))["notify_status"] == 1
