@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         from .app import create_app
 
         _require(settings, "database_url", "redis_url")
+        log.info("API listening on http://%s:%d", settings.host, settings.port)
         web.run_app(
             create_app(settings), host=settings.host, port=settings.port, access_log=None,
             print=None,

@@ -263,7 +263,8 @@ class NotifyTaskOut(Body):
     notify_url: str
     notify_count: int
     notify_status: int
-    next_attempt_at: datetime
+    # Only pending tasks (0, 2) have a next attempt.
+    next_attempt_at: datetime | None
     last_http_status: int | None
     last_error: str | None
     create_time: datetime

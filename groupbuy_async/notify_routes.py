@@ -28,6 +28,8 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 def _task_out(row: Any) -> NotifyTaskOut:
     fields = dict(row)
     fields.pop("id", None)
+    if fields["notify_status"] not in (0, 2):
+        fields["next_attempt_at"] = None
     return NotifyTaskOut(**{**fields, "event_id": str(row["event_id"])})
 
 

@@ -35,6 +35,7 @@ async def test_run_list_inspect_and_replay(
     )
     (task,) = env["data"]
     assert task["teamId"] == team_id and task["notifyStatus"] == 3 and task["lastHttpStatus"] == 410
+    assert task["nextAttemptAt"] is None  # nothing more is scheduled for a task in error
     assert set(task) == {
         "teamId", "activityId", "eventId", "notifyUrl", "notifyCount", "notifyStatus",
         "nextAttemptAt", "lastHttpStatus", "lastError", "createTime", "updateTime",
@@ -46,7 +47,7 @@ async def test_run_list_inspect_and_replay(
 
     merchant.behaviour = Merchant.behaviour  # the merchant is fixed: answers success again
     status, env = await api.call("POST", f"/api/v1/admin/notify_tasks/{team_id}/replay", admin=True)
-    assert status == 200 and env["data"]["notifyStatus"] == 2
+    assert status == 200 and env["data"]["notifyStatus"] == 2 and env["data"]["nextAttemptAt"]
     status, env = await api.call(
         "POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True
     )
