@@ -1,0 +1,116 @@
+"""Plumbing both benchmarks share: servers, a fresh database per run, child processes,
+latency samples and result tables."""
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from yarl import URL
+
+from groupbuy_async.db import temporary_database
+from groupbuy_async.embedded import EmbeddedServer, start_postgres, start_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+class BenchFailure(Exception):
+    """A request or a check gave a wrong result: the numbers cannot be trusted."""
+
+
+@contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    """(PostgreSQL admin DSN, Redis URL): GROUPBUY_BENCH_DATABASE_URL /
+    GROUPBUY_BENCH_REDIS_URL, then the GROUPBUY_TEST_* ones, else embedded servers,
+    which are stopped on exit."""
+    env = os.environ.get
+    db = env("GROUPBUY_BENCH_DATABASE_URL") or env("GROUPBUY_TEST_DATABASE_URL")
+    redis = env("GROUPBUY_BENCH_REDIS_URL") or env("GROUPBUY_TEST_REDIS_URL")
+    data = ROOT / ".data" / "bench"
+    started: list[EmbeddedServer] = []
+    try:
+        if not db:
+            started.append(start_postgres(data))
+            db = started[-1].url
+        if not redis:
+            started.append(start_redis(data))
+            redis = started[-1].url
+        yield db, redis
+    finally:
+        for server in started:
+            server.stop()
+
+
+def fresh_database(admin_dsn: str) -> AbstractAsyncContextManager[str]:
+    """A new, migrated database for one benchmark run; dropped afterwards."""
+    return temporary_database(admin_dsn, "groupbuy_bench")
+
+
+def database_name(url: str) -> str:
+    """As PostgreSQL's process titles show it, to tell this run's backends from others."""
+    return URL(url).path.lstrip("/")
+
+
+async def stop_process(proc: asyncio.subprocess.Process, grace_seconds: float = 20) -> None:
+    """SIGTERM (the API and the receiver shut down cleanly on it), SIGKILL if it hangs."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace_seconds)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def timed(latencies_ms: list[float], call: Awaitable[T]) -> T:
+    """Await `call`, appending how long it took."""
+    began = time.perf_counter()
+    result = await call
+    latencies_ms.append((time.perf_counter() - began) * 1000)
+    return result
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def table(
+    columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[str] | None], rule: bool = True
+) -> list[str]:
+    """Lines of a fixed-width table: each column is (title, width), right-aligned, or
+    left-aligned when the width is negative; a row of None is a blank line. With `rule`,
+    dashes under the titles and after the last row."""
+
+    def line(cells: Sequence[str]) -> str:
+        return " ".join(
+            f"{cell:<{-width}}" if width < 0 else f"{cell:>{width}}"
+            for cell, (_, width) in zip(cells, columns, strict=True)
+        ).rstrip()
+
+    head = line([title for title, _ in columns])
+    body = ["" if row is None else line(row) for row in rows]
+    if not rule:
+        return [head, *body]
+    return [head, "-" * len(head), *body, "-" * len(head)]
+
+
+def run_bench(main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Exit with the benchmark's status; a BenchFailure (numbers that cannot be trusted)
+    is one line on stderr and status 1, not a traceback."""
+    try:
+        status = asyncio.run(main)
+    except BenchFailure as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        status = 1
+    sys.exit(status)

@@ -1,0 +1,282 @@
+"""The callback benchmark's scenarios: our Dispatcher, the original's one-at-a-time job,
+and bare POSTs (the ceiling); each measured and checked against the receiver's tally."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import asyncpg
+
+from groupbuy_async.db import create_pool
+from groupbuy_async.dispatch import Dispatcher
+from groupbuy_async.metrics import Metrics
+from groupbuy_async.notify_rules import is_success, secret_key
+from groupbuy_async.sender import BODY_CAP, Sender, create_session
+from groupbuy_async.settings import Settings
+
+from .common import database_name, fresh_database, timed
+from .cpu import MACHINE, Section, Source, machine, measure, postgres, processes, this_process
+from .receiver import Receiver
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the tests' signing secret
+KEY = secret_key(SECRET)
+# The original's queryUnExecutedNotifyTaskList: pending or retrying, 50 at a time.
+ORIGINAL_BATCH = 50
+ORIGINAL_MAX_RETRIES = 5
+
+
+@dataclass
+class Run:
+    scenario: str
+    delay_ms: int
+    tasks: int
+    section: Section
+    latencies_ms: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    in_flight: float | None = None  # mean sends in flight during the run
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.section.seconds if self.section.seconds else 0.0
+
+    def worker_us_per_callback(self) -> float:
+        return self.section.cpu["worker"] / self.tasks * 1e6
+
+    def cpu_text(self) -> str:
+        """Share of one core each process group used, and the worker's CPU per callback."""
+        used = self.section.cpu.items()
+        share = " ".join(
+            f"{k[:3]} {v / self.section.seconds:4.0%}" for k, v in used if k != MACHINE
+        )
+        text = f"{share}  worker {self.worker_us_per_callback():5.0f}us/cb"
+        if self.in_flight is not None:
+            text += f"  in flight {self.in_flight:5.1f}"
+        return text
+
+
+class InFlight:
+    """While in its `with`, samples how many sends are in flight every few ms: how full
+    the bound is kept."""
+
+    def __init__(self, read: Callable[[], float], every: float = 0.005) -> None:
+        self.read, self.every = read, every
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.samples.append(self.read())
+            await asyncio.sleep(self.every)
+
+    def __enter__(self) -> "InFlight":
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples) if self.samples else 0.0
+
+
+def cpu_sources(receiver: Receiver, dsn: str | None = None) -> dict[str, Source]:
+    """This process is the worker; with a database, its PostgreSQL processes count too."""
+    sources = {"worker": this_process, "receiver": processes(receiver.pid)}
+    if dsn:
+        sources["postgres"] = postgres(database_name(dsn))
+    return {**sources, MACHINE: machine}
+
+
+def bench_settings(dsn: str, bound: int) -> Settings:
+    return Settings(
+        database_url=dsn,
+        notify_concurrency=bound,
+        notify_per_host=bound,  # one receiver host
+        notify_secret=SECRET,
+        _env_file=None,
+    )
+
+
+def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> tuple[Dispatcher, Sender]:
+    """As the worker's startup and tests/conftest.py make_dispatcher build it: one Sender
+    (owning the process's shared ClientSession) and fresh Metrics. close() the Sender."""
+    sender = Sender.from_settings(settings)
+    return Dispatcher(pool, sender, settings, Metrics()), sender
+
+
+async def insert_tasks(dsn: str, count: int, url: str) -> None:
+    """`count` completed teams, each with its due notify task (tests/conftest.py make_tasks),
+    in two statements; then VACUUM ANALYZE, as autovacuum would have left a real backlog."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO group_buy_discount (discount_id, discount_name, market_plan, market_expr)"
+            " VALUES ('bench', 'bench', 'ZJ', '1') ON CONFLICT DO NOTHING;"
+            " INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, start_time,"
+            " end_time) VALUES (1, 'bench', 'bench', now(), now() + interval '1 day')"
+            " ON CONFLICT DO NOTHING"
+        )
+        await conn.execute(
+            "WITH t AS (INSERT INTO group_buy_order (team_id, activity_id, source, channel,"
+            " original_price, deduction_price, pay_price, target_count, complete_count,"
+            " lock_count, status, valid_start_time, valid_end_time, notify_url)"
+            " SELECT $1 || lpad(g::text, 7, '0'), 1, 's01', 'c01', 100, 20, 80, 1, 1, 1, 1,"
+            " now(), now() + interval '15 minutes', $2 FROM generate_series(1, $3) g"
+            " RETURNING team_id, activity_id, notify_url)"
+            " INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json)"
+            " SELECT activity_id, team_id, notify_url,"
+            " json_build_object('teamId', team_id, 'outTradeNoList', json_build_array())::text"
+            " FROM t",
+            str(uuid.uuid4().int)[:14], url, count,
+        )  # fmt: skip
+        await conn.execute("VACUUM ANALYZE group_buy_order, notify_task")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def check_delivery(
+    receiver: Receiver, expected: int, pool: asyncpg.Pool | None = None
+) -> list[str]:
+    """Each task delivered exactly once (and, with a pool, recorded as success)."""
+    problems = []
+    seen = await receiver.count()
+    if seen["requests"] != expected or seen["distinct"] != expected or seen["duplicates"]:
+        problems.append(f"receiver saw {seen}, expected {expected} distinct requests")
+    if seen["unsigned"]:
+        problems.append(f"{seen['unsigned']} requests without webhook-signature")
+    if pool is not None:
+        rows = await pool.fetch("SELECT notify_status, count(*) FROM notify_task GROUP BY 1")
+        by_status: dict[int, int] = {r[0]: r[1] for r in rows}
+        if by_status != {1: expected}:
+            problems.append(f"notify_task by status {by_status}, expected {{1: {expected}}}")
+    return problems
+
+
+@asynccontextmanager
+async def backlog(
+    admin_dsn: str, receiver: Receiver, count: int, pool_max: int
+) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A fresh database holding `count` due tasks for `receiver`, and a pool on it."""
+    async with fresh_database(admin_dsn) as dsn:
+        await insert_tasks(dsn, count, receiver.url)
+        await receiver.reset()
+        pool = await create_pool(dsn, 1, pool_max)
+        try:
+            yield dsn, pool
+        finally:
+            await pool.close()
+
+
+async def run_ours(admin_dsn: str, receiver: Receiver, count: int, bound: int) -> Run:
+    settings = bench_settings("", bound)
+    async with backlog(admin_dsn, receiver, count, settings.db_pool_max) as (dsn, pool):
+        dispatcher, sender = make_dispatcher(pool, settings)
+        try:
+            with (
+                InFlight(lambda: dispatcher.in_flight) as in_flight,
+                measure(cpu_sources(receiver, dsn)) as section,
+            ):
+                counts = await dispatcher.drain()
+        finally:
+            await sender.close()
+        run = Run("ours: Dispatcher.drain()", receiver.delay_ms, count, section)
+        run.in_flight = in_flight.mean
+        run.latencies_ms = [
+            float(r[0]) for r in await pool.fetch("SELECT duration_ms FROM notify_attempt")
+        ]
+        run.problems = await check_delivery(receiver, count, pool)
+        if counts.success_count != count:
+            run.problems.append(f"drain counted {counts.as_dict()}")
+    return run
+
+
+async def run_original(admin_dsn: str, receiver: Receiver, count: int, bound: int) -> Run:
+    """The original's execSettlementNotifyJob, looped until nothing is pending."""
+    async with backlog(admin_dsn, receiver, count, 2) as (dsn, pool):
+        session = create_session(bound, False)
+        sender = Sender(session, KEY, 10.0)
+        latencies: list[float] = []
+        try:
+            with measure(cpu_sources(receiver, dsn)) as section:
+                while rows := await pool.fetch(
+                    "SELECT team_id, event_id, notify_url, parameter_json, notify_count"
+                    " FROM notify_task WHERE notify_status IN (0, 2) LIMIT $1",
+                    ORIGINAL_BATCH,
+                ):
+                    for r in rows:
+                        outcome = await timed(
+                            latencies,
+                            sender.send(r["notify_url"], str(r["event_id"]), r["parameter_json"]),
+                        )
+                        if is_success(outcome, False):
+                            status = 1
+                        elif r["notify_count"] + 1 < ORIGINAL_MAX_RETRIES:
+                            status = 2
+                        else:
+                            status = 3
+                        await pool.execute(
+                            "UPDATE notify_task SET notify_status = $2,"
+                            " notify_count = notify_count + 1, update_time = now()"
+                            " WHERE team_id = $1",
+                            r["team_id"], status,
+                        )  # fmt: skip
+        finally:
+            await session.close()
+        run = Run("(a) original: 1 at a time", receiver.delay_ms, count, section, latencies)
+        run.problems = await check_delivery(receiver, count, pool)
+    return run
+
+
+async def run_ceiling(receiver: Receiver, count: int, bound: int) -> Run:
+    """The same signed POSTs (same body size and headers), one shared session, Semaphore(bound)."""
+    await receiver.reset()
+    prefix = str(uuid.uuid4().int)[:14]
+    # The body insert_tasks has PostgreSQL write (json_build_object(...)::text), byte for byte.
+    work = [
+        (str(uuid.uuid4()), f'{{"teamId" : "{prefix}{i:07d}", "outTradeNoList" : []}}')
+        for i in range(1, count + 1)
+    ]
+    session = create_session(bound, False)
+    signer = Sender(session, KEY, 10.0)  # only for its headers()
+    sem = asyncio.Semaphore(bound)
+    latencies: list[float] = []
+    failures = 0
+    sending = 0
+
+    async def exchange(event_id: str, body: str) -> tuple[int, bytes]:
+        async with session.post(
+            receiver.url, data=body.encode(), headers=signer.headers(event_id, body),
+            allow_redirects=False,
+        ) as resp:  # fmt: skip
+            return resp.status, await resp.content.read(BODY_CAP)
+
+    async def post(event_id: str, body: str) -> None:
+        nonlocal failures, sending
+        async with sem:
+            sending += 1
+            try:
+                status, raw = await timed(latencies, exchange(event_id, body))
+            finally:
+                sending -= 1
+            if status != 200 or raw != b"success":
+                failures += 1
+
+    try:
+        with InFlight(lambda: sending) as in_flight, measure(cpu_sources(receiver)) as section:
+            await asyncio.gather(*(post(e, b) for e, b in work))
+    finally:
+        await session.close()
+    run = Run(f"(b) ceiling: bare POSTs, bound {bound}", receiver.delay_ms, count, section)
+    run.in_flight, run.latencies_ms = in_flight.mean, latencies
+    run.problems = await check_delivery(receiver, count)
+    if failures:
+        run.problems.append(f"{failures} POSTs not answered 200 success")
+    return run
