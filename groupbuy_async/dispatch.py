@@ -213,7 +213,9 @@ class _Drain:
 
     async def run(self) -> Counts:
         d = self.dispatcher
-        count = 1 if self.team_id is not None else d.concurrency
+        # More workers than send slots: a freed slot is taken at once while its last
+        # holder is still writing down its result.
+        count = 1 if self.team_id is not None else d.concurrency + d.concurrency // 2
         workers = [asyncio.create_task(self._work()) for _ in range(count)]
         recorder = asyncio.create_task(self._record_periodically())
         try:
