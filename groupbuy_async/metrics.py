@@ -2,7 +2,11 @@
 
 from dataclasses import dataclass, field
 
+import asyncpg
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .outbox import status_counts
 
 
 @dataclass
@@ -34,3 +38,10 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def metrics_response(metrics: Metrics, pool: asyncpg.Pool) -> web.Response:
+    """The text exposition, with the outbox's counts read at scrape time."""
+    by_status, due = await status_counts(pool)
+    metrics.set_task_counts(by_status, due)
+    return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import errors, outbox
 from .keys import DISPATCHER, METRICS, MOCK_MERCHANT, POOL
+from .metrics import metrics_response
 from .models import (
     NotifyAttemptOut,
     NotifyCounts,
@@ -69,10 +70,7 @@ async def replay_notify_task(request: web.Request, _: None) -> NotifyTaskOut:
 
 
 async def metrics(request: web.Request, _: None) -> web.Response:
-    by_status, due = await outbox.status_counts(request.app[POOL])
-    registry = request.app[METRICS]
-    registry.set_task_counts(by_status, due)
-    return web.Response(body=registry.render(), content_type="text/plain", charset="utf-8")
+    return await metrics_response(request.app[METRICS], request.app[POOL])
 
 
 class MockMerchant:

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     notify_batch_size: int = Field(default=500, ge=1)
     notify_block_private: bool = False
     notify_immediate_limit: int = Field(default=256, ge=1)
+    # Set to serve the worker's own /metrics (its compensation sends) on GROUPBUY_HOST.
+    worker_metrics_port: int | None = None
     # The original's TestApiClientController at /api/v1/test/group_buy_notify.
     mock_merchant: bool = True
 

@@ -3,6 +3,8 @@
 import logging
 from typing import Any
 
+import asyncpg
+from aiohttp import web
 from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import Worker
@@ -10,7 +12,7 @@ from arq.worker import Worker
 from . import trade
 from .db import create_pool
 from .dispatch import Dispatcher
-from .metrics import Metrics
+from .metrics import Metrics, metrics_response
 from .sender import Sender
 from .settings import Settings
 
@@ -23,10 +25,34 @@ async def startup(ctx: dict[str, Any]) -> None:
     assert settings.database_url, "GROUPBUY_DATABASE_URL must be set"
     ctx["pool"] = await create_pool(settings.database_url, 1, settings.db_pool_max)
     ctx["sender"] = Sender.from_settings(settings)
-    ctx["dispatcher"] = Dispatcher(ctx["pool"], ctx["sender"], settings, Metrics())
+    metrics = Metrics()
+    ctx["dispatcher"] = Dispatcher(ctx["pool"], ctx["sender"], settings, metrics)
+    if settings.worker_metrics_port is not None:
+        ctx["metrics_runner"] = await serve_metrics(
+            metrics, ctx["pool"], settings.host, settings.worker_metrics_port
+        )
+
+
+async def serve_metrics(
+    metrics: Metrics, pool: asyncpg.Pool, host: str, port: int
+) -> web.AppRunner:
+    """The worker's own /metrics: its compensation sends are not seen by the API's."""
+
+    async def handler(_: web.Request) -> web.Response:
+        return await metrics_response(metrics, pool)
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("worker metrics on http://%s:%d/metrics", host, port)
+    return runner
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "metrics_runner" in ctx:
+        await ctx["metrics_runner"].cleanup()
     if "sender" in ctx:
         await ctx["sender"].close()
     if "pool" in ctx:

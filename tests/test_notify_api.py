@@ -157,3 +157,30 @@ async def test_notify_cli_runs_one_team(
         str(await pool.fetchval("SELECT event_id FROM notify_task WHERE team_id = $1", team_id))
     ]
     assert ADMIN_TOKEN  # the CLI needs no token: it runs beside the database
+
+
+async def test_worker_serves_its_own_metrics(
+    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    import socket
+
+    import aiohttp
+
+    from groupbuy_async.worker import deliver_callbacks, shutdown, startup
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx: dict[str, Any] = {"settings": settings.model_copy(update={"worker_metrics_port": port})}
+    await startup(ctx)
+    try:
+        await make_tasks(pool, 2, merchant.url)
+        await deliver_callbacks(ctx)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as r,
+        ):
+            text = await r.text()
+        assert _sample(text, 'groupbuy_notify_attempts_total{outcome="success"}') >= 2
+    finally:
+        await shutdown(ctx)
