@@ -209,3 +209,8 @@ async def test_bad_settle_input_is_400_and_settles_nothing(
         await pool.fetchval("SELECT status FROM group_buy_order_list WHERE out_trade_no = $1", out)
         == 0
     )
+
+
+async def test_oversize_body_is_refused_in_the_envelope(api: Api) -> None:
+    status, env = await api.call("POST", LOCK, raw='{"userId": "' + "x" * 300_000 + '"}')
+    assert (status, env["code"], env["data"]) == (413, "0002", None)
