@@ -6,15 +6,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from yarl import URL
 
 from groupbuy_async.db import temporary_database
-from groupbuy_async.embedded import EmbeddedServer, start_postgres, start_redis
+from groupbuy_async.embedded import servers_or_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,27 +25,16 @@ class BenchFailure(Exception):
     """A request or a check gave a wrong result: the numbers cannot be trusted."""
 
 
-@contextmanager
-def servers() -> Iterator[tuple[str, str]]:
+def servers() -> AbstractContextManager[tuple[str, str]]:
     """(PostgreSQL admin DSN, Redis URL): GROUPBUY_BENCH_DATABASE_URL /
     GROUPBUY_BENCH_REDIS_URL, then the GROUPBUY_TEST_* ones, else embedded servers,
     which are stopped on exit."""
     env = os.environ.get
-    db = env("GROUPBUY_BENCH_DATABASE_URL") or env("GROUPBUY_TEST_DATABASE_URL")
-    redis = env("GROUPBUY_BENCH_REDIS_URL") or env("GROUPBUY_TEST_REDIS_URL")
-    data = ROOT / ".data" / "bench"
-    started: list[EmbeddedServer] = []
-    try:
-        if not db:
-            started.append(start_postgres(data))
-            db = started[-1].url
-        if not redis:
-            started.append(start_redis(data))
-            redis = started[-1].url
-        yield db, redis
-    finally:
-        for server in started:
-            server.stop()
+    return servers_or_embedded(
+        env("GROUPBUY_BENCH_DATABASE_URL") or env("GROUPBUY_TEST_DATABASE_URL"),
+        env("GROUPBUY_BENCH_REDIS_URL") or env("GROUPBUY_TEST_REDIS_URL"),
+        ROOT / ".data" / "bench",
+    )
 
 
 def fresh_database(admin_dsn: str) -> AbstractAsyncContextManager[str]:

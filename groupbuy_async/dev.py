@@ -85,28 +85,20 @@ def curl_lines(base: str, token: str) -> str:
 
 
 async def run_dev(settings: Settings) -> None:
-    started = []
-    if not settings.database_url or not settings.redis_url:
-        from .embedded import start_postgres, start_redis
+    from .embedded import servers_or_embedded
 
-        if not settings.database_url:
-            started.append(start_postgres(settings.data_dir))
-            settings = settings.model_copy(update={"database_url": started[-1].url})
-            log.info("embedded PostgreSQL at %s", settings.database_url)
-        if not settings.redis_url:
-            started.append(start_redis(settings.data_dir))
-            settings = settings.model_copy(update={"redis_url": started[-1].url})
-            log.info("embedded Redis at %s", settings.redis_url)
-    if not settings.admin_token:
-        settings = settings.model_copy(update={"admin_token": DEV_ADMIN_TOKEN})
-    try:
-        assert settings.database_url and settings.admin_token
-        await migrate(settings.database_url)
-        await load_demo(settings.database_url)
+    with servers_or_embedded(settings.database_url, settings.redis_url, settings.data_dir) as (
+        database_url,
+        redis_url,
+    ):
+        log.info("PostgreSQL at %s, Redis at %s", database_url, redis_url)
+        settings = settings.model_copy(update={
+            "database_url": database_url, "redis_url": redis_url,
+            "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
+        })  # fmt: skip
+        await migrate(database_url)
+        await load_demo(database_url)
         await run_until_signalled(lambda: _start(settings))
-    finally:
-        for server in reversed(started):
-            server.stop()
 
 
 async def _start(settings: Settings) -> Callable[[], Awaitable[None]]:

@@ -97,6 +97,26 @@ def start_redis(data_dir: Path) -> EmbeddedServer:
         return server
 
 
+@contextlib.contextmanager
+def servers_or_embedded(
+    database_url: str | None, redis_url: str | None, data_dir: Path
+) -> Iterator[tuple[str, str]]:
+    """The given URLs; for each one missing, an embedded server under `data_dir`, stopped
+    on exit. The one rule `make run`, `make test` and the benchmarks share."""
+    started: list[EmbeddedServer] = []
+    try:
+        if not database_url:
+            started.append(start_postgres(data_dir))
+            database_url = started[-1].url
+        if not redis_url:
+            started.append(start_redis(data_dir))
+            redis_url = started[-1].url
+        yield database_url, redis_url
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
 def _postgres_url(port: int) -> str:
     return f"postgresql://postgres@{HOST}:{port}/postgres"
 

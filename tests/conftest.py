@@ -24,22 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def server_urls() -> Iterator[tuple[str, str]]:
-    db_url = os.environ.get("GROUPBUY_TEST_DATABASE_URL")
-    redis_url = os.environ.get("GROUPBUY_TEST_REDIS_URL")
-    started = []
-    if not db_url or not redis_url:
-        from groupbuy_async.embedded import start_postgres, start_redis
+    from groupbuy_async.embedded import servers_or_embedded
 
-        data = ROOT / ".data" / "test"
-        if not db_url:
-            started.append(start_postgres(data))
-            db_url = started[-1].url
-        if not redis_url:
-            started.append(start_redis(data))
-            redis_url = started[-1].url
-    yield db_url, redis_url
-    for server in started:
-        server.stop()
+    with servers_or_embedded(
+        os.environ.get("GROUPBUY_TEST_DATABASE_URL"),
+        os.environ.get("GROUPBUY_TEST_REDIS_URL"),
+        ROOT / ".data" / "test",
+    ) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="session")
