@@ -52,3 +52,18 @@ async def test_each_request_logs_one_line_with_its_request_id(
     assert line.getMessage().startswith("GET /healthz 200 ")
     assert line.getMessage().endswith("ms")
     assert line.request_id == "trace-42"  # type: ignore[attr-defined]
+
+
+def test_every_error_code_is_listed_in_the_readme() -> None:
+    from pathlib import Path
+
+    from groupbuy_async import errors
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    defined = {
+        obj for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, errors.ServiceError)
+    } - {errors.Rejected}  # fmt: skip
+    assert defined == set(errors.ALL_ERRORS) - {errors.Rejected}
+    for error in errors.ALL_ERRORS:
+        assert f"| `{error.code}` |" in readme or f"`{error.code}` /" in readme, error.code
