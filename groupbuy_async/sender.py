@@ -154,12 +154,22 @@ class Sender:
         async with client.post(
             url, data=data, headers=headers, allow_redirects=False, timeout=self._timeout
         ) as resp:
-            raw = await resp.content.read(BODY_CAP)
+            raw = await _read_capped(resp.content, BODY_CAP)
             return AttemptOutcome(
                 http_status=resp.status,
                 body=raw.decode("utf-8", "replace"),
                 retry_after=resp.headers.get("Retry-After"),
             )
+
+
+async def _read_capped(stream: aiohttp.StreamReader, cap: int) -> bytes:
+    """Up to `cap` bytes of the body: read() alone may stop at a chunk boundary."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap and (chunk := await stream.read(cap - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _host(url: str) -> str:

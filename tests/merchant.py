@@ -27,6 +27,22 @@ class Merchant:
     def url(self) -> str:
         return str(self.server.make_url("/notify"))
 
+    @property
+    def chunked_url(self) -> str:
+        """Answers `success` in two chunks, some time apart."""
+        return str(self.server.make_url("/chunked"))
+
+    async def chunked(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((dict(request.headers), await request.text()))
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b"suc")
+        await asyncio.sleep(0.05)
+        await resp.write(b"cess")
+        await resp.write_eof()
+        return resp
+
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.text()
         self.requests.append((dict(request.headers), body))
@@ -43,5 +59,6 @@ async def start_merchant(**kwargs: Any) -> Merchant:
     app = web.Application()
     merchant = Merchant(TestServer(app, host="127.0.0.1"), **kwargs)
     app.router.add_post("/notify", merchant.handle)
+    app.router.add_post("/chunked", merchant.chunked)
     await merchant.server.start_server()
     return merchant

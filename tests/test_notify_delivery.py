@@ -325,3 +325,10 @@ async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
     assert dispatcher.fire(team_ids[4])  # room again once the batch is done
     await dispatcher.close(grace_seconds=5)
     assert (await task_row(pool, team_ids[4]))["notify_status"] == 1
+
+
+async def test_success_body_split_across_chunks_is_read_whole(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    (team_id,) = await make_tasks(pool, 1, merchant.chunked_url)
+    assert (await make_dispatcher().drain(team_id)).success_count == 1
