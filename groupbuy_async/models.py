@@ -232,10 +232,6 @@ class Health(Body):
     checks: dict[str, str] = {}
 
 
-def dump(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(by_alias=True)
-
-
 # --- callbacks -----------------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from . import errors
 
 CENT = Decimal("0.01")
-MARKET_PLANS = ("ZJ", "MJ", "ZK", "N")
 ACTIVITY_EFFECTIVE = 1
 
 

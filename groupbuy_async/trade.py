@@ -12,7 +12,7 @@ from .db import Conn
 from .models import LockIn, LockOut, SettleIn, SettleOut
 from .rules import biz_ids, check_activity_open, check_trade_time, is_blacklisted, trial_price
 
-TEAM_FORMING, TEAM_COMPLETE, TEAM_FAILED = 0, 1, 2
+TEAM_COMPLETE = 1
 ORDER_LOCKED, ORDER_PAID = 0, 1
 
 
