@@ -39,8 +39,7 @@ async def run_notify(request: web.Request, body: NotifyRunIn) -> NotifyCounts:
     return NotifyCounts(**counts.__dict__)
 
 
-async def list_notify_tasks(request: web.Request, _: None) -> list[NotifyTaskOut]:
-    query = NotifyTaskQuery.model_validate(dict(request.query), strict=False)
+async def list_notify_tasks(request: web.Request, query: NotifyTaskQuery) -> list[NotifyTaskOut]:
     rows = await outbox.list_tasks(request.app[POOL], query.status, query.team_id, query.limit)
     return [_task_out(r) for r in rows]
 

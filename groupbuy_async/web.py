@@ -122,6 +122,7 @@ class Route:
     body: type[BaseModel] | None = None
     response: Any = None
     admin: bool = False
+    # A query-string model (GET routes): validated and handed to the view like a body.
     query: type[BaseModel] | None = None
     # Raw views build their own web.Response (not enveloped), of this content type.
     raw: str | None = None
@@ -148,9 +149,12 @@ def _endpoint(route: Route) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         if route.admin:
             require_admin(request)
-        body = None
+        body: BaseModel | None = None
         if route.body is not None:
             body = route.body.model_validate_json(await request.read())
+        elif route.query is not None:
+            # Query strings are all text: numbers in them are parsed, not typed.
+            body = route.query.model_validate(dict(request.query), strict=False)
         result = await route.view(request, body)
         if isinstance(result, web.StreamResponse):
             return result
