@@ -177,9 +177,8 @@ async def replay(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record | None:
 
 async def status_counts(pool: asyncpg.Pool) -> tuple[dict[int, int], int]:
     """Tasks by status, and how many are due now (the backlog)."""
-    rows = await pool.fetch("SELECT notify_status, count(*) FROM notify_task GROUP BY 1")
-    due = await pool.fetchval(
-        "SELECT count(*) FROM notify_task WHERE notify_status IN (0, 2)"
-        " AND next_attempt_at <= now()"
+    rows = await pool.fetch(
+        "SELECT notify_status, count(*) AS tasks,"
+        f" count(*) FILTER (WHERE {_DUE}) AS due FROM notify_task GROUP BY 1"
     )
-    return {r[0]: r[1] for r in rows}, int(due)
+    return {r["notify_status"]: r["tasks"] for r in rows}, sum(r["due"] for r in rows)
