@@ -79,6 +79,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             response = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
+                status = exc.status  # a redirect: passed on as it is, logged as such
                 raise
             response = envelope(
                 None, code=_HTTP_CODES.get(exc.status, "0002"), info=exc.reason, status=exc.status
