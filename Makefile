@@ -26,7 +26,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy groupbuy_async
+	$(BIN)/mypy groupbuy_async tests bench
 
 format: install
 	$(BIN)/ruff format .

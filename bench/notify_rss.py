@@ -49,13 +49,13 @@ async def drain_all(dsn: str, bound: int) -> None:
     """The child's work: drain, then report the drain's time and memory as JSON."""
     settings = bench_settings(dsn, bound)
     pool = await create_pool(dsn, 1, settings.db_pool_max)
-    dispatcher, sender = make_dispatcher(pool, settings)
+    dispatcher = make_dispatcher(pool, settings)
     before = memory_kb()
     began = time.perf_counter()
     counts = await dispatcher.drain()
     seconds = time.perf_counter() - began
     after = memory_kb()
-    await sender.close()
+    await dispatcher.close(grace_seconds=1)
     await pool.close()
     print(json.dumps({
         "counts": counts.as_dict(), "seconds": seconds,

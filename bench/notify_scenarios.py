@@ -10,12 +10,14 @@ from types import TracebackType
 
 import asyncpg
 
+from groupbuy_async.bootstrap import build_dispatcher
+from groupbuy_async.callbacks.dispatch import Dispatcher
+from groupbuy_async.callbacks.metrics import Metrics
+from groupbuy_async.callbacks.rules import is_success
+from groupbuy_async.callbacks.sender import BODY_CAP, Sender, create_session
 from groupbuy_async.db import create_pool
-from groupbuy_async.dispatch import Dispatcher
-from groupbuy_async.metrics import Metrics
-from groupbuy_async.notify_rules import is_success, secret_key
-from groupbuy_async.sender import BODY_CAP, Sender, create_session
 from groupbuy_async.settings import Settings
+from groupbuy_async.settings import decode_webhook_secret as secret_key
 
 from .common import database_name, fresh_database, timed
 from .cpu import MACHINE, Section, Source, machine, measure, postgres, processes, this_process
@@ -100,15 +102,14 @@ def bench_settings(dsn: str, bound: int) -> Settings:
         notify_concurrency=bound,
         notify_per_host=bound,  # one receiver host
         notify_secret=SECRET,
-        _env_file=None,
+        notify_block_private=False,  # the receiver is local
     )
 
 
-def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> tuple[Dispatcher, Sender]:
-    """As the worker's startup and tests/conftest.py make_dispatcher build it: one Sender
-    (owning the process's shared ClientSession) and fresh Metrics. close() the Sender."""
-    sender = Sender.from_settings(settings)
-    return Dispatcher(pool, sender, settings, Metrics()), sender
+def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> Dispatcher:
+    """As the worker and the tests build it (bootstrap): one Sender owning the process's
+    shared ClientSession, fresh Metrics. close() the Dispatcher."""
+    return build_dispatcher(pool, settings, Metrics())
 
 
 async def insert_tasks(dsn: str, count: int, url: str) -> None:
@@ -178,7 +179,7 @@ async def backlog(
 async def run_ours(admin_dsn: str, receiver: Receiver, count: int, bound: int) -> Run:
     settings = bench_settings("", bound)
     async with backlog(admin_dsn, receiver, count, settings.db_pool_max) as (dsn, pool):
-        dispatcher, sender = make_dispatcher(pool, settings)
+        dispatcher = make_dispatcher(pool, settings)
         try:
             with (
                 InFlight(lambda: dispatcher.in_flight) as in_flight,
@@ -186,7 +187,7 @@ async def run_ours(admin_dsn: str, receiver: Receiver, count: int, bound: int) -
             ):
                 counts = await dispatcher.drain()
         finally:
-            await sender.close()
+            await dispatcher.close(grace_seconds=1)
         run = Run("ours: Dispatcher.drain()", receiver.delay_ms, count, section)
         run.in_flight = in_flight.mean
         run.latencies_ms = [

@@ -12,9 +12,9 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import asyncpg
 
-from groupbuy_async import admin, trade
 from groupbuy_async.db import create_pool
-from groupbuy_async.models import ActivityIn, DiscountIn, GoodsRef, LockIn, SettleIn, SkuIn
+from groupbuy_async.http.schemas import ActivityIn, DiscountIn, GoodsRef, LockIn, SettleIn, SkuIn
+from groupbuy_async.trade import catalog, orders
 
 from .common import BenchFailure, percentile, timed
 from .cpu import Section, Source, measure
@@ -124,11 +124,11 @@ class DirectTrader:
         self.pool = pool
 
     async def lock(self, body: dict[str, Any]) -> str:
-        return (await trade.lock_order(self.pool, LockIn.model_validate(body))).team_id
+        return (await orders.lock_order(self.pool, LockIn.model_validate(body))).team_id
 
     async def settle(self, body: dict[str, Any]) -> bool:
         req = SettleIn.model_validate({**body, "outTradeTime": datetime.now(UTC)})
-        return (await trade.settle_order(self.pool, req, frozenset())).result.team_completed
+        return (await orders.settle_order(self.pool, req, frozenset())).result.team_completed
 
     async def warm_up(self, concurrency: int) -> None:
         for _ in range(3):
@@ -221,15 +221,15 @@ async def prepare(db_url: str) -> str:
     key), so one path could run on other plans than the other."""
     pool = await create_pool(db_url, 1, 2)
     try:
-        await admin.put_discount(pool, DISCOUNT_ID, DiscountIn(
+        await catalog.put_discount(pool, DISCOUNT_ID, DiscountIn(
             discount_name="bench 20 off", market_plan="ZJ", market_expr="20",
         ))  # fmt: skip
-        await admin.put_sku(pool, GOODS_ID, SkuIn(
+        await catalog.put_sku(pool, GOODS_ID, SkuIn(
             goods_name="bench goods", original_price=Decimal("100.00"), source=SOURCE,
             channel=CHANNEL,
         ))  # fmt: skip
         now = datetime.now(UTC)
-        await admin.put_activity(pool, ACTIVITY_ID, ActivityIn(
+        await catalog.put_activity(pool, ACTIVITY_ID, ActivityIn(
             activity_name="bench activity", discount_id=DISCOUNT_ID, target=TARGET,
             take_limit_count=1, valid_time=24 * 60, status=1,
             start_time=now - timedelta(hours=1), end_time=now + timedelta(days=2),

@@ -16,7 +16,12 @@ log = logging.getLogger(__name__)
 # What a statement runs on: a bare connection or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# In a wheel the migrations ship inside the package (setup.py copies sql/ there); in a
+# source checkout (editable install, tests) they are read from the top-level sql/.
+_PACKAGED_SQL = Path(__file__).resolve().parent / "migrations"
+SQL_DIR = (
+    _PACKAGED_SQL if _PACKAGED_SQL.is_dir() else Path(__file__).resolve().parent.parent / "sql"
+)
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[\w-]+\.sql$")
 # Any constant: serialises concurrent `migrate` runs against one database.
 _MIGRATE_LOCK = 7_342_001
@@ -24,7 +29,8 @@ _MIGRATE_LOCK = 7_342_001
 
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
-    assert pool is not None
+    if pool is None:  # only when the pool is created without awaiting; never here
+        raise RuntimeError("asyncpg.create_pool returned no pool")
     return pool
 
 
@@ -35,6 +41,8 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
         if not match:
             raise RuntimeError(f"migration file {path.name} is not named NNN_name.sql")
         found.append((int(match.group(1)), path))
+    if not found:
+        raise RuntimeError(f"no migrations found in {sql_dir}: the installation is incomplete")
     versions = [v for v, _ in found]
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"duplicate migration versions in {sql_dir}")

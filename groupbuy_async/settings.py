@@ -1,9 +1,21 @@
+"""Settings from GROUPBUY_* environment variables, parsed once at start into typed values.
+
+Production defaults are the strict ones; `python -m groupbuy_async dev` relaxes what the
+local demo needs and says so.
+"""
+
+import base64
+import binascii
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretBytes, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "GROUPBUY_"
+DEFAULT_SCHEDULE = "15s,15s,30s,3m,10m,20m,30m,30m,30m,1h,3h,3h,3h,6h,6h"
 
 
 def parse_schedule(raw: str) -> tuple[timedelta, ...]:
@@ -16,76 +28,154 @@ def parse_schedule(raw: str) -> tuple[timedelta, ...]:
             continue
         unit = units.get(part[-1])
         number = part[:-1] if unit else part
-        seconds = float(number) * (unit or 1)
-        if seconds < 0:
-            raise ValueError(f"negative delay in retry schedule: {part!r}")
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a delay like 15s, 3m, 1h or 30") from None
+        if not 0 <= seconds <= 30 * 86400:
+            raise ValueError(f"delay {part!r} must be between 0 and 30 days")
         delays.append(timedelta(seconds=seconds))
     return tuple(delays)
 
 
+def _schedule(value: Any) -> Any:
+    return parse_schedule(value) if isinstance(value, str) else value
+
+
+def _comma_set(value: Any) -> Any:
+    if isinstance(value, str):
+        return frozenset(p.strip() for p in value.split(",") if p.strip())
+    return value
+
+
+def decode_webhook_secret(secret: str) -> bytes:
+    """Standard Webhooks secrets are 'whsec_' + base64 of 24 to 64 random bytes."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be whsec_ followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("must encode 24 to 64 bytes (whsec_ + base64)")
+    return key
+
+
+def _signing_key(value: Any) -> Any:
+    if isinstance(value, str):
+        return decode_webhook_secret(value) if value else None
+    return value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+CronSeconds = Annotated[int, Field(ge=1, le=3600)]
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GROUPBUY_", extra="ignore")
+    """Every field is GROUPBUY_<NAME>; descriptions feed `--help` and the README table."""
 
-    database_url: str | None = None
-    redis_url: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8080
-    admin_token: str | None = None
-    # Entries are source+channel concatenated, as in the original ("s02c02").
-    sc_blacklist: str = ""
-    data_dir: Path = Path(".data")
-    log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
-    db_pool_min: int = Field(default=2, ge=1)
-    db_pool_max: int = Field(default=20, ge=1)
-    fail_teams_cron_seconds: int = Field(default=15, ge=1)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    notify_secret: str | None = None
-    notify_accept_any_2xx: bool = False
-    notify_retry_schedule: str = "15s,15s,30s,3m,10m,20m,30m,30m,30m,1h,3h,3h,3h,6h,6h"
-    notify_timeout_seconds: float = Field(default=10.0, gt=0)
-    notify_cron_seconds: int = Field(default=15, ge=1)
-    notify_concurrency: int = Field(default=100, ge=1)
-    notify_per_host: int = Field(default=16, ge=1)
-    notify_batch_size: int = Field(default=500, ge=1)
-    notify_block_private: bool = False
-    notify_immediate_limit: int = Field(default=256, ge=1)
-    # Set to serve the worker's own /metrics (its compensation sends) on GROUPBUY_HOST.
-    worker_metrics_port: int | None = None
-    # The original's TestApiClientController at /api/v1/test/group_buy_notify.
-    mock_merchant: bool = True
-
-    @field_validator("notify_secret")
-    @classmethod
-    def _secret_decodes(cls, value: str | None) -> str | None:
-        if value:
-            from .notify_rules import secret_key
-
-            secret_key(value)
-        return value
-
-    @field_validator("notify_retry_schedule")
-    @classmethod
-    def _schedule_parses(cls, value: str) -> str:
-        parse_schedule(value)
-        return value
-
-    @property
-    def blacklist(self) -> frozenset[str]:
-        return frozenset(p.strip() for p in self.sc_blacklist.split(",") if p.strip())
+    database_url: str | None = Field(None, description="PostgreSQL DSN (api, worker, migrate)")
+    redis_url: str | None = Field(None, description="Redis URL for arq (worker only)")
+    host: str = Field("127.0.0.1", description="address the API (and worker metrics) bind to")
+    port: int = Field(8080, ge=0, le=65535, description="API port")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for /api/v1/admin/*; unset = admin refused"
+    )
+    sc_blacklist: Annotated[frozenset[str], NoDecode, BeforeValidator(_comma_set)] = Field(
+        frozenset(), description="source+channel pairs refused at settlement, e.g. s02c02,s03c01"
+    )
+    data_dir: Path = Field(Path(".data"), description="where `dev` keeps embedded servers' data")
+    log_format: Literal["text", "json"] = Field("text", description="text or json")
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    db_pool_min: int = Field(2, ge=1, le=1000, description="asyncpg pool minimum per process")
+    db_pool_max: int = Field(20, ge=1, le=1000, description="asyncpg pool maximum per process")
+    fail_teams_cron_seconds: CronSeconds = Field(
+        15, description="worker: how often forming teams past their window are failed"
+    )
+    notify_secret: Annotated[SecretBytes | None, BeforeValidator(_signing_key)] = Field(
+        None, description="whsec_ + base64 (24-64 bytes): signs callbacks; unset = unsigned"
+    )
+    notify_accept_any_2xx: bool = Field(
+        False, description="true: any 2xx is success (default: 2xx with body `success`)"
+    )
+    notify_retry_schedule: Annotated[
+        tuple[timedelta, ...], NoDecode, BeforeValidator(_schedule)
+    ] = Field(
+        parse_schedule(DEFAULT_SCHEDULE),
+        description=f"delays after each failed attempt, ±20 % jitter (default {DEFAULT_SCHEDULE})",
+    )
+    notify_timeout_seconds: Seconds = Field(10.0, description="one attempt's time limit")
+    notify_cron_seconds: CronSeconds = Field(
+        15, description="worker: how often due callbacks are drained"
+    )
+    notify_concurrency: int = Field(100, ge=1, le=10_000, description="sends in flight per process")
+    notify_per_host: int = Field(16, ge=1, le=10_000, description="sends in flight per host")
+    notify_batch_size: int = Field(500, ge=1, le=10_000, description="most tasks one claim takes")
+    notify_block_private: bool = Field(
+        True, description="refuse loopback/private/link-local/metadata callback targets"
+    )
+    notify_immediate_limit: int = Field(
+        256, ge=1, le=100_000, description="API: post-settlement sends in flight before the worker"
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="worker: serve /metrics on this port"
+    )
+    mock_merchant: bool = Field(
+        False, description="serve the mock merchant at /api/v1/test/group_buy_notify (demo only)"
+    )
 
     @property
     def signing_key(self) -> bytes | None:
-        from .notify_rules import secret_key
-
-        return secret_key(self.notify_secret) if self.notify_secret else None
+        return None if self.notify_secret is None else self.notify_secret.get_secret_value()
 
     @property
-    def retry_schedule(self) -> tuple[timedelta, ...]:
-        return parse_schedule(self.notify_retry_schedule)
+    def admin_secret(self) -> str | None:
+        return None if self.admin_token is None else self.admin_token.get_secret_value()
 
     @property
     def notify_lease(self) -> timedelta:
         # Longer than one attempt (timeout plus transport retries) with margin,
         # so a live holder never loses its claim to another dispatcher.
         return timedelta(seconds=self.notify_timeout_seconds * 3 + 30)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with `update` validated like the environment would be."""
+        if not update:
+            return super().model_copy(deep=deep)
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**values, **update})
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it and never echoes its value."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        field = Settings.model_fields.get(name)
+        hint = f" (expected: {field.description})" if field and field.description else ""
+        parts.append(f"{ENV_PREFIX}{name.upper()}: {err['msg']}{hint}")
+    return "; ".join(parts)
+
+
+def require(settings: Settings, *names: str) -> None:
+    missing = [f"{ENV_PREFIX}{n.upper()}" for n in names if not getattr(settings, n)]
+    if missing:
+        raise SettingsError(
+            f"{', '.join(missing)} must be set (or run `python -m groupbuy_async dev`)"
+        )

@@ -1,5 +1,6 @@
 """The arq worker: team expiry and callback compensation, with the same startup as the app."""
 
+import contextlib
 import logging
 from typing import Any
 
@@ -9,28 +10,30 @@ from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
-from . import trade
-from .db import create_pool
-from .dispatch import Dispatcher
-from .metrics import Metrics, metrics_response
-from .sender import Sender
+from . import bootstrap
+from .callbacks.metrics import Metrics, metrics_response
+from .lifecycle import StartupError
 from .settings import Settings
+from .trade import orders
 
 log = logging.getLogger(__name__)
 
+# arq writes its heartbeat under this key (with a TTL a little over the interval) while its
+# loop runs; `python -m groupbuy_async health worker` reads it.
+HEARTBEAT_KEY = "groupbuy:worker:health-check"
+HEARTBEAT_SECONDS = 15
+
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Mirrors the app's cleanup_ctx: one pool, one shared ClientSession, one dispatcher."""
+    """The app's shared objects (bootstrap), plus the worker's own /metrics when asked."""
     settings: Settings = ctx["settings"]
-    assert settings.database_url, "GROUPBUY_DATABASE_URL must be set"
-    ctx["pool"] = await create_pool(settings.database_url, 1, settings.db_pool_max)
-    ctx["sender"] = Sender.from_settings(settings)
-    metrics = Metrics()
-    ctx["dispatcher"] = Dispatcher(ctx["pool"], ctx["sender"], settings, metrics)
+    stack = ctx["exit_stack"] = contextlib.AsyncExitStack()
+    services = ctx["services"] = await stack.enter_async_context(bootstrap.services(settings, 1))
     if settings.worker_metrics_port is not None:
-        ctx["metrics_runner"] = await serve_metrics(
-            metrics, ctx["pool"], settings.host, settings.worker_metrics_port
+        runner = await serve_metrics(
+            services.metrics, services.pool, settings.host, settings.worker_metrics_port
         )
+        stack.push_async_callback(runner.cleanup)
 
 
 async def serve_metrics(
@@ -45,22 +48,24 @@ async def serve_metrics(
     app.router.add_get("/metrics", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"worker metrics cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
     log.info("worker metrics on http://%s:%d/metrics", host, port)
     return runner
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if "metrics_runner" in ctx:
-        await ctx["metrics_runner"].cleanup()
-    if "sender" in ctx:
-        await ctx["sender"].close()
-    if "pool" in ctx:
-        await ctx["pool"].close()
+    if "exit_stack" in ctx:
+        await ctx.pop("exit_stack").aclose()
 
 
 async def fail_expired_teams(ctx: dict[str, Any]) -> int:
-    failed = await trade.fail_expired_teams(ctx["pool"])
+    failed = await orders.fail_expired_teams(ctx["services"].pool)
     if failed:
         log.info("marked %d expired teams as failed", failed)
     return failed
@@ -68,8 +73,8 @@ async def fail_expired_teams(ctx: dict[str, Any]) -> int:
 
 async def deliver_callbacks(ctx: dict[str, Any]) -> dict[str, int]:
     """Compensation: drain every due notify task (the original's execSettlementNotifyJob())."""
-    dispatcher: Dispatcher = ctx["dispatcher"]
-    counts = (await dispatcher.drain()).as_dict()
+    services: bootstrap.Services = ctx["services"]
+    counts = (await services.dispatcher.drain()).as_dict()
     if counts["waitCount"]:
         log.info("callback compensation: %s", counts)
     return counts
@@ -82,7 +87,8 @@ def every(seconds: int) -> set[int]:
 
 
 def build_worker(settings: Settings, **overrides: Any) -> Worker:
-    assert settings.redis_url, "GROUPBUY_REDIS_URL must be set"
+    if not settings.redis_url:
+        raise StartupError("GROUPBUY_REDIS_URL is not set")
     options: dict[str, Any] = {
         "functions": [],
         "cron_jobs": [
@@ -107,6 +113,8 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "ctx": {"settings": settings},
         "handle_signals": False,
         "max_jobs": 10,
+        "health_check_key": HEARTBEAT_KEY,
+        "health_check_interval": HEARTBEAT_SECONDS,
         "keep_result": 60,
     }
     options.update(overrides)

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from groupbuy_async.app import create_app
 from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.http.app import create_app
 from groupbuy_async.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def server_urls() -> Iterator[tuple[str, str]]:
-    from groupbuy_async.embedded import servers_or_embedded
+    from groupbuy_async.dev.embedded import servers_or_embedded
 
     with servers_or_embedded(
         os.environ.get("GROUPBUY_TEST_DATABASE_URL"),
@@ -48,7 +48,9 @@ def settings(database_url: str, server_urls: tuple[str, str]) -> Settings:
         admin_token=ADMIN_TOKEN,
         sc_blacklist="s02c02",
         db_pool_max=40,
-        _env_file=None,
+        # Merchants in tests are local servers, and some tests call the mock merchant.
+        notify_block_private=False,
+        mock_merchant=True,
     )
 
 
@@ -170,20 +172,20 @@ async def merchant() -> AsyncIterator[Any]:
 @pytest.fixture
 async def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[Any]:
     """Dispatchers with their own settings and session, as separate processes would have."""
-    from groupbuy_async.dispatch import Dispatcher
-    from groupbuy_async.metrics import Metrics
-    from groupbuy_async.sender import Sender
+    from groupbuy_async.bootstrap import build_dispatcher
+    from groupbuy_async.callbacks.dispatch import Dispatcher
+    from groupbuy_async.callbacks.metrics import Metrics
 
-    senders = []
+    made: list[Dispatcher] = []
 
     def make(**overrides: Any) -> Dispatcher:
         s = settings.model_copy(update={"notify_secret": SECRET, **overrides})
-        senders.append(Sender.from_settings(s))
-        return Dispatcher(pool, senders[-1], s, Metrics())
+        made.append(build_dispatcher(pool, s, Metrics()))
+        return made[-1]
 
     yield make
-    for sender in senders:
-        await sender.close()
+    for dispatcher in made:
+        await dispatcher.close(grace_seconds=1)
 
 
 async def make_tasks(pool: asyncpg.Pool, count: int, url: str) -> list[str]:

@@ -23,6 +23,8 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         "GROUPBUY_DATABASE_URL": settings.database_url,
         "GROUPBUY_REDIS_URL": settings.redis_url,
         "GROUPBUY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GROUPBUY_NOTIFY_BLOCK_PRIVATE": "false",
+        "GROUPBUY_MOCK_MERCHANT": "true",
         **extra,
     }
 

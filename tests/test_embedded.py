@@ -5,7 +5,7 @@ from pathlib import Path
 import asyncpg
 from redis.asyncio import Redis
 
-from groupbuy_async.embedded import start_postgres, start_redis
+from groupbuy_async.dev.embedded import start_postgres, start_redis
 
 
 async def test_embedded_postgres_and_redis_start_answer_and_stop(tmp_path: Path) -> None:

@@ -152,10 +152,10 @@ async def test_worker_cron_delivers_due_callbacks(
 async def test_notify_cli_runs_one_team(
     settings: Settings, pool: asyncpg.Pool, merchant: Merchant
 ) -> None:
-    from groupbuy_async.__main__ import _notify
+    from groupbuy_async.cli import notify
 
     team_id, _other = await make_tasks(pool, 2, merchant.url)
-    counts = await _notify(settings, team_id)
+    counts = await notify(settings, team_id)
     assert counts == {"waitCount": 1, "successCount": 1, "retryCount": 0, "errorCount": 0}
     assert [h["webhook-id"] for h, _ in merchant.requests] == [
         str(await pool.fetchval("SELECT event_id FROM notify_task WHERE team_id = $1", team_id))

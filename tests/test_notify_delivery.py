@@ -10,7 +10,7 @@ import asyncpg
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from groupbuy_async import outbox
+from groupbuy_async.callbacks import outbox
 
 from .conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
 from .merchant import Merchant, start_merchant
@@ -239,7 +239,7 @@ async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwr
     await asyncio.sleep(0.4)
     assert (await dispatcher.drain(team_id)).success_count == 1
     # The stale holder wakes up and reports a failure: it must not land.
-    from groupbuy_async.notify_rules import AttemptOutcome, NotifyStatus, Verdict
+    from groupbuy_async.callbacks.rules import AttemptOutcome, NotifyStatus, Verdict
 
     failure = outbox.Result(
         stale, AttemptOutcome(500), Verdict(NotifyStatus.RETRY, datetime.now(UTC), "late"),
@@ -315,7 +315,7 @@ async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
     team_ids = await make_tasks(pool, 5, merchant.url)
     fired = [dispatcher.fire(t) for t in team_ids]
     assert fired == [True, True, True, True, False]  # the fifth is left to compensation
-    await dispatcher.close(grace_seconds=5)
+    await dispatcher.wait_background(grace_seconds=5)
     rows = await pool.fetch(
         "SELECT team_id, notify_status FROM notify_task WHERE team_id = ANY($1::text[])", team_ids
     )
@@ -325,6 +325,7 @@ async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
     assert dispatcher.fire(team_ids[4])  # room again once the batch is done
     await dispatcher.close(grace_seconds=5)
     assert (await task_row(pool, team_ids[4]))["notify_status"] == 1
+    assert not dispatcher.fire(team_ids[4])  # closed: compensation's turn
 
 
 async def test_success_body_split_across_chunks_is_read_whole(

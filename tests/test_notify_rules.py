@@ -6,16 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 from standardwebhooks.webhooks import Webhook
 
-from groupbuy_async.notify_rules import (
+from groupbuy_async.callbacks.rules import (
     AttemptOutcome,
     NotifyStatus,
     decide,
     parse_retry_after,
-    secret_key,
     sign,
     url_problem,
 )
-from groupbuy_async.settings import parse_schedule
+from groupbuy_async.settings import decode_webhook_secret, parse_schedule
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SCHEDULE = parse_schedule("15s,15s,30s")
@@ -73,7 +72,7 @@ def test_signature_verifies_with_standardwebhooks() -> None:
     secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
     body = '{"teamId":"12345678","outTradeNoList":["a"]}'
     timestamp = int(NOW.timestamp())
-    header = sign(secret_key(secret), "evt_1", timestamp, body)
+    header = sign(decode_webhook_secret(secret), "evt_1", timestamp, body)
     # The library's own signer agrees byte for byte (its verify() is exercised end to end).
     assert Webhook(secret).sign("evt_1", NOW, body) == header
 

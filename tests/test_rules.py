@@ -6,8 +6,9 @@ from decimal import Decimal
 import pytest
 
 from groupbuy_async import errors
-from groupbuy_async.jsonenc import dumps
-from groupbuy_async.rules import (
+from groupbuy_async.http.jsonenc import dumps
+from groupbuy_async.settings import parse_schedule
+from groupbuy_async.trade.rules import (
     biz_ids,
     check_activity_open,
     check_trade_time,
@@ -16,7 +17,6 @@ from groupbuy_async.rules import (
     parse_market_expr,
     trial_price,
 )
-from groupbuy_async.settings import parse_schedule
 
 D = Decimal
 

@@ -8,8 +8,9 @@ from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 from yarl import URL
 
-from groupbuy_async.notify_rules import secret_key, verify
-from groupbuy_async.sender import Sender, create_session, is_blocked_ip
+from groupbuy_async.callbacks.rules import verify
+from groupbuy_async.callbacks.sender import Sender, create_session, is_blocked_ip
+from groupbuy_async.settings import decode_webhook_secret as secret_key
 
 from .conftest import SECRET
 

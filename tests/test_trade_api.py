@@ -72,6 +72,7 @@ async def test_three_members_settle_and_the_last_completes_the_team(
     team = await api.team(team_id)
     assert (team["status"], team["completeCount"]) == (1, 3)
     task = await pool.fetchrow("SELECT * FROM notify_task WHERE team_id = $1", team_id)
+    assert task is not None
     assert task["notify_url"] == act["notifyUrl"] and task["notify_status"] == 0
     import json
 
@@ -94,6 +95,7 @@ async def test_settling_again_returns_the_same_data_and_changes_nothing(
     assert await settle(api, act, "a", out_a) == first_a
     assert await settle(api, act, "b", out_b) == first_b
     after = await pool.fetchrow("SELECT * FROM group_buy_order WHERE team_id = $1", team_id)
+    assert before is not None and after is not None
     assert dict(before) == dict(after)
     assert await pool.fetchval("SELECT count(*) FROM notify_task WHERE team_id = $1", team_id) == 1
 
@@ -176,7 +178,7 @@ async def test_settlement_rules(api: Api, pool: asyncpg.Pool) -> None:
     order = await pool.fetchrow(
         "SELECT status FROM group_buy_order_list WHERE out_trade_no = $1", out
     )
-    assert order["status"] == 0
+    assert order is not None and order["status"] == 0
 
 
 async def test_expired_team_refuses_join_and_settle(api: Api, pool: asyncpg.Pool) -> None:

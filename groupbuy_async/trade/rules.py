@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from . import errors
+from .. import errors
 
 CENT = Decimal("0.01")
 ACTIVITY_EFFECTIVE = 1

@@ -1,15 +1,14 @@
 """Lock and settle: the trade transactions. Each rule is a conditional statement or constraint."""
 
-import json
 import secrets
-import uuid
 from dataclasses import dataclass
 
 import asyncpg
 
-from . import errors
-from .db import Conn
-from .models import LockIn, LockOut, SettleIn, SettleOut
+from .. import errors
+from ..callbacks import outbox
+from ..db import Conn
+from ..http.schemas import LockIn, LockOut, SettleIn, SettleOut
 from .rules import biz_ids, check_activity_open, check_trade_time, is_blacklisted, trial_price
 
 TEAM_COMPLETE = 1
@@ -198,15 +197,14 @@ WHERE {_THE_TEAM} AND status = 0 AND complete_count < target_count AND valid_end
 RETURNING status, activity_id, notify_url
 """
 
-_INSERT_NOTIFY_TASK = """
-INSERT INTO notify_task (event_id, activity_id, team_id, notify_url, parameter_json)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (team_id) DO NOTHING
+_PAID_OUT_TRADE_NOS = """
+SELECT coalesce(array_agg(out_trade_no ORDER BY id), '{}') FROM group_buy_order_list
+WHERE team_id = $1 AND status = 1
 """
 
 
 async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[str]) -> Settlement:
-    """Mark a locked order paid; the member that fills the team writes its notify task."""
+    """Mark a locked order paid; the member that fills the team enqueues its callback."""
     if is_blacklisted(req.source, req.channel, blacklist):
         raise errors.ChannelBlacklisted()
     async with pool.acquire() as conn, conn.transaction():
@@ -230,31 +228,11 @@ async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[s
             completed,
         )
         if completed:
-            await _write_notify_task(conn, order["team_id"], team)
+            out_trade_nos = await conn.fetchval(_PAID_OUT_TRADE_NOS, order["team_id"])
+            await outbox.enqueue_team_completed(
+                conn, order["team_id"], team["activity_id"], team["notify_url"], list(out_trade_nos)
+            )
     return Settlement(_settle_out(req, order, completed), order["team_id"] if completed else None)
-
-
-async def _write_notify_task(conn: Conn, team_id: str, team: asyncpg.Record) -> None:
-    out_trade_nos = await conn.fetchval(
-        "SELECT coalesce(array_agg(out_trade_no ORDER BY id), '{}') FROM group_buy_order_list"
-        " WHERE team_id = $1 AND status = 1",
-        team_id,
-    )
-    event_id = uuid.uuid4()
-    payload = {
-        "teamId": team_id,
-        "outTradeNoList": list(out_trade_nos),
-        "activityId": team["activity_id"],
-        "eventId": str(event_id),
-    }
-    await conn.execute(
-        _INSERT_NOTIFY_TASK,
-        event_id,
-        team["activity_id"],
-        team_id,
-        team["notify_url"],
-        json.dumps(payload, separators=(",", ":")),
-    )
 
 
 def _settle_out(req: SettleIn, order: asyncpg.Record, completed: bool) -> SettleOut:

@@ -17,9 +17,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from aiohttp_retry import ExponentialRetry, RetryClient
 
-from . import __version__
-from .notify_rules import AttemptOutcome, sign, url_problem
-from .settings import Settings
+from .. import __version__
+from ..settings import Settings
+from .rules import AttemptOutcome, sign, url_problem
 
 BODY_CAP = 2048
 # Within one attempt, only failures to connect are retried: the request was never sent,

@@ -15,12 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from ..settings import Settings
 from . import outbox
 from .metrics import Metrics
-from .notify_rules import NotifyStatus, decide
 from .outbox import Result, Task
+from .rules import NotifyStatus, decide
 from .sender import Sender
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Dispatcher:
         self.per_host = settings.notify_per_host
         self.batch_size = settings.notify_batch_size
         self.lease = settings.notify_lease
-        self.schedule = settings.retry_schedule
+        self.schedule = settings.notify_retry_schedule
         self.accept_any_2xx = settings.notify_accept_any_2xx
         self.immediate_limit = settings.notify_immediate_limit
         self.in_flight = 0
@@ -86,6 +86,7 @@ class Dispatcher:
         self._background: set[asyncio.Task[None]] = set()
         self._fire_batch: list[str] = []
         self._firing = 0
+        self._closed = False
         # Beyond this wait for a send slot, the lease could lapse mid-send: give it back.
         self._max_wait = self.lease.total_seconds() - 2 * settings.notify_timeout_seconds - 10
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -98,7 +99,7 @@ class Dispatcher:
         """Deliver a just-completed team's task in the background; False when saturated
         (the worker's compensation delivers it instead). Teams fired within FIRE_WINDOW
         share one claim and one write-back."""
-        if self._firing >= self.immediate_limit:
+        if self._closed or self._firing >= self.immediate_limit:
             return False
         self._firing += 1
         self._fire_batch.append(team_id)
@@ -108,12 +109,19 @@ class Dispatcher:
             bg.add_done_callback(self._background.discard)
         return True
 
-    async def close(self, grace_seconds: float) -> None:
+    async def wait_background(self, grace_seconds: float) -> None:
         """Let background sends finish; the leases of any cut short simply expire."""
         if self._background:
             _, late = await asyncio.wait(self._background, timeout=grace_seconds)
             for task in late:
                 task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def close(self, grace_seconds: float) -> None:
+        """Stop firing, let background sends finish, close the sender's session."""
+        self._closed = True
+        await self.wait_background(grace_seconds)
+        await self.sender.close()
 
     async def _fire_batch_soon(self) -> None:
         await asyncio.sleep(FIRE_WINDOW)

@@ -2,8 +2,15 @@
 
 import asyncpg
 
-from . import errors
-from .models import GoodsTrial, MarketConfig, MarketConfigQuery, TeamBrief, TeamOut, TeamStatistic
+from .. import errors
+from ..http.schemas import (
+    GoodsTrial,
+    MarketConfig,
+    MarketConfigQuery,
+    TeamBrief,
+    TeamOut,
+    TeamStatistic,
+)
 from .rules import countdown, trial_price
 
 # The user's own forming teams first, then other joinable ones (as the original: 1 + 2).

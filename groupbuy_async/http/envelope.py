@@ -1,22 +1,18 @@
-"""HTTP plumbing: envelope, error translation, request ids, access log, the route table type."""
+"""The envelope every answer wears, error translation, request ids and the access log."""
 
-import hmac
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from . import errors
+from .. import errors
+from ..logs import request_id
 from .jsonenc import dumps
-from .keys import SETTINGS
-from .logs import request_id
-from .models import PATH_PARAMS
 
 log = logging.getLogger("groupbuy_async.web")
 access_log = logging.getLogger("groupbuy_async.access")
@@ -108,62 +104,3 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             extra={"request_id": rid[:64]},
         )
         request_id.reset(token)
-
-
-View = Callable[[web.Request, Any], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    view: View
-    summary: str
-    tag: str
-    body: type[BaseModel] | None = None
-    response: Any = None
-    admin: bool = False
-    # A query-string model (GET routes): validated and handed to the view like a body.
-    query: type[BaseModel] | None = None
-    # Raw views build their own web.Response (not enveloped), of this content type.
-    raw: str | None = None
-
-
-_PATH_ADAPTERS = {name: TypeAdapter(kind) for name, kind in PATH_PARAMS.items()}
-
-
-def path_param(request: web.Request, name: str) -> Any:
-    try:
-        return _PATH_ADAPTERS[name].validate_python(request.match_info[name], strict=False)
-    except ValidationError as exc:
-        raise errors.BadInput(f"{name}: {exc.errors()[0]['msg']}") from None
-
-
-def require_admin(request: web.Request) -> None:
-    expected = request.app[SETTINGS].admin_token
-    given = request.headers.get("Authorization", "")
-    if not expected or not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-        raise errors.Unauthorized()
-
-
-def _endpoint(route: Route) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        if route.admin:
-            require_admin(request)
-        body: BaseModel | None = None
-        if route.body is not None:
-            body = route.body.model_validate_json(await request.read())
-        elif route.query is not None:
-            # Query strings are all text: numbers in them are parsed, not typed.
-            body = route.query.model_validate(dict(request.query), strict=False)
-        result = await route.view(request, body)
-        if isinstance(result, web.StreamResponse):
-            return result
-        return envelope(result)
-
-    return handle
-
-
-def add_routes(app: web.Application, routes: list[Route]) -> None:
-    for route in routes:
-        app.router.add_route(route.method, route.path, _endpoint(route))

@@ -3,19 +3,18 @@ the API and the worker in one process, and curl lines to try it."""
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import os
+import signal
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from aiohttp import web
-
-from . import admin
-from .__main__ import run_until_signalled
-from .app import create_app
-from .db import create_pool, migrate
-from .models import ActivityIn, DiscountIn, GoodsRef, SkuIn
-from .settings import Settings
-from .worker import build_worker
+from ..db import create_pool, migrate
+from ..http.app import create_app
+from ..http.schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
+from ..lifecycle import Stop, run_until_signalled, server_address, start_api
+from ..settings import Settings
+from ..trade import catalog
+from ..worker import build_worker
 
 log = logging.getLogger("groupbuy_async.dev")
 
@@ -25,19 +24,25 @@ TEAM_ID = 'python3 -c \'import json,sys; print(json.load(sys.stdin)["data"]["tea
 
 
 async def load_demo(dsn: str) -> None:
-    """The original's sample: goods 9890001 at 100.00, 20 off (ZJ), teams of 3."""
+    """The original's sample: goods 9890001 at 100.00, 20 off (ZJ), teams of 3. Loaded once:
+    what an operator changed later, and every order, stays across restarts."""
     pool = await create_pool(dsn, 1, 2)
     try:
-        await admin.put_discount(pool, DEMO_DISCOUNT, DiscountIn(
+        if await catalog.get_activity(pool, DEMO_ACTIVITY) is not None:
+            log.info(
+                "demo activity %d already loaded; data persists in the data dir", DEMO_ACTIVITY
+            )
+            return
+        await catalog.put_discount(pool, DEMO_DISCOUNT, DiscountIn(
             discount_name="直减优惠20元", discount_desc="20 off", market_plan="ZJ",
             market_expr="20",
         ))  # fmt: skip
-        await admin.put_sku(pool, DEMO_GOODS, SkuIn(
+        await catalog.put_sku(pool, DEMO_GOODS, SkuIn(
             goods_name="《手写MyBatis 渐进式源码实践》", original_price=Decimal("100.00"),
             source="s01", channel="c01",
         ))  # fmt: skip
         now = datetime.now(UTC)
-        await admin.put_activity(pool, DEMO_ACTIVITY, ActivityIn(
+        await catalog.put_activity(pool, DEMO_ACTIVITY, ActivityIn(
             activity_name="测试活动 demo", discount_id=DEMO_DISCOUNT, target=3, valid_time=15,
             take_limit_count=1, status=1, start_time=now - timedelta(days=1),
             end_time=now + timedelta(days=365),
@@ -50,12 +55,13 @@ async def load_demo(dsn: str) -> None:
 def curl_lines(base: str, token: str) -> str:
     notify = f"{base}/api/v1/test/group_buy_notify"
     lock = (
-        f"curl -s {base}/api/v1/gbm/trade/lock_market_pay_order -H 'Content-Type: application/json'"
+        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/lock_market_pay_order"
+        " -H 'Content-Type: application/json'"
         ' -d \'{"userId":"USER","activityId":%d,"goodsId":"%s","source":"s01","channel":"c01",'
         '"outTradeNo":"OTN",%s"notifyUrl":"%s"}\''
     )
     settle = (
-        f"curl -s {base}/api/v1/gbm/trade/settlement_market_pay_order"
+        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/settlement_market_pay_order"
         ' -H \'Content-Type: application/json\' -d \'{"source":"s01","channel":"c01",'
         '"userId":"USER","outTradeNo":"OTN","outTradeTime":"\'$(date -Iseconds)\'"}\''
     )
@@ -64,7 +70,7 @@ def curl_lines(base: str, token: str) -> str:
     run = "$(date +%s)"
     lines = [
         "# price trial and joinable teams",
-        f"curl -s {base}/api/v1/gbm/index/query_group_buy_market_config"
+        f"curl -s -w '\\n' {base}/api/v1/gbm/index/query_group_buy_market_config"
         " -H 'Content-Type: application/json'"
         f' -d \'{{"userId":"u1","source":"s01","channel":"c01","goodsId":"{DEMO_GOODS}"}}\'',
         "# three shoppers: the first opens a team, two join it (RUN keeps ids fresh per try)",
@@ -77,11 +83,11 @@ def curl_lines(base: str, token: str) -> str:
         join.replace("USER", "u3-'$RUN'").replace("OTN", "o3-'$RUN'"),
         "# all three pay; the third settlement completes the team and fires the callback",
         *(settle.replace("USER", f"u{i}-'$RUN'").replace("OTN", f"o{i}-'$RUN'") for i in (1, 2, 3)),
-        f"curl -s {base}/api/v1/gbm/teams/$TEAM",
-        f"curl -s {notify}   # callbacks the mock merchant received",
-        f"curl -s -H 'Authorization: Bearer {token}' {base}/api/v1/admin/notify_tasks",
+        f"curl -s -w '\\n' {base}/api/v1/gbm/teams/$TEAM",
+        f"curl -s -w '\\n' {notify}   # callbacks the mock merchant received",
+        f"curl -s -w '\\n' -H 'Authorization: Bearer {token}' {base}/api/v1/admin/notify_tasks",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 async def run_dev(settings: Settings) -> None:
@@ -91,30 +97,53 @@ async def run_dev(settings: Settings) -> None:
         database_url,
         redis_url,
     ):
-        log.info("PostgreSQL at %s, Redis at %s", database_url, redis_url)
+        log.info(
+            "PostgreSQL at %s, Redis at %s",
+            server_address(database_url), server_address(redis_url),
+        )  # fmt: skip
         settings = settings.model_copy(update={
             "database_url": database_url, "redis_url": redis_url,
             "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
+            "mock_merchant": True, "notify_block_private": False,
         })  # fmt: skip
+        log.warning(
+            "dev mode: mock merchant served, private callback targets allowed, admin token"
+            " %r; never run `dev` in production",
+            settings.admin_secret,
+        )
         await migrate(database_url)
         await load_demo(database_url)
-        await run_until_signalled(lambda: _start(settings))
+        worker_died: list[BaseException] = []
+        await run_until_signalled(lambda: _start(settings, worker_died))
+        if worker_died:
+            raise SystemExit(1)
 
 
-async def _start(settings: Settings) -> Callable[[], Awaitable[None]]:
-    runner = web.AppRunner(create_app(settings), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+async def _start(settings: Settings, worker_died: list[BaseException]) -> Stop:
+    stop_api = await start_api(create_app(settings), settings)
     worker = build_worker(settings)
-    worker_task = asyncio.create_task(worker.main())
+    worker_task = asyncio.create_task(worker.async_run())
+
+    def worker_ended(task: asyncio.Task[None]) -> None:
+        # The worker's loop never ends by itself: stop everything rather than run on idle.
+        if task.cancelled():
+            return
+        exc = task.exception() or RuntimeError("the worker's loop ended")
+        log.error("worker stopped: %s; stopping dev", exc)
+        worker_died.append(exc)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    worker_task.add_done_callback(worker_ended)
     base = f"http://{settings.host}:{settings.port}"
-    print(f"\ngroupbuy-async is up at {base}  (admin token: {settings.admin_token})")
+    print(f"\ngroupbuy-async is up at {base}  (admin token: {settings.admin_secret})")
     print(f"OpenAPI: {base}/openapi.json   Ctrl-C stops everything.\n")
-    print(curl_lines(base, settings.admin_token or ""), flush=True)
+    print(curl_lines(base, settings.admin_secret or ""), flush=True)
 
     async def stop() -> None:
+        worker_task.remove_done_callback(worker_ended)
         await worker.close()
         worker_task.cancel()
-        await runner.cleanup()
+        await asyncio.gather(worker_task, return_exceptions=True)
+        await stop_api()
 
     return stop

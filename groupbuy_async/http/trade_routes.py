@@ -1,19 +1,18 @@
-"""Trade, admin and operations endpoints, in one table (callbacks are in notify_routes)."""
+"""Shop-front and catalog (admin) endpoints of the trade half, in one table."""
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from . import admin, errors, market, trade
-from .keys import DISPATCHER, POOL, REDIS, ROUTE_TABLE, SETTINGS
-from .models import (
+from .. import errors
+from ..bootstrap import SERVICES
+from ..trade import catalog, orders, queries
+from .routing import Route, path_param
+from .schemas import (
     ActivityIn,
     ActivityOut,
     DiscountIn,
     DiscountOut,
-    Health,
     LockIn,
     LockOut,
     MarketConfig,
@@ -24,7 +23,6 @@ from .models import (
     SkuOut,
     TeamOut,
 )
-from .web import Route, envelope, path_param
 
 
 def _found(value: Any, what: str) -> Any:
@@ -37,93 +35,62 @@ def _found(value: Any, what: str) -> Any:
 
 
 async def put_discount(request: web.Request, body: DiscountIn) -> DiscountOut:
-    return await admin.put_discount(request.app[POOL], path_param(request, "discountId"), body)
+    return await catalog.put_discount(
+        request.app[SERVICES].pool, path_param(request, "discountId"), body
+    )
 
 
 async def get_discount(request: web.Request, _: None) -> DiscountOut:
-    found = await admin.get_discount(request.app[POOL], path_param(request, "discountId"))
+    found = await catalog.get_discount(
+        request.app[SERVICES].pool, path_param(request, "discountId")
+    )
     return _found(found, "discount")  # type: ignore[no-any-return]
 
 
 async def put_sku(request: web.Request, body: SkuIn) -> SkuOut:
-    return await admin.put_sku(request.app[POOL], path_param(request, "goodsId"), body)
+    return await catalog.put_sku(request.app[SERVICES].pool, path_param(request, "goodsId"), body)
 
 
 async def get_sku(request: web.Request, _: None) -> SkuOut:
-    found = await admin.get_sku(request.app[POOL], path_param(request, "goodsId"))
+    found = await catalog.get_sku(request.app[SERVICES].pool, path_param(request, "goodsId"))
     return _found(found, "sku")  # type: ignore[no-any-return]
 
 
 async def put_activity(request: web.Request, body: ActivityIn) -> ActivityOut:
     activity_id = path_param(request, "activityId")
-    return await admin.put_activity(request.app[POOL], activity_id, body)
+    return await catalog.put_activity(request.app[SERVICES].pool, activity_id, body)
 
 
 async def get_activity(request: web.Request, _: None) -> ActivityOut:
     activity_id = path_param(request, "activityId")
-    return _found(await admin.get_activity(request.app[POOL], activity_id), "activity")  # type: ignore[no-any-return]
+    return _found(await catalog.get_activity(request.app[SERVICES].pool, activity_id), "activity")  # type: ignore[no-any-return]
 
 
 # --- shop front ----------------------------------------------------------------------
 
 
 async def query_market_config(request: web.Request, body: MarketConfigQuery) -> MarketConfig:
-    return await market.market_config(request.app[POOL], body)
+    return await queries.market_config(request.app[SERVICES].pool, body)
 
 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
-    return await trade.lock_order(request.app[POOL], body)
+    return await orders.lock_order(request.app[SERVICES].pool, body)
 
 
 async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
-    app = request.app
-    settlement = await trade.settle_order(app[POOL], body, app[SETTINGS].blacklist)
+    services = request.app[SERVICES]
+    settlement = await orders.settle_order(services.pool, body, services.settings.sc_blacklist)
     if settlement.notify_team_id is not None:
         # After commit, never awaited: the shop front does not wait for the merchant.
-        app[DISPATCHER].fire(settlement.notify_team_id)
+        services.dispatcher.fire(settlement.notify_team_id)
     return settlement.result
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
-    return await market.get_team(request.app[POOL], path_param(request, "teamId"))
+    return await queries.get_team(request.app[SERVICES].pool, path_param(request, "teamId"))
 
 
-# --- operations ----------------------------------------------------------------------
-
-
-async def healthz(request: web.Request, _: None) -> Health:
-    return Health(status="up")
-
-
-async def readyz(request: web.Request, _: None) -> web.Response:
-    checks: dict[str, str] = {}
-
-    async def probe(name: str, check: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            async with asyncio.timeout(2):
-                await check()
-            checks[name] = "ok"
-        except Exception as exc:  # any failure means not ready; the reason is reported
-            checks[name] = f"error: {type(exc).__name__}"
-
-    await asyncio.gather(
-        probe("postgres", lambda: request.app[POOL].fetchval("SELECT 1")),
-        probe("redis", lambda: request.app[REDIS].ping()),
-    )
-    ready = all(v == "ok" for v in checks.values())
-    health = Health(status="ready" if ready else "unavailable", checks=checks)
-    if ready:
-        return envelope(health)
-    return envelope(health, code="0503", info="dependencies unavailable", status=503)
-
-
-async def openapi(request: web.Request, _: None) -> web.Response:
-    from .openapi import build_openapi
-
-    return web.json_response(build_openapi(request.app[ROUTE_TABLE]))
-
-
-ROUTES: list[Route] = [
+TRADE_ROUTES: list[Route] = [
     Route(
         "PUT",
         "/api/v1/admin/discounts/{discountId}",
@@ -212,15 +179,4 @@ ROUTES: list[Route] = [
         SettleOut,
     ),
     Route("GET", "/api/v1/gbm/teams/{teamId}", get_team, "A team's state", "shop", None, TeamOut),
-    Route("GET", "/healthz", healthz, "Process is up", "ops", None, Health),
-    Route(
-        "GET",
-        "/readyz",
-        readyz,
-        "PostgreSQL and Redis reachable (503 otherwise)",
-        "ops",
-        None,
-        Health,
-    ),
-    Route("GET", "/openapi.json", openapi, "This OpenAPI document", "ops", raw="application/json"),
 ]

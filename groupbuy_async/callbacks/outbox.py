@@ -1,5 +1,6 @@
 """The notify_task outbox in PostgreSQL: claim with a lease, write results fenced by the claim."""
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -7,7 +8,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from .notify_rules import AttemptOutcome, Verdict, merchant_host
+from ..db import Conn
+from .rules import AttemptOutcome, Verdict, merchant_host
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,29 @@ class Result:
     verdict: Verdict
     started_at: datetime
     duration_ms: int
+
+
+_ENQUEUE = """
+INSERT INTO notify_task (event_id, activity_id, team_id, notify_url, parameter_json)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (team_id) DO NOTHING
+"""
+
+
+async def enqueue_team_completed(
+    conn: Conn, team_id: str, activity_id: int, notify_url: str, out_trade_nos: list[str]
+) -> None:
+    """Write a completed team's callback. Call it inside the transaction that completed the
+    team: the event commits with the state change or not at all. One per team."""
+    event_id = uuid.uuid4()
+    payload = {
+        "teamId": team_id,
+        "outTradeNoList": out_trade_nos,
+        "activityId": activity_id,
+        "eventId": str(event_id),
+    }
+    body = json.dumps(payload, separators=(",", ":"))
+    await conn.execute(_ENQUEUE, event_id, activity_id, team_id, notify_url, body)
 
 
 # Pushing next_attempt_at to the lease expiry takes claimed rows out of the due range, so

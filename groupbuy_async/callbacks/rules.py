@@ -41,11 +41,6 @@ class Verdict:
     error: str | None
 
 
-def secret_key(secret: str) -> bytes:
-    """Standard Webhooks secrets are 'whsec_' + base64; the bytes behind it sign."""
-    return base64.b64decode(secret.removeprefix("whsec_"))
-
-
 def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
     digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()

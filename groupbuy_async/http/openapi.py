@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from . import __version__, errors
-from .models import PATH_PARAMS
+from .. import __version__, errors
+from .schemas import PATH_PARAMS
 
 if TYPE_CHECKING:
-    from .web import Route
+    from .routing import Route
 
 _REF = "#/components/schemas/{model}"
 _PATH_SCHEMAS = {name: TypeAdapter(kind).json_schema() for name, kind in PATH_PARAMS.items()}

@@ -2,7 +2,7 @@
 
 import asyncpg
 
-from .models import ActivityIn, ActivityOut, DiscountIn, DiscountOut, GoodsRef, SkuIn, SkuOut
+from ..http.schemas import ActivityIn, ActivityOut, DiscountIn, DiscountOut, GoodsRef, SkuIn, SkuOut
 
 _PUT_DISCOUNT = """
 INSERT INTO group_buy_discount (discount_id, discount_name, discount_desc, market_plan, market_expr)

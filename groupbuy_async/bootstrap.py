@@ -1,0 +1,50 @@
+"""The one place that builds the shared objects of a process: the app, the worker, the CLI,
+tests and benchmarks all get their pool, sender, dispatcher and metrics from here."""
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from .callbacks.dispatch import Dispatcher
+from .callbacks.metrics import Metrics
+from .callbacks.sender import Sender
+from .db import create_pool
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    dispatcher: Dispatcher
+    metrics: Metrics
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def build_dispatcher(pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> Dispatcher:
+    """A dispatcher with its own Sender (the process's one shared ClientSession)."""
+    return Dispatcher(pool, Sender.from_settings(settings), settings, metrics)
+
+
+@contextlib.asynccontextmanager
+async def services(settings: Settings, pool_min: int | None = None) -> AsyncIterator[Services]:
+    """Open everything a process shares; on exit let background sends finish, then close."""
+    if not settings.database_url:
+        raise RuntimeError("GROUPBUY_DATABASE_URL is not set")
+    pool = await create_pool(
+        settings.database_url, pool_min or settings.db_pool_min, settings.db_pool_max
+    )
+    try:
+        metrics = Metrics()
+        dispatcher = build_dispatcher(pool, settings, metrics)
+        try:
+            yield Services(settings, pool, dispatcher, metrics)
+        finally:
+            await dispatcher.close(grace_seconds=settings.notify_timeout_seconds)
+    finally:
+        await pool.close()

@@ -1,0 +1,162 @@
+"""Command line: python -m groupbuy_async {api,worker,migrate,dev,notify}.
+
+Settings come from GROUPBUY_* environment variables (`VERB --help` lists each verb's). A bad
+setting, an unreachable server or a taken port is one line on stderr and exit code 2.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from .lifecycle import StartupError
+from .logs import setup_logging
+from .settings import ENV_PREFIX, Settings, SettingsError, load_settings, require
+
+log = logging.getLogger("groupbuy_async")
+
+_LOGS = ("log_format", "log_level")
+_NOTIFY = (
+    "notify_secret", "notify_accept_any_2xx", "notify_retry_schedule", "notify_timeout_seconds",
+    "notify_concurrency", "notify_per_host", "notify_batch_size", "notify_block_private",
+)  # fmt: skip
+_POOL = ("db_pool_min", "db_pool_max")
+VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "api": (
+        "run the HTTP API (needs PostgreSQL)",
+        (
+            "database_url",
+            "host",
+            "port",
+            "admin_token",
+            "sc_blacklist",
+            *_POOL,
+            *_NOTIFY,
+            "notify_immediate_limit",
+            "mock_merchant",
+            *_LOGS,
+        ),
+    ),
+    "worker": (
+        "run the arq worker: team expiry, callback compensation (needs PostgreSQL and Redis)",
+        (
+            "database_url",
+            "redis_url",
+            "fail_teams_cron_seconds",
+            "notify_cron_seconds",
+            *_NOTIFY,
+            *_POOL,
+            "worker_metrics_port",
+            "host",
+            *_LOGS,
+        ),
+    ),
+    "migrate": ("apply the schema migrations not yet applied", ("database_url", *_LOGS)),
+    "dev": (
+        "local demo: embedded servers when unset, migrations, demo data, API and worker",
+        ("database_url", "redis_url", "data_dir", "host", "port", "admin_token", *_LOGS),
+    ),
+    "notify": (
+        "deliver due callbacks now and print the counts",
+        ("database_url", *_NOTIFY, *_POOL, *_LOGS),
+    ),
+    "health": (
+        "exit 0 when the API answers /readyz, or the worker's heartbeat is fresh in Redis",
+        ("host", "port", "redis_url"),
+    ),
+}
+
+
+def settings_help(names: tuple[str, ...]) -> str:
+    lines = ["settings (environment variables):"]
+    for name in names:
+        field = Settings.model_fields[name]
+        default = field.default
+        if isinstance(default, tuple | frozenset):
+            shown = ""
+        else:
+            shown = f" [default: {'unset' if default is None else str(default).lower()}]"
+        lines.append(f"  {ENV_PREFIX}{name.upper()}{shown}\n      {field.description}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="groupbuy_async", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    for verb, (summary, names) in VERBS.items():
+        p = sub.add_parser(
+            verb, help=summary, description=summary, epilog=settings_help(names),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        if verb == "notify":
+            p.add_argument("--team-id", help="only this team's task")
+        if verb == "health":
+            p.add_argument("process", choices=["api", "worker"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        setup_logging(settings.log_format, settings.log_level)
+        _run(args, settings)
+    except (SettingsError, StartupError) as exc:
+        print(f"groupbuy_async {args.command}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    if args.command == "api":
+        from .lifecycle import serve_api
+
+        require(settings, "database_url")
+        asyncio.run(serve_api(settings))
+    elif args.command == "worker":
+        from .lifecycle import run_worker
+
+        require(settings, "database_url", "redis_url")
+        asyncio.run(run_worker(settings))
+    elif args.command == "migrate":
+        require(settings, "database_url")
+        applied = asyncio.run(_migrate(settings))
+        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+    elif args.command == "notify":
+        require(settings, "database_url")
+        print(json.dumps(asyncio.run(notify(settings, args.team_id))))
+    elif args.command == "health":
+        from .lifecycle import check_health
+
+        if args.process == "worker":
+            require(settings, "redis_url")
+        sys.exit(asyncio.run(check_health(settings, args.process)))
+    elif args.command == "dev":
+        from .dev.run import run_dev
+
+        asyncio.run(run_dev(settings))
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from .db import migrate
+    from .lifecycle import server_address
+
+    dsn = settings.database_url or ""
+    try:
+        return await migrate(dsn)
+    except (OSError, TimeoutError) as exc:
+        raise StartupError(f"cannot reach PostgreSQL at {server_address(dsn)}: {exc}") from None
+
+
+async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
+    """The original's execSettlementNotifyJob([teamId]) as a one-shot command."""
+    from .bootstrap import services
+
+    async with services(settings, pool_min=1) as shared:
+        return (await shared.dispatcher.drain(team_id)).as_dict()

@@ -1,0 +1,35 @@
+"""The aiohttp application: shared objects from bootstrap in cleanup_ctx, routes from tables."""
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..bootstrap import SERVICES, services
+from ..settings import Settings
+from .callback_routes import CALLBACK_ROUTES
+from .envelope import envelope_middleware
+from .ops_routes import OPS_ROUTES
+from .routing import ROUTE_TABLE, Route, add_routes
+from .trade_routes import TRADE_ROUTES
+
+MAX_BODY = 256 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY)
+    routes: list[Route] = TRADE_ROUTES + CALLBACK_ROUTES + OPS_ROUTES
+    if settings.mock_merchant:
+        from ..dev.mock_merchant import MOCK_MERCHANT, MOCK_MERCHANT_ROUTES, MockMerchant
+
+        app[MOCK_MERCHANT] = MockMerchant(settings.signing_key)
+        routes = routes + MOCK_MERCHANT_ROUTES
+    app[ROUTE_TABLE] = routes
+
+    async def shared(app: web.Application) -> AsyncIterator[None]:
+        async with services(settings) as shared_objects:
+            app[SERVICES] = shared_objects
+            yield
+
+    app.cleanup_ctx.append(shared)
+    add_routes(app, routes)
+    return app

@@ -1,0 +1,56 @@
+"""Operations endpoints: liveness, readiness, metrics and the OpenAPI document."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..bootstrap import SERVICES
+from ..callbacks.metrics import metrics_response
+from .envelope import envelope
+from .routing import ROUTE_TABLE, Route
+from .schemas import Health
+
+
+async def healthz(request: web.Request, _: None) -> Health:
+    return Health(status="up")
+
+
+async def readyz(request: web.Request, _: None) -> web.Response:
+    checks: dict[str, str] = {}
+
+    async def probe(name: str, check: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            async with asyncio.timeout(2):
+                await check()
+            checks[name] = "ok"
+        except Exception as exc:  # any failure means not ready; the reason is reported
+            checks[name] = f"error: {type(exc).__name__}"
+
+    # The API needs PostgreSQL only; Redis is the worker's.
+    await probe("postgres", lambda: request.app[SERVICES].pool.fetchval("SELECT 1"))
+    ready = all(v == "ok" for v in checks.values())
+    health = Health(status="ready" if ready else "unavailable", checks=checks)
+    if ready:
+        return envelope(health)
+    return envelope(health, code="0503", info="dependencies unavailable", status=503)
+
+
+async def openapi(request: web.Request, _: None) -> web.Response:
+    from .openapi import build_openapi
+
+    return web.json_response(build_openapi(request.app[ROUTE_TABLE]))
+
+
+async def metrics(request: web.Request, _: None) -> web.Response:
+    services = request.app[SERVICES]
+    return await metrics_response(services.metrics, services.pool)
+
+
+OPS_ROUTES: list[Route] = [
+    Route("GET", "/healthz", healthz, "Process is up", "ops", None, Health),
+    Route("GET", "/readyz", readyz, "PostgreSQL reachable (503 otherwise)", "ops", None, Health),
+    Route("GET", "/openapi.json", openapi, "This OpenAPI document", "ops", raw="application/json"),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", "ops", raw="text/plain"),
+]

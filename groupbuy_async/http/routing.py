@@ -1,0 +1,87 @@
+"""The route table type and how a route becomes an aiohttp handler (admin check, body and
+query validation, the envelope)."""
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .. import errors
+from ..bootstrap import SERVICES
+from .envelope import Handler, envelope
+from .schemas import PATH_PARAMS
+
+View = Callable[[web.Request, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    view: View
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    response: Any = None
+    admin: bool = False
+    # A query-string model (GET routes): validated and handed to the view like a body.
+    query: type[BaseModel] | None = None
+    # Raw views build their own web.Response (not enveloped), of this content type.
+    raw: str | None = None
+
+
+_PATH_ADAPTERS = {name: TypeAdapter(kind) for name, kind in PATH_PARAMS.items()}
+
+
+def path_param(request: web.Request, name: str) -> Any:
+    try:
+        return _PATH_ADAPTERS[name].validate_python(request.match_info[name], strict=False)
+    except ValidationError as exc:
+        raise errors.BadInput(f"{name}: {exc.errors()[0]['msg']}") from None
+
+
+def require_admin(request: web.Request) -> None:
+    expected = request.app[SERVICES].settings.admin_secret
+    if not expected:
+        raise errors.Unauthorized("admin is disabled: GROUPBUY_ADMIN_TOKEN is not set")
+    given = request.headers.get("Authorization", "")
+    try:
+        given_bytes = given.encode()
+    except UnicodeError:  # a header that is not valid UTF-8 cannot be the token
+        raise errors.Unauthorized() from None
+    if not hmac.compare_digest(given_bytes, f"Bearer {expected}".encode()):
+        raise errors.Unauthorized()
+
+
+def _endpoint(route: Route) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if route.admin:
+            require_admin(request)
+        body: BaseModel | None = None
+        if route.body is not None:
+            # No body at all is an empty object: a model whose fields are optional accepts it,
+            # any other names its missing fields.
+            body = route.body.model_validate_json(await request.read() or b"{}")
+        elif route.query is not None:
+            # Query strings are all text: numbers in them are parsed, not typed.
+            body = route.query.model_validate(dict(request.query), strict=False)
+        result = await route.view(request, body)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return envelope(result)
+
+    return handle
+
+
+def add_routes(app: web.Application, routes: list[Route]) -> None:
+    for route in routes:
+        if route.method == "GET":  # HEAD too, as HTTP expects of every GET
+            app.router.add_get(route.path, _endpoint(route), allow_head=True)
+        else:
+            app.router.add_route(route.method, route.path, _endpoint(route))
+
+
+ROUTE_TABLE = web.AppKey("route_table", list[Route])
