@@ -12,8 +12,8 @@ import asyncpg
 
 from groupbuy_async.settings import Settings
 
-from .conftest import ADMIN_TOKEN, make_tasks, new_id, now_iso
-from .merchant import Merchant
+from ..conftest import ADMIN_TOKEN, make_tasks, new_id, now_iso
+from ..merchant import Merchant
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:

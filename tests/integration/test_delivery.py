@@ -12,8 +12,8 @@ from standardwebhooks.webhooks import Webhook
 
 from groupbuy_async.callbacks import outbox
 
-from .conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
-from .merchant import Merchant, start_merchant
+from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
+from ..merchant import Merchant, start_merchant
 
 
 async def task_row(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record:

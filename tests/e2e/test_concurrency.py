@@ -5,7 +5,7 @@ from typing import Any
 
 import asyncpg
 
-from .conftest import Api, new_id, now_iso
+from ..conftest import Api, new_id, now_iso
 
 
 async def _open_team(api: Api, act: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from .conftest import Api, new_id
+from ..conftest import Api, new_id
 
 LOCK = "/api/v1/gbm/trade/lock_market_pay_order"
 
@@ -156,7 +156,7 @@ async def test_health_and_readiness(api: Api) -> None:
 
 
 async def test_api_needs_no_redis(settings: Any) -> None:
-    from .conftest import start_client
+    from ..conftest import start_client
 
     client = await start_client(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
     try:

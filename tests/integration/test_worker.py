@@ -8,7 +8,7 @@ import asyncpg
 from groupbuy_async.settings import Settings
 from groupbuy_async.worker import build_worker, every
 
-from .conftest import Api, new_id
+from ..conftest import Api, new_id
 
 
 async def test_worker_marks_expired_forming_teams_failed(

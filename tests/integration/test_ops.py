@@ -9,7 +9,7 @@ import pytest
 from groupbuy_async.db import migrate, migration_files
 from groupbuy_async.logs import JsonFormatter, TextFormatter, request_id
 
-from .conftest import Api
+from ..conftest import Api
 
 
 async def test_migrate_is_versioned_and_idempotent(database_url: str, pool: asyncpg.Pool) -> None:
@@ -59,7 +59,7 @@ def test_every_error_code_is_listed_in_the_readme() -> None:
 
     from groupbuy_async import errors
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     defined = {
         obj for obj in vars(errors).values()
         if isinstance(obj, type) and issubclass(obj, errors.ServiceError)

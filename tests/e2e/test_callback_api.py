@@ -12,8 +12,8 @@ from standardwebhooks.webhooks import Webhook
 from groupbuy_async.settings import Settings
 from groupbuy_async.worker import build_worker
 
-from .conftest import SECRET, Api, make_tasks, start_client
-from .merchant import Merchant
+from ..conftest import SECRET, Api, make_tasks, start_client
+from ..merchant import Merchant
 
 
 async def test_run_list_inspect_and_replay(

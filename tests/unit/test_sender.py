@@ -12,7 +12,7 @@ from groupbuy_async.callbacks.rules import verify
 from groupbuy_async.callbacks.sender import Sender, create_session, is_blocked_ip
 from groupbuy_async.settings import decode_webhook_secret as secret_key
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 URL_ = "http://merchant.test/notify"
 
