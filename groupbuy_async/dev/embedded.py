@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
@@ -21,6 +22,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -64,6 +67,10 @@ def start_postgres(data_dir: Path) -> EmbeddedServer:
     with _locked(data_dir):
         port = _running_postgres_port(pgdata, bin_dir)
         if port is not None:
+            logger.warning(
+                "reusing PostgreSQL already running on port %d for %s (left by an earlier run;"
+                " it is not stopped on exit)", port, pgdata,
+            )  # fmt: skip
             return EmbeddedServer(_postgres_url(port))
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, user, log)
@@ -85,6 +92,10 @@ def start_redis(data_dir: Path) -> EmbeddedServer:
     with _locked(data_dir):
         port, pid = _read_int(port_file), _read_int(pid_file)
         if port is not None and pid is not None and _pid_alive(pid) and _redis_ping(port):
+            logger.warning(
+                "reusing Redis already running on port %d (pid %d, left by an earlier run;"
+                " it is not stopped on exit)", port, pid,
+            )  # fmt: skip
             return EmbeddedServer(_redis_url(port))
         port = _free_port()
         port_file.write_text(f"{port}\n")

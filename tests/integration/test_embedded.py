@@ -1,14 +1,18 @@
 """The embedded servers `make run` and `make test` fall back to, started for real."""
 
+import logging
 from pathlib import Path
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from groupbuy_async.dev.embedded import start_postgres, start_redis
 
 
-async def test_embedded_postgres_and_redis_start_answer_and_stop(tmp_path: Path) -> None:
+async def test_embedded_postgres_and_redis_start_answer_and_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pg, rd = start_postgres(tmp_path), start_redis(tmp_path)
     try:
         conn = await asyncpg.connect(pg.url)
@@ -17,8 +21,12 @@ async def test_embedded_postgres_and_redis_start_answer_and_stop(tmp_path: Path)
         client = Redis.from_url(rd.url)
         assert await client.ping()
         await client.aclose()
-        again = start_postgres(tmp_path)  # a running server is reused, not started twice
-        assert again.url == pg.url
+        with caplog.at_level(logging.WARNING, logger="groupbuy_async.dev.embedded"):
+            # A running server is reused, not started twice, and the log says so.
+            assert start_postgres(tmp_path).url == pg.url
+            assert start_redis(tmp_path).url == rd.url
+        reused = [r.getMessage() for r in caplog.records if "reusing" in r.getMessage()]
+        assert len(reused) == 2 and "PostgreSQL" in reused[0] and "Redis" in reused[1]
     finally:
         pg.stop()
         rd.stop()
