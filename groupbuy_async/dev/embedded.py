@@ -231,7 +231,8 @@ def _spawn(
 
 def _wait_ready(server: EmbeddedServer, ready: Callable[[], bool], name: str, log: Path) -> None:
     proc = server._proc
-    assert proc is not None
+    if proc is None:
+        raise EmbeddedServerError(f"{name} was not started by this process")
     deadline = time.monotonic() + START_TIMEOUT
     while not ready():
         if proc.poll() is not None:
