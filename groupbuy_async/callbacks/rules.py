@@ -3,7 +3,9 @@
 import base64
 import hashlib
 import hmac
+import ipaddress
 import random
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -51,9 +53,51 @@ def verify(key: bytes, msg_id: str, timestamp: int, body: str, header: str) -> b
     return any(hmac.compare_digest(expected, s) for s in header.split())
 
 
+# A host made of numeric labels (decimal, octal with a leading 0, hex 0x…) is an IPv4 address
+# to the C library whatever its form ("127.1", "2130706433", "0177.0.0.1", "0x7f.1").
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+
+
+def host_problem(host: str) -> str | None:
+    """Why a URL's host (as urlsplit gives it) is not in canonical form, or None.
+
+    Only canonical forms are accepted, so that what is checked is what is connected to:
+    ASCII (IDNA hosts as punycode), and an IPv4 address only as four plain decimal octets."""
+    if not host.isascii() or not host.isprintable():
+        return "host must be ASCII (use punycode for international names)"
+    if ":" in host:  # IPv6 literal (urlsplit strips the brackets)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "host is not a valid IPv6 address"
+        return None
+    labels = host.split(".")
+    if all(_NUMERIC_LABEL.match(label) for label in labels if label) or host.endswith("."):
+        try:
+            canonical = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            canonical = ""
+        if canonical != host:
+            return "an IPv4 host must be four decimal octets, e.g. 203.0.113.7"
+    return None
+
+
+def is_blocked_ip(address: str) -> bool:
+    """True for addresses callbacks must never reach: loopback, private, link-local, shared,
+    reserved, multicast, unspecified (IPv4-mapped IPv6 judged by its IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
 @lru_cache(maxsize=4096)  # merchants' URLs repeat: parse each once
-def url_problem(url: str) -> str | None:
-    """Why a notifyUrl can never be delivered to, or None when it is a valid http(s) URL."""
+def url_problem(url: str, block_private: bool = False) -> str | None:
+    """Why a notifyUrl can never be delivered to, or None when it is a valid http(s) URL
+    with a canonical host (and, with `block_private`, not a blocked address literal)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a malformed port
@@ -61,6 +105,11 @@ def url_problem(url: str) -> str | None:
         return f"invalid notifyUrl: {exc}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "invalid notifyUrl: not an absolute http(s) URL"
+    problem = host_problem(parts.hostname)
+    if problem:
+        return f"invalid notifyUrl: {problem}"
+    if block_private and is_blocked_ip(parts.hostname):
+        return "notifyUrl points at a blocked address"
     return None
 
 

@@ -10,16 +10,16 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
+from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from aiohttp_retry import ExponentialRetry, RetryClient
 
 from .. import __version__
 from ..settings import Settings
-from .rules import AttemptOutcome, sign, url_problem
+from .rules import AttemptOutcome, is_blocked_ip, sign, url_problem
 
 BODY_CAP = 2048
 # Within one attempt, only failures to connect are retried: the request was never sent,
@@ -43,14 +43,29 @@ class BlockedAddress(OSError):
         super().__init__(errno.EACCES, f"{host} resolves only to blocked addresses")
 
 
-def is_blocked_ip(host: str) -> bool:
+def connect_address(host: str) -> str | None:
+    """The address the kernel connects to for a socket address host, in canonical form:
+    numeric forms the C library accepts ("127.1", "2130706433") are read as it reads them.
+    None when the host is not numeric at all (never the case after resolution)."""
     try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
     except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        return None
+    return str(infos[0][4][0]) if infos else None
+
+
+def public_socket(addr_info: AddrInfoType) -> socket.socket:
+    """aiohttp's socket factory with the last word on SSRF: whatever the URL's form and
+    however the host was resolved, a socket for a blocked address is never created."""
+    family, type_, proto, _, sockaddr = addr_info
+    address = connect_address(str(sockaddr[0]))
+    if address is None or is_blocked_ip(address):
+        raise BlockedAddress(str(sockaddr[0]))
+    return socket.socket(family=family, type=type_, proto=proto)
 
 
 class PublicOnlyResolver(AbstractResolver):
@@ -77,6 +92,7 @@ def create_session(limit: int, block_private: bool) -> aiohttp.ClientSession:
         limit=limit,
         limit_per_host=0,
         resolver=PublicOnlyResolver() if block_private else None,
+        socket_factory=public_socket if block_private else None,
         ttl_dns_cache=60,
     )
     return aiohttp.ClientSession(
@@ -121,9 +137,7 @@ class Sender:
         return headers
 
     async def send(self, url: str, event_id: str, body: str) -> AttemptOutcome:
-        problem = url_problem(url)
-        if problem is None and self.block_private and is_blocked_ip(_host(url)):
-            problem = "notifyUrl points at a blocked address"
+        problem = url_problem(url, self.block_private)
         if problem:
             return AttemptOutcome(http_status=None, error=problem, permanent=True)
         try:
@@ -170,10 +184,6 @@ async def _read_capped(stream: aiohttp.StreamReader, cap: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).hostname or ""
 
 
 def _error_text(exc: BaseException) -> str:

@@ -3,7 +3,6 @@
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +16,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ..callbacks.rules import url_problem
 from ..trade.rules import parse_market_expr
 
 Code = Annotated[
@@ -38,13 +38,9 @@ ActivityId = Annotated[int, Field(ge=1, le=2**62)]
 
 
 def _absolute_http_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http or https URL")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(problem.removeprefix("invalid notifyUrl: "))
     return url
 
 

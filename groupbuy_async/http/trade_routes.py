@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
+from ..callbacks.rules import url_problem
 from ..trade import catalog, orders, queries
 from .routing import Route, path_param
 from .schemas import (
@@ -74,7 +75,12 @@ async def query_market_config(request: web.Request, body: MarketConfigQuery) -> 
 
 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
-    return await orders.lock_order(request.app[SERVICES].pool, body)
+    services = request.app[SERVICES]
+    if services.settings.notify_block_private:
+        problem = url_problem(body.notify_url, block_private=True)
+        if problem:  # an address literal callbacks may never reach: refused before any write
+            raise errors.BadInput(problem)
+    return await orders.lock_order(services.pool, body)
 
 
 async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:

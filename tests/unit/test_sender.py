@@ -8,8 +8,8 @@ from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 from yarl import URL
 
-from groupbuy_async.callbacks.rules import verify
-from groupbuy_async.callbacks.sender import Sender, create_session, is_blocked_ip
+from groupbuy_async.callbacks.rules import is_blocked_ip, verify
+from groupbuy_async.callbacks.sender import Sender, create_session
 from groupbuy_async.settings import decode_webhook_secret as secret_key
 
 from ..conftest import SECRET

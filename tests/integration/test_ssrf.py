@@ -1,0 +1,111 @@
+"""SSRF guard with NOTIFY_BLOCK_PRIVATE on: every spelling of a loopback address is refused,
+at lock time (400, nothing written) and at send time (the address actually connected to)."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from groupbuy_async.callbacks.sender import Sender, create_session
+from groupbuy_async.settings import Settings
+
+from ..conftest import Api, new_id, start_client
+from ..merchant import Merchant
+
+# Each reached a loopback receiver through the old guard: aiohttp passes digit-and-dot hosts
+# to connect() unresolved, and the C library reads them as IPv4 ("127.1" is 127.0.0.1).
+NON_CANONICAL = [
+    "127.1",
+    "2130706433",
+    "0",
+    "0177.0.0.1",
+    "127.000.000.001",
+    "0x7f.0.0.1",
+    "127.0.0.1.",
+    "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # full-width digits
+    "127\u30020\u30020\u30021",  # ideographic full stops
+]
+CANONICAL_BLOCKED = ["127.0.0.1", "[::ffff:127.0.0.1]", "[::1]", "169.254.169.254", "10.0.0.1"]
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[Sender]:
+    session = create_session(10, block_private=True)
+    yield Sender(session, None, timeout=2.0, block_private=True)
+    await session.close()
+
+
+@pytest.mark.parametrize("host", NON_CANONICAL + CANONICAL_BLOCKED + ["localhost"])
+async def test_sender_never_reaches_a_loopback_receiver(
+    host: str, guarded: Sender, merchant: Merchant
+) -> None:
+    url = f"http://{host}:{merchant.server.port}/notify"
+    outcome = await guarded.send(url, "evt", "{}")
+    assert outcome.http_status is None and outcome.permanent, outcome
+    assert merchant.requests == []
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0177.0.0.1", "[::ffff:127.0.0.1]"])
+async def test_the_connection_itself_is_refused_whatever_the_url_check_says(
+    host: str, merchant: Merchant
+) -> None:
+    """The socket factory decides on the address connected to, even for a URL no check saw;
+    without it the same URL does reach the receiver (so each form is a real bypass)."""
+    url = f"http://{host}:{merchant.server.port}/notify"
+    async with (
+        create_session(10, block_private=False) as open_session,
+        open_session.post(url, data=b"{}") as resp,
+    ):
+        assert resp.status == 200
+    assert len(merchant.requests) == 1
+    async with create_session(10, block_private=True) as guarded_session:
+        with pytest.raises(aiohttp.ClientConnectorError, match="blocked"):
+            await guarded_session.post(url, data=b"{}")
+    assert len(merchant.requests) == 1
+
+
+async def _lock(client: Any, act: dict[str, Any], url: str) -> tuple[int, dict[str, Any]]:
+    body = {**act, "userId": new_id("u"), "outTradeNo": new_id(), "notifyUrl": url}
+    async with client.post("/api/v1/gbm/trade/lock_market_pay_order", json=body) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("host", NON_CANONICAL)
+async def test_non_canonical_hosts_are_refused_at_lock_time_always(
+    host: str, api: Api, pool: asyncpg.Pool
+) -> None:
+    act = await api.new_activity()
+    status, env = await _lock(api.client, act, f"http://{host}:8080/notify")
+    assert (status, env["code"]) == (400, "0002"), env
+    assert "notifyUrl" in env["info"]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM group_buy_order WHERE activity_id = $1", act["activityId"]
+        )
+        == 0
+    )
+
+
+async def test_blocked_literals_are_refused_at_lock_time_when_blocking(
+    settings: Settings, api: Api, pool: asyncpg.Pool
+) -> None:
+    act = await api.new_activity()
+    client = await start_client(settings.model_copy(update={"notify_block_private": True}))
+    try:
+        for host in CANONICAL_BLOCKED:
+            status, env = await _lock(client, act, f"http://{host}:8080/notify")
+            assert (status, env["code"]) == (400, "0002"), (host, env)
+            assert "blocked" in env["info"]
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM group_buy_order WHERE activity_id = $1", act["activityId"]
+            )
+            == 0
+        )
+        for url in ("http://93.184.215.14/notify", "https://merchant.example.com/notify"):
+            status, env = await _lock(client, act, url)
+            assert status == 200, env
+    finally:
+        await client.close()
