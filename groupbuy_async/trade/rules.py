@@ -17,13 +17,21 @@ class Price:
     pay: Decimal
 
 
-def _number(text: str) -> Decimal:
+MAX_AMOUNT = Decimal("9999999999.99")  # what numeric(12,2) holds
+RATE_PLACES = Decimal("0.0001")
+
+
+def _number(text: str, places: Decimal = CENT) -> Decimal:
+    """A non-negative amount that fits numeric(12,2) (or a rate with `places`): anything
+    else ("1e999999999", "0.001") is refused when the discount is saved, not at lock."""
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
         raise ValueError(f"not a number: {text!r}") from None
-    if not value.is_finite() or value < 0:
-        raise ValueError(f"not a non-negative number: {text!r}")
+    if not value.is_finite() or value < 0 or value > MAX_AMOUNT:
+        raise ValueError(f"not a number between 0 and {MAX_AMOUNT}: {text!r}")
+    if value != value.quantize(places):
+        raise ValueError(f"too many decimal places (at most {places}): {text!r}")
     return value
 
 
@@ -37,7 +45,7 @@ def parse_market_expr(plan: str, expr: str) -> tuple[Decimal, ...]:
     if plan in ("ZJ", "N"):
         return (_number(expr),)
     if plan == "ZK":
-        rate = _number(expr)
+        rate = _number(expr, RATE_PLACES)
         if not 0 < rate <= 1:
             raise ValueError("ZK expects a rate in (0, 1], e.g. 0.8")
         return (rate,)

@@ -54,6 +54,11 @@ def test_trial_price(original: str, plan: str, expr: str, pay: str) -> None:
         ("ZJ", "-1"),
         ("N", "NaN"),
         ("X", "1"),
+        ("ZJ", "1e999999999"),  # accepted once, then every lock and trial was a 500
+        ("N", "1e11"),
+        ("MJ", "100,1e20"),
+        ("ZJ", "0.001"),
+        ("ZK", "0.00001"),
     ],
 )
 def test_malformed_market_expr_is_refused(plan: str, expr: str) -> None:
