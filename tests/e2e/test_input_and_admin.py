@@ -1,12 +1,14 @@
 """Bad input is refused with 400 and writes nothing; admin config round-trips; errors are clean."""
 
+import asyncio
+import json
 import logging
 from typing import Any
 
 import asyncpg
 import pytest
 
-from ..conftest import Api, new_id
+from ..conftest import ADMIN_TOKEN, Api, new_id
 
 LOCK = "/api/v1/gbm/trade/lock_market_pay_order"
 
@@ -88,6 +90,56 @@ async def test_admin_requires_the_token(api: Api) -> None:
         "/api/v1/admin/skus/anything", headers={"Authorization": "Bearer wrong"}
     ) as resp:
         assert resp.status == 401
+
+
+ADMIN_ROUTE = "/api/v1/admin/skus/anything"
+
+
+@pytest.mark.parametrize("token", [None, ""])
+async def test_admin_without_a_token_refuses_every_bearer(settings: Any, token: str | None) -> None:
+    from ..conftest import start_client
+
+    client = await start_client(settings.model_copy(update={"admin_token": token}))
+    try:
+        for given in ("Bearer None", "Bearer ", "Bearer", "Bearer null", "Bearer  None", ""):
+            headers = {"Authorization": given} if given else {}
+            async with client.get(ADMIN_ROUTE, headers=headers) as resp:
+                env = await resp.json()
+                assert (resp.status, env["code"], env["data"]) == (401, "0401", None), given
+                assert "not set" in env["info"]
+    finally:
+        await client.close()
+
+
+async def _raw_get(api: Api, path: str, authorization: bytes) -> tuple[int, dict[str, Any]]:
+    """A request written byte by byte: aiohttp's client refuses or mangles non-UTF-8 headers."""
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+            b"Authorization: " + authorization + b"\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [b"Bearer \xff", b"Bearer " + ADMIN_TOKEN.encode() + b"\xff", b"\xff\xfe"],
+)
+async def test_admin_header_that_is_not_utf8_is_401_not_500(api: Api, authorization: bytes) -> None:
+    status, env = await _raw_get(api, ADMIN_ROUTE, authorization)
+    assert (status, env["code"]) == (401, "0401"), env
+    # The same raw request with the real token passes the check: the 401 is the byte's.
+    status, env = await _raw_get(api, ADMIN_ROUTE, b"Bearer " + ADMIN_TOKEN.encode())
+    assert (status, env["code"]) == (404, "0404"), env
 
 
 async def test_admin_put_is_create_or_replace_and_get_returns_it(api: Api) -> None:

@@ -1,9 +1,13 @@
 """Lock, settle, trial and team endpoints end to end over HTTP on real PostgreSQL."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
+
+from groupbuy_async.callbacks import outbox
 
 from ..conftest import Api, new_id, now_iso
 
@@ -49,6 +53,27 @@ async def test_money_is_written_with_two_decimals(api: Api) -> None:
     assert '"deductionPrice":1.50' in text
 
 
+async def test_discount_tie_rounds_half_up_in_trial_and_lock(api: Api) -> None:
+    # 10.05 x 0.5 = 5.025, a real tie: half-up pays 5.03 where half-even would pay 5.02.
+    act = await api.new_activity(market_plan="ZK", market_expr="0.5", original_price=10.05)
+    async with api.client.post(
+        "/api/v1/gbm/index/query_group_buy_market_config",
+        json={"userId": "u1", "source": act["source"], "channel": act["channel"],
+              "goodsId": act["goodsId"]},
+    ) as resp:  # fmt: skip
+        trial = await resp.text()
+    assert resp.status == 200, trial
+    assert '"originalPrice":10.05' in trial
+    assert '"payPrice":5.03' in trial and '"deductionPrice":5.02' in trial
+    async with api.client.post(
+        "/api/v1/gbm/trade/lock_market_pay_order",
+        json={**act, "userId": "u1", "outTradeNo": new_id()},
+    ) as resp:
+        locked = await resp.text()
+    assert resp.status == 200, locked
+    assert '"payPrice":5.03' in locked and '"deductionPrice":5.02' in locked
+
+
 async def test_three_members_settle_and_the_last_completes_the_team(
     api: Api, pool: asyncpg.Pool
 ) -> None:
@@ -74,11 +99,52 @@ async def test_three_members_settle_and_the_last_completes_the_team(
     task = await pool.fetchrow("SELECT * FROM notify_task WHERE team_id = $1", team_id)
     assert task is not None
     assert task["notify_url"] == act["notifyUrl"] and task["notify_status"] == 0
-    import json
-
     payload = json.loads(task["parameter_json"])
     assert payload["teamId"] == team_id and payload["outTradeNoList"] == outs
     assert payload["eventId"] == str(task["event_id"])
+
+
+async def test_callback_is_written_in_the_settlement_transaction_or_nothing_is(
+    api: Api, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    act = await api.new_activity(target=2)
+    out_a, out_b = new_id(), new_id()
+    _, env = await lock(api, act, "a", out_trade_no=out_a)
+    team_id = env["data"]["teamId"]
+    await lock(api, act, "b", team=team_id, out_trade_no=out_b)
+    status, env = await settle(api, act, "a", out_a)
+    assert status == 200 and env["data"]["teamCompleted"] is False, env
+
+    calls: list[str] = []
+
+    async def outbox_down(conn: Any, team_id: str, *args: Any) -> None:
+        calls.append(team_id)
+        raise RuntimeError("outbox write failed")
+
+    monkeypatch.setattr(outbox, "enqueue_team_completed", outbox_down)
+    status, env = await settle(api, act, "b", out_b)
+    assert (status, env["code"], env["data"]) == (500, "0001", None), env
+    assert calls == [team_id]  # it was the completing settlement that failed
+    # Rolled back as one: the order unpaid, the team as it was, no task.
+    order_status = "SELECT status FROM group_buy_order_list WHERE out_trade_no = $1"
+    assert await pool.fetchval(order_status, out_b) == 0
+    assert await pool.fetchval(order_status, out_a) == 1
+    team = await api.team(team_id)
+    assert (team["status"], team["completeCount"], team["lockCount"]) == (0, 1, 2)
+    tasks = "SELECT count(*) FROM notify_task WHERE team_id = $1"
+    assert await pool.fetchval(tasks, team_id) == 0
+
+    monkeypatch.undo()  # the outbox is back: the retried settlement completes the team
+    status, env = await settle(api, act, "b", out_b)
+    assert status == 200 and env["data"]["teamCompleted"] is True, env
+    assert await pool.fetchval(order_status, out_b) == 1
+    team = await api.team(team_id)
+    assert (team["status"], team["completeCount"]) == (1, 2)
+    assert await pool.fetchval(tasks, team_id) == 1
+    payload = json.loads(
+        await pool.fetchval("SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id)
+    )
+    assert payload["outTradeNoList"] == [out_a, out_b]
 
 
 async def test_settling_again_returns_the_same_data_and_changes_nothing(

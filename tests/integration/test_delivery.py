@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
@@ -333,3 +334,72 @@ async def test_success_body_split_across_chunks_is_read_whole(
 ) -> None:
     (team_id,) = await make_tasks(pool, 1, merchant.chunked_url)
     assert (await make_dispatcher().drain(team_id)).success_count == 1
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_redirect_saying_success_is_a_retry_and_is_not_followed(
+    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any, status: int
+) -> None:
+    async def redirect_once(n: int) -> web.Response:
+        # Followed, the redirect would reach this same endpoint (a 307 keeps the POST) and
+        # be answered `success`: only an unfollowed redirect leaves the task to retry.
+        if n == 1:
+            return web.Response(status=status, headers={"Location": merchant.url}, text="success")
+        return web.Response(text="success")
+
+    merchant.behaviour = redirect_once
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    counts = await make_dispatcher().drain(team_id)
+    assert (counts.success_count, counts.retry_count) == (0, 1)
+    task = await task_row(pool, team_id)
+    assert (task["notify_status"], task["notify_count"]) == (2, 1)
+    assert task["last_http_status"] == status and task["last_error"] == f"HTTP {status}"
+    assert task["next_attempt_at"] > datetime.now(UTC)
+    (logged,) = await attempts(pool, team_id)
+    assert (logged["http_status"], logged["response_body"]) == (status, "success")
+    assert len(merchant.requests) == 1
+
+
+async def test_replay_restarts_the_retry_schedule_and_attempt_numbers_go_on(
+    api: Api, pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+) -> None:
+    async def refuse(_: int) -> web.Response:
+        return web.Response(text="error")
+
+    merchant.behaviour = refuse
+    # The first delay stands out: a retry scheduled with it is told apart from the others.
+    dispatcher = make_dispatcher(notify_retry_schedule="10m,0s,0s")
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+
+    async def attempt_once() -> tuple[int, timedelta | None]:
+        """One drain, which must make exactly one attempt; the status and delay it left."""
+        assert (await dispatcher.drain(team_id)).wait_count == 1
+        task = await task_row(pool, team_id)
+        if task["notify_status"] != 2:
+            return task["notify_status"], None
+        return 2, task["next_attempt_at"] - datetime.now(UTC)
+
+    async def run_schedule() -> None:
+        status, delay = await attempt_once()
+        assert status == 2 and delay is not None
+        assert timedelta(minutes=7) < delay <= timedelta(minutes=12)  # 10m, ±20 % jitter
+        assert (await dispatcher.drain(team_id)).wait_count == 0  # not due before then
+        await pool.execute(
+            "UPDATE notify_task SET next_attempt_at = now() WHERE team_id = $1", team_id
+        )
+        for _ in range(2):
+            status, delay = await attempt_once()
+            assert status == 2 and delay is not None and delay <= timedelta(seconds=1)
+        assert await attempt_once() == (3, None)  # len(schedule) + 1 attempts, then error
+        assert (await dispatcher.drain(team_id)).wait_count == 0
+
+    await run_schedule()
+    status, env = await api.call("POST", f"/api/v1/admin/notify_tasks/{team_id}/replay", admin=True)
+    assert status == 200 and env["data"]["notifyStatus"] == 2, env
+    assert env["data"]["notifyCount"] == 4
+    await run_schedule()  # the same schedule again, from its first delay
+
+    task = await task_row(pool, team_id)
+    assert (task["notify_status"], task["notify_count"]) == (3, 8)
+    assert [a["attempt"] for a in await attempts(pool, team_id)] == list(range(1, 9))
+    assert len(merchant.requests) == 8 and len(merchant.ids) == 1

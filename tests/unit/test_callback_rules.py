@@ -4,6 +4,7 @@ import base64
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from groupbuy_async.callbacks.rules import (
@@ -32,6 +33,40 @@ def test_success_needs_2xx_and_the_word_success() -> None:
     assert decide(ok("ok", 204), 1, SCHEDULE, NOW, accept_any_2xx=True).status is (
         NotifyStatus.SUCCESS
     )
+
+
+@pytest.mark.parametrize("body", ["success", " success\n", "\tsuccess\r\n"])
+def test_the_exact_word_success_around_whitespace_is_success(body: str) -> None:
+    assert decide(ok(body), 1, SCHEDULE, NOW).status is NotifyStatus.SUCCESS
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["not success", "success!", "successful", "unsuccessful", "success success", "SUCCESS",
+     "Success", "", "succes", '"success"', "success\x00"],
+)  # fmt: skip
+def test_only_the_exact_word_success_is_success(body: str) -> None:
+    # The contract is the merchant answering exactly `success` (case-sensitive, whitespace
+    # around it ignored); a body that merely contains the word is a failed attempt.
+    verdict = decide(ok(body), 1, SCHEDULE, NOW)
+    assert verdict.status is NotifyStatus.RETRY, body
+    assert verdict.error == "HTTP 200 with body other than 'success'"
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+def test_a_redirect_saying_success_is_a_failed_attempt(status: int) -> None:
+    verdict = decide(ok("success", status), 1, SCHEDULE, NOW)
+    assert verdict.status is NotifyStatus.RETRY and verdict.error == f"HTTP {status}"
+    assert verdict.next_attempt_at is not None
+    # Not even when any 2xx would do.
+    loose = decide(ok("success", status), 1, SCHEDULE, NOW, accept_any_2xx=True)
+    assert loose.status is NotifyStatus.RETRY
+
+
+def test_every_2xx_saying_success_is_success() -> None:
+    for status in (200, 201, 202, 299):
+        assert decide(ok("success", status), 1, SCHEDULE, NOW).status is NotifyStatus.SUCCESS
+    assert decide(ok("success", 199), 1, SCHEDULE, NOW).status is NotifyStatus.RETRY
 
 
 def test_failures_follow_the_schedule_with_jitter_then_give_up() -> None:
