@@ -27,7 +27,7 @@ async def _counts(pool: asyncpg.Pool) -> tuple[int, int]:
         {"userId": 12},
         {"activityId": "abc"},
         {"activityId": 1.5},
-        {"activityId": 424242424242},  # unknown activity
+        {"activityId": 0},
         {"outTradeNo": "x" * 65},
         {"outTradeNo": ""},
         {"notifyUrl": "ftp://example.com/cb"},
@@ -48,6 +48,18 @@ async def test_bad_lock_input_is_400_and_writes_nothing(
     status, env = await api.call("POST", LOCK, body)
     assert (status, env["code"], env["data"]) == (400, "0002", None), env
     assert env["info"]
+    assert await _counts(pool) == before
+
+
+async def test_unknown_activity_in_a_lock_is_404_and_writes_nothing(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    act = await api.new_activity()
+    before = await _counts(pool)
+    body = {**act, "activityId": 424242424242, "userId": "u1", "outTradeNo": new_id()}
+    status, env = await api.call("POST", LOCK, body)
+    assert (status, env["code"], env["data"]) == (404, "E0111", None), env
+    assert "424242424242" in env["info"]
     assert await _counts(pool) == before
 
 

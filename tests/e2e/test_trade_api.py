@@ -157,7 +157,7 @@ async def test_goods_not_in_activity_is_refused(api: Api) -> None:
     act = await api.new_activity()
     other = await api.new_activity()
     status, env = await lock(api, {**act, "goodsId": other["goodsId"]}, "u1")
-    assert (status, env["code"]) == (409, "E0002")
+    assert (status, env["code"]) == (404, "E0002")
 
 
 async def test_settlement_rules(api: Api, pool: asyncpg.Pool) -> None:
@@ -165,7 +165,7 @@ async def test_settlement_rules(api: Api, pool: asyncpg.Pool) -> None:
     out = new_id()
     await lock(api, act, "u1", out_trade_no=out)
     status, env = await settle(api, act, "someone-else", out)
-    assert (status, env["code"]) == (409, "E0104")
+    assert (status, env["code"]) == (404, "E0104")
     status, env = await api.settle(
         source=act["source"], channel=act["channel"], userId="u1", outTradeNo=out,
         outTradeTime=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
@@ -232,7 +232,7 @@ async def test_market_config_for_unknown_goods(api: Api) -> None:
         "POST", "/api/v1/gbm/index/query_group_buy_market_config",
         {"userId": "me", "source": "s01", "channel": "c01", "goodsId": "nope"},
     )  # fmt: skip
-    assert (status, env["code"], env["data"]) == (409, "E0002", None)
+    assert (status, env["code"], env["data"]) == (404, "E0002", None)
 
 
 async def test_unknown_team_is_404(api: Api) -> None:
