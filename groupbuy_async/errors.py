@@ -92,11 +92,15 @@ class NotifyTaskNotReplayable(Rejected):
     code, info = "E0201", "only a notify task in error status (3) can be replayed"
 
 
+class StillReferenced(Rejected):
+    code, info = "E0301", "still referenced: change or delete what refers to it first"
+
+
 # Listed in the README; tests check the table stays complete.
 ALL_ERRORS: tuple[type[ServiceError], ...] = (
     ServiceError, BadInput, UniqueConflict, Unauthorized, NotFound,
     NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
     TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
     TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,
-    NotifyTaskNotReplayable,
+    NotifyTaskNotReplayable, StillReferenced,
 )  # fmt: skip

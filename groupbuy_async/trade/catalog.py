@@ -2,7 +2,11 @@
 
 import asyncpg
 
+from .. import errors
 from ..http.schemas import ActivityIn, ActivityOut, DiscountIn, DiscountOut, GoodsRef, SkuIn, SkuOut
+
+# Constraints of sql/003_catalog.sql whose refusals the catalog explains itself.
+BINDING_SKU_FKEY = "binding_sku_fkey"
 
 _PUT_DISCOUNT = """
 INSERT INTO group_buy_discount (discount_id, discount_name, discount_desc, market_plan, market_expr)
@@ -45,11 +49,32 @@ RETURNING goods_id, goods_name, original_price, source, channel, create_time, up
 
 
 async def put_sku(pool: asyncpg.Pool, goods_id: str, body: SkuIn) -> SkuOut:
-    row = await pool.fetchrow(
-        _PUT_SKU, goods_id, body.goods_name, body.original_price, body.source, body.channel
-    )
+    try:
+        row = await pool.fetchrow(
+            _PUT_SKU, goods_id, body.goods_name, body.original_price, body.source, body.channel
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.constraint_name != BINDING_SKU_FKEY:
+            raise
+        # PostgreSQL refused to re-key a bound SKU (ON UPDATE RESTRICT); say where it is bound.
+        raise errors.StillReferenced(
+            f"goodsId {goods_id} is bound to {await _activities_binding(pool, goods_id)}: its"
+            " source and channel cannot change while it is; remove it from that activity first"
+        ) from None
     assert row is not None
     return SkuOut(**dict(row))
+
+
+async def _activities_binding(pool: asyncpg.Pool, goods_id: str) -> str:
+    """For a message only, read after PostgreSQL's refusal: where a goods item is bound.
+    A SKU has one source/channel, so one binding at most."""
+    row = await pool.fetchrow(
+        "SELECT activity_id, source, channel FROM sc_sku_activity WHERE goods_id = $1 LIMIT 1",
+        goods_id,
+    )
+    if row is None:  # unbound again since the refusal
+        return "an activity"
+    return f"activity {row['activity_id']} (under {row['source']}/{row['channel']})"
 
 
 async def get_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:

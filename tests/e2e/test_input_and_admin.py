@@ -226,3 +226,67 @@ async def test_bad_settle_input_is_400_and_settles_nothing(
 async def test_oversize_body_is_refused_in_the_envelope(api: Api) -> None:
     status, env = await api.call("POST", LOCK, raw='{"userId": "' + "x" * 300_000 + '"}')
     assert (status, env["code"], env["data"]) == (413, "0002", None)
+
+
+async def _activity_body(api: Api, activity_id: int) -> dict[str, Any]:
+    status, env = await api.call("GET", f"/api/v1/admin/activities/{activity_id}", admin=True)
+    assert status == 200, env
+    return {
+        k: v for k, v in env["data"].items() if k not in ("createTime", "updateTime", "activityId")
+    }
+
+
+def _names_no_table(info: str) -> None:
+    for leak in ("table", "constraint", "Key (", "group_buy", "sc_sku", "_fkey", "_key"):
+        assert leak not in info, info
+
+
+async def test_activity_cannot_bind_goods_under_a_source_channel_its_sku_lacks(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    act = await api.new_activity(source="s01", channel="c01")
+    other = await api.new_activity()
+    body = await _activity_body(api, other["activityId"])
+    wrong = {"source": "s02", "channel": "c02", "goodsId": act["goodsId"]}
+    # An existing activity keeps its bindings when the new list is refused.
+    path = f"/api/v1/admin/activities/{other['activityId']}"
+    status, env = await api.call("PUT", path, {**body, "goods": [wrong]}, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert (await _activity_body(api, other["activityId"]))["goods"] == body["goods"]
+    # A new activity is not created at all.
+    new_path = f"/api/v1/admin/activities/{new_id_int()}"
+    status, env = await api.call("PUT", new_path, {**body, "goods": [wrong]}, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert (await api.call("GET", new_path, admin=True))[0] == 404
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM sc_sku_activity WHERE source = 's02' AND goods_id = $1",
+        act["goodsId"],
+    )
+
+
+async def test_changing_a_bound_skus_source_or_channel_is_refused(api: Api) -> None:
+    act = await api.new_activity(source="s01", channel="c01")
+    path = f"/api/v1/admin/skus/{act['goodsId']}"
+    sku = {"goodsName": "goods", "originalPrice": 100, "source": "s01", "channel": "c01"}
+    for change in ({"source": "s09"}, {"channel": "c09"}):
+        status, env = await api.call("PUT", path, {**sku, **change}, admin=True)
+        assert (status, env["code"], env["data"]) == (409, "E0301", None), env
+        assert act["goodsId"] in env["info"] and str(act["activityId"]) in env["info"]
+        _names_no_table(env["info"])
+    _, env = await api.call("GET", path, admin=True)
+    assert (env["data"]["source"], env["data"]["channel"]) == ("s01", "c01")
+    # Name and price may change while bound; the trade goes on under s01/c01.
+    status, env = await api.call("PUT", path, {**sku, "originalPrice": 90}, admin=True)
+    assert status == 200, env
+    status, env = await api.lock(**act, userId="u1", outTradeNo=new_id())
+    assert status == 200 and env["data"]["originalPrice"] == 90, env
+    # An unbound SKU may move to another source/channel.
+    await api._put("/api/v1/admin/skus/unbound-" + act["goodsId"], sku)
+    status, env = await api.call(
+        "PUT", "/api/v1/admin/skus/unbound-" + act["goodsId"], {**sku, "source": "s09"}, admin=True
+    )
+    assert status == 200 and env["data"]["source"] == "s09", env
+
+
+def new_id_int() -> int:
+    return int(new_id("")[:12], 16) % 10**12 + 1
