@@ -228,6 +228,12 @@ async def test_oversize_body_is_refused_in_the_envelope(api: Api) -> None:
     assert (status, env["code"], env["data"]) == (413, "0002", None)
 
 
+ACTIVITY_BODY = {
+    "activityName": "a", "status": 1,
+    "startTime": "2026-01-01T00:00:00Z", "endTime": "2099-01-01T00:00:00Z",
+}  # fmt: skip
+
+
 async def _activity_body(api: Api, activity_id: int) -> dict[str, Any]:
     status, env = await api.call("GET", f"/api/v1/admin/activities/{activity_id}", admin=True)
     assert status == 200, env
@@ -252,6 +258,9 @@ async def test_activity_cannot_bind_goods_under_a_source_channel_its_sku_lacks(
     path = f"/api/v1/admin/activities/{other['activityId']}"
     status, env = await api.call("PUT", path, {**body, "goods": [wrong]}, admin=True)
     assert (status, env["code"]) == (400, "0002"), env
+    assert act["goodsId"] in env["info"] and "goodsId" in env["info"]
+    assert "s02" in env["info"] and "c02" in env["info"]
+    _names_no_table(env["info"])
     assert (await _activity_body(api, other["activityId"]))["goods"] == body["goods"]
     # A new activity is not created at all.
     new_path = f"/api/v1/admin/activities/{new_id_int()}"
@@ -286,6 +295,27 @@ async def test_changing_a_bound_skus_source_or_channel_is_refused(api: Api) -> N
         "PUT", "/api/v1/admin/skus/unbound-" + act["goodsId"], {**sku, "source": "s09"}, admin=True
     )
     assert status == 200 and env["data"]["source"] == "s09", env
+
+
+async def test_constraint_errors_name_the_field_not_the_table(api: Api) -> None:
+    act = await api.new_activity()
+    body = await _activity_body(api, act["activityId"])
+    path = f"/api/v1/admin/activities/{new_id_int()}"
+    status, env = await api.call(
+        "PUT", path, {**ACTIVITY_BODY, "discountId": "missing-discount"}, admin=True
+    )
+    assert (status, env["code"]) == (400, "0002"), env
+    assert env["info"] == "discountId missing-discount does not exist"
+    ghost = {"source": "s01", "channel": "c01", "goodsId": "no-such-goods"}
+    status, env = await api.call("PUT", path, {**body, "goods": [ghost]}, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert "goodsId no-such-goods" in env["info"] and env["info"].startswith("goods")
+    _names_no_table(env["info"])
+    taken = {"source": act["source"], "channel": act["channel"], "goodsId": act["goodsId"]}
+    status, env = await api.call("PUT", path, {**body, "goods": [taken]}, admin=True)
+    assert (status, env["code"]) == (409, "0003"), env
+    assert f"goodsId {act['goodsId']}" in env["info"] and "another activity" in env["info"]
+    _names_no_table(env["info"])
 
 
 def new_id_int() -> int:
