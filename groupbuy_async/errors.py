@@ -21,6 +21,8 @@ class Unauthorized(ServiceError):
 
 
 class NotFound(ServiceError):
+    """What the request names and looks up does not exist: always 404, each with its code."""
+
     code, info, http_status = "0404", "not found", 404
 
 
@@ -34,7 +36,7 @@ class Rejected(ServiceError):
     http_status = 409
 
 
-class NoActivityForGoods(Rejected):
+class NoActivityForGoods(NotFound):
     code, info = "E0002", "no group-buy activity for this goods"
 
 
@@ -54,7 +56,7 @@ class TakeLimitReached(Rejected):
     code, info = "E0103", "user take limit reached"
 
 
-class UnknownOutTradeNo(Rejected):
+class UnknownOutTradeNo(NotFound):
     code, info = "E0104", "no locked order with this outTradeNo for this user"
 
 
@@ -66,8 +68,8 @@ class TradeTimeOutsideWindow(Rejected):
     code, info = "E0106", "outTradeTime is outside the team's valid window"
 
 
-class TeamNotFound(ServiceError):
-    code, info, http_status = "E0107", "team not found", 404
+class TeamNotFound(NotFound):
+    code, info = "E0107", "team not found"
 
 
 class TeamClosed(Rejected):
@@ -82,8 +84,16 @@ class TeamActivityMismatch(Rejected):
     code, info = "E0110", "team belongs to another activity"
 
 
+class ActivityNotFound(NotFound):
+    code, info = "E0111", "activity not found"
+
+
 class NotifyTaskNotReplayable(Rejected):
     code, info = "E0201", "only a notify task in error status (3) can be replayed"
+
+
+class StillReferenced(Rejected):
+    code, info = "E0301", "still referenced: change or delete what refers to it first"
 
 
 # Listed in the README; tests check the table stays complete.
@@ -91,6 +101,6 @@ ALL_ERRORS: tuple[type[ServiceError], ...] = (
     ServiceError, BadInput, UniqueConflict, Unauthorized, NotFound,
     NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
     TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
-    TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch,
-    NotifyTaskNotReplayable,
+    TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,
+    NotifyTaskNotReplayable, StillReferenced,
 )  # fmt: skip

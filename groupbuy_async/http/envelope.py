@@ -1,9 +1,11 @@
 """The envelope every answer wears, error translation, request ids and the access log."""
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -46,18 +48,79 @@ def validation_info(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class _Violation:
+    error: type[errors.ServiceError]
+    # str.format()ted with the violating key's columns, e.g. {discount_id}.
+    message: str
+    # When the key cannot be read from the error's detail.
+    fallback: str
+
+
+# Violations by the row being written (a reference to something missing, a duplicate), by
+# constraint name. A delete or key change refused because something still refers to the row
+# raises the same foreign-key error: the catalog, which knows what it deleted, translates those.
+_CONSTRAINTS = {
+    "activity_discount_fkey": _Violation(
+        errors.BadInput, "discountId {discount_id} does not exist", "discountId does not exist"
+    ),
+    "binding_sku_fkey": _Violation(
+        errors.BadInput,
+        "goods: goodsId {goods_id} has no SKU under source {source} and channel {channel}",
+        "goods: a goodsId has no SKU under the given source and channel",
+    ),
+    "sc_sku_activity_source_channel_goods_id_key": _Violation(
+        errors.UniqueConflict,
+        "goods: goodsId {goods_id} under source {source} and channel {channel} is already in"
+        " another activity",
+        "goods: a goods item is already in another activity",
+    ),
+    "team_activity_fkey": _Violation(
+        errors.ActivityNotFound, "activityId {activity_id} does not exist", "activity not found"
+    ),
+}
+
+# Unknown constraints: a generic message that names no table, column or constraint.
+_GENERIC: tuple[tuple[type[Exception], type[errors.ServiceError], str], ...] = (
+    (asyncpg.ForeignKeyViolationError, errors.BadInput, "refers to something that does not exist"),
+    (asyncpg.UniqueViolationError, errors.UniqueConflict, "already exists"),
+    (asyncpg.NotNullViolationError, errors.BadInput, "a required value is missing"),
+)
+
+# PostgreSQL's detail: Key (goods_id, source, channel)=(g1, s01, c01) is not present in ...
+_KEY = re.compile(r"^Key \((?P<columns>[^()]+)\)=\((?P<values>.*)\) ")
+
+
+def key_of(detail: str | None) -> dict[str, str]:
+    """The violating key's columns and values, or {} when the detail does not say."""
+    match = _KEY.match(detail or "")
+    if match is None:
+        return {}
+    columns, values = match["columns"].split(", "), match["values"].split(", ")
+    return dict(zip(columns, values, strict=True)) if len(columns) == len(values) else {}
+
+
+def constraint_error(exc: asyncpg.IntegrityConstraintViolationError) -> errors.ServiceError:
+    known = _CONSTRAINTS.get(exc.constraint_name or "")
+    if known is not None:
+        try:
+            return known.error(known.message.format_map(key_of(exc.detail)))
+        except KeyError:
+            return known.error(known.fallback)
+    for kind, error, message in _GENERIC:
+        if isinstance(exc, kind):
+            return error(message)
+    return errors.BadInput("violates a rule of the data")
+
+
 def translate(exc: Exception) -> errors.ServiceError | None:
     """Known failures as service errors; None for the unexpected."""
     if isinstance(exc, errors.ServiceError):
         return exc
     if isinstance(exc, ValidationError):
         return errors.BadInput(validation_info(exc))
-    if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        return errors.BadInput(f"refers to something that does not exist: {exc.detail or exc}")
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        return errors.UniqueConflict(f"unique index conflict: {exc.detail or exc}")
-    if isinstance(exc, asyncpg.CheckViolationError):
-        return errors.BadInput(f"violates a rule of the data: {exc.constraint_name}")
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return constraint_error(exc)
     return None
 
 

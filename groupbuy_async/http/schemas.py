@@ -280,3 +280,35 @@ class ReceivedCallback(Body):
     received_at: datetime
     signature_verified: bool
     payload: Any
+
+
+# --- admin lists (keyset pages in key order) -------------------------------------------
+
+PageLimit = Annotated[int, Field(ge=1, le=500)]
+
+
+class CodePageQuery(Body):
+    limit: PageLimit = 100
+    # The previous page's nextCursor; absent for the first page.
+    after: Code | None = None
+
+
+class ActivityPageQuery(Body):
+    limit: PageLimit = 100
+    after: ActivityId | None = None
+
+
+class DiscountPage(Body):
+    items: list[DiscountOut]
+    # The last item's discountId when more follow; null on the last page.
+    next_cursor: str | None
+
+
+class SkuPage(Body):
+    items: list[SkuOut]
+    next_cursor: str | None
+
+
+class ActivityPage(Body):
+    items: list[ActivityOut]
+    next_cursor: int | None

@@ -12,8 +12,12 @@ from .routing import Route, path_param
 from .schemas import (
     ActivityIn,
     ActivityOut,
+    ActivityPage,
+    ActivityPageQuery,
+    CodePageQuery,
     DiscountIn,
     DiscountOut,
+    DiscountPage,
     LockIn,
     LockOut,
     MarketConfig,
@@ -22,6 +26,7 @@ from .schemas import (
     SettleOut,
     SkuIn,
     SkuOut,
+    SkuPage,
     TeamOut,
 )
 
@@ -48,12 +53,32 @@ async def get_discount(request: web.Request, _: None) -> DiscountOut:
     return _found(found, "discount")  # type: ignore[no-any-return]
 
 
+async def list_discounts(request: web.Request, query: CodePageQuery) -> DiscountPage:
+    return await catalog.list_discounts(request.app[SERVICES].pool, query.limit, query.after)
+
+
+async def delete_discount(request: web.Request, _: None) -> DiscountOut:
+    found = await catalog.delete_discount(
+        request.app[SERVICES].pool, path_param(request, "discountId")
+    )
+    return _found(found, "discount")  # type: ignore[no-any-return]
+
+
 async def put_sku(request: web.Request, body: SkuIn) -> SkuOut:
     return await catalog.put_sku(request.app[SERVICES].pool, path_param(request, "goodsId"), body)
 
 
 async def get_sku(request: web.Request, _: None) -> SkuOut:
     found = await catalog.get_sku(request.app[SERVICES].pool, path_param(request, "goodsId"))
+    return _found(found, "sku")  # type: ignore[no-any-return]
+
+
+async def list_skus(request: web.Request, query: CodePageQuery) -> SkuPage:
+    return await catalog.list_skus(request.app[SERVICES].pool, query.limit, query.after)
+
+
+async def delete_sku(request: web.Request, _: None) -> SkuOut:
+    found = await catalog.delete_sku(request.app[SERVICES].pool, path_param(request, "goodsId"))
     return _found(found, "sku")  # type: ignore[no-any-return]
 
 
@@ -65,6 +90,16 @@ async def put_activity(request: web.Request, body: ActivityIn) -> ActivityOut:
 async def get_activity(request: web.Request, _: None) -> ActivityOut:
     activity_id = path_param(request, "activityId")
     return _found(await catalog.get_activity(request.app[SERVICES].pool, activity_id), "activity")  # type: ignore[no-any-return]
+
+
+async def list_activities(request: web.Request, query: ActivityPageQuery) -> ActivityPage:
+    return await catalog.list_activities(request.app[SERVICES].pool, query.limit, query.after)
+
+
+async def delete_activity(request: web.Request, _: None) -> ActivityOut:
+    activity_id = path_param(request, "activityId")
+    found = await catalog.delete_activity(request.app[SERVICES].pool, activity_id)
+    return _found(found, "activity")  # type: ignore[no-any-return]
 
 
 # --- shop front ----------------------------------------------------------------------
@@ -118,6 +153,27 @@ TRADE_ROUTES: list[Route] = [
         admin=True,
     ),
     Route(
+        "GET",
+        "/api/v1/admin/discounts",
+        list_discounts,
+        "Discounts in discountId order, one keyset page",
+        "admin",
+        None,
+        DiscountPage,
+        admin=True,
+        query=CodePageQuery,
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/admin/discounts/{discountId}",
+        delete_discount,
+        "Delete a discount nothing refers to",
+        "admin",
+        None,
+        DiscountOut,
+        admin=True,
+    ),
+    Route(
         "PUT",
         "/api/v1/admin/skus/{goodsId}",
         put_sku,
@@ -138,6 +194,27 @@ TRADE_ROUTES: list[Route] = [
         admin=True,
     ),
     Route(
+        "GET",
+        "/api/v1/admin/skus",
+        list_skus,
+        "Goods items in goodsId order, one keyset page",
+        "admin",
+        None,
+        SkuPage,
+        admin=True,
+        query=CodePageQuery,
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/admin/skus/{goodsId}",
+        delete_sku,
+        "Delete a goods item nothing refers to",
+        "admin",
+        None,
+        SkuOut,
+        admin=True,
+    ),
+    Route(
         "PUT",
         "/api/v1/admin/activities/{activityId}",
         put_activity,
@@ -152,6 +229,27 @@ TRADE_ROUTES: list[Route] = [
         "/api/v1/admin/activities/{activityId}",
         get_activity,
         "A stored activity",
+        "admin",
+        None,
+        ActivityOut,
+        admin=True,
+    ),
+    Route(
+        "GET",
+        "/api/v1/admin/activities",
+        list_activities,
+        "Activities in activityId order, one keyset page",
+        "admin",
+        None,
+        ActivityPage,
+        admin=True,
+        query=ActivityPageQuery,
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/admin/activities/{activityId}",
+        delete_activity,
+        "Delete an activity without teams (its goods bindings go with it) nothing refers to",
         "admin",
         None,
         ActivityOut,

@@ -1,23 +1,64 @@
-"""Operator configuration: discounts, goods and activities (create-or-replace)."""
+"""Operator configuration: discounts, goods and activities (create-or-replace, keyset pages,
+delete). PostgreSQL's foreign keys refuse deleting or re-keying what is still referenced; the
+catalog only explains such a refusal."""
+
+from typing import Any
 
 import asyncpg
 
-from ..http.schemas import ActivityIn, ActivityOut, DiscountIn, DiscountOut, GoodsRef, SkuIn, SkuOut
+from .. import errors
+from ..db import Conn
+from ..http.schemas import (
+    ActivityIn,
+    ActivityOut,
+    ActivityPage,
+    DiscountIn,
+    DiscountOut,
+    DiscountPage,
+    GoodsRef,
+    SkuIn,
+    SkuOut,
+    SkuPage,
+)
 
-_PUT_DISCOUNT = """
+# Constraints of sql/003_catalog.sql whose refusals the catalog explains itself.
+BINDING_SKU_FKEY = "binding_sku_fkey"
+ACTIVITY_DISCOUNT_FKEY = "activity_discount_fkey"
+TEAM_ACTIVITY_FKEY = "team_activity_fkey"
+# How many referring activities a refusal names.
+_NAMED = 5
+
+_DISCOUNT_COLUMNS = """discount_id, discount_name, discount_desc, market_plan, market_expr,
+    create_time, update_time"""
+_SKU_COLUMNS = "goods_id, goods_name, original_price, source, channel, create_time, update_time"
+
+
+def _page_sql(columns: str, table: str, key: str, after: object) -> str:
+    where = "" if after is None else f"WHERE {key} > $2"
+    return f"SELECT {columns} FROM {table} {where} ORDER BY {key} LIMIT $1"
+
+
+async def _page(
+    conn: Conn | asyncpg.Pool, columns: str, table: str, key: str, limit: int, after: object
+) -> tuple[list[asyncpg.Record], Any]:
+    """One keyset page in key order and the cursor of the next (None on the last page)."""
+    args = (limit + 1,) if after is None else (limit + 1, after)
+    rows = await conn.fetch(_page_sql(columns, table, key, after), *args)
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1][key]
+    return rows, None
+
+
+_PUT_DISCOUNT = f"""
 INSERT INTO group_buy_discount (discount_id, discount_name, discount_desc, market_plan, market_expr)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (discount_id) DO UPDATE SET discount_name = EXCLUDED.discount_name,
     discount_desc = EXCLUDED.discount_desc, market_plan = EXCLUDED.market_plan,
     market_expr = EXCLUDED.market_expr, update_time = now()
-RETURNING discount_id, discount_name, discount_desc, market_plan, market_expr,
-          create_time, update_time
+RETURNING {_DISCOUNT_COLUMNS}
 """
 
-_GET_DISCOUNT = """
-SELECT discount_id, discount_name, discount_desc, market_plan, market_expr, create_time,
-       update_time FROM group_buy_discount WHERE discount_id = $1
-"""
+_GET_DISCOUNT = f"SELECT {_DISCOUNT_COLUMNS} FROM group_buy_discount WHERE discount_id = $1"
 
 
 async def put_discount(pool: asyncpg.Pool, discount_id: str, body: DiscountIn) -> DiscountOut:
@@ -34,30 +75,107 @@ async def get_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut | No
     return DiscountOut(**dict(row)) if row else None
 
 
-_PUT_SKU = """
+async def list_discounts(pool: asyncpg.Pool, limit: int, after: str | None) -> DiscountPage:
+    rows, cursor = await _page(
+        pool, _DISCOUNT_COLUMNS, "group_buy_discount", "discount_id", limit, after
+    )
+    return DiscountPage(items=[DiscountOut(**dict(r)) for r in rows], next_cursor=cursor)
+
+
+async def delete_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut | None:
+    try:
+        row = await pool.fetchrow(
+            f"DELETE FROM group_buy_discount WHERE discount_id = $1 RETURNING {_DISCOUNT_COLUMNS}",
+            discount_id,
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.constraint_name != ACTIVITY_DISCOUNT_FKEY:
+            raise
+        raise errors.StillReferenced(
+            f"discountId {discount_id} is used by {await _activities_using(pool, discount_id)};"
+            " change or delete those first"
+        ) from None
+    return DiscountOut(**dict(row)) if row else None
+
+
+async def _activities_using(pool: asyncpg.Pool, discount_id: str) -> str:
+    """For a message only, read after PostgreSQL's refusal: the activities using a discount."""
+    ids = [
+        str(r["activity_id"])
+        for r in await pool.fetch(
+            "SELECT activity_id FROM group_buy_activity WHERE discount_id = $1"
+            " ORDER BY activity_id LIMIT $2",
+            discount_id,
+            _NAMED + 1,
+        )
+    ]
+    if not ids:  # gone again since the refusal
+        return "an activity"
+    more = ", …" if len(ids) > _NAMED else ""
+    return ("activity " if len(ids) == 1 else "activities ") + ", ".join(ids[:_NAMED]) + more
+
+
+_PUT_SKU = f"""
 INSERT INTO sku (goods_id, goods_name, original_price, source, channel)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (goods_id) DO UPDATE SET goods_name = EXCLUDED.goods_name,
     original_price = EXCLUDED.original_price, source = EXCLUDED.source,
     channel = EXCLUDED.channel, update_time = now()
-RETURNING goods_id, goods_name, original_price, source, channel, create_time, update_time
+RETURNING {_SKU_COLUMNS}
 """
 
 
 async def put_sku(pool: asyncpg.Pool, goods_id: str, body: SkuIn) -> SkuOut:
-    row = await pool.fetchrow(
-        _PUT_SKU, goods_id, body.goods_name, body.original_price, body.source, body.channel
-    )
+    try:
+        row = await pool.fetchrow(
+            _PUT_SKU, goods_id, body.goods_name, body.original_price, body.source, body.channel
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.constraint_name != BINDING_SKU_FKEY:
+            raise
+        # PostgreSQL refused to re-key a bound SKU (ON UPDATE RESTRICT); say where it is bound.
+        raise errors.StillReferenced(
+            f"goodsId {goods_id} is bound to {await _activities_binding(pool, goods_id)}: its"
+            " source and channel cannot change while it is; remove it from that activity first"
+        ) from None
     assert row is not None
     return SkuOut(**dict(row))
 
 
-async def get_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
+async def _activities_binding(pool: asyncpg.Pool, goods_id: str) -> str:
+    """For a message only, read after PostgreSQL's refusal: where a goods item is bound.
+    A SKU has one source/channel, so one binding at most."""
     row = await pool.fetchrow(
-        "SELECT goods_id, goods_name, original_price, source, channel, create_time, update_time"
-        " FROM sku WHERE goods_id = $1",
+        "SELECT activity_id, source, channel FROM sc_sku_activity WHERE goods_id = $1 LIMIT 1",
         goods_id,
     )
+    if row is None:  # unbound again since the refusal
+        return "an activity"
+    return f"activity {row['activity_id']} (under {row['source']}/{row['channel']})"
+
+
+async def get_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
+    row = await pool.fetchrow(f"SELECT {_SKU_COLUMNS} FROM sku WHERE goods_id = $1", goods_id)
+    return SkuOut(**dict(row)) if row else None
+
+
+async def list_skus(pool: asyncpg.Pool, limit: int, after: str | None) -> SkuPage:
+    rows, cursor = await _page(pool, _SKU_COLUMNS, "sku", "goods_id", limit, after)
+    return SkuPage(items=[SkuOut(**dict(r)) for r in rows], next_cursor=cursor)
+
+
+async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
+    try:
+        row = await pool.fetchrow(
+            f"DELETE FROM sku WHERE goods_id = $1 RETURNING {_SKU_COLUMNS}", goods_id
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.constraint_name != BINDING_SKU_FKEY:
+            raise
+        raise errors.StillReferenced(
+            f"goodsId {goods_id} is bound to {await _activities_binding(pool, goods_id)};"
+            " remove it from that activity's goods first"
+        ) from None
     return SkuOut(**dict(row)) if row else None
 
 
@@ -94,6 +212,21 @@ async def put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -
     return ActivityOut(**dict(row), goods=body.goods)
 
 
+_GOODS_OF = """
+SELECT activity_id, source, channel, goods_id FROM sc_sku_activity
+WHERE activity_id = ANY($1::bigint[]) ORDER BY id
+"""
+
+
+async def _with_goods(conn: Conn, rows: list[asyncpg.Record]) -> list[ActivityOut]:
+    goods: dict[int, list[GoodsRef]] = {r["activity_id"]: [] for r in rows}
+    for g in await conn.fetch(_GOODS_OF, list(goods)):
+        goods[g["activity_id"]].append(
+            GoodsRef(source=g["source"], channel=g["channel"], goods_id=g["goods_id"])
+        )
+    return [ActivityOut(**dict(r), goods=goods[r["activity_id"]]) for r in rows]
+
+
 async def get_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
@@ -102,9 +235,47 @@ async def get_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | No
         )
         if row is None:
             return None
+        (activity,) = await _with_goods(conn, [row])
+    return activity
+
+
+async def list_activities(pool: asyncpg.Pool, limit: int, after: int | None) -> ActivityPage:
+    # One snapshot for the page and its goods.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        rows, cursor = await _page(
+            conn, _ACTIVITY_COLUMNS, "group_buy_activity", "activity_id", limit, after
+        )
+        items = await _with_goods(conn, rows)
+    return ActivityPage(items=items, next_cursor=cursor)
+
+
+async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | None:
+    """Delete an activity and its goods bindings (ON DELETE CASCADE); PostgreSQL refuses
+    while it has teams (team_activity_fkey, ON DELETE RESTRICT): trade history stays."""
+    async with pool.acquire() as conn, conn.transaction():
+        # A PUT takes this row lock before it rewrites the bindings, and a new team's foreign
+        # key check waits on it: the bindings read next are the ones the delete removes.
+        await conn.execute(
+            "SELECT 1 FROM group_buy_activity WHERE activity_id = $1 FOR UPDATE", activity_id
+        )
         goods = await conn.fetch(
             "SELECT source, channel, goods_id FROM sc_sku_activity WHERE activity_id = $1"
             " ORDER BY id",
             activity_id,
         )
+        try:
+            row = await conn.fetchrow(
+                "DELETE FROM group_buy_activity WHERE activity_id = $1"
+                f" RETURNING {_ACTIVITY_COLUMNS}",
+                activity_id,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            if exc.constraint_name != TEAM_ACTIVITY_FKEY:
+                raise
+            raise errors.StillReferenced(
+                f"activity {activity_id} has teams and trade history is never deleted;"
+                " set its status to 2 (expired) or 3 (abandoned) to close it"
+            ) from None
+    if row is None:
+        return None
     return ActivityOut(**dict(row), goods=[GoodsRef(**dict(g)) for g in goods])

@@ -116,7 +116,7 @@ async def _lock_in_transaction(conn: Conn, req: LockIn) -> LockOut:
         _ACTIVITY_FOR_LOCK, req.activity_id, req.source, req.channel, req.goods_id
     )
     if act is None:
-        raise errors.BadInput(f"unknown activityId {req.activity_id}")
+        raise errors.ActivityNotFound(f"activityId {req.activity_id} does not exist")
     if act["mapped_activity_id"] != req.activity_id:
         raise errors.NoActivityForGoods()
     check_activity_open(act["status"], act["start_time"], act["end_time"], act["db_now"])

@@ -11,13 +11,14 @@ from ..http.schemas import (
     TeamOut,
     TeamStatistic,
 )
-from .rules import countdown, trial_price
+from .rules import check_activity_open, countdown, trial_price
 
 # The user's own forming teams first, then other joinable ones (as the original: 1 + 2).
 OWN_TEAMS, OTHER_TEAMS = 1, 2
 
 _CONFIG = """
-SELECT m.activity_id, s.original_price, d.market_plan, d.market_expr, now() AS db_now
+SELECT m.activity_id, a.status, a.start_time, a.end_time, s.original_price, d.market_plan,
+       d.market_expr, now() AS db_now
 FROM sc_sku_activity m
 JOIN sku s ON s.goods_id = m.goods_id
 JOIN group_buy_activity a ON a.activity_id = m.activity_id
@@ -58,6 +59,8 @@ async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery) -> MarketC
         cfg = await conn.fetchrow(_CONFIG, query.source, query.channel, query.goods_id)
         if cfg is None:
             raise errors.NoActivityForGoods()
+        # The same rules, on the same clock, as a lock: no price for what cannot be locked.
+        check_activity_open(cfg["status"], cfg["start_time"], cfg["end_time"], cfg["db_now"])
         activity_id = cfg["activity_id"]
         own = await conn.fetch(_OWN_TEAMS, activity_id, query.user_id, OWN_TEAMS)
         others = await conn.fetch(_OTHER_TEAMS, activity_id, query.user_id, OTHER_TEAMS)

@@ -29,7 +29,7 @@ async def _counts(pool: asyncpg.Pool) -> tuple[int, int]:
         {"userId": 12},
         {"activityId": "abc"},
         {"activityId": 1.5},
-        {"activityId": 424242424242},  # unknown activity
+        {"activityId": 0},
         {"outTradeNo": "x" * 65},
         {"outTradeNo": ""},
         {"notifyUrl": "ftp://example.com/cb"},
@@ -50,6 +50,18 @@ async def test_bad_lock_input_is_400_and_writes_nothing(
     status, env = await api.call("POST", LOCK, body)
     assert (status, env["code"], env["data"]) == (400, "0002", None), env
     assert env["info"]
+    assert await _counts(pool) == before
+
+
+async def test_unknown_activity_in_a_lock_is_404_and_writes_nothing(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    act = await api.new_activity()
+    before = await _counts(pool)
+    body = {**act, "activityId": 424242424242, "userId": "u1", "outTradeNo": new_id()}
+    status, env = await api.call("POST", LOCK, body)
+    assert (status, env["code"], env["data"]) == (404, "E0111", None), env
+    assert "424242424242" in env["info"]
     assert await _counts(pool) == before
 
 
@@ -266,3 +278,238 @@ async def test_bad_settle_input_is_400_and_settles_nothing(
 async def test_oversize_body_is_refused_in_the_envelope(api: Api) -> None:
     status, env = await api.call("POST", LOCK, raw='{"userId": "' + "x" * 300_000 + '"}')
     assert (status, env["code"], env["data"]) == (413, "0002", None)
+
+
+ACTIVITY_BODY = {
+    "activityName": "a", "status": 1,
+    "startTime": "2026-01-01T00:00:00Z", "endTime": "2099-01-01T00:00:00Z",
+}  # fmt: skip
+
+
+async def _activity_body(api: Api, activity_id: int) -> dict[str, Any]:
+    status, env = await api.call("GET", f"/api/v1/admin/activities/{activity_id}", admin=True)
+    assert status == 200, env
+    return {
+        k: v for k, v in env["data"].items() if k not in ("createTime", "updateTime", "activityId")
+    }
+
+
+def _names_no_table(info: str) -> None:
+    for leak in ("table", "constraint", "Key (", "group_buy", "sc_sku", "_fkey", "_key"):
+        assert leak not in info, info
+
+
+async def test_activity_cannot_bind_goods_under_a_source_channel_its_sku_lacks(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    act = await api.new_activity(source="s01", channel="c01")
+    other = await api.new_activity()
+    body = await _activity_body(api, other["activityId"])
+    wrong = {"source": "s02", "channel": "c02", "goodsId": act["goodsId"]}
+    # An existing activity keeps its bindings when the new list is refused.
+    path = f"/api/v1/admin/activities/{other['activityId']}"
+    status, env = await api.call("PUT", path, {**body, "goods": [wrong]}, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert act["goodsId"] in env["info"] and "goodsId" in env["info"]
+    assert "s02" in env["info"] and "c02" in env["info"]
+    _names_no_table(env["info"])
+    assert (await _activity_body(api, other["activityId"]))["goods"] == body["goods"]
+    # A new activity is not created at all.
+    new_path = f"/api/v1/admin/activities/{new_id_int()}"
+    status, env = await api.call("PUT", new_path, {**body, "goods": [wrong]}, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert (await api.call("GET", new_path, admin=True))[0] == 404
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM sc_sku_activity WHERE source = 's02' AND goods_id = $1",
+        act["goodsId"],
+    )
+
+
+async def test_changing_a_bound_skus_source_or_channel_is_refused(api: Api) -> None:
+    act = await api.new_activity(source="s01", channel="c01")
+    path = f"/api/v1/admin/skus/{act['goodsId']}"
+    sku = {"goodsName": "goods", "originalPrice": 100, "source": "s01", "channel": "c01"}
+    for change in ({"source": "s09"}, {"channel": "c09"}):
+        status, env = await api.call("PUT", path, {**sku, **change}, admin=True)
+        assert (status, env["code"], env["data"]) == (409, "E0301", None), env
+        assert act["goodsId"] in env["info"] and str(act["activityId"]) in env["info"]
+        _names_no_table(env["info"])
+    _, env = await api.call("GET", path, admin=True)
+    assert (env["data"]["source"], env["data"]["channel"]) == ("s01", "c01")
+    # Name and price may change while bound; the trade goes on under s01/c01.
+    status, env = await api.call("PUT", path, {**sku, "originalPrice": 90}, admin=True)
+    assert status == 200, env
+    status, env = await api.lock(**act, userId="u1", outTradeNo=new_id())
+    assert status == 200 and env["data"]["originalPrice"] == 90, env
+    # An unbound SKU may move to another source/channel.
+    await api._put("/api/v1/admin/skus/unbound-" + act["goodsId"], sku)
+    status, env = await api.call(
+        "PUT", "/api/v1/admin/skus/unbound-" + act["goodsId"], {**sku, "source": "s09"}, admin=True
+    )
+    assert status == 200 and env["data"]["source"] == "s09", env
+
+
+async def test_constraint_errors_name_the_field_not_the_table(api: Api) -> None:
+    act = await api.new_activity()
+    body = await _activity_body(api, act["activityId"])
+    path = f"/api/v1/admin/activities/{new_id_int()}"
+    status, env = await api.call(
+        "PUT", path, {**ACTIVITY_BODY, "discountId": "missing-discount"}, admin=True
+    )
+    assert (status, env["code"]) == (400, "0002"), env
+    assert env["info"] == "discountId missing-discount does not exist"
+    ghost = {"source": "s01", "channel": "c01", "goodsId": "no-such-goods"}
+    status, env = await api.call("PUT", path, {**body, "goods": [ghost]}, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert "goodsId no-such-goods" in env["info"] and env["info"].startswith("goods")
+    _names_no_table(env["info"])
+    taken = {"source": act["source"], "channel": act["channel"], "goodsId": act["goodsId"]}
+    status, env = await api.call("PUT", path, {**body, "goods": [taken]}, admin=True)
+    assert (status, env["code"]) == (409, "0003"), env
+    assert f"goodsId {act['goodsId']}" in env["info"] and "another activity" in env["info"]
+    _names_no_table(env["info"])
+
+
+def new_id_int() -> int:
+    return int(new_id("")[:12], 16) % 10**12 + 1
+
+
+ADMIN = "/api/v1/admin"
+# (list path, item key, table, key column) of each admin collection.
+COLLECTIONS = [
+    ("discounts", "discountId", "group_buy_discount", "discount_id"),
+    ("skus", "goodsId", "sku", "goods_id"),
+    ("activities", "activityId", "group_buy_activity", "activity_id"),
+]
+
+
+async def _pages(api: Api, kind: str, limit: int) -> list[dict[str, Any]]:
+    pages: list[dict[str, Any]] = []
+    after = None
+    while True:
+        query = f"?limit={limit}" + (f"&after={after}" if after is not None else "")
+        status, env = await api.call("GET", f"{ADMIN}/{kind}{query}", admin=True)
+        assert (status, env["code"]) == (200, "0000"), env
+        pages.append(env["data"])
+        after = env["data"]["nextCursor"]
+        if after is None:
+            return pages
+        assert len(pages) < 1000, "the cursor does not advance"
+
+
+@pytest.mark.parametrize(("kind", "key", "table", "column"), COLLECTIONS)
+async def test_admin_lists_page_through_everything_once(
+    api: Api, pool: asyncpg.Pool, kind: str, key: str, table: str, column: str
+) -> None:
+    for _ in range(5):
+        await api.new_activity()
+    expected = [r[0] for r in await pool.fetch(f"SELECT {column} FROM {table} ORDER BY 1")]
+    limit = max(2, len(expected) // 5)
+    pages = await _pages(api, kind, limit)
+    # PostgreSQL's order, nothing twice, nothing missing.
+    assert [item[key] for page in pages for item in page["items"]] == expected
+    assert len(pages) >= 3
+    for page in pages[:-1]:
+        assert len(page["items"]) == limit and page["nextCursor"] == page["items"][-1][key]
+    assert pages[-1]["nextCursor"] is None and 1 <= len(pages[-1]["items"]) <= limit
+    # Items are what GET answers for each.
+    item = pages[1]["items"][0]
+    status, env = await api.call("GET", f"{ADMIN}/{kind}/{item[key]}", admin=True)
+    assert (status, env["data"]) == (200, item)
+    # Default limit 100.
+    status, env = await api.call("GET", f"{ADMIN}/{kind}", admin=True)
+    assert status == 200 and len(env["data"]["items"]) == min(100, len(expected))
+
+
+@pytest.mark.parametrize("kind", ["discounts", "skus", "activities"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "after="])
+async def test_admin_list_refuses_bad_paging(api: Api, kind: str, query: str) -> None:
+    status, env = await api.call("GET", f"{ADMIN}/{kind}?{query}", admin=True)
+    assert (status, env["code"], env["data"]) == (400, "0002", None), env
+
+
+async def test_delete_refused_while_referenced_then_allowed(api: Api, pool: asyncpg.Pool) -> None:
+    act = await api.new_activity()
+    activity_path = f"{ADMIN}/activities/{act['activityId']}"
+    _, env = await api.call("GET", activity_path, admin=True)
+    stored = env["data"]
+    discount_path = f"{ADMIN}/discounts/{stored['discountId']}"
+    sku_path = f"{ADMIN}/skus/{act['goodsId']}"
+    # Used by the activity: refused, nothing deleted.
+    for path, name in ((discount_path, stored["discountId"]), (sku_path, act["goodsId"])):
+        status, env = await api.call("DELETE", path, admin=True)
+        assert (status, env["code"], env["data"]) == (409, "E0301", None), env
+        assert name in env["info"] and str(act["activityId"]) in env["info"], env
+        _names_no_table(env["info"])
+        assert (await api.call("GET", path, admin=True))[0] == 200
+    # An activity without teams goes, with its goods bindings.
+    status, env = await api.call("DELETE", activity_path, admin=True)
+    assert (status, env["code"], env["data"]) == (200, "0000", stored), env
+    assert (await api.call("GET", activity_path, admin=True))[1]["code"] == "0404"
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM sc_sku_activity WHERE activity_id = $1", act["activityId"]
+    )
+    # Nothing refers to the SKU and the discount any more.
+    for path, key in ((sku_path, "goodsId"), (discount_path, "discountId")):
+        _, before = await api.call("GET", path, admin=True)
+        status, env = await api.call("DELETE", path, admin=True)
+        assert (status, env["data"]) == (200, before["data"]), env
+        assert env["data"][key] in path
+    for path in (activity_path, sku_path, discount_path):
+        for method in ("GET", "DELETE"):
+            status, env = await api.call(method, path, admin=True)
+            assert (status, env["code"], env["data"]) == (404, "0404", None), (method, path, env)
+
+
+async def test_an_activity_with_teams_is_never_deleted(api: Api, pool: asyncpg.Pool) -> None:
+    act = await api.new_activity()
+    status, env = await api.lock(**act, userId="u1", outTradeNo=new_id())
+    assert status == 200, env
+    path = f"{ADMIN}/activities/{act['activityId']}"
+    _, before = await api.call("GET", path, admin=True)
+    counts = await _counts(pool)
+    status, env = await api.call("DELETE", path, admin=True)
+    assert (status, env["code"], env["data"]) == (409, "E0301", None), env
+    assert str(act["activityId"]) in env["info"] and "teams" in env["info"]
+    _names_no_table(env["info"])
+    assert await api.call("GET", path, admin=True) == (200, before)
+    assert await _counts(pool) == counts
+    status, env = await api.lock(**act, userId="u2", outTradeNo=new_id())
+    assert status == 200, env
+
+
+async def test_list_and_delete_need_the_admin_token(api: Api) -> None:
+    act = await api.new_activity()
+    for kind in ("discounts", "skus", "activities"):
+        assert (await api.call("GET", f"{ADMIN}/{kind}"))[0] == 401
+    path = f"{ADMIN}/activities/{act['activityId']}"
+    status, env = await api.call("DELETE", path)
+    assert (status, env["code"]) == (401, "0401")
+    assert (await api.call("GET", path, admin=True))[0] == 200
+    status, env = await api.call("DELETE", f"{ADMIN}/activities/abc", admin=True)
+    assert (status, env["code"]) == (400, "0002")
+
+
+async def test_delete_racing_a_first_lock_never_orphans_a_team(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    import asyncio
+
+    async def delete_after(delay: float, path: str) -> tuple[int, dict[str, Any]]:
+        await asyncio.sleep(delay)
+        return await api.call("DELETE", path, admin=True)
+
+    for i in range(20):
+        act = await api.new_activity()
+        # The delete starts 0 to 9.5 ms after the lock: each side wins some of the races.
+        (d_status, d_env), (l_status, l_env) = await asyncio.gather(
+            delete_after(i / 2000, f"{ADMIN}/activities/{act['activityId']}"),
+            api.lock(**act, userId="u1", outTradeNo=new_id()),
+        )
+        outcome = (d_status, d_env["code"], l_status, l_env["code"])
+        # Exactly one wins: the team keeps its activity, or the lock finds none.
+        assert outcome in {(409, "E0301", 200, "0000"), (200, "0000", 404, "E0111")}, outcome
+        teams = await pool.fetchval(
+            "SELECT count(*) FROM group_buy_order WHERE activity_id = $1", act["activityId"]
+        )
+        assert teams == (1 if l_status == 200 else 0)

@@ -223,7 +223,7 @@ async def test_goods_not_in_activity_is_refused(api: Api) -> None:
     act = await api.new_activity()
     other = await api.new_activity()
     status, env = await lock(api, {**act, "goodsId": other["goodsId"]}, "u1")
-    assert (status, env["code"]) == (409, "E0002")
+    assert (status, env["code"]) == (404, "E0002")
 
 
 async def test_settlement_rules(api: Api, pool: asyncpg.Pool) -> None:
@@ -231,7 +231,7 @@ async def test_settlement_rules(api: Api, pool: asyncpg.Pool) -> None:
     out = new_id()
     await lock(api, act, "u1", out_trade_no=out)
     status, env = await settle(api, act, "someone-else", out)
-    assert (status, env["code"]) == (409, "E0104")
+    assert (status, env["code"]) == (404, "E0104")
     status, env = await api.settle(
         source=act["source"], channel=act["channel"], userId="u1", outTradeNo=out,
         outTradeTime=(datetime.now(UTC) + timedelta(hours=1)).isoformat(),
@@ -298,9 +298,32 @@ async def test_market_config_for_unknown_goods(api: Api) -> None:
         "POST", "/api/v1/gbm/index/query_group_buy_market_config",
         {"userId": "me", "source": "s01", "channel": "c01", "goodsId": "nope"},
     )  # fmt: skip
-    assert (status, env["code"], env["data"]) == (409, "E0002", None)
+    assert (status, env["code"], env["data"]) == (404, "E0002", None)
 
 
 async def test_unknown_team_is_404(api: Api) -> None:
     status, env = await api.call("GET", "/api/v1/gbm/teams/12345678901")
     assert (status, env["code"]) == (404, "E0107")
+
+
+TRIAL = "/api/v1/gbm/index/query_group_buy_market_config"
+
+
+async def test_market_config_refuses_a_closed_activity_as_lock_does(api: Api) -> None:
+    past = datetime.now(UTC) - timedelta(days=3)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"status": 0}, "E0101"),
+        ({"status": 2}, "E0101"),
+        ({"startTime": past.isoformat(), "endTime": (past + timedelta(days=1)).isoformat()}, "E0102"),
+        ({"startTime": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+          "endTime": (datetime.now(UTC) + timedelta(days=2)).isoformat()}, "E0102"),
+    ]  # fmt: skip
+    for overrides, code in cases:
+        act = await api.new_activity(**overrides)
+        query = {"userId": "u1", "source": act["source"], "channel": act["channel"],
+                 "goodsId": act["goodsId"]}  # fmt: skip
+        trial = await api.call("POST", TRIAL, query)
+        locked = await lock(api, act, "u1")
+        assert trial[0] == locked[0] == 409, (overrides, trial, locked)
+        assert trial[1]["code"] == locked[1]["code"] == code, (overrides, trial, locked)
+        assert trial[1]["data"] is None
