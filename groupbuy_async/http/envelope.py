@@ -83,6 +83,7 @@ _CONSTRAINTS = {
 # Unknown constraints: a generic message that names no table, column or constraint.
 _GENERIC: tuple[tuple[type[Exception], type[errors.ServiceError], str], ...] = (
     (asyncpg.ForeignKeyViolationError, errors.BadInput, "refers to something that does not exist"),
+    (asyncpg.RestrictViolationError, errors.StillReferenced, "still referenced"),
     (asyncpg.UniqueViolationError, errors.UniqueConflict, "already exists"),
     (asyncpg.NotNullViolationError, errors.BadInput, "a required value is missing"),
 )

@@ -25,6 +25,9 @@ from ..http.schemas import (
 BINDING_SKU_FKEY = "binding_sku_fkey"
 ACTIVITY_DISCOUNT_FKEY = "activity_discount_fkey"
 TEAM_ACTIVITY_FKEY = "team_activity_fkey"
+# A RESTRICT foreign key refusing a delete or key change: PostgreSQL up to 17 reports it as
+# foreign_key_violation (23503), 18 as restrict_violation (23001).
+REFERENCE_VIOLATIONS = (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError)
 # How many referring activities a refusal names.
 _NAMED = 5
 
@@ -88,7 +91,7 @@ async def delete_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut |
             f"DELETE FROM group_buy_discount WHERE discount_id = $1 RETURNING {_DISCOUNT_COLUMNS}",
             discount_id,
         )
-    except asyncpg.ForeignKeyViolationError as exc:
+    except REFERENCE_VIOLATIONS as exc:
         if exc.constraint_name != ACTIVITY_DISCOUNT_FKEY:
             raise
         raise errors.StillReferenced(
@@ -130,7 +133,7 @@ async def put_sku(pool: asyncpg.Pool, goods_id: str, body: SkuIn) -> SkuOut:
         row = await pool.fetchrow(
             _PUT_SKU, goods_id, body.goods_name, body.original_price, body.source, body.channel
         )
-    except asyncpg.ForeignKeyViolationError as exc:
+    except REFERENCE_VIOLATIONS as exc:
         if exc.constraint_name != BINDING_SKU_FKEY:
             raise
         # PostgreSQL refused to re-key a bound SKU (ON UPDATE RESTRICT); say where it is bound.
@@ -169,7 +172,7 @@ async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
         row = await pool.fetchrow(
             f"DELETE FROM sku WHERE goods_id = $1 RETURNING {_SKU_COLUMNS}", goods_id
         )
-    except asyncpg.ForeignKeyViolationError as exc:
+    except REFERENCE_VIOLATIONS as exc:
         if exc.constraint_name != BINDING_SKU_FKEY:
             raise
         raise errors.StillReferenced(
@@ -269,7 +272,7 @@ async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut |
                 f" RETURNING {_ACTIVITY_COLUMNS}",
                 activity_id,
             )
-        except asyncpg.ForeignKeyViolationError as exc:
+        except REFERENCE_VIOLATIONS as exc:
             if exc.constraint_name != TEAM_ACTIVITY_FKEY:
                 raise
             raise errors.StillReferenced(
