@@ -7,6 +7,7 @@ as soon as one ends, and a recorder writes results back in one statement per bat
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -87,6 +88,11 @@ class Dispatcher:
         self._fire_batch: list[str] = []
         self._firing = 0
         self._closed = False
+        # Drains of all that is due claiming now. Their claims take turns (see _Drain).
+        self._drains = 0
+        self._claim_turn = asyncio.Lock()
+        self._saturated = False  # one of their claims hit a host's cap (sticky while they claim)
+        self._room = asyncio.Event()  # set as each send ends: its host has room again
         # Beyond this wait for a send slot, the lease could lapse mid-send: give it back.
         self._max_wait = self.lease.total_seconds() - 2 * settings.notify_timeout_seconds - 10
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -128,7 +134,7 @@ class Dispatcher:
         team_ids, self._fire_batch = self._fire_batch, []
         try:
             # Not capped at claim: each waits for a slot of its host like any send.
-            _, tasks = await self.claim(len(team_ids), team_ids, capped=False)
+            tasks, _ = await self.claim(len(team_ids), team_ids, capped=False)
             done = await asyncio.gather(*(self.deliver(t) for t in tasks))
             await self.finish(list(done), Counts())
         except Exception:
@@ -138,23 +144,27 @@ class Dispatcher:
 
     async def claim(
         self, limit: int, team_ids: list[str] | None = None, capped: bool = True
-    ) -> tuple[int, list[Task]]:
+    ) -> tuple[list[Task], list[Task]]:
         """Claim due tasks. Capped, a host keeps at most two rounds of its bound in hand
         (one sending, one waiting); the rest go back, due again at once behind tasks that
-        were due earlier. Returns how many were claimed and the ones kept."""
+        were due earlier. Returns the ones kept and the ones given back."""
         tasks = await outbox.claim(self.pool, limit, self.lease, team_ids)
         keep, over = [], []
         for task in tasks:
+            if capped and not self._has_room(task.host):
+                over.append(task)
+                continue
             host = self._hosts.get(task.host)
             if host is None:
                 host = self._hosts[task.host] = _Host(asyncio.Semaphore(self.per_host))
-            if capped and host.in_hand >= 2 * self.per_host:
-                over.append(task)
-            else:
-                host.in_hand += 1
-                keep.append(task)
+            host.in_hand += 1
+            keep.append(task)
         await outbox.release(self.pool, over, timedelta(0))
-        return len(tasks), keep
+        return keep, over
+
+    def _has_room(self, host: str) -> bool:
+        held = self._hosts.get(host)
+        return held is None or held.in_hand < 2 * self.per_host
 
     async def deliver(self, task: Task) -> Result | Task:
         """One attempt; returns the Result, or the Task itself when it was not attempted."""
@@ -183,6 +193,7 @@ class Dispatcher:
             host.in_hand -= 1
             if host.in_hand == 0:
                 del self._hosts[task.host]
+            self._room.set()
 
     async def finish(self, done: list[Result | Task], counts: Counts) -> None:
         """Write a batch back: results fenced by their claims, unattempted tasks released."""
@@ -217,7 +228,7 @@ class _Drain:
     freed: int = 0  # tasks finished since the last claim
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: bool = False
-    saturated: bool = False
+    full: set[str] = field(default_factory=set)  # hosts the last claim found at their cap
 
     async def run(self) -> Counts:
         d = self.dispatcher
@@ -243,11 +254,11 @@ class _Drain:
     def _refill(self) -> int | None:
         """How many to claim now, or None to wait for sends to finish. Between one and two
         rounds of the concurrency stay in hand: memory is flat whatever the backlog, and one
-        claim serves many sends. Once a claim hit a host's cap (sticky), only what has
-        finished is refilled, so a capped merchant's backlog is not claimed and given back
-        over and over."""
+        claim serves many sends. Once a claim of this or an overlapping drain hit a host's
+        cap (sticky while they claim), only what has finished is refilled, so a capped
+        merchant's backlog is not claimed and given back over and over."""
         d = self.dispatcher
-        if self.saturated:
+        if d._saturated:
             if self.freed >= min(d.per_host, d.concurrency) or self.in_hand == 0:
                 return self.freed
             return None
@@ -257,25 +268,58 @@ class _Drain:
 
     async def _claim_all(self) -> None:
         d = self.dispatcher
+        if self.team_id is not None:
+            # Not capped at claim: its one task waits for a slot of its host like any send,
+            # rather than going back because other drains keep that host busy.
+            async with d._claim_turn:
+                tasks, _ = await d.claim(1, [self.team_id], capped=False)
+            self._hand(tasks)
+            return
+        d._drains += 1
+        try:
+            await self._claim_due()
+        finally:
+            d._drains -= 1
+            if d._drains == 0:
+                d._saturated = False
+
+    async def _claim_due(self) -> None:
+        """Overlapping drains (cron ticks) of one process claim in turns, and each sizes its
+        claim in its turn: what another drain claimed and gave back over a host's cap is due
+        again by then, and that the host is at its cap is known. So a claim that finds
+        nothing means nothing is due that this process could send. A drain left with nothing
+        in hand, all that is due being for hosts at their cap, leaves it to the other drains
+        (they refill as those hosts' sends end); the last one waits for room itself rather
+        than leave it to the next cron tick."""
+        d = self.dispatcher
         while time.monotonic() < self.deadline:
-            want = self._refill()
+            async with d._claim_turn:
+                want = self._refill()
+                if want:
+                    self.freed = 0
+                    tasks, over = await d.claim(min(want, d.batch_size))
+                    if not tasks and not over:
+                        return
+                    d._saturated = d._saturated or bool(over)
+                    self.full = {task.host for task in over}
+                    self._hand(tasks)
             if want is None:
                 self.wake.clear()
                 await self.wake.wait()
-                continue
-            if want <= 0:
-                return  # all that is due belongs to hosts other drains keep busy
-            self.freed = 0
-            teams = None if self.team_id is None else [self.team_id]
-            claimed, tasks = await d.claim(min(want, d.batch_size), teams)
-            if claimed == 0:
-                return
-            self.saturated = self.saturated or len(tasks) < claimed
-            self.in_hand += len(tasks)
-            for task in tasks:
-                self.queue.put_nowait(task)
-            if self.team_id is not None:
-                return
+            elif self.in_hand == 0:
+                if d._drains > 1:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.deadline - time.monotonic()):
+                        while self.full and not any(d._has_room(h) for h in self.full):
+                            d._room.clear()
+                            await d._room.wait()
+                self.freed = min(d.per_host, d.concurrency)  # a round, as if that had ended
+
+    def _hand(self, tasks: list[Task]) -> None:
+        self.in_hand += len(tasks)
+        for task in tasks:
+            self.queue.put_nowait(task)
 
     async def _work(self) -> None:
         while True:

@@ -252,18 +252,32 @@ async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwr
     assert len(await attempts(pool, team_id)) == 1 and len(merchant.requests) == 1
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["as-timed", "second-claim-late"])
 async def test_per_host_cap_bounds_concurrent_requests(
-    pool: asyncpg.Pool, make_dispatcher: Any, monkeypatch: Any
+    pool: asyncpg.Pool, make_dispatcher: Any, monkeypatch: Any, late: bool
 ) -> None:
     in_flight = peak = 0
-    released = 0
-    real_release = outbox.release
+    released = claims = 0
+    real_claim, real_release = outbox.claim, outbox.release
+    given_back = asyncio.Event()
+
+    async def claim(*args: Any) -> list[outbox.Task]:
+        nonlocal claims
+        claims += 1
+        if late and claims == 2:
+            # Run only once the first claim gave back what was over the cap, as when it
+            # waits for a new connection of a cold pool.
+            await given_back.wait()
+        return await real_claim(*args)
 
     async def counting_release(pool: asyncpg.Pool, tasks: list[Any], delay: Any) -> None:
         nonlocal released
         released += len(tasks)
         await real_release(pool, tasks, delay)
+        if tasks:
+            given_back.set()
 
+    monkeypatch.setattr(outbox, "claim", claim)
     monkeypatch.setattr(outbox, "release", counting_release)
 
     async def slow(_: int) -> web.Response:
@@ -289,6 +303,138 @@ async def test_per_host_cap_bounds_concurrent_requests(
         # The capped backlog is not claimed and given back over and over.
         assert released <= 60, released
     finally:
+        await merchant.server.close()
+
+
+async def delivered(pool: asyncpg.Pool, team_ids: list[str]) -> int:
+    return await pool.fetchval(  # type: ignore[no-any-return]
+        "SELECT count(*) FROM notify_task WHERE team_id = ANY($1::text[]) AND notify_status = 1",
+        team_ids,
+    )
+
+
+def scope_claims(monkeypatch: Any, team_ids: list[str]) -> list[int]:
+    """Drains of all due tasks claim only these teams' (so other tests' leftovers cannot
+    change who claims what); returns how many rows each claim got, in the order they ran."""
+    real_claim = outbox.claim
+    got: list[int] = []
+
+    async def claim(db: asyncpg.Pool, limit: int, lease: timedelta,
+                    teams: list[str] | None = None) -> list[outbox.Task]:  # fmt: skip
+        tasks = await real_claim(db, limit, lease, teams or team_ids)
+        got.append(len(tasks))
+        return tasks
+
+    monkeypatch.setattr(outbox, "claim", claim)
+    return got
+
+
+async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
+    pool: asyncpg.Pool, make_dispatcher: Any, monkeypatch: Any
+) -> None:
+    # The per-host test's rare failure (8 of 60 delivered), its interleaving forced wherever
+    # the drains let it happen: drain A claims the backlog, keeps its host's cap (2 x 4) and
+    # gives the rest back; drain B claims that rest, all over the cap, and holds it while A's
+    # next claim, once four sends are answered, finds nothing due; only then does B give it
+    # back. Neither drain may stop and leave it to the next cron tick.
+    claimed = [asyncio.Event() for _ in range(4)]  # claimed[n]: the n-th claim has returned
+    given_back = asyncio.Event()  # the first claim's rest is due again
+    b_settled = asyncio.Event()  # B holds what it claimed, or stopped without claiming
+
+    async def answer(_: int) -> web.Response:
+        await b_settled.wait()
+        return web.Response(text="success")
+
+    merchant = await start_merchant(behaviour=answer)
+    try:
+        team_ids = await make_tasks(pool, 60, merchant.url)
+        got = scope_claims(monkeypatch, team_ids)
+        claim_in_scope, real_release = outbox.claim, outbox.release
+        calls = releases = 0
+
+        async def claim(*args: Any) -> list[outbox.Task]:
+            nonlocal calls
+            calls += 1
+            n = calls
+            if n == 2:  # B's: after A gave back what was over the cap
+                await given_back.wait()
+            elif n == 3:  # A's next: while B holds those rows
+                await claimed[2].wait()
+            try:
+                return await claim_in_scope(*args)
+            finally:
+                if n < len(claimed):
+                    claimed[n].set()
+                if n == 2:
+                    b_settled.set()
+
+        async def release(db: asyncpg.Pool, tasks: list[outbox.Task], delay: timedelta) -> None:
+            nonlocal releases
+            n = 0
+            if tasks:
+                releases += 1
+                n = releases
+            if n == 2:  # B gives its rows back only after A's next claim
+                await claimed[3].wait()
+            await real_release(db, tasks, delay)
+            if n == 1:
+                given_back.set()
+
+        monkeypatch.setattr(outbox, "claim", claim)
+        monkeypatch.setattr(outbox, "release", release)
+        dispatcher = make_dispatcher(notify_concurrency=100, notify_per_host=4)
+        a = asyncio.create_task(dispatcher.drain())
+        b = asyncio.create_task(dispatcher.drain())
+        b.add_done_callback(lambda _: b_settled.set())
+        async with asyncio.timeout(30):
+            await asyncio.gather(a, b)
+        assert await delivered(pool, team_ids) == 60, f"rows per claim: {got}"
+        assert len(merchant.ids) == 60 and max(merchant.ids.values()) == 1
+    finally:
+        b_settled.set()
+        await merchant.server.close()
+
+
+@pytest.mark.parametrize("one_team", [False, True], ids=["all-due", "one-team"])
+async def test_a_drain_delivers_what_it_finds_while_another_drain_fills_its_host(
+    pool: asyncpg.Pool, make_dispatcher: Any, monkeypatch: Any, one_team: bool
+) -> None:
+    # Drain A holds the host's cap (2 x 4: four sends the merchant has not answered yet, four
+    # waiting) and has stopped claiming: nothing else was due. Then more falls due and a
+    # second drain finds the host at its cap. It may not give those back and stop: A claims
+    # no more, so they would wait for the next cron tick.
+    answer = asyncio.Event()
+
+    async def held(_: int) -> web.Response:
+        await answer.wait()
+        return web.Response(text="success")
+
+    merchant = await start_merchant(behaviour=held)
+    try:
+        team_ids = await make_tasks(pool, 8, merchant.url)
+        got = scope_claims(monkeypatch, team_ids)
+        dispatcher = make_dispatcher(notify_concurrency=100, notify_per_host=4)
+        first = asyncio.create_task(dispatcher.drain())
+        await merchant.wait_for(4)
+        async with asyncio.timeout(5):
+            while len(got) < 2:  # A's second claim came back empty: it claims no more
+                await asyncio.sleep(0.005)
+        assert got == [8, 0]
+        later = await make_tasks(pool, 1 if one_team else 5, merchant.url)
+        team_ids += later  # in the claims' scope too
+        second = asyncio.create_task(dispatcher.drain(later[0] if one_team else None))
+        async with asyncio.timeout(5):
+            while len(got) < 3:
+                await asyncio.sleep(0.005)
+        assert got[2] == len(later)
+        answer.set()
+        async with asyncio.timeout(20):
+            await first
+            counts = await second
+        assert counts.success_count == len(later)
+        assert await delivered(pool, team_ids) == len(team_ids)
+    finally:
+        answer.set()
         await merchant.server.close()
 
 
