@@ -73,6 +73,19 @@ async def test_notify_admin_input_and_auth(api: Api) -> None:
     assert status == 404
 
 
+async def test_run_notify_body_is_optional(api: Api) -> None:
+    counts = {"waitCount", "successCount", "retryCount", "errorCount"}
+    bodies: list[dict[str, str] | None] = [None, {}]
+    for body in bodies:  # no body at all, and an empty object: teamId is optional
+        status, env = await api.call("POST", "/api/v1/admin/notify/run", body, admin=True)
+        assert (status, env["code"]) == (200, "0000"), env
+        assert set(env["data"]) == counts and all(v >= 0 for v in env["data"].values())
+    status, env = await api.call(
+        "POST", "/api/v1/admin/notify/run", {"teamId": "not-a-team"}, admin=True
+    )
+    assert (status, env["code"]) == (400, "0002") and "teamId" in env["info"]
+
+
 async def test_mock_merchant_verifies_signatures_and_dedupes(settings: Settings) -> None:
     client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
     try:
