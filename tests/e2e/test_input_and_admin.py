@@ -214,3 +214,10 @@ async def test_bad_settle_input_is_400_and_settles_nothing(
 async def test_oversize_body_is_refused_in_the_envelope(api: Api) -> None:
     status, env = await api.call("POST", LOCK, raw='{"userId": "' + "x" * 300_000 + '"}')
     assert (status, env["code"], env["data"]) == (413, "0002", None)
+
+
+async def test_head_on_health_checks_is_200(api: Api) -> None:
+    for path in ("/healthz", "/readyz"):
+        async with api.client.head(path) as resp:
+            assert resp.status == 200, path
+            assert await resp.read() == b""
