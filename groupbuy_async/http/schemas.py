@@ -224,7 +224,7 @@ class TeamOut(Body):
     status: int
     valid_start_time: datetime
     valid_end_time: datetime
-    notify_url: str
+    # No notifyUrl: anyone may read a team; operators see the URL in the notify task view.
 
 
 class Health(Body):

@@ -221,3 +221,25 @@ async def test_head_on_health_checks_is_200(api: Api) -> None:
         async with api.client.head(path) as resp:
             assert resp.status == 200, path
             assert await resp.read() == b""
+
+
+async def test_public_team_view_does_not_show_the_notify_url(api: Api) -> None:
+    from ..conftest import now_iso
+
+    act = await api.new_activity(target=1)
+    out = new_id()
+    status, env = await api.lock(**act, userId="u1", outTradeNo=out)
+    assert status == 200, env
+    team_id = env["data"]["teamId"]
+    status, env = await api.settle(source=act["source"], channel=act["channel"], userId="u1",
+                                   outTradeNo=out, outTradeTime=now_iso())  # fmt: skip
+    assert status == 200 and env["data"]["teamCompleted"] is True, env
+    team = await api.team(team_id)
+    assert team["teamId"] == team_id and team["status"] == 1
+    assert "notifyUrl" not in team and act["notifyUrl"] not in str(team)
+    async with api.client.get("/openapi.json") as resp:
+        doc = await resp.json()
+    assert "notifyUrl" not in doc["components"]["schemas"]["TeamOut"]["properties"]
+    # Operators still see it, in the notify task view.
+    status, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
+    assert status == 200 and env["data"]["notifyUrl"] == act["notifyUrl"]
