@@ -272,6 +272,7 @@ class NotifyAttemptOut(Body):
     started_at: datetime
     duration_ms: int
     http_status: int | None
+    response_body: str | None
     error: str | None
 
 

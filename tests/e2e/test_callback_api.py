@@ -59,6 +59,33 @@ async def test_run_list_inspect_and_replay(
     assert len(merchant.ids) == 1  # one event id for every attempt, replay included
 
 
+async def test_attempts_show_the_merchants_response_body(
+    api: Api, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    async def busy(_: int) -> web.Response:
+        return web.Response(status=500, text="busy, try later: 商户繁忙 #7f3a")
+
+    merchant.behaviour = busy
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    run = "/api/v1/admin/notify/run"
+    await api.call("POST", run, {"teamId": team_id}, admin=True)
+    merchant.behaviour = Merchant.behaviour
+    await pool.execute("UPDATE notify_task SET next_attempt_at = now() WHERE team_id = $1", team_id)
+    _, env = await api.call("POST", run, {"teamId": team_id}, admin=True)
+    assert env["data"]["successCount"] == 1
+    (dead_team,) = await make_tasks(pool, 1, "http://127.0.0.1:9/notify")  # nothing listens
+    await api.call("POST", run, {"teamId": dead_team}, admin=True)
+
+    _, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
+    assert [(a["httpStatus"], a["responseBody"]) for a in env["data"]["attempts"]] == [
+        (500, "busy, try later: 商户繁忙 #7f3a"),
+        (200, "success"),
+    ]
+    _, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{dead_team}", admin=True)
+    (attempt,) = env["data"]["attempts"]
+    assert attempt["httpStatus"] is None and attempt["responseBody"] is None and attempt["error"]
+
+
 async def test_notify_admin_input_and_auth(api: Api) -> None:
     assert (await api.call("GET", "/api/v1/admin/notify_tasks"))[0] == 401
     status, env = await api.call("GET", "/api/v1/admin/notify_tasks?status=9", admin=True)
