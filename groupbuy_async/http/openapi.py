@@ -38,8 +38,8 @@ def _envelope(data: dict[str, Any]) -> dict[str, Any]:
         "required": ["code", "info", "data"],
         "properties": {
             "code": {"type": "string", "description": '"0000" on success'},
-            "info": {"type": "string"},
-            "data": data,
+            "info": {"type": "string", "description": '"success", or what went wrong'},
+            "data": {**data, "description": "The answer; null on error"},
         },
     }
 
@@ -54,16 +54,25 @@ def _data_schema(route: "Route") -> dict[str, Any]:
     return ref
 
 
+def _parameter(name: str, where: str, required: bool, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required,
+        "description": schema.get("description", ""),
+        "schema": schema,
+    }
+
+
 def _operation(route: "Route") -> dict[str, Any]:
     params = [
-        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS[name]}
+        _parameter(name, "path", True, _PATH_SCHEMAS[name])
         for name in re.findall(r"{(\w+)}", route.path)
     ]
     if route.query is not None:
         schema = route.query.model_json_schema(by_alias=True)
         params += [
-            {"name": name, "in": "query", "required": False, "schema": prop}
-            for name, prop in schema["properties"].items()
+            _parameter(name, "query", False, prop) for name, prop in schema["properties"].items()
         ]
     error = {"content": {"application/json": {"schema": _envelope({"type": "null"})}}}
     success = (

@@ -243,3 +243,36 @@ async def test_public_team_view_does_not_show_the_notify_url(api: Api) -> None:
     # Operators still see it, in the notify task view.
     status, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
     assert status == 200 and env["data"]["notifyUrl"] == act["notifyUrl"]
+
+
+def _undescribed(node: Any, where: str = "") -> list[str]:
+    """Every property (of any object schema in the document) and parameter with no description."""
+    missing: list[str] = []
+    if isinstance(node, dict):
+        for name, prop in (node.get("properties") or {}).items():
+            if not (isinstance(prop, dict) and str(prop.get("description", "")).strip()):
+                missing.append(f"{where}.{name}")
+        if "in" in node and "name" in node and not str(node.get("description", "")).strip():
+            missing.append(f"{where} parameter {node['name']}")
+        for key, value in node.items():
+            missing += _undescribed(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            missing += _undescribed(value, f"{where}[{i}]")
+    return missing
+
+
+async def test_openapi_describes_every_field(api: Api) -> None:
+    async with api.client.get("/openapi.json") as resp:
+        doc = await resp.json()
+    schemas = doc["components"]["schemas"]
+    assert {"LockIn", "TeamOut", "ActivityIn", "NotifyTaskDetail"} <= set(schemas)
+    assert _undescribed(doc) == []
+    # The codes a client cannot guess are spelled out.
+    assert "2 failed" in schemas["TeamOut"]["properties"]["status"]["description"]
+    assert "1 paid" in schemas["LockOut"]["properties"]["tradeOrderStatus"]["description"]
+    activity = schemas["ActivityIn"]["properties"]
+    assert "3 abandoned" in activity["status"]["description"]
+    assert "minutes" in activity["validTime"]["description"]
+    assert '"100,10"' in schemas["DiscountIn"]["properties"]["marketExpr"]["description"]
+    assert "3 error" in schemas["NotifyTaskOut"]["properties"]["notifyStatus"]["description"]
