@@ -299,6 +299,20 @@ class Health(Body):
 # --- callbacks -----------------------------------------------------------------------
 
 
+class TeamCompletedEvent(Body):
+    """The callback's body: POSTed to the team's notifyUrl when its last member pays."""
+
+    team_id: str = Field(description=f"The completed team. {TEAM_ID}")
+    out_trade_no_list: list[str] = Field(
+        description="The merchant's outTradeNo of every member, in the order they locked"
+    )
+    activity_id: int = Field(description=ACTIVITY_ID)
+    event_id: str = Field(
+        description="Event id (UUID), equal to the webhook-id header and the same on every"
+        " retry: deduplicate on it"
+    )
+
+
 class NotifyTaskQuery(Body):
     status: Annotated[int, Field(ge=0, le=3)] | None = Field(
         None, description=f"Only tasks in this status. {NOTIFY_STATUS}"

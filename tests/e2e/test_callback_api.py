@@ -1,5 +1,6 @@
 """Operator and merchant-facing callback endpoints, the worker's compensation cron, the CLI."""
 
+import json
 import re
 import time
 import uuid
@@ -12,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 from groupbuy_async.settings import Settings
 from groupbuy_async.worker import build_worker
 
-from ..conftest import SECRET, Api, make_tasks, start_client
+from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
 from ..merchant import Merchant
 
 
@@ -140,6 +141,57 @@ async def test_mock_merchant_verifies_signatures_and_dedupes(settings: Settings)
         assert mine[0]["payload"]["outTradeNoList"] == ["a", "b"]
     finally:
         await client.close()
+
+
+_JSON_TYPES = {"string": str, "integer": int, "array": list, "object": dict, "boolean": bool}
+
+
+async def test_openapi_webhook_matches_the_callback_really_sent(
+    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
+    try:
+        async with client.get("/openapi.json") as resp:
+            doc = await resp.json()
+        api = Api(client)
+        act = {**await api.new_activity(target=2), "notifyUrl": merchant.url}
+        outs = [new_id(), new_id()]
+        _, env = await api.lock(**act, userId="w1", outTradeNo=outs[0])
+        team_id = env["data"]["teamId"]
+        await api.lock(**act, userId="w2", outTradeNo=outs[1], teamId=team_id)
+        where = {"source": act["source"], "channel": act["channel"]}
+        for user, out in zip(("w1", "w2"), outs, strict=True):
+            status, env = await api.settle(
+                **where, userId=user, outTradeNo=out, outTradeTime=now_iso()
+            )
+            assert status == 200, env
+        await merchant.wait_for(1)
+    finally:
+        await client.close()
+
+    webhook = doc["webhooks"]["teamCompleted"]["post"]
+    ref = webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    event = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    headers, body = merchant.requests[0]
+    stored = await pool.fetchval(
+        "SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id
+    )
+    assert body == stored  # what the merchant got is what the settlement wrote
+    payload = json.loads(body)
+    assert set(payload) == set(event["properties"]) == set(event["required"])
+    for name, value in payload.items():
+        assert isinstance(value, _JSON_TYPES[event["properties"][name]["type"]]), name
+    assert payload["outTradeNoList"] == outs and payload["teamId"] == team_id
+    assert payload["eventId"] == headers["webhook-id"]
+    from groupbuy_async.http.schemas import TeamCompletedEvent
+
+    assert TeamCompletedEvent.model_validate_json(body).out_trade_no_list == outs
+    # Every documented header is sent, and the signature verifies as documented.
+    documented = {p["name"] for p in webhook["parameters"] if p["in"] == "header"}
+    assert documented == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert documented <= {h.lower() for h in headers}
+    Webhook(SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert "success" in json.dumps(webhook["responses"])
 
 
 async def _scrape(api: Api) -> str:
