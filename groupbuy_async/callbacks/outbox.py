@@ -182,8 +182,8 @@ async def get_task(
         if task is None:
             return None, []
         attempts = await conn.fetch(
-            "SELECT attempt, started_at, duration_ms, http_status, error FROM notify_attempt"
-            " WHERE task_id = $1 ORDER BY attempt",
+            "SELECT attempt, started_at, duration_ms, http_status, response_body, error"
+            " FROM notify_attempt WHERE task_id = $1 ORDER BY attempt",
             task["id"],
         )
     return task, attempts

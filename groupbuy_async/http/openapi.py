@@ -8,7 +8,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__, errors
-from .schemas import PATH_PARAMS
+from ..settings import DEFAULT_SCHEDULE
+from .schemas import PATH_PARAMS, TeamCompletedEvent
 
 if TYPE_CHECKING:
     from .routing import Route
@@ -18,7 +19,7 @@ _PATH_SCHEMAS = {name: TypeAdapter(kind).json_schema() for name, kind in PATH_PA
 
 
 def _models(routes: "list[Route]") -> list[type[BaseModel]]:
-    found: list[type[BaseModel]] = []
+    found: list[type[BaseModel]] = [TeamCompletedEvent]
     for route in routes:
         for model in (route.body, _inner(route.response)):
             if model is not None and model not in found:
@@ -38,8 +39,8 @@ def _envelope(data: dict[str, Any]) -> dict[str, Any]:
         "required": ["code", "info", "data"],
         "properties": {
             "code": {"type": "string", "description": '"0000" on success'},
-            "info": {"type": "string"},
-            "data": data,
+            "info": {"type": "string", "description": '"success", or what went wrong'},
+            "data": {**data, "description": "The answer; null on error"},
         },
     }
 
@@ -54,16 +55,25 @@ def _data_schema(route: "Route") -> dict[str, Any]:
     return ref
 
 
+def _parameter(name: str, where: str, required: bool, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required,
+        "description": schema.get("description", ""),
+        "schema": schema,
+    }
+
+
 def _operation(route: "Route") -> dict[str, Any]:
     params = [
-        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS[name]}
+        _parameter(name, "path", True, _PATH_SCHEMAS[name])
         for name in re.findall(r"{(\w+)}", route.path)
     ]
     if route.query is not None:
         schema = route.query.model_json_schema(by_alias=True)
         params += [
-            {"name": name, "in": "query", "required": False, "schema": prop}
-            for name, prop in schema["properties"].items()
+            _parameter(name, "query", False, prop) for name, prop in schema["properties"].items()
         ]
     error = {"content": {"application/json": {"schema": _envelope({"type": "null"})}}}
     success = (
@@ -102,6 +112,77 @@ def _operation(route: "Route") -> dict[str, Any]:
     return op
 
 
+def _header(name: str, required: bool, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+# What the service sends to a merchant (callbacks/sender.py) and how it reads the answer
+# (callbacks/rules.py): Standard Webhooks headers, the outbox's payload, `success` expected.
+_TEAM_COMPLETED: dict[str, Any] = {
+    "operationId": "teamCompleted",
+    "summary": "A team completed: POSTed to the notifyUrl of the order that opened it",
+    "description": (
+        "Sent once the team's last member pays, after the settlement commits, then retried"
+        f" on GROUPBUY_NOTIFY_RETRY_SCHEDULE (default {DEFAULT_SCHEDULE}; +-20 % jitter) until"
+        " the merchant answers 2xx with the body `success`. Every attempt carries the same"
+        " body and webhook-id. Headers follow Standard Webhooks"
+        " (https://www.standardwebhooks.com/): verify with any of its libraries, e.g."
+        " standardwebhooks.Webhook(secret).verify(body, headers)."
+    ),
+    "tags": ["callbacks"],
+    "parameters": [
+        _header(
+            "webhook-id",
+            True,
+            "The event id (eventId in the body): identical on every retry, deduplicate on it",
+        ),
+        _header(
+            "webhook-timestamp",
+            True,
+            "When this attempt was signed, in integer Unix seconds; refuse stale ones",
+        ),
+        _header(
+            "webhook-signature",
+            False,
+            "Sent when GROUPBUY_NOTIFY_SECRET (whsec_ + base64 key) is set: `v1,` + base64 of"
+            " HMAC-SHA256, keyed with the base64-decoded secret, over `{webhook-id}."
+            "{webhook-timestamp}.{raw body}`; several may be listed, space-separated",
+        ),
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": _REF.format(model="TeamCompletedEvent")}}
+        },
+    },
+    "responses": {
+        "200": {
+            "description": (
+                "Received: any 2xx whose body, stripped, is `success` ends delivery (with"
+                " GROUPBUY_NOTIFY_ACCEPT_ANY_2XX=true, any 2xx does)"
+            ),
+            "content": {"text/plain": {"schema": {"type": "string", "const": "success"}}},
+        },
+        "410": {"description": "Gone: no more attempts (the task goes to status 3 at once)"},
+        "429": {"description": "Failed: retried after Retry-After (up to 24 h) if given"},
+        "503": {"description": "Failed: retried after Retry-After (up to 24 h) if given"},
+        "default": {
+            "description": (
+                "Anything else (another status or body, a redirect, a timeout, a DNS or"
+                " connection error) is a failed attempt, retried per the schedule; when the"
+                " last retry fails the task is in error (status 3) until an operator replays it"
+            )
+        },
+    },
+}
+
+
 @cache
 def _build(routes: "tuple[Route, ...]") -> dict[str, Any]:
     _, schemas = models_json_schema(
@@ -119,6 +200,7 @@ def _build(routes: "tuple[Route, ...]") -> dict[str, Any]:
             "description": f"Group-buy trading with merchant callbacks. Codes: {codes}.",
         },
         "paths": paths,
+        "webhooks": {"teamCompleted": {"post": _TEAM_COMPLETED}},
         "components": {
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},

@@ -97,7 +97,7 @@ async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery) -> MarketC
 async def get_team(pool: asyncpg.Pool, team_id: str) -> TeamOut:
     row = await pool.fetchrow(
         "SELECT team_id, activity_id, target_count, lock_count, complete_count, status,"
-        " valid_start_time, valid_end_time, notify_url FROM group_buy_order WHERE team_id = $1",
+        " valid_start_time, valid_end_time FROM group_buy_order WHERE team_id = $1",
         team_id,
     )
     if row is None:

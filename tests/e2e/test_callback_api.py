@@ -1,5 +1,6 @@
 """Operator and merchant-facing callback endpoints, the worker's compensation cron, the CLI."""
 
+import json
 import re
 import time
 import uuid
@@ -12,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 from groupbuy_async.settings import Settings
 from groupbuy_async.worker import build_worker
 
-from ..conftest import SECRET, Api, make_tasks, start_client
+from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
 from ..merchant import Merchant
 
 
@@ -59,6 +60,33 @@ async def test_run_list_inspect_and_replay(
     assert len(merchant.ids) == 1  # one event id for every attempt, replay included
 
 
+async def test_attempts_show_the_merchants_response_body(
+    api: Api, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    async def busy(_: int) -> web.Response:
+        return web.Response(status=500, text="busy, try later: 商户繁忙 #7f3a")
+
+    merchant.behaviour = busy
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    run = "/api/v1/admin/notify/run"
+    await api.call("POST", run, {"teamId": team_id}, admin=True)
+    merchant.behaviour = Merchant.behaviour
+    await pool.execute("UPDATE notify_task SET next_attempt_at = now() WHERE team_id = $1", team_id)
+    _, env = await api.call("POST", run, {"teamId": team_id}, admin=True)
+    assert env["data"]["successCount"] == 1
+    (dead_team,) = await make_tasks(pool, 1, "http://127.0.0.1:9/notify")  # nothing listens
+    await api.call("POST", run, {"teamId": dead_team}, admin=True)
+
+    _, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
+    assert [(a["httpStatus"], a["responseBody"]) for a in env["data"]["attempts"]] == [
+        (500, "busy, try later: 商户繁忙 #7f3a"),
+        (200, "success"),
+    ]
+    _, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{dead_team}", admin=True)
+    (attempt,) = env["data"]["attempts"]
+    assert attempt["httpStatus"] is None and attempt["responseBody"] is None and attempt["error"]
+
+
 async def test_notify_admin_input_and_auth(api: Api) -> None:
     assert (await api.call("GET", "/api/v1/admin/notify_tasks"))[0] == 401
     status, env = await api.call("GET", "/api/v1/admin/notify_tasks?status=9", admin=True)
@@ -71,6 +99,19 @@ async def test_notify_admin_input_and_auth(api: Api) -> None:
         "POST", "/api/v1/admin/notify_tasks/00000000999/replay", admin=True
     )
     assert status == 404
+
+
+async def test_run_notify_body_is_optional(api: Api) -> None:
+    counts = {"waitCount", "successCount", "retryCount", "errorCount"}
+    bodies: list[dict[str, str] | None] = [None, {}]
+    for body in bodies:  # no body at all, and an empty object: teamId is optional
+        status, env = await api.call("POST", "/api/v1/admin/notify/run", body, admin=True)
+        assert (status, env["code"]) == (200, "0000"), env
+        assert set(env["data"]) == counts and all(v >= 0 for v in env["data"].values())
+    status, env = await api.call(
+        "POST", "/api/v1/admin/notify/run", {"teamId": "not-a-team"}, admin=True
+    )
+    assert (status, env["code"]) == (400, "0002") and "teamId" in env["info"]
 
 
 async def test_mock_merchant_verifies_signatures_and_dedupes(settings: Settings) -> None:
@@ -100,6 +141,57 @@ async def test_mock_merchant_verifies_signatures_and_dedupes(settings: Settings)
         assert mine[0]["payload"]["outTradeNoList"] == ["a", "b"]
     finally:
         await client.close()
+
+
+_JSON_TYPES = {"string": str, "integer": int, "array": list, "object": dict, "boolean": bool}
+
+
+async def test_openapi_webhook_matches_the_callback_really_sent(
+    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+) -> None:
+    client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
+    try:
+        async with client.get("/openapi.json") as resp:
+            doc = await resp.json()
+        api = Api(client)
+        act = {**await api.new_activity(target=2), "notifyUrl": merchant.url}
+        outs = [new_id(), new_id()]
+        _, env = await api.lock(**act, userId="w1", outTradeNo=outs[0])
+        team_id = env["data"]["teamId"]
+        await api.lock(**act, userId="w2", outTradeNo=outs[1], teamId=team_id)
+        where = {"source": act["source"], "channel": act["channel"]}
+        for user, out in zip(("w1", "w2"), outs, strict=True):
+            status, env = await api.settle(
+                **where, userId=user, outTradeNo=out, outTradeTime=now_iso()
+            )
+            assert status == 200, env
+        await merchant.wait_for(1)
+    finally:
+        await client.close()
+
+    webhook = doc["webhooks"]["teamCompleted"]["post"]
+    ref = webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    event = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    headers, body = merchant.requests[0]
+    stored = await pool.fetchval(
+        "SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id
+    )
+    assert body == stored  # what the merchant got is what the settlement wrote
+    payload = json.loads(body)
+    assert set(payload) == set(event["properties"]) == set(event["required"])
+    for name, value in payload.items():
+        assert isinstance(value, _JSON_TYPES[event["properties"][name]["type"]]), name
+    assert payload["outTradeNoList"] == outs and payload["teamId"] == team_id
+    assert payload["eventId"] == headers["webhook-id"]
+    from groupbuy_async.http.schemas import TeamCompletedEvent
+
+    assert TeamCompletedEvent.model_validate_json(body).out_trade_no_list == outs
+    # Every documented header is sent, and the signature verifies as documented.
+    documented = {p["name"] for p in webhook["parameters"] if p["in"] == "header"}
+    assert documented == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert documented <= {h.lower() for h in headers}
+    Webhook(SECRET).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert "success" in json.dumps(webhook["responses"])
 
 
 async def _scrape(api: Api) -> str:

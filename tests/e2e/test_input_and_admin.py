@@ -513,3 +513,65 @@ async def test_delete_racing_a_first_lock_never_orphans_a_team(
             "SELECT count(*) FROM group_buy_order WHERE activity_id = $1", act["activityId"]
         )
         assert teams == (1 if l_status == 200 else 0)
+
+
+async def test_head_on_health_checks_is_200(api: Api) -> None:
+    for path in ("/healthz", "/readyz"):
+        async with api.client.head(path) as resp:
+            assert resp.status == 200, path
+            assert await resp.read() == b""
+
+
+async def test_public_team_view_does_not_show_the_notify_url(api: Api) -> None:
+    from ..conftest import now_iso
+
+    act = await api.new_activity(target=1)
+    out = new_id()
+    status, env = await api.lock(**act, userId="u1", outTradeNo=out)
+    assert status == 200, env
+    team_id = env["data"]["teamId"]
+    status, env = await api.settle(source=act["source"], channel=act["channel"], userId="u1",
+                                   outTradeNo=out, outTradeTime=now_iso())  # fmt: skip
+    assert status == 200 and env["data"]["teamCompleted"] is True, env
+    team = await api.team(team_id)
+    assert team["teamId"] == team_id and team["status"] == 1
+    assert "notifyUrl" not in team and act["notifyUrl"] not in str(team)
+    async with api.client.get("/openapi.json") as resp:
+        doc = await resp.json()
+    assert "notifyUrl" not in doc["components"]["schemas"]["TeamOut"]["properties"]
+    # Operators still see it, in the notify task view.
+    status, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
+    assert status == 200 and env["data"]["notifyUrl"] == act["notifyUrl"]
+
+
+def _undescribed(node: Any, where: str = "") -> list[str]:
+    """Every property (of any object schema in the document) and parameter with no description."""
+    missing: list[str] = []
+    if isinstance(node, dict):
+        for name, prop in (node.get("properties") or {}).items():
+            if not (isinstance(prop, dict) and str(prop.get("description", "")).strip()):
+                missing.append(f"{where}.{name}")
+        if "in" in node and "name" in node and not str(node.get("description", "")).strip():
+            missing.append(f"{where} parameter {node['name']}")
+        for key, value in node.items():
+            missing += _undescribed(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            missing += _undescribed(value, f"{where}[{i}]")
+    return missing
+
+
+async def test_openapi_describes_every_field(api: Api) -> None:
+    async with api.client.get("/openapi.json") as resp:
+        doc = await resp.json()
+    schemas = doc["components"]["schemas"]
+    assert {"LockIn", "TeamOut", "ActivityIn", "NotifyTaskDetail"} <= set(schemas)
+    assert _undescribed(doc) == []
+    # The codes a client cannot guess are spelled out.
+    assert "2 failed" in schemas["TeamOut"]["properties"]["status"]["description"]
+    assert "1 paid" in schemas["LockOut"]["properties"]["tradeOrderStatus"]["description"]
+    activity = schemas["ActivityIn"]["properties"]
+    assert "3 abandoned" in activity["status"]["description"]
+    assert "minutes" in activity["validTime"]["description"]
+    assert '"100,10"' in schemas["DiscountIn"]["properties"]["marketExpr"]["description"]
+    assert "3 error" in schemas["NotifyTaskOut"]["properties"]["notifyStatus"]["description"]
