@@ -13,7 +13,8 @@ import aiohttp
 import asyncpg
 
 from groupbuy_async.db import create_pool
-from groupbuy_async.http.schemas import ActivityIn, DiscountIn, GoodsRef, LockIn, SettleIn, SkuIn
+from groupbuy_async.http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
+from groupbuy_async.http.schemas import LockIn, SettleIn
 from groupbuy_async.trade import catalog, orders
 
 from .common import BenchFailure, percentile, timed

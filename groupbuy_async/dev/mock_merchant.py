@@ -11,8 +11,8 @@ from aiohttp import web
 
 from .. import errors
 from ..callbacks.rules import verify
+from ..http.callback_schemas import ReceivedCallback
 from ..http.routing import Route
-from ..http.schemas import ReceivedCallback
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from ..db import create_pool, migrate
 from ..http.app import create_app
-from ..http.schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
+from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
 from ..lifecycle import Stop, run_until_signalled, server_address, start_api
 from ..settings import Settings
 from ..trade import catalog

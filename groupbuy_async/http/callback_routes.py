@@ -7,8 +7,7 @@ from aiohttp import web
 from .. import errors
 from ..bootstrap import SERVICES
 from ..callbacks import outbox
-from .routing import Route, path_param
-from .schemas import (
+from .callback_schemas import (
     NotifyAttemptOut,
     NotifyCounts,
     NotifyRunIn,
@@ -16,6 +15,7 @@ from .schemas import (
     NotifyTaskOut,
     NotifyTaskQuery,
 )
+from .routing import Route, path_param
 
 
 def _task_out(row: Any) -> NotifyTaskOut:

@@ -9,7 +9,8 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__, errors
 from ..settings import DEFAULT_SCHEDULE
-from .schemas import PATH_PARAMS, TeamCompletedEvent
+from .callback_schemas import TeamCompletedEvent
+from .schemas import PATH_PARAMS
 
 if TYPE_CHECKING:
     from .routing import Route

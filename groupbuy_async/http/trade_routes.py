@@ -8,8 +8,7 @@ from .. import errors
 from ..bootstrap import SERVICES
 from ..callbacks.rules import url_problem
 from ..trade import catalog, orders, queries
-from .routing import Route, path_param
-from .schemas import (
+from .catalog_schemas import (
     ActivityIn,
     ActivityOut,
     ActivityPage,
@@ -18,17 +17,12 @@ from .schemas import (
     DiscountIn,
     DiscountOut,
     DiscountPage,
-    LockIn,
-    LockOut,
-    MarketConfig,
-    MarketConfigQuery,
-    SettleIn,
-    SettleOut,
     SkuIn,
     SkuOut,
     SkuPage,
-    TeamOut,
 )
+from .routing import Route, path_param
+from .schemas import LockIn, LockOut, MarketConfig, MarketConfigQuery, SettleIn, SettleOut, TeamOut
 
 
 def _found(value: Any, what: str) -> Any:

@@ -8,7 +8,7 @@ import asyncpg
 
 from .. import errors
 from ..db import Conn
-from ..http.schemas import (
+from ..http.catalog_schemas import (
     ActivityIn,
     ActivityOut,
     ActivityPage,

@@ -183,7 +183,7 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
         assert isinstance(value, _JSON_TYPES[event["properties"][name]["type"]]), name
     assert payload["outTradeNoList"] == outs and payload["teamId"] == team_id
     assert payload["eventId"] == headers["webhook-id"]
-    from groupbuy_async.http.schemas import TeamCompletedEvent
+    from groupbuy_async.http.callback_schemas import TeamCompletedEvent
 
     assert TeamCompletedEvent.model_validate_json(body).out_trade_no_list == outs
     # Every documented header is sent, and the signature verifies as documented.

@@ -1,0 +1,96 @@
+"""Bodies of the callback half: the event merchants receive, and the operator views."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from .schemas import ACTIVITY_ID, NOTIFY_STATUS, TEAM_ID, UPDATED, Body, TeamId
+
+# --- callbacks -----------------------------------------------------------------------
+
+
+class TeamCompletedEvent(Body):
+    """The callback's body: POSTed to the team's notifyUrl when its last member pays."""
+
+    team_id: str = Field(description=f"The completed team. {TEAM_ID}")
+    out_trade_no_list: list[str] = Field(
+        description="The merchant's outTradeNo of every member, in the order they locked"
+    )
+    activity_id: int = Field(description=ACTIVITY_ID)
+    event_id: str = Field(
+        description="Event id (UUID), equal to the webhook-id header and the same on every"
+        " retry: deduplicate on it"
+    )
+
+
+class NotifyTaskQuery(Body):
+    status: Annotated[int, Field(ge=0, le=3)] | None = Field(
+        None, description=f"Only tasks in this status. {NOTIFY_STATUS}"
+    )
+    team_id: TeamId | None = Field(None, description=f"Only this team's task. {TEAM_ID}")
+    limit: Annotated[int, Field(ge=1, le=1000)] = Field(100, description="Most tasks listed")
+
+
+class NotifyRunIn(Body):
+    team_id: TeamId | None = Field(
+        None, description="Deliver only this team's task (if due); omit for every due task"
+    )
+
+
+class NotifyCounts(Body):
+    wait_count: int = Field(description="Due tasks attempted in this run")
+    success_count: int = Field(description="Delivered (now status 1)")
+    retry_count: int = Field(description="Failed, retry scheduled (now status 2)")
+    error_count: int = Field(description="Failed for good (now status 3)")
+
+
+class NotifyTaskOut(Body):
+    team_id: str = Field(description=TEAM_ID)
+    activity_id: int = Field(description=ACTIVITY_ID)
+    event_id: str = Field(
+        description="The event id (UUID): the callback's webhook-id and eventId, the same on"
+        " every attempt"
+    )
+    notify_url: str = Field(description="Where the callback is POSTed (the team opener's)")
+    notify_count: int = Field(description="Attempts made so far, replays included")
+    notify_status: int = Field(description=NOTIFY_STATUS)
+    # Only pending tasks (0, 2) have a next attempt.
+    next_attempt_at: datetime | None = Field(
+        description="When the next attempt falls due; null once finished (status 1 or 3)"
+    )
+    last_http_status: int | None = Field(
+        description="HTTP status of the last attempt; null before the first or when it got no"
+        " answer (timeout, connection error, …)"
+    )
+    last_error: str | None = Field(description="Why the last attempt failed; null on success")
+    create_time: datetime = Field(description="When the team completed and the task was written")
+    update_time: datetime = Field(description=UPDATED)
+
+
+class NotifyAttemptOut(Body):
+    attempt: int = Field(description="Attempt number, 1-based, counted over the task's life")
+    started_at: datetime = Field(description="When the attempt started")
+    duration_ms: int = Field(description="How long it took, in milliseconds")
+    http_status: int | None = Field(
+        description="The merchant's HTTP status; null when no answer came"
+    )
+    response_body: str | None = Field(
+        description="The merchant's answer body, its first 2 KB (2048 bytes, decoded as UTF-8);"
+        " null when no answer came"
+    )
+    error: str | None = Field(description="Why the attempt failed; null on success")
+
+
+class NotifyTaskDetail(NotifyTaskOut):
+    attempts: list[NotifyAttemptOut] = Field(description="Every attempt, oldest first")
+
+
+class ReceivedCallback(Body):
+    webhook_id: str = Field(description="The webhook-id header (the event id)")
+    received_at: datetime = Field(description="When the mock merchant first received it")
+    signature_verified: bool = Field(
+        description="True when webhook-signature verified against GROUPBUY_NOTIFY_SECRET;"
+        " false when no secret is set"
+    )
+    payload: Any = Field(description="The body as received: JSON, or the text if not JSON")

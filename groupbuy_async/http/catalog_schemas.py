@@ -1,0 +1,150 @@
+"""Operator configuration bodies: discounts, goods, activities, and their pages."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+
+from ..trade.rules import parse_market_expr
+from .schemas import (
+    CHANNEL,
+    CREATED,
+    GOODS_ID,
+    PRICE,
+    SOURCE,
+    UPDATED,
+    ActivityId,
+    Body,
+    Code,
+    Count,
+    Money,
+    Name,
+    Text,
+)
+
+# --- admin -----------------------------------------------------------------------------
+
+
+class DiscountIn(Body):
+    discount_name: Name = Field(description="Display name")
+    discount_desc: Text = Field("", description="Free-text description")
+    market_plan: Literal["ZJ", "MJ", "ZK", "N"] = Field(
+        description="How the pay price is computed (marketExpr is its parameter): ZJ a fixed"
+        " amount off, MJ an amount off from a threshold, ZK a rate, N a fixed price"
+    )
+    market_expr: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description='The plan\'s parameter: ZJ "20" pays 20.00 less; MJ "100,10" pays 10.00 less'
+        ' when the original price is at least 100.00; ZK "0.8" pays 0.8 x the original, rounded'
+        ' half-up to the cent; N "1.99" pays 1.99 (never more than the original). ZJ, MJ and ZK'
+        " never go below 0.01; deductionPrice = originalPrice - payPrice"
+    )
+
+    @model_validator(mode="after")
+    def _expr_fits_plan(self) -> "DiscountIn":
+        parse_market_expr(self.market_plan, self.market_expr)
+        return self
+
+
+class DiscountOut(DiscountIn):
+    discount_id: Code = Field(description="Discount id (the path's discountId)")
+    create_time: datetime = Field(description=CREATED)
+    update_time: datetime = Field(description=UPDATED)
+
+
+class SkuIn(Body):
+    goods_name: Name = Field(description="Display name")
+    original_price: Money = Field(description=f"Price before any discount, {PRICE}")
+    source: Code = Field(description=SOURCE)
+    channel: Code = Field(description=CHANNEL)
+
+
+class SkuOut(SkuIn):
+    goods_id: Code = Field(description="Goods (SKU) id (the path's goodsId)")
+    create_time: datetime = Field(description=CREATED)
+    update_time: datetime = Field(description=UPDATED)
+
+
+class GoodsRef(Body):
+    source: Code = Field(description=SOURCE)
+    channel: Code = Field(description=CHANNEL)
+    goods_id: Code = Field(description=f"{GOODS_ID}, stored with PUT /api/v1/admin/skus")
+
+
+class ActivityIn(Body):
+    activity_name: Name = Field(description="Display name")
+    discount_id: Code = Field(description="The discount that prices this activity's goods")
+    group_type: Literal[0, 1] = Field(
+        0,
+        description="How a team forms (the original's group_type): 0 automatically, 1 on"
+        " reaching the target. Stored and returned as given: here a team completes when"
+        " `target` members have paid, whichever the value",
+    )
+    take_limit_count: Count = Field(
+        1, description="Most orders one user may lock in this activity (paid or not)"
+    )
+    target: Annotated[int, Field(ge=1, le=1000)] = Field(
+        1, description="Team size: members who must pay for a team to complete"
+    )
+    valid_time: Annotated[int, Field(ge=1, le=60 * 24 * 30)] = Field(
+        15, description="How long a team may take to fill, in minutes from its opening"
+    )
+    status: Literal[0, 1, 2, 3] = Field(
+        0,
+        description="Activity status: 0 created, 1 effective, 2 expired, 3 abandoned."
+        " Orders lock only while it is 1 (effective) and between startTime and endTime",
+    )
+    start_time: AwareDatetime = Field(description="When orders may start locking (with offset)")
+    end_time: AwareDatetime = Field(description="When locking ends; after startTime")
+    goods: Annotated[list[GoodsRef], Field(max_length=1000)] = Field(
+        [], description="Goods sold in this activity; a goods item belongs to one activity"
+    )
+
+    @model_validator(mode="after")
+    def _sane(self) -> "ActivityIn":
+        if self.end_time <= self.start_time:
+            raise ValueError("endTime must be after startTime")
+        keys = [(g.source, g.channel, g.goods_id) for g in self.goods]
+        if len(set(keys)) != len(keys):
+            raise ValueError("goods lists the same source/channel/goodsId twice")
+        return self
+
+
+class ActivityOut(ActivityIn):
+    activity_id: ActivityId = Field(description="Activity id (the path's activityId)")
+    create_time: datetime = Field(description=CREATED)
+    update_time: datetime = Field(description=UPDATED)
+
+
+# --- admin lists (keyset pages in key order) -------------------------------------------
+
+PageLimit = Annotated[int, Field(ge=1, le=500)]
+
+
+_LIMIT = "Most items on one page (1-500)"
+_AFTER = "The previous page's nextCursor; absent for the first page"
+_NEXT = "Pass as `after` for the next page; null on the last page"
+
+
+class CodePageQuery(Body):
+    limit: PageLimit = Field(100, description=_LIMIT)
+    after: Code | None = Field(None, description=_AFTER)
+
+
+class ActivityPageQuery(Body):
+    limit: PageLimit = Field(100, description=_LIMIT)
+    after: ActivityId | None = Field(None, description=_AFTER)
+
+
+class DiscountPage(Body):
+    items: list[DiscountOut] = Field(description="Discounts in discountId order")
+    next_cursor: str | None = Field(description=_NEXT)
+
+
+class SkuPage(Body):
+    items: list[SkuOut] = Field(description="Goods in goodsId order")
+    next_cursor: str | None = Field(description=_NEXT)
+
+
+class ActivityPage(Body):
+    items: list[ActivityOut] = Field(description="Activities in activityId order")
+    next_cursor: int | None = Field(description=_NEXT)
