@@ -125,3 +125,19 @@ def test_server_urls_are_checked_by_scheme(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load_settings()
     assert settings.database_url == multi_host and settings.redis_url == "rediss://cache:6380/1"
     assert load_settings(database_url="", redis_url="").database_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:hunter2@db:5432/groupbuy", "db:5432"),
+        ("postgresql://app:hunter2@db1:5432,db2:5432/groupbuy", "db1:5432,db2:5432"),
+        ("postgresql://app:hunter2@/groupbuy?host=/run/postgresql", "/run/postgresql"),
+        ("redis://:hunter2@cache:6379/0", "cache:6379"),
+        ("unix:///run/redis.sock", "/run/redis.sock"),
+    ],
+)
+def test_startup_errors_name_a_server_without_its_credentials(url: str, shown: str) -> None:
+    from groupbuy_async.lifecycle import server_address
+
+    assert server_address(url) == shown
