@@ -6,6 +6,7 @@ setting, an unreachable server or a taken port is one line on stderr and exit co
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -144,19 +145,28 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    from .db import migrate
-    from .lifecycle import server_address
+    import asyncpg
+
+    from .db import MigrationError, apply_migrations
+    from .lifecycle import reaching
 
     dsn = settings.database_url or ""
+    with reaching("PostgreSQL", dsn):
+        conn = await asyncpg.connect(dsn)
     try:
-        return await migrate(dsn)
-    except (OSError, TimeoutError) as exc:
-        raise StartupError(f"cannot reach PostgreSQL at {server_address(dsn)}: {exc}") from None
+        return await apply_migrations(conn)
+    except MigrationError as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        await conn.close()
 
 
 async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
     """The original's execSettlementNotifyJob([teamId]) as a one-shot command."""
     from .bootstrap import services
+    from .lifecycle import reaching
 
-    async with services(settings, pool_min=1) as shared:
+    async with contextlib.AsyncExitStack() as stack:
+        with reaching("PostgreSQL", settings.database_url or ""):
+            shared = await stack.enter_async_context(services(settings, pool_min=1))
         return (await shared.dispatcher.drain(team_id)).as_dict()

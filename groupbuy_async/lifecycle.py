@@ -5,9 +5,11 @@ CLI prints its one line and exits 2, after everything already opened has been cl
 """
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiohttp import web
@@ -16,9 +18,20 @@ from yarl import URL
 
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
 log = logging.getLogger("groupbuy_async")
 
 Stop = Callable[[], Awaitable[None]]
+
+# What reaching PostgreSQL or Redis may raise: refused or unknown hosts (OSError, incl.
+# socket.gaierror and ConnectionRefusedError), time-outs, the server's refusal (asyncpg's
+# PostgresError: CannotConnectNowError, InvalidCatalogNameError, bad password...), a connection
+# dropped during the handshake (asyncpg's InterfaceError) and redis-py's own errors.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError,
+)  # fmt: skip
 
 
 class StartupError(Exception):
@@ -26,9 +39,51 @@ class StartupError(Exception):
 
 
 def server_address(url: str) -> str:
-    """host:port of a server URL, without user or password (safe to print)."""
-    parsed = URL(url)
-    return f"{parsed.host}:{parsed.port}" if parsed.port else str(parsed.host)
+    """host:port of a server URL (a socket's path for unix://), without user or password
+    (safe to print)."""
+    try:
+        parsed = URL(url)
+    except ValueError:  # e.g. libpq's multi-host postgresql://u:p@h1:5432,h2:5432/db
+        return url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+    if not parsed.host:  # unix:///run/redis.sock, postgresql:///db?host=/run/postgresql
+        return parsed.path if parsed.scheme == "unix" else parsed.query.get("host", "localhost")
+    return f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+
+
+def unreachable(what: str, url: str, exc: BaseException) -> str:
+    """One line: which server, where (no credentials), and why."""
+    return f"cannot reach {what} at {server_address(url)}: {_reason(exc)}"
+
+
+@contextlib.contextmanager
+def reaching(what: str, url: str) -> Iterator[None]:
+    """Turn a failure to reach `what` (PostgreSQL, Redis) into a one-line StartupError."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise StartupError(unreachable(what, url, exc)) from None
+
+
+# Any Redis command of the worker's (polls, heartbeat, cron enqueues, results) is quick: one
+# that takes longer means Redis is paused or cut off, and the worker must not hang on it.
+REDIS_TIMEOUT_SECONDS = 5.0
+
+
+async def connect_redis(url: str) -> "ArqRedis":
+    """arq's Redis client, pinged once: no retries (an unreachable server is one error now,
+    not a warning a second for five seconds), and a time limit on every command (a server
+    that stops answering is an error, not a worker idling forever)."""
+    from arq.connections import ArqRedis
+
+    redis: ArqRedis = ArqRedis.from_url(
+        url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS
+    )
+    try:
+        await redis.ping()
+    except BaseException:
+        await redis.aclose()
+        raise
+    return redis
 
 
 async def run_until_signalled(start: Callable[[], Awaitable[Stop]]) -> None:
@@ -54,11 +109,11 @@ async def start_api(app: web.Application, settings: Settings) -> Stop:
     fails, with what was opened closed again."""
     runner = web.AppRunner(app, access_log=None)
     try:
-        await runner.setup()
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        with reaching("PostgreSQL", settings.database_url or ""):
+            await runner.setup()
+    except StartupError:
         await runner.cleanup()
-        where = server_address(settings.database_url or "")
-        raise StartupError(f"cannot reach PostgreSQL at {where}: {_reason(exc)}") from None
+        raise
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
     except OSError as exc:
@@ -74,43 +129,79 @@ async def start_api(app: web.Application, settings: Settings) -> Stop:
 async def serve_api(settings: Settings) -> None:
     from .http.app import create_app
 
-    if not settings.admin_secret:
-        log.warning("GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused")
-    await run_until_signalled(lambda: start_api(create_app(settings), settings))
+    async def start() -> Stop:
+        stop = await start_api(create_app(settings), settings)
+        # Said once it is up, so that a startup failure stays the only line printed.
+        if not settings.admin_secret:
+            log.warning("GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused")
+        return stop
+
+    await run_until_signalled(start)
 
 
 async def run_worker(settings: Settings) -> None:
     """The arq worker with arq's own signal handling: on SIGINT/SIGTERM it stops picking
-    cron jobs, gives running ones a grace period, then closes. If its main loop ends for
-    any other reason (Redis or PostgreSQL unreachable), the error propagates and the
-    process exits non-zero, so a supervisor restarts it: it never stays up idle."""
-    from .worker import build_worker
+    cron jobs, gives running ones a grace period, then closes (deleting its heartbeat).
 
+    PostgreSQL (and the worker's /metrics port) and Redis are opened before arq starts, so
+    that an unreachable one is a StartupError: one line, exit 2. If the main loop ends later
+    for any other reason (Redis gone, say), that is logged in one line and the process exits
+    1, so a supervisor restarts it: it never stays up idle."""
+    from .worker import build_worker, shutdown, startup
+
+    ctx: dict[str, Any] = {"settings": settings}
+    try:
+        with reaching("PostgreSQL", settings.database_url or ""):
+            await startup(ctx)
+        with reaching("Redis", settings.redis_url or ""):
+            redis = await connect_redis(settings.redis_url or "")
+    except BaseException:
+        await shutdown(ctx)
+        raise
     grace = int(settings.notify_timeout_seconds) + 5
-    worker = build_worker(settings, handle_signals=True, job_completion_wait=grace)
+    worker = build_worker(
+        settings, redis_pool=redis, ctx=ctx, handle_signals=True, job_completion_wait=grace
+    )
     try:
         await worker.async_run()
     except asyncio.CancelledError:
         log.info("worker stopped by signal")
-    except (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        started = "services" in worker.ctx
-        if isinstance(exc, RedisError):
-            what = f"Redis at {server_address(settings.redis_url or '')}"
-        else:
-            what = f"PostgreSQL at {server_address(settings.database_url or '')}"
-        if not started:
-            raise StartupError(f"cannot reach {what}: {_reason(exc)}") from None
-        log.error("worker stopped: lost %s: %s", what, _reason(exc))
+        await _quietly(worker.close())
+    except UNREACHABLE as exc:
+        what, url = _which_server(exc, settings)
+        log.error("worker stopped: lost %s at %s: %s", what, server_address(url), _reason(exc))
+        await _abandon(worker, redis, grace)
         raise SystemExit(1) from None
     finally:
-        await _quietly(worker.close())
+        await shutdown(ctx)  # a no-op when worker.close() already ran it
+
+
+def _which_server(exc: BaseException, settings: Settings) -> tuple[str, str]:
+    if isinstance(exc, RedisError):
+        return "Redis", settings.redis_url or ""
+    return "PostgreSQL", settings.database_url or ""
+
+
+async def _abandon(worker: Any, redis: "ArqRedis", grace: float) -> None:
+    """After losing a server: let running jobs finish within the grace period, cancel the
+    rest, and close Redis without talking to it (its heartbeat key lapses by its TTL)."""
+    jobs = list(worker.tasks.values())
+    running = [job for job in jobs if not job.done()]
+    if running:
+        _, late = await asyncio.wait(running, timeout=grace)
+        for job in late:
+            job.cancel()
+    # Collects every job's outcome: arq's bookkeeping after a job fails on the lost Redis
+    # too, and that is said already (no "Task exception was never retrieved" tracebacks).
+    await asyncio.gather(*jobs, return_exceptions=True)
+    await _quietly(redis.aclose())
 
 
 async def _quietly(closing: Awaitable[None]) -> None:
     """Closing after a lost server may fail on that server too; the cause is logged already."""
     try:
         await closing
-    except (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except UNREACHABLE as exc:
         log.warning("closing the worker: %s", _reason(exc))
 
 
@@ -121,24 +212,41 @@ def _reason(exc: BaseException) -> str:
 
 async def check_health(settings: Settings, process: str) -> int:
     """0 when healthy: the API's /readyz answers 200, or the worker's arq heartbeat (written
-    every HEARTBEAT_SECONDS while its loop runs) is in Redis."""
+    every HEARTBEAT_SECONDS while its loop runs, deleted when it closes) is in Redis. 1, with
+    one line saying why, otherwise."""
     if process == "worker":
-        from arq.connections import RedisSettings
-        from arq.worker import async_check_health
-
-        from .worker import HEARTBEAT_KEY
-
-        redis = RedisSettings.from_dsn(settings.redis_url or "")
-        return await async_check_health(redis, health_check_key=HEARTBEAT_KEY)
+        return await _check_worker(settings.redis_url or "")
     import aiohttp
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/readyz"
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-            http.get(f"http://{host}:{settings.port}/readyz") as resp,
+            http.get(url) as resp,
         ):
-            return 0 if resp.status == 200 else 1
+            if resp.status == 200:
+                return 0
+            log.warning("API health check failed: %s answered %d", url, resp.status)
+            return 1
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("API health check failed: %s", _reason(exc))
+        log.warning("API health check failed: %s: %s", url, _reason(exc))
         return 1
+
+
+async def _check_worker(redis_url: str) -> int:
+    from .worker import HEARTBEAT_KEY
+
+    try:
+        redis = await connect_redis(redis_url)
+        try:
+            beat = await redis.get(HEARTBEAT_KEY)
+        finally:
+            await redis.aclose()
+    except UNREACHABLE as exc:
+        log.warning("worker health check failed: %s", unreachable("Redis", redis_url, exc))
+        return 1
+    if not beat:
+        log.warning("worker health check failed: no heartbeat in Redis (no worker running)")
+        return 1
+    return 0

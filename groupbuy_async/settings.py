@@ -6,13 +6,14 @@ local demo needs and says so.
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BeforeValidator, Field, SecretBytes, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretBytes, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from yarl import URL
 
 ENV_PREFIX = "GROUPBUY_"
 DEFAULT_SCHEDULE = "15s,15s,30s,3m,10m,20m,30m,30m,30m,1h,3h,3h,3h,6h,6h"
@@ -22,7 +23,8 @@ def parse_schedule(raw: str) -> tuple[timedelta, ...]:
     """'15s,3m,1h' or plain seconds '15,15' -> delays between attempts."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     delays = []
-    for part in raw.split(","):
+    # Errors name the entry by position, never by its text: settings errors echo no value.
+    for position, part in enumerate(raw.split(","), 1):
         part = part.strip().lower()
         if not part:
             continue
@@ -31,9 +33,9 @@ def parse_schedule(raw: str) -> tuple[timedelta, ...]:
         try:
             seconds = float(number) * (unit or 1)
         except ValueError:
-            raise ValueError(f"{part!r} is not a delay like 15s, 3m, 1h or 30") from None
+            raise ValueError(f"entry {position} is not a delay like 15s, 3m, 1h or 30") from None
         if not 0 <= seconds <= 30 * 86400:
-            raise ValueError(f"delay {part!r} must be between 0 and 30 days")
+            raise ValueError(f"entry {position} must be a delay between 0 and 30 days")
         delays.append(timedelta(seconds=seconds))
     return tuple(delays)
 
@@ -65,6 +67,28 @@ def _signing_key(value: Any) -> Any:
     return value
 
 
+def _url(*schemes: str, single_host: bool = True) -> Callable[[str | None], str | None]:
+    """A server URL with one of `schemes` (and, if `single_host`, a readable host and port);
+    errors never echo it: a DSN may carry a password."""
+    *others, last = [f"{scheme}://" for scheme in schemes]
+    choices = f"{', '.join(others)} or {last}" if others else last
+    wanted = f"must be a {choices} URL"
+
+    def check(value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.partition("://")[0].lower() not in schemes:
+            raise ValueError(wanted)
+        if single_host:
+            try:
+                URL(value).port  # noqa: B018 -- parses host and port, raising on a bad one
+            except ValueError:
+                raise ValueError(f"{wanted}, with a numeric port") from None
+        return value
+
+    return check
+
+
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
@@ -78,10 +102,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    database_url: str | None = Field(None, description="PostgreSQL DSN (api, worker, migrate)")
-    redis_url: str | None = Field(None, description="Redis URL for arq (worker only)")
+    database_url: Annotated[
+        str | None, AfterValidator(_url("postgresql", "postgres", single_host=False))
+    ] = Field(None, description="PostgreSQL DSN, postgresql://user:password@host:port/database")
+    redis_url: Annotated[str | None, AfterValidator(_url("redis", "rediss", "unix"))] = Field(
+        None, description="Redis URL for arq (worker only), redis://host:port/db"
+    )
     host: str = Field("127.0.0.1", description="address the API (and worker metrics) bind to")
-    port: int = Field(8080, ge=0, le=65535, description="API port")
+    port: int = Field(8080, ge=0, le=65535, description="API port, 0-65535")
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /api/v1/admin/*; unset = admin refused"
     )
@@ -169,7 +197,8 @@ def describe(exc: ValidationError) -> str:
         name = str(err["loc"][0]) if err["loc"] else "?"
         field = Settings.model_fields.get(name)
         hint = f" (expected: {field.description})" if field and field.description else ""
-        parts.append(f"{ENV_PREFIX}{name.upper()}: {err['msg']}{hint}")
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{ENV_PREFIX}{name.upper()}: {message}{hint}")
     return "; ".join(parts)
 
 

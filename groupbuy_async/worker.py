@@ -25,7 +25,12 @@ HEARTBEAT_SECONDS = 15
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """The app's shared objects (bootstrap), plus the worker's own /metrics when asked."""
+    """The app's shared objects (bootstrap), plus the worker's own /metrics when asked.
+    Once only: `python -m groupbuy_async worker` runs it before arq starts (so that an
+    unreachable PostgreSQL is a one-line startup error), and arq's on_startup then finds
+    it done."""
+    if "exit_stack" in ctx:
+        return
     settings: Settings = ctx["settings"]
     stack = ctx["exit_stack"] = contextlib.AsyncExitStack()
     services = ctx["services"] = await stack.enter_async_context(bootstrap.services(settings, 1))

@@ -5,11 +5,17 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
+from aiohttp import web
 
+from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
+from groupbuy_async.lifecycle import server_address
 from groupbuy_async.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, make_tasks, new_id, now_iso
@@ -129,3 +135,242 @@ async def test_worker_process_delivers_due_callbacks(
     finally:
         await _stop(proc)
     assert len(merchant.ids) >= 3
+
+
+# --- Startup failures: one line naming what to fix, exit code 2 -------------------------------
+
+UNREACHABLE_DB = "postgresql://postgres@127.0.0.1:1/x"
+NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
+
+
+def _bare_env(**groupbuy: str) -> dict[str, str]:
+    """The test's environment without any GROUPBUY_* setting, plus the ones given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
+    return {**env, **groupbuy}
+
+
+def _one_line(out: str) -> str:
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    assert not any(noise in out for noise in NOISE), out
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected", "hidden"),
+    [
+        ("PORT", "abc", "valid integer", "abc"),
+        ("DB_POOL_MAX", "0", "greater than or equal to 1", None),
+        ("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'", "LOUD"),
+        ("NOTIFY_RETRY_SCHEDULE", "15s,soon", "entry 2 is not a delay like 15s, 3m, 1h", "soon"),
+    ],
+)
+async def test_a_bad_setting_is_one_line_naming_it(
+    settings: Settings, name: str, value: str, expected: str, hidden: str | None
+) -> None:
+    assert settings.database_url
+    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, **{f"GROUPBUY_{name}": value})
+    code, out = await _run("api", env=env)
+    line = _one_line(out)
+    assert code == 2
+    assert line.startswith(f"groupbuy_async api: GROUPBUY_{name}: "), line
+    assert expected in line and "(expected: " in line
+    if hidden:
+        assert hidden not in line
+
+
+async def test_a_bad_secret_is_named_but_never_printed(settings: Settings) -> None:
+    assert settings.database_url
+    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_NOTIFY_SECRET="whsec_abc")
+    code, out = await _run("api", env=env)
+    line = _one_line(out)
+    assert code == 2 and "GROUPBUY_NOTIFY_SECRET" in line and "whsec_ followed by base64" in line
+    assert "abc" not in line
+
+
+@pytest.mark.parametrize("verb", ["api", "migrate", "worker", "notify"])
+async def test_an_unreachable_database_is_one_line(settings: Settings, verb: str) -> None:
+    assert settings.redis_url
+    env = _bare_env(GROUPBUY_DATABASE_URL=UNREACHABLE_DB, GROUPBUY_REDIS_URL=settings.redis_url)
+    code, out = await _run(verb, env=env)
+    line = _one_line(out)
+    assert code == 2
+    assert line.startswith(f"groupbuy_async {verb}: cannot reach PostgreSQL at 127.0.0.1:1: ")
+
+
+async def test_a_missing_database_is_one_line(settings: Settings) -> None:
+    assert settings.database_url
+    url = settings.database_url.rsplit("/", 1)[0] + "/groupbuy_no_such_database"
+    code, out = await _run("migrate", env=_bare_env(GROUPBUY_DATABASE_URL=url))
+    line = _one_line(out)
+    assert code == 2 and "cannot reach PostgreSQL" in line and "does not exist" in line
+
+
+async def test_an_unreachable_redis_stops_the_worker_in_one_line(settings: Settings) -> None:
+    assert settings.database_url
+    env = _bare_env(
+        GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_REDIS_URL="redis://127.0.0.1:1/0"
+    )
+    code, out = await _run("worker", env=env)
+    line = _one_line(out)
+    assert code == 2
+    assert line.startswith("groupbuy_async worker: cannot reach Redis at 127.0.0.1:1: "), line
+
+
+async def test_a_taken_port_is_one_line_and_closes_cleanly(settings: Settings) -> None:
+    assert settings.database_url
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_PORT=str(port))
+        code, out = await _run("api", env=env)
+    line = _one_line(out)
+    assert code == 2
+    assert line.startswith(f"groupbuy_async api: cannot listen on 127.0.0.1:{port} "), line
+
+
+async def test_migration_failures_are_one_line_errors(
+    database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    from groupbuy_async.db import MigrationError, migrate
+
+    with pytest.raises(MigrationError, match=r"no migrations found in .*: the installation is"):
+        await migrate(database_url, tmp_path)
+    (tmp_path / "099_broken.sql").write_text("CREATE TABLE broken_migration (id int);\nSELEC 1;")
+    with pytest.raises(MigrationError) as caught:
+        await migrate(database_url, tmp_path)
+    assert str(caught.value) == 'migration 099_broken.sql failed: syntax error at or near "SELEC"'
+    assert await pool.fetchval("SELECT to_regclass('broken_migration')") is None  # rolled back
+
+
+# --- Help and warnings ------------------------------------------------------------------------
+
+
+async def test_each_verb_lists_the_settings_it_reads() -> None:
+    code, api_help = await _run("api", "--help", env=_bare_env())
+    assert code == 0
+    assert "GROUPBUY_DATABASE_URL" in api_help and "GROUPBUY_ADMIN_TOKEN" in api_help
+    assert "GROUPBUY_REDIS_URL" not in api_help  # the API needs PostgreSQL only
+    code, worker_help = await _run("worker", "--help", env=_bare_env())
+    assert code == 0
+    assert "GROUPBUY_REDIS_URL" in worker_help and "GROUPBUY_DATABASE_URL" in worker_help
+    assert "GROUPBUY_ADMIN_TOKEN" not in worker_help
+
+
+async def _start(verb: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "groupbuy_async", verb, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+
+
+async def _wait_healthy(process: str, env: dict[str, str], seconds: float = 20) -> None:
+    async with asyncio.timeout(seconds):
+        while (await _run("health", process, env=env))[0] != 0:
+            await asyncio.sleep(0.2)
+
+
+async def test_api_without_admin_token_warns_once_and_health_follows_it(
+    settings: Settings,
+) -> None:
+    assert settings.database_url
+    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_PORT=str(_free_port()))
+    code, out = await _run("health", "api", env=env)
+    assert code == 1 and _one_line(out)  # nothing listens yet
+    proc = await _start("api", env)
+    try:
+        await _wait_healthy("api", env)
+    finally:
+        log = await _stop(proc)
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, log
+    assert "GROUPBUY_ADMIN_TOKEN is not set" in warnings[0] and "refused" in warnings[0]
+    code, _ = await _run("health", "api", env=env)
+    assert code == 1
+
+
+# --- The worker on a Redis of its own: health, and never idle after losing it -----------------
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    """A Redis server only this test uses (and may stop), never the shared one."""
+    server = await asyncio.to_thread(start_redis, tmp_path)
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(
+    settings: Settings, own_redis: EmbeddedServer
+) -> None:
+    env = _env(settings, GROUPBUY_REDIS_URL=own_redis.url)
+    code, _ = await _run("health", "worker", env=env)
+    assert code == 1
+    proc = await _start("worker", env)
+    try:
+        await _wait_healthy("worker", env)
+    finally:
+        await _stop(proc)
+    # Straight away: closing deletes the heartbeat, it does not wait for its TTL to lapse.
+    code, _ = await _run("health", "worker", env=env)
+    assert code == 1
+
+
+async def test_health_worker_without_redis_is_1_in_one_line() -> None:
+    code, out = await _run(
+        "health", "worker", env=_bare_env(GROUPBUY_REDIS_URL="redis://127.0.0.1:1/0")
+    )
+    assert code == 1 and "127.0.0.1:1" in _one_line(out)
+
+
+async def test_worker_that_loses_redis_exits_non_zero_instead_of_idling(
+    settings: Settings, pool: asyncpg.Pool, merchant: Merchant, own_redis: EmbeddedServer
+) -> None:
+    """Redis stops while a delivery job is in flight: the send still completes (PostgreSQL is
+    fine), then the worker says once that it lost Redis and exits 1 for its supervisor."""
+
+    async def slow(_: int) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="success")
+
+    merchant.behaviour = slow
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    proc = await _start("worker", _env(settings, GROUPBUY_REDIS_URL=own_redis.url))
+    try:
+        await merchant.wait_for(1, seconds=20)  # the job is running, its send in flight
+        await asyncio.to_thread(own_redis.stop)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = out.decode()
+    assert proc.returncode == 1, log[-2000:]
+    lost = [line for line in log.splitlines() if "worker stopped: lost Redis at" in line]
+    assert len(lost) == 1 and server_address(own_redis.url) in lost[0], log[-2000:]
+    assert not any(noise in log for noise in NOISE), log[-2000:]
+    status = "SELECT notify_status FROM notify_task WHERE team_id = $1"
+    assert await pool.fetchval(status, team_id) == 1
+
+
+async def test_worker_whose_redis_stops_answering_exits_non_zero(
+    settings: Settings, own_redis: EmbeddedServer
+) -> None:
+    """A paused or cut-off Redis (SIGSTOP here) must not leave the worker waiting forever."""
+    env = _env(settings, GROUPBUY_REDIS_URL=own_redis.url)
+    proc = await _start("worker", env)
+    assert own_redis._proc is not None
+    try:
+        await _wait_healthy("worker", env)
+        own_redis._proc.send_signal(signal.SIGSTOP)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        own_redis._proc.send_signal(signal.SIGCONT)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = out.decode()
+    assert proc.returncode == 1, log[-2000:]
+    assert "worker stopped: lost Redis at" in log and "Timeout" in log, log[-2000:]
+    assert not any(noise in log for noise in NOISE), log[-2000:]

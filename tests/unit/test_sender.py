@@ -1,4 +1,5 @@
-"""Unit tests of the HTTP sender with aioresponses (no network)."""
+"""Unit tests of the HTTP sender with aioresponses (the maintained aioresponses-ng fork; no
+network)."""
 
 from collections.abc import AsyncIterator
 
@@ -6,6 +7,7 @@ import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
+from aioresponses.core import RequestCall
 from yarl import URL
 
 from groupbuy_async.callbacks.rules import is_blocked_ip, verify
@@ -24,6 +26,11 @@ async def sender() -> AsyncIterator[Sender]:
     await session.close()
 
 
+def _posts(mock: aioresponses) -> list[RequestCall]:
+    assert mock.requests is not None
+    return mock.requests[("POST", URL(URL_))]
+
+
 def _refused() -> aiohttp.ClientConnectorError:
     key = ConnectionKey("merchant.test", 80, False, True, None, None, None)
     return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
@@ -33,7 +40,7 @@ async def test_success_is_signed_and_body_read(sender: Sender) -> None:
     with aioresponses() as mock:
         mock.post(URL_, status=200, body="success")
         outcome = await sender.send(URL_, "evt_1", '{"teamId":"1"}')
-        (call,) = mock.requests[("POST", URL(URL_))]
+        (call,) = _posts(mock)
     assert (outcome.http_status, outcome.body, outcome.error) == (200, "success", None)
     headers = call.kwargs["headers"]
     assert headers["webhook-id"] == "evt_1"
@@ -46,7 +53,7 @@ async def test_refused_connection_is_retried_inside_one_attempt(sender: Sender) 
         mock.post(URL_, exception=_refused())
         mock.post(URL_, status=200, body="success")
         outcome = await sender.send(URL_, "evt_1", "{}")
-        assert len(mock.requests[("POST", URL(URL_))]) == 2
+        assert len(_posts(mock)) == 2
     assert outcome.http_status == 200
 
 
@@ -55,7 +62,7 @@ async def test_any_response_ends_the_attempt(sender: Sender) -> None:
         mock.post(URL_, status=503, body="busy", headers={"Retry-After": "30"})
         mock.post(URL_, status=200, body="success")
         outcome = await sender.send(URL_, "evt_1", "{}")
-        assert len(mock.requests[("POST", URL(URL_))]) == 1
+        assert len(_posts(mock)) == 1
     assert (outcome.http_status, outcome.retry_after) == (503, "30")
 
 
