@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from yarl import URL
 
-from groupbuy_async.db import SQL_DIR, migrate
+from groupbuy_async.db import SQL_DIR, MigrationError, migrate
 
 
 async def test_catalog_migration_stops_on_a_binding_its_sku_disagrees_with(
@@ -35,7 +35,7 @@ async def test_catalog_migration_stops_on_a_binding_its_sku_disagrees_with(
                 " INSERT INTO sc_sku_activity (source, channel, goods_id, activity_id)"
                 " VALUES ('s02', 'c02', 'g1', 7), ('s01', 'c01', 'g2', 7)"
             )
-            with pytest.raises(asyncpg.RaiseError) as refused:
+            with pytest.raises(MigrationError) as refused:
                 await migrate(url)
             assert "activity 7 binds goods g1 under s02/c02 but the SKU is s01/c01" in str(
                 refused.value

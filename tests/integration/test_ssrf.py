@@ -1,6 +1,7 @@
 """SSRF guard with NOTIFY_BLOCK_PRIVATE on: every spelling of a loopback address is refused,
 at lock time (400, nothing written) and at send time (the address actually connected to)."""
 
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -8,7 +9,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from groupbuy_async.callbacks.sender import Sender, create_session
+from groupbuy_async.callbacks.sender import BlockedAddress, Sender, create_session, public_socket
 from groupbuy_async.settings import Settings
 
 from ..conftest import Api, new_id, start_client
@@ -47,13 +48,26 @@ async def test_sender_never_reaches_a_loopback_receiver(
     assert merchant.requests == []
 
 
-@pytest.mark.parametrize("host", ["127.1", "2130706433", "0177.0.0.1", "[::ffff:127.0.0.1]"])
+@pytest.mark.parametrize(
+    "host", ["127.1", "2130706433", "0177.0.0.1", "0", "127.0.0.1", "::ffff:127.0.0.1", "::1"]
+)
+def test_the_socket_factory_refuses_every_spelling_of_loopback(host: str) -> None:
+    """The last word: whatever aiohttp passes to connect() (older releases pass "127.1"
+    through unresolved), the address the C library would read is what is judged."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with pytest.raises(BlockedAddress):
+        public_socket((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, 80)))
+    public_socket(
+        (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("93.184.215.14", 80))
+    ).close()
+
+
 async def test_the_connection_itself_is_refused_whatever_the_url_check_says(
-    host: str, merchant: Merchant
+    merchant: Merchant,
 ) -> None:
-    """The socket factory decides on the address connected to, even for a URL no check saw;
-    without it the same URL does reach the receiver (so each form is a real bypass)."""
-    url = f"http://{host}:{merchant.server.port}/notify"
+    """A URL no check saw: without the guard it reaches the receiver, with it no socket is
+    ever connected."""
+    url = f"http://[::ffff:127.0.0.1]:{merchant.server.port}/notify"
     async with (
         create_session(10, block_private=False) as open_session,
         open_session.post(url, data=b"{}") as resp,
