@@ -1,14 +1,16 @@
 """The notify_task outbox in PostgreSQL: claim with a lease, write results fenced by the claim."""
 
-import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from ..db import Conn
+from . import events
+from .events import Event, EventType
 from .rules import AttemptOutcome, Verdict, merchant_host
 
 
@@ -35,27 +37,43 @@ class Result:
     duration_ms: int
 
 
+# Exactly once per state change: the unique index is one per (type, team) for team events
+# and one per (type, order) for order events; a second enqueue of the same is a no-op.
 _ENQUEUE = """
-INSERT INTO notify_task (event_id, activity_id, team_id, notify_url, parameter_json)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (team_id) DO NOTHING
+INSERT INTO notify_task (event_id, event_type, activity_id, team_id, order_id, notify_url,
+                         parameter_json)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                     $7::text[])
+ON CONFLICT (event_type, (coalesce(order_id, team_id))) DO NOTHING
+RETURNING event_id
 """
+
+
+async def enqueue(conn: Conn, items: Sequence[Event]) -> list[str]:
+    """Write events to the outbox. Call it inside the transaction of the state change they
+    report: they commit with it or not at all. Returns the ids of those newly written."""
+    if not items:
+        return []
+    created = datetime.now(UTC)
+    ids = [uuid.uuid4() for _ in items]
+    bodies = [
+        events.body(e.type, str(event_id), created, e.data)
+        for e, event_id in zip(items, ids, strict=True)
+    ]
+    rows = await conn.fetch(
+        _ENQUEUE, ids, [str(e.type) for e in items], [e.activity_id for e in items],
+        [e.team_id for e in items], [e.order_id for e in items],
+        [e.notify_url for e in items], bodies,
+    )  # fmt: skip
+    return [str(r["event_id"]) for r in rows]
 
 
 async def enqueue_team_completed(
     conn: Conn, team_id: str, activity_id: int, notify_url: str, out_trade_nos: list[str]
 ) -> None:
-    """Write a completed team's callback. Call it inside the transaction that completed the
-    team: the event commits with the state change or not at all. One per team."""
-    event_id = uuid.uuid4()
-    payload = {
-        "teamId": team_id,
-        "outTradeNoList": out_trade_nos,
-        "activityId": activity_id,
-        "eventId": str(event_id),
-    }
-    body = json.dumps(payload, separators=(",", ":"))
-    await conn.execute(_ENQUEUE, event_id, activity_id, team_id, notify_url, body)
+    """A completed team's callback (team.completed), one per team."""
+    data = {"teamId": team_id, "outTradeNoList": out_trade_nos, "activityId": activity_id}
+    await enqueue(conn, [Event(EventType.TEAM_COMPLETED, team_id, activity_id, notify_url, data)])
 
 
 # Pushing next_attempt_at to the lease expiry takes claimed rows out of the due range, so
@@ -155,8 +173,11 @@ async def release(pool: asyncpg.Pool, tasks: list[Task], delay: timedelta) -> No
         )
 
 
-_TASK_COLUMNS = """id, team_id, activity_id, event_id, notify_url, notify_count, notify_status,
-    next_attempt_at, last_http_status, last_error, create_time, update_time"""
+_TASK_COLUMNS = """id, event_type, team_id, order_id, activity_id, event_id, notify_url,
+    notify_count, notify_status, next_attempt_at, last_http_status, last_error, create_time,
+    update_time"""
+# The team paths (/notify_tasks/{teamId}) name the team's team.completed event.
+_TEAM_COMPLETED = "team_id = $1 AND event_type = 'team.completed'"
 
 
 async def list_tasks(
@@ -177,7 +198,7 @@ async def get_task(
 ) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
     async with pool.acquire() as conn:
         task = await conn.fetchrow(
-            f"SELECT {_TASK_COLUMNS} FROM notify_task WHERE team_id = $1", team_id
+            f"SELECT {_TASK_COLUMNS} FROM notify_task WHERE {_TEAM_COMPLETED}", team_id
         )
         if task is None:
             return None, []
@@ -195,7 +216,7 @@ async def replay(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record | None:
         "UPDATE notify_task SET notify_status = 2, next_attempt_at = now(),"
         " schedule_offset = notify_count, last_error = NULL, locked_until = NULL,"
         " claim_token = NULL, update_time = now()"
-        f" WHERE team_id = $1 AND notify_status = 3 RETURNING {_TASK_COLUMNS}",
+        f" WHERE {_TEAM_COMPLETED} AND notify_status = 3 RETURNING {_TASK_COLUMNS}",
         team_id,
     )
 

@@ -21,6 +21,7 @@ from .routing import Route, path_param
 def _task_out(row: Any) -> NotifyTaskOut:
     fields = dict(row)
     fields.pop("id", None)
+    fields["type"] = fields.pop("event_type")
     if fields["notify_status"] not in (0, 2):
         fields["next_attempt_at"] = None
     return NotifyTaskOut(**{**fields, "event_id": str(row["event_id"])})

@@ -10,20 +10,6 @@ from .schemas import ACTIVITY_ID, NOTIFY_STATUS, TEAM_ID, UPDATED, Body, TeamId
 # --- callbacks -----------------------------------------------------------------------
 
 
-class TeamCompletedEvent(Body):
-    """The callback's body: POSTed to the team's notifyUrl when its last member pays."""
-
-    team_id: str = Field(description=f"The completed team. {TEAM_ID}")
-    out_trade_no_list: list[str] = Field(
-        description="The merchant's outTradeNo of every member, in the order they locked"
-    )
-    activity_id: int = Field(description=ACTIVITY_ID)
-    event_id: str = Field(
-        description="Event id (UUID), equal to the webhook-id header and the same on every"
-        " retry: deduplicate on it"
-    )
-
-
 class NotifyTaskQuery(Body):
     status: Annotated[int, Field(ge=0, le=3)] | None = Field(
         None, description=f"Only tasks in this status. {NOTIFY_STATUS}"
@@ -45,8 +31,13 @@ class NotifyCounts(Body):
     error_count: int = Field(description="Failed for good (now status 3)")
 
 
+EVENT_TYPES = "team.completed, team.failed, order.closed or order.refunded"
+
+
 class NotifyTaskOut(Body):
+    type: str = Field(description=f"The event type: {EVENT_TYPES}")
     team_id: str = Field(description=TEAM_ID)
+    order_id: str | None = Field(description="The order an order.* event is about; null else")
     activity_id: int = Field(description=ACTIVITY_ID)
     event_id: str = Field(
         description="The event id (UUID): the callback's webhook-id and eventId, the same on"
@@ -64,7 +55,9 @@ class NotifyTaskOut(Body):
         " answer (timeout, connection error, …)"
     )
     last_error: str | None = Field(description="Why the last attempt failed; null on success")
-    create_time: datetime = Field(description="When the team completed and the task was written")
+    create_time: datetime = Field(
+        description="When the event was written (with the state change it reports)"
+    )
     update_time: datetime = Field(description=UPDATED)
 
 

@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__, errors
 from ..settings import DEFAULT_SCHEDULE
-from .callback_schemas import TeamCompletedEvent
+from .event_schemas import WEBHOOKS
 from .schemas import PATH_PARAMS
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ _PATH_SCHEMAS = {name: TypeAdapter(kind).json_schema() for name, kind in PATH_PA
 
 
 def _models(routes: "list[Route]") -> list[type[BaseModel]]:
-    found: list[type[BaseModel]] = [TeamCompletedEvent]
+    found: list[type[BaseModel]] = list(WEBHOOKS.values())
     for route in routes:
         for model in (route.body, _inner(route.response)):
             if model is not None and model not in found:
@@ -125,11 +125,26 @@ def _header(name: str, required: bool, description: str) -> dict[str, Any]:
 
 # What the service sends to a merchant (callbacks/sender.py) and how it reads the answer
 # (callbacks/rules.py): Standard Webhooks headers, the outbox's payload, `success` expected.
-_TEAM_COMPLETED: dict[str, Any] = {
-    "operationId": "teamCompleted",
-    "summary": "A team completed: POSTed to the notifyUrl of the order that opened it",
+def _webhook(event_type: str, model: type[BaseModel]) -> dict[str, Any]:
+    first, *rest = event_type.split(".")
+    return {
+        **_EVERY_EVENT,
+        "operationId": first + "".join(part.title() for part in rest),
+        "summary": f"{event_type}: {(model.__doc__ or '').strip()}",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}
+            },
+        },
+    }
+
+
+_EVERY_EVENT: dict[str, Any] = {
     "description": (
-        "Sent once the team's last member pays, after the settlement commits, then retried"
+        "POSTed to the notifyUrl of the order that opened the team, after the state change"
+        " commits (each event once per state change: one per team for team.*, one per order"
+        " for order.*), then retried"
         f" on GROUPBUY_NOTIFY_RETRY_SCHEDULE (default {DEFAULT_SCHEDULE}; +-20 % jitter) until"
         " the merchant answers 2xx with the body `success`. Every attempt carries the same"
         " body and webhook-id. Headers follow Standard Webhooks"
@@ -156,12 +171,6 @@ _TEAM_COMPLETED: dict[str, Any] = {
             "{webhook-timestamp}.{raw body}`; several may be listed, space-separated",
         ),
     ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": _REF.format(model="TeamCompletedEvent")}}
-        },
-    },
     "responses": {
         "200": {
             "description": (
@@ -201,7 +210,7 @@ def _build(routes: "tuple[Route, ...]") -> dict[str, Any]:
             "description": f"Group-buy trading with merchant callbacks. Codes: {codes}.",
         },
         "paths": paths,
-        "webhooks": {"teamCompleted": {"post": _TEAM_COMPLETED}},
+        "webhooks": {name: {"post": _webhook(name, model)} for name, model in WEBHOOKS.items()},
         "components": {
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},

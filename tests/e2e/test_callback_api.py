@@ -37,8 +37,9 @@ async def test_run_list_inspect_and_replay(
     (task,) = env["data"]
     assert task["teamId"] == team_id and task["notifyStatus"] == 3 and task["lastHttpStatus"] == 410
     assert task["nextAttemptAt"] is None  # nothing more is scheduled for a task in error
+    assert task["type"] == "team.completed" and task["orderId"] is None
     assert set(task) == {
-        "teamId", "activityId", "eventId", "notifyUrl", "notifyCount", "notifyStatus",
+        "type", "orderId", "teamId", "activityId", "eventId", "notifyUrl", "notifyCount", "notifyStatus",
         "nextAttemptAt", "lastHttpStatus", "lastError", "createTime", "updateTime",
     }  # fmt: skip
 
@@ -169,23 +170,34 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
     finally:
         await client.close()
 
-    webhook = doc["webhooks"]["teamCompleted"]["post"]
+    assert set(doc["webhooks"]) == {
+        "team.completed",
+        "team.failed",
+        "order.closed",
+        "order.refunded",
+    }
+    webhook = doc["webhooks"]["team.completed"]["post"]
     ref = webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-    event = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    schemas = doc["components"]["schemas"]
+    event = schemas[ref.rsplit("/", 1)[1]]
+    data_schema = schemas[event["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
     headers, body = merchant.requests[0]
     stored = await pool.fetchval(
         "SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id
     )
     assert body == stored  # what the merchant got is what the settlement wrote
-    payload = json.loads(body)
-    assert set(payload) == set(event["properties"]) == set(event["required"])
+    envelope = json.loads(body)
+    assert set(envelope) == set(event["properties"]) == set(event["required"])
+    assert envelope["type"] == "team.completed"
+    payload = envelope["data"]
+    assert set(payload) == set(data_schema["properties"]) == set(data_schema["required"])
     for name, value in payload.items():
-        assert isinstance(value, _JSON_TYPES[event["properties"][name]["type"]]), name
+        assert isinstance(value, _JSON_TYPES[data_schema["properties"][name]["type"]]), name
     assert payload["outTradeNoList"] == outs and payload["teamId"] == team_id
     assert payload["eventId"] == headers["webhook-id"]
-    from groupbuy_async.http.callback_schemas import TeamCompletedEvent
+    from groupbuy_async.http.event_schemas import TeamCompletedEvent
 
-    assert TeamCompletedEvent.model_validate_json(body).out_trade_no_list == outs
+    assert TeamCompletedEvent.model_validate_json(body).data.out_trade_no_list == outs
     # Every documented header is sent, and the signature verifies as documented.
     documented = {p["name"] for p in webhook["parameters"] if p["in"] == "header"}
     assert documented == {"webhook-id", "webhook-timestamp", "webhook-signature"}

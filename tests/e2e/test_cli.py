@@ -105,7 +105,7 @@ async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
                 while True:
                     async with http.get(notify) as r:
                         received = (await r.json())["data"]
-                    if any(out in c["payload"]["outTradeNoList"] for c in received):
+                    if any(out in c["payload"]["data"]["outTradeNoList"] for c in received):
                         break
                     await asyncio.sleep(0.05)
     finally:

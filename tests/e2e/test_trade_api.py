@@ -100,8 +100,10 @@ async def test_three_members_settle_and_the_last_completes_the_team(
     assert task is not None
     assert task["notify_url"] == act["notifyUrl"] and task["notify_status"] == 0
     payload = json.loads(task["parameter_json"])
-    assert payload["teamId"] == team_id and payload["outTradeNoList"] == outs
-    assert payload["eventId"] == str(task["event_id"])
+    assert payload["type"] == "team.completed"
+    data = payload["data"]
+    assert data["teamId"] == team_id and data["outTradeNoList"] == outs
+    assert data["eventId"] == str(task["event_id"])
 
 
 async def test_callback_is_written_in_the_settlement_transaction_or_nothing_is(
@@ -144,7 +146,7 @@ async def test_callback_is_written_in_the_settlement_transaction_or_nothing_is(
     payload = json.loads(
         await pool.fetchval("SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id)
     )
-    assert payload["outTradeNoList"] == [out_a, out_b]
+    assert payload["data"]["outTradeNoList"] == [out_a, out_b]
 
 
 async def test_settling_again_returns_the_same_data_and_changes_nothing(

@@ -54,7 +54,9 @@ async def test_completed_team_is_called_back_at_once_and_signed(
         team_id, outs = await complete_team(signed_api, act, 2)
         await merchant.wait_for(1)
         headers, body = merchant.requests[0]
-        payload = Webhook(SECRET).verify(body, headers)  # raises on a bad signature
+        envelope = Webhook(SECRET).verify(body, headers)  # raises on a bad signature
+        assert envelope["type"] == "team.completed"
+        payload = envelope["data"]
         assert payload["teamId"] == team_id and payload["outTradeNoList"] == outs
         assert payload["activityId"] == act["activityId"]
         task = await task_row(pool, team_id)
@@ -438,11 +440,17 @@ async def test_a_drain_delivers_what_it_finds_while_another_drain_fills_its_host
         await merchant.server.close()
 
 
-async def test_payload_keeps_the_original_fields(pool: asyncpg.Pool, api: Api) -> None:
+async def test_payload_keeps_the_original_fields_one_level_down(
+    pool: asyncpg.Pool, api: Api
+) -> None:
     act = await api.new_activity(target=1)
     team_id, _outs = await complete_team(api, act, 1)
-    payload = json.loads((await task_row(pool, team_id))["parameter_json"])
-    assert set(payload) == {"teamId", "outTradeNoList", "activityId", "eventId"}
+    task = await task_row(pool, team_id)
+    envelope = json.loads(task["parameter_json"])
+    assert set(envelope) == {"type", "timestamp", "data"}
+    assert (envelope["type"], task["event_type"]) == ("team.completed", "team.completed")
+    assert datetime.fromisoformat(envelope["timestamp"]).tzinfo is not None
+    assert set(envelope["data"]) == {"teamId", "outTradeNoList", "activityId", "eventId"}
 
 
 async def test_invalid_notify_url_is_an_error_at_once(

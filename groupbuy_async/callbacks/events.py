@@ -1,0 +1,48 @@
+"""The events merchants receive: their types, and the body every one of them is sent as.
+
+Bodies follow Standard Webhooks' recommendation: {"type", "timestamp", "data": {...}}; the
+webhook-id header is the event id, also in data.eventId. Pure: no I/O here.
+"""
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    TEAM_COMPLETED = "team.completed"
+    TEAM_FAILED = "team.failed"
+    ORDER_CLOSED = "order.closed"
+    ORDER_REFUNDED = "order.refunded"
+
+
+ORDER_EVENTS = frozenset({EventType.ORDER_CLOSED, EventType.ORDER_REFUNDED})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One outcome the merchant must act on; written in the state change's transaction.
+    Unique per (type, team) for team events and per (type, order) for order events."""
+
+    type: EventType
+    team_id: str
+    activity_id: int
+    notify_url: str
+    data: dict[str, Any] = field(default_factory=dict)
+    order_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.type in ORDER_EVENTS) != (self.order_id is not None):
+            raise ValueError(f"{self.type} events need an order_id exactly when about an order")
+
+
+def body(event_type: EventType, event_id: str, created: datetime, data: dict[str, Any]) -> str:
+    """The exact bytes sent on every attempt (stored once, so retries are byte-identical)."""
+    envelope = {
+        "type": str(event_type),
+        "timestamp": created.isoformat(),
+        "data": {**data, "eventId": event_id},
+    }
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
