@@ -4,6 +4,8 @@ Each test session gets a fresh database (dropped at the end) and its own arq que
 """
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,17 @@ from groupbuy_async.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A data folder for servers a test starts itself (embedded PostgreSQL runs as another
+    user under root). Not pytest's tmp_path: every pytest session that starts resets
+    /tmp/pytest-of-<user> to 0700, which would cut a running server off its own files."""
+    path = Path(tempfile.mkdtemp(prefix="groupbuy-test-servers-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -294,9 +294,9 @@ async def test_api_without_admin_token_warns_once_and_health_follows_it(
 
 
 @pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+async def own_redis(server_dir: Path) -> AsyncIterator[EmbeddedServer]:
     """A Redis server only this test uses (and may stop), never the shared one."""
-    server = await asyncio.to_thread(start_redis, tmp_path)
+    server = await asyncio.to_thread(start_redis, server_dir)
     yield server
     await asyncio.to_thread(server.stop)
 

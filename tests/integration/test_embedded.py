@@ -11,9 +11,9 @@ from groupbuy_async.dev.embedded import start_postgres, start_redis
 
 
 async def test_embedded_postgres_and_redis_start_answer_and_stop(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pg, rd = start_postgres(tmp_path), start_redis(tmp_path)
+    pg, rd = start_postgres(server_dir), start_redis(server_dir)
     try:
         conn = await asyncpg.connect(pg.url)
         assert await conn.fetchval("SELECT 1") == 1
@@ -23,8 +23,8 @@ async def test_embedded_postgres_and_redis_start_answer_and_stop(
         await client.aclose()
         with caplog.at_level(logging.WARNING, logger="groupbuy_async.dev.embedded"):
             # A running server is reused, not started twice, and the log says so.
-            assert start_postgres(tmp_path).url == pg.url
-            assert start_redis(tmp_path).url == rd.url
+            assert start_postgres(server_dir).url == pg.url
+            assert start_redis(server_dir).url == rd.url
         reused = [r.getMessage() for r in caplog.records if "reusing" in r.getMessage()]
         assert len(reused) == 2 and "PostgreSQL" in reused[0] and "Redis" in reused[1]
     finally:
