@@ -1,9 +1,10 @@
 """Delivering notify tasks: claim, send concurrently outside any transaction, record in batches.
 
-One Dispatcher per process holds the bounds (sends in flight, sends per merchant host), so
-they hold however many drains (cron ticks) and immediate sends overlap. A drain is a
-pipeline: a claimer keeps a bounded number of tasks in hand, workers start the next send
-as soon as one ends, and a recorder writes results back in one statement per batch.
+One Dispatcher per process holds the bounds (sends in flight, sends per merchant host, tasks
+in hand per host), so they hold however many drains (cron ticks) and immediate sends
+overlap. A drain is a pipeline: a claimer keeps a bounded number of tasks in hand, shared
+fairly among the merchant hosts with due tasks, workers start the next send as soon as one
+ends, and a recorder writes results back in one statement per batch.
 """
 
 import asyncio
@@ -144,14 +145,24 @@ class Dispatcher:
 
     async def claim(
         self, limit: int, team_ids: list[str] | None = None, capped: bool = True
-    ) -> tuple[list[Task], list[Task]]:
+    ) -> tuple[list[Task], set[str]]:
         """Claim due tasks. Capped, a host keeps at most two rounds of its bound in hand
-        (one sending, one waiting); the rest go back, due again at once behind tasks that
-        were due earlier. Returns the ones kept and the ones given back."""
-        tasks = await outbox.claim(self.pool, limit, self.lease, team_ids)
+        (one sending, one waiting): a claim of all that is due takes no more of a host than
+        its room, and shares itself out among the hosts with due tasks; what a claim of
+        named teams took over a host's room goes back, due again at once, for the worker.
+        Returns the tasks kept, and the hosts at their cap that have due tasks left."""
+        if team_ids is not None:
+            tasks = await outbox.claim(self.pool, limit, self.lease, team_ids)
+            full: set[str] = set()
+        else:
+            rooms = {host: self._room_left(host) for host in self._hosts}
+            tasks = await outbox.claim(
+                self.pool, limit, self.lease, rooms=rooms, per_host=self._cap
+            )
+            full = {host for host, room in rooms.items() if room <= 0}
         keep, over = [], []
         for task in tasks:
-            if capped and not self._has_room(task.host):
+            if capped and self._room_left(task.host) <= 0:
                 over.append(task)
                 continue
             host = self._hosts.get(task.host)
@@ -159,12 +170,22 @@ class Dispatcher:
                 host = self._hosts[task.host] = _Host(asyncio.Semaphore(self.per_host))
             host.in_hand += 1
             keep.append(task)
-        await outbox.release(self.pool, over, timedelta(0))
-        return keep, over
+        await outbox.release(self.pool, over, None)
+        if full:  # those at their cap before the claim: is anything of theirs due?
+            full = await outbox.due_hosts(self.pool, full)
+        return keep, full | {task.host for task in over}
+
+    @property
+    def _cap(self) -> int:
+        return 2 * self.per_host
+
+    def _room_left(self, host: str) -> int:
+        """How many more of this host's tasks may be taken in hand now."""
+        held = self._hosts.get(host)
+        return self._cap - (0 if held is None else held.in_hand)
 
     def _has_room(self, host: str) -> bool:
-        held = self._hosts.get(host)
-        return held is None or held.in_hand < 2 * self.per_host
+        return self._room_left(host) > 0
 
     async def deliver(self, task: Task) -> Result | Task:
         """One attempt; returns the Result, or the Task itself when it was not attempted."""
@@ -198,7 +219,7 @@ class Dispatcher:
     async def finish(self, done: list[Result | Task], counts: Counts) -> None:
         """Write a batch back: results fenced by their claims, unattempted tasks released."""
         results = [d for d in done if isinstance(d, Result)]
-        await outbox.release(self.pool, [d for d in done if isinstance(d, Task)], timedelta(0))
+        await outbox.release(self.pool, [d for d in done if isinstance(d, Task)], None)
         recorded = await outbox.record(self.pool, results)
         counts.add(results, recorded)
         outcomes = Counter(
@@ -254,9 +275,9 @@ class _Drain:
     def _refill(self) -> int | None:
         """How many to claim now, or None to wait for sends to finish. Between one and two
         rounds of the concurrency stay in hand: memory is flat whatever the backlog, and one
-        claim serves many sends. Once a claim of this or an overlapping drain hit a host's
-        cap (sticky while they claim), only what has finished is refilled, so a capped
-        merchant's backlog is not claimed and given back over and over."""
+        claim serves many sends. Once a claim of this or an overlapping drain left a due host
+        at its cap (sticky while they claim), only what has finished is refilled, so claims
+        that could only find that merchant's backlog do not repeat in a loop."""
         d = self.dispatcher
         if d._saturated:
             if self.freed >= min(d.per_host, d.concurrency) or self.in_hand == 0:
@@ -285,8 +306,8 @@ class _Drain:
 
     async def _claim_due(self) -> None:
         """Overlapping drains (cron ticks) of one process claim in turns, and each sizes its
-        claim in its turn: what another drain claimed and gave back over a host's cap is due
-        again by then, and that the host is at its cap is known. So a claim that finds
+        claim in its turn, from the hosts' rooms as they are then: a claim takes at most a
+        host's room and says which hosts it left due at their cap. So a claim that finds
         nothing means nothing is due that this process could send. A drain left with nothing
         in hand, all that is due being for hosts at their cap, leaves it to the other drains
         (they refill as those hosts' sends end); the last one waits for room itself rather
@@ -297,11 +318,11 @@ class _Drain:
                 want = self._refill()
                 if want:
                     self.freed = 0
-                    tasks, over = await d.claim(min(want, d.batch_size))
-                    if not tasks and not over:
+                    tasks, full = await d.claim(min(want, d.batch_size))
+                    if not tasks and not full:
                         return
-                    d._saturated = d._saturated or bool(over)
-                    self.full = {task.host for task in over}
+                    d._saturated = d._saturated or bool(full)
+                    self.full = full
                     self._hand(tasks)
             if want is None:
                 self.wake.clear()

@@ -113,16 +113,6 @@ def url_problem(url: str, block_private: bool = False) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4096)
-def merchant_host(url: str) -> str:
-    """The key the per-host bound counts by: host and port as the URL gives them."""
-    try:
-        parts = urlsplit(url)
-        return f"{parts.hostname}:{parts.port}"
-    except ValueError:
-        return url
-
-
 def is_success(outcome: AttemptOutcome, accept_any_2xx: bool) -> bool:
     if outcome.http_status is None or not 200 <= outcome.http_status < 300:
         return False

