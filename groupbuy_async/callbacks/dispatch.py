@@ -105,7 +105,8 @@ class Dispatcher:
     def fire(self, team_id: str) -> bool:
         """Deliver a just-completed team's task in the background; False when saturated
         (the worker's compensation delivers it instead). Teams fired within FIRE_WINDOW
-        share one claim and one write-back."""
+        share one claim; each holds its immediate slot until its own send ends, and a host
+        at its cap of tasks in hand leaves the rest to the worker."""
         if self._closed or self._firing >= self.immediate_limit:
             return False
         self._firing += 1
@@ -133,15 +134,45 @@ class Dispatcher:
     async def _fire_batch_soon(self) -> None:
         await asyncio.sleep(FIRE_WINDOW)
         team_ids, self._fire_batch = self._fire_batch, []
+        held = len(team_ids)  # immediate slots this batch holds
         try:
-            # Not capped at claim: each waits for a slot of its host like any send.
-            tasks, _ = await self.claim(len(team_ids), team_ids, capped=False)
-            done = await asyncio.gather(*(self.deliver(t) for t in tasks))
-            await self.finish(list(done), Counts())
+            # Capped: past its host's cap a task goes back, due, for the worker, rather
+            # than wait in the API for that host's sends to end.
+            tasks, _ = await self.claim(len(team_ids), team_ids)
+            self._firing -= held - len(tasks)
+            held = len(tasks)
+            sends = [asyncio.create_task(self.deliver(task)) for task in tasks]
+            for send in sends:  # from here each send frees its own slot as it ends
+                send.add_done_callback(self._fired)
+            held = 0
+            await self._record_as_they_end(sends)
         except Exception:
             log.exception("immediate callbacks for teams %s failed; compensation retries", team_ids)
         finally:
-            self._firing -= len(team_ids)
+            self._firing -= held
+
+    def _fired(self, _: object) -> None:
+        self._firing -= 1
+
+    async def _record_as_they_end(self, sends: list[asyncio.Task[Result | Task]]) -> None:
+        """Write back each send soon after it ends (those ending within FLUSH_SECONDS of
+        each other in one statement), not when the batch's slowest send ends."""
+        pending = set(sends)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    more, pending = await asyncio.wait(pending, timeout=FLUSH_SECONDS)
+                    done |= more
+                try:
+                    await self.finish([send.result() for send in done], Counts())
+                except Exception:
+                    # Their claims lapse and the worker sends them again.
+                    log.exception("writing back immediate callback results failed")
+        finally:
+            for send in pending:
+                send.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def claim(
         self, limit: int, team_ids: list[str] | None = None, capped: bool = True
