@@ -1,9 +1,10 @@
 """Delivering notify tasks: claim, send concurrently outside any transaction, record in batches.
 
-One Dispatcher per process holds the bounds (sends in flight, sends per merchant host), so
-they hold however many drains (cron ticks) and immediate sends overlap. A drain is a
-pipeline: a claimer keeps a bounded number of tasks in hand, workers start the next send
-as soon as one ends, and a recorder writes results back in one statement per batch.
+One Dispatcher per process holds the bounds (sends in flight, sends per merchant host, tasks
+in hand per host), so they hold however many drains (cron ticks) and immediate sends
+overlap. A drain is a pipeline: a claimer keeps a bounded number of tasks in hand, shared
+fairly among the merchant hosts with due tasks, workers start the next send as soon as one
+ends, and a recorder writes results back in one statement per batch.
 """
 
 import asyncio
@@ -20,7 +21,16 @@ from ..settings import Settings
 from . import outbox
 from .metrics import Metrics
 from .outbox import Result, Task
-from .rules import NotifyStatus, decide
+from .rules import (
+    Admission,
+    AttemptOutcome,
+    Breaker,
+    BreakerChange,
+    BreakerPolicy,
+    NotifyStatus,
+    decide,
+    unreachable,
+)
 from .sender import Sender
 
 log = logging.getLogger(__name__)
@@ -31,6 +41,14 @@ FLUSH_SECONDS = 0.02
 FIRE_WINDOW = 0.002
 # A compensation drain stops claiming after this long; the next cron tick goes on.
 DRAIN_SECONDS = 300.0
+# A merchant host whose attempts go unanswered (timeout, failed connect) this many times in
+# a row in this process is paused: its due tasks wait, unattempted, for the pause to end,
+# then one probe. Pauses double after each unanswered probe, up to the longest.
+BREAKER_FAILURES = 5
+BREAKER_PAUSE_SECONDS = 30.0
+BREAKER_MAX_PAUSE_SECONDS = 600.0
+# Closed breakers still counting failures are forgotten past this many hosts.
+BREAKERS_KEPT = 10_000
 
 
 @dataclass
@@ -92,10 +110,18 @@ class Dispatcher:
         self._drains = 0
         self._claim_turn = asyncio.Lock()
         self._saturated = False  # one of their claims hit a host's cap (sticky while they claim)
-        self._room = asyncio.Event()  # set as each send ends: its host has room again
+        # Set as each send ends: its host has room again, or a probe's answer is in.
+        self._room = asyncio.Event()
         # Beyond this wait for a send slot, the lease could lapse mid-send: give it back.
         self._max_wait = self.lease.total_seconds() - 2 * settings.notify_timeout_seconds - 10
+        self.breaker_failures = BREAKER_FAILURES
+        self.breaker_pause = BREAKER_PAUSE_SECONDS
+        self.breaker_max_pause = BREAKER_MAX_PAUSE_SECONDS
+        self._breakers: dict[str, Breaker] = {}  # hosts with unanswered attempts, or paused
         metrics.in_flight.set_function(lambda: self.in_flight)
+        metrics.paused_hosts.set_function(
+            lambda: sum(b.until is not None for b in self._breakers.values())
+        )
 
     async def drain(self, team_id: str | None = None, seconds: float = DRAIN_SECONDS) -> Counts:
         """Deliver every due task (or one team's) until none is due or `seconds` pass."""
@@ -104,7 +130,8 @@ class Dispatcher:
     def fire(self, team_id: str) -> bool:
         """Deliver a just-completed team's task in the background; False when saturated
         (the worker's compensation delivers it instead). Teams fired within FIRE_WINDOW
-        share one claim and one write-back."""
+        share one claim; each holds its immediate slot until its own send ends, and a host
+        at its cap of tasks in hand leaves the rest to the worker."""
         if self._closed or self._firing >= self.immediate_limit:
             return False
         self._firing += 1
@@ -132,26 +159,69 @@ class Dispatcher:
     async def _fire_batch_soon(self) -> None:
         await asyncio.sleep(FIRE_WINDOW)
         team_ids, self._fire_batch = self._fire_batch, []
+        held = len(team_ids)  # immediate slots this batch holds
         try:
-            # Not capped at claim: each waits for a slot of its host like any send.
-            tasks, _ = await self.claim(len(team_ids), team_ids, capped=False)
-            done = await asyncio.gather(*(self.deliver(t) for t in tasks))
-            await self.finish(list(done), Counts())
+            # Capped: past its host's cap a task goes back, due, for the worker, rather
+            # than wait in the API for that host's sends to end.
+            tasks, _ = await self.claim(len(team_ids), team_ids)
+            self._firing -= held - len(tasks)
+            held = len(tasks)
+            sends = [asyncio.create_task(self.deliver(task)) for task in tasks]
+            for send in sends:  # from here each send frees its own slot as it ends
+                send.add_done_callback(self._fired)
+            held = 0
+            await self._record_as_they_end(sends)
         except Exception:
             log.exception("immediate callbacks for teams %s failed; compensation retries", team_ids)
         finally:
-            self._firing -= len(team_ids)
+            self._firing -= held
+
+    def _fired(self, _: object) -> None:
+        self._firing -= 1
+
+    async def _record_as_they_end(self, sends: list[asyncio.Task[Result | Task]]) -> None:
+        """Write back each send soon after it ends (those ending within FLUSH_SECONDS of
+        each other in one statement), not when the batch's slowest send ends."""
+        pending = set(sends)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    more, pending = await asyncio.wait(pending, timeout=FLUSH_SECONDS)
+                    done |= more
+                try:
+                    await self.finish([send.result() for send in done], Counts())
+                except Exception:
+                    # Their claims lapse and the worker sends them again.
+                    log.exception("writing back immediate callback results failed")
+        finally:
+            for send in pending:
+                send.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def claim(
         self, limit: int, team_ids: list[str] | None = None, capped: bool = True
-    ) -> tuple[list[Task], list[Task]]:
+    ) -> tuple[list[Task], set[str]]:
         """Claim due tasks. Capped, a host keeps at most two rounds of its bound in hand
-        (one sending, one waiting); the rest go back, due again at once behind tasks that
-        were due earlier. Returns the ones kept and the ones given back."""
-        tasks = await outbox.claim(self.pool, limit, self.lease, team_ids)
+        (one sending, one waiting): a claim of all that is due takes no more of a host than
+        its room, and shares itself out among the hosts with due tasks; what a claim of
+        named teams took over a host's room goes back, due again at once, for the worker.
+        Returns the tasks kept, and the hosts at their cap that have due tasks left.
+        Capped, a paused host's tasks are not claimed."""
+        now = datetime.now(UTC)
+        paused = [h for h, b in self._breakers.items() if b.paused(now)] if capped else []
+        if team_ids is not None:
+            tasks = await outbox.claim(self.pool, limit, self.lease, team_ids, skip=paused)
+            full: set[str] = set()
+        else:
+            rooms = {host: self._room_left(host) for host in self._hosts}
+            tasks = await outbox.claim(
+                self.pool, limit, self.lease, rooms=rooms, per_host=self._cap, skip=paused
+            )
+            full = {host for host, room in rooms.items() if room <= 0 and host not in paused}
         keep, over = [], []
         for task in tasks:
-            if capped and not self._has_room(task.host):
+            if capped and self._room_left(task.host) <= 0:
                 over.append(task)
                 continue
             host = self._hosts.get(task.host)
@@ -159,46 +229,152 @@ class Dispatcher:
                 host = self._hosts[task.host] = _Host(asyncio.Semaphore(self.per_host))
             host.in_hand += 1
             keep.append(task)
-        await outbox.release(self.pool, over, timedelta(0))
-        return keep, over
+        await outbox.release(self.pool, over, None)
+        if full:  # those at their cap before the claim: is anything of theirs due?
+            full = await outbox.due_hosts(self.pool, full)
+        return keep, full | {task.host for task in over}
+
+    @property
+    def _cap(self) -> int:
+        return 2 * self.per_host
+
+    def _room_left(self, host: str) -> int:
+        """How many more of this host's tasks may be taken in hand now."""
+        held = self._hosts.get(host)
+        return self._cap - (0 if held is None else held.in_hand)
 
     def _has_room(self, host: str) -> bool:
-        held = self._hosts.get(host)
-        return held is None or held.in_hand < 2 * self.per_host
+        """Whether waiting for this host's sends to end is over: it has room, or it is
+        paused (nothing of it will be claimed)."""
+        breaker = self._breakers.get(host)
+        paused = breaker is not None and breaker.paused(datetime.now(UTC))
+        return paused or self._room_left(host) > 0
 
-    async def deliver(self, task: Task) -> Result | Task:
-        """One attempt; returns the Result, or the Task itself when it was not attempted."""
+    async def deliver(self, task: Task, gated: bool = True) -> Result | Task:
+        """One attempt; returns the Result, or the Task itself when it was not attempted.
+        `gated`: only if its host's breaker lets it (an operator's one-team drain is not)."""
         host = self._hosts[task.host]
+        probe = False
         try:
-            async with host.slots, self._sending:
-                if time.monotonic() - task.claimed_at > self._max_wait:
+            async with host.slots:
+                admission = await self._admit(task) if gated else Admission.SEND
+                if admission is Admission.REFUSE:
                     return task
-                started_at = datetime.now(UTC)
-                began = time.perf_counter()
-                self.in_flight += 1
-                try:
-                    outcome = await self.sender.send(task.notify_url, task.event_id, task.body)
-                finally:
-                    self.in_flight -= 1
-                elapsed = time.perf_counter() - began
-            self.metrics.latency.observe(elapsed)
-            ended_at = started_at + timedelta(seconds=elapsed)
-            verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
-            return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
+                probe = admission is Admission.PROBE
+                done = await self._attempt(task)
+                if isinstance(done, Result):
+                    # Before the slot is let go: the next send of the host sees the change.
+                    await self._observe(task.host, done.outcome, probe)
+                    probe = False
+                return done
         except Exception:
             # Never lose the task: it goes back unrecorded and is tried again.
             log.exception("delivering the callback for team %s failed", task.team_id)
             return task
         finally:
+            if probe and (breaker := self._breakers.get(task.host)):
+                breaker.abandon_probe()  # it was not sent after all: the next send probes
             host.in_hand -= 1
             if host.in_hand == 0:
                 del self._hosts[task.host]
             self._room.set()
 
+    async def _attempt(self, task: Task) -> Result | Task:
+        async with self._sending:
+            if time.monotonic() - task.claimed_at > self._max_wait:
+                return task
+            started_at = datetime.now(UTC)
+            began = time.perf_counter()
+            self.in_flight += 1
+            try:
+                outcome = await self.sender.send(task.notify_url, task.event_id, task.body)
+            finally:
+                self.in_flight -= 1
+            elapsed = time.perf_counter() - began
+        self.metrics.latency.observe(elapsed)
+        ended_at = started_at + timedelta(seconds=elapsed)
+        verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
+        return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
+
+    async def _admit(self, task: Task) -> Admission:
+        """What the host's breaker says to this send; while another send probes the host,
+        waits for its answer."""
+        while True:
+            breaker = self._breakers.get(task.host)
+            if breaker is None:
+                return Admission.SEND
+            admission = breaker.admit(datetime.now(UTC))
+            if admission is not Admission.WAIT:
+                break
+            self._room.clear()  # set as the probe (like any send) ends
+            await self._room.wait()
+        if admission is Admission.PROBE:
+            log.info(
+                "merchant host %s: pause over, probing it with the callback for team %s",
+                task.host, task.team_id,
+            )  # fmt: skip
+        return admission
+
+    async def _observe(self, host: str, outcome: AttemptOutcome, probe: bool) -> None:
+        """Tell the host's breaker how an attempt ended; pausing the host postpones its
+        due tasks. One log line per change of state."""
+        answered = not unreachable(outcome)
+        breaker = self._breakers.get(host)
+        if breaker is None:
+            if answered:
+                return
+            if len(self._breakers) >= BREAKERS_KEPT:
+                self._breakers = {h: b for h, b in self._breakers.items() if b.until is not None}
+            breaker = self._breakers[host] = Breaker()
+        policy = BreakerPolicy(
+            self.breaker_failures,
+            timedelta(seconds=self.breaker_pause),
+            timedelta(seconds=self.breaker_max_pause),
+        )
+        change = breaker.observe(answered, probe, datetime.now(UTC), policy)
+        if breaker.until is None and breaker.failures == 0:
+            del self._breakers[host]
+        if change is BreakerChange.CLOSED:
+            self._saturated = False  # its backlog is claimable again
+            log.info("merchant host %s answered the probe: callbacks to it resumed", host)
+        elif change is not None:
+            await self._pause(host, breaker, change, outcome)
+
+    async def _pause(
+        self, host: str, breaker: Breaker, change: BreakerChange, outcome: AttemptOutcome
+    ) -> None:
+        assert breaker.until is not None
+        try:
+            postponed = await outbox.postpone(self.pool, host, breaker.until)
+        except Exception:
+            # Claims skip the host all the same; what falls due is given back when claimed.
+            log.exception("postponing the callbacks to merchant host %s failed", host)
+            postponed = 0
+        why = (
+            f"{self.breaker_failures} attempts in a row got no answer (last: {outcome.error})"
+            if change is BreakerChange.OPENED
+            else f"the probe got no answer ({outcome.error})"
+        )
+        log.warning(
+            "merchant host %s: %s; callbacks to it paused for %gs, %d due ones postponed",
+            host, why, breaker.pause.total_seconds(), postponed,
+        )  # fmt: skip
+
+    def _due_again(self, host: str) -> datetime | None:
+        """When a task given back unattempted is due again: when its host's pause ends
+        (now, if it has ended already or the host is not paused)."""
+        breaker = self._breakers.get(host)
+        return None if breaker is None else breaker.until
+
     async def finish(self, done: list[Result | Task], counts: Counts) -> None:
         """Write a batch back: results fenced by their claims, unattempted tasks released."""
         results = [d for d in done if isinstance(d, Result)]
-        await outbox.release(self.pool, [d for d in done if isinstance(d, Task)], timedelta(0))
+        unsent: dict[datetime | None, list[Task]] = {}
+        for d in done:
+            if isinstance(d, Task):
+                unsent.setdefault(self._due_again(d.host), []).append(d)
+        for due_at, tasks in unsent.items():
+            await outbox.release(self.pool, tasks, due_at)
         recorded = await outbox.record(self.pool, results)
         counts.add(results, recorded)
         outcomes = Counter(
@@ -254,9 +430,9 @@ class _Drain:
     def _refill(self) -> int | None:
         """How many to claim now, or None to wait for sends to finish. Between one and two
         rounds of the concurrency stay in hand: memory is flat whatever the backlog, and one
-        claim serves many sends. Once a claim of this or an overlapping drain hit a host's
-        cap (sticky while they claim), only what has finished is refilled, so a capped
-        merchant's backlog is not claimed and given back over and over."""
+        claim serves many sends. Once a claim of this or an overlapping drain left a due host
+        at its cap (sticky while they claim), only what has finished is refilled, so claims
+        that could only find that merchant's backlog do not repeat in a loop."""
         d = self.dispatcher
         if d._saturated:
             if self.freed >= min(d.per_host, d.concurrency) or self.in_hand == 0:
@@ -285,8 +461,8 @@ class _Drain:
 
     async def _claim_due(self) -> None:
         """Overlapping drains (cron ticks) of one process claim in turns, and each sizes its
-        claim in its turn: what another drain claimed and gave back over a host's cap is due
-        again by then, and that the host is at its cap is known. So a claim that finds
+        claim in its turn, from the hosts' rooms as they are then: a claim takes at most a
+        host's room and says which hosts it left due at their cap. So a claim that finds
         nothing means nothing is due that this process could send. A drain left with nothing
         in hand, all that is due being for hosts at their cap, leaves it to the other drains
         (they refill as those hosts' sends end); the last one waits for room itself rather
@@ -297,11 +473,11 @@ class _Drain:
                 want = self._refill()
                 if want:
                     self.freed = 0
-                    tasks, over = await d.claim(min(want, d.batch_size))
-                    if not tasks and not over:
+                    tasks, full = await d.claim(min(want, d.batch_size))
+                    if not tasks and not full:
                         return
-                    d._saturated = d._saturated or bool(over)
-                    self.full = {task.host for task in over}
+                    d._saturated = d._saturated or bool(full)
+                    self.full = full
                     self._hand(tasks)
             if want is None:
                 self.wake.clear()
@@ -325,7 +501,7 @@ class _Drain:
         while True:
             task = await self.queue.get()
             try:
-                result = await self.dispatcher.deliver(task)
+                result = await self.dispatcher.deliver(task, gated=self.team_id is None)
                 # Appended after the await: the recorder swaps `done` for a new list meanwhile.
                 self.done.append(result)
             finally:

@@ -2,7 +2,7 @@
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +11,7 @@ import asyncpg
 from ..db import Conn
 from . import events
 from .events import Event, EventType
-from .rules import AttemptOutcome, Verdict, merchant_host
+from .rules import AttemptOutcome, Verdict
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Task:
     attempt: int
     token: uuid.UUID
     claimed_at: float  # time.monotonic() at claim: the lease runs from here
-    host: str  # what the per-host bound counts by
+    host: str  # what the per-host bounds count by (the stored host: host:port)
 
 
 @dataclass(frozen=True)
@@ -79,41 +79,97 @@ async def enqueue_team_completed(
 # Pushing next_attempt_at to the lease expiry takes claimed rows out of the due range, so
 # later claims do not rescan them; a crashed holder's rows fall due again when it lapses.
 _CLAIM = """
-WITH due AS (
-    SELECT id FROM notify_task
-    WHERE {where}
-    ORDER BY next_attempt_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
+WITH {pick}
 UPDATE notify_task t
 SET claim_token = $2, locked_until = now() + $3::interval,
     next_attempt_at = now() + $3::interval, update_time = now()
-FROM due WHERE t.id = due.id
+FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.event_id, t.team_id, t.notify_url, t.parameter_json,
-          t.notify_count - t.schedule_offset + 1 AS attempt
+          t.notify_count - t.schedule_offset + 1 AS attempt, t.host
 """
-_DUE = "notify_status IN (0, 2) AND next_attempt_at <= now()"
-_CLAIM_DUE = _CLAIM.format(where=_DUE)
+# Fair across hosts: the hosts with open tasks are walked through the (host, due) index (a
+# skip scan: one probe per host, however long its backlog), each host gets a share of the
+# claim (at most its room: $4, or what $5/$6 say for the hosts given; none for a host at
+# its cap or paused) and its oldest due tasks fill it. Taken in turns (every host's first,
+# then every host's second, ...), so one host's backlog cannot fill the claim: the cost is
+# per host and per task claimed, not per task due.
+_PICK_DUE = """RECURSIVE hosts AS (
+    (SELECT host FROM notify_task WHERE notify_status IN (0, 2) ORDER BY host LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.host FROM notify_task t
+            WHERE t.notify_status IN (0, 2) AND t.host > h.host ORDER BY t.host LIMIT 1)
+    FROM hosts h WHERE h.host IS NOT NULL
+), due_hosts AS (
+    SELECT h.host, coalesce(r.room, $4) AS room
+    FROM hosts h LEFT JOIN unnest($5::text[], $6::int[]) AS r(host, room) ON r.host = h.host
+    WHERE coalesce(r.room, $4) > 0 AND EXISTS (
+        SELECT FROM notify_task t
+        WHERE t.host = h.host AND t.notify_status IN (0, 2) AND t.next_attempt_at <= now())
+), ranked AS (
+    SELECT l.id, l.next_attempt_at,
+           row_number() OVER (PARTITION BY d.host ORDER BY l.next_attempt_at) AS turn
+    FROM due_hosts d CROSS JOIN LATERAL (
+        SELECT t.id, t.next_attempt_at FROM notify_task t
+        WHERE t.host = d.host AND t.notify_status IN (0, 2) AND t.next_attempt_at <= now()
+        ORDER BY t.next_attempt_at
+        LIMIT least(d.room, ceil($1::float8 / (SELECT count(*) FROM due_hosts))::int)
+        FOR UPDATE OF t SKIP LOCKED
+    ) l
+), picked AS (
+    SELECT id FROM ranked ORDER BY turn, next_attempt_at LIMIT $1
+)"""
 # Named teams are found by their unique key, however large the due backlog is.
-_CLAIM_TEAMS = _CLAIM.format(where=f"team_id = ANY($4::text[]) AND {_DUE}")
+_PICK_TEAMS = """picked AS (
+    SELECT id FROM notify_task
+    WHERE team_id = ANY($4::text[]) AND notify_status IN (0, 2) AND next_attempt_at <= now()
+      AND host <> ALL($5::text[])
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)"""
+_CLAIM_DUE = _CLAIM.format(pick=_PICK_DUE)
+_CLAIM_TEAMS = _CLAIM.format(pick=_PICK_TEAMS)
 
 
 async def claim(
-    pool: asyncpg.Pool, limit: int, lease: timedelta, team_ids: list[str] | None = None
+    pool: asyncpg.Pool,
+    limit: int,
+    lease: timedelta,
+    team_ids: list[str] | None = None,
+    *,
+    per_host: int | None = None,
+    rooms: Mapping[str, int] | None = None,
+    skip: Collection[str] = (),
 ) -> list[Task]:
-    """Claim up to `limit` due tasks (only these teams' when given) under a new lease."""
+    """Claim up to `limit` due tasks (only these teams' when given) under a new lease,
+    never a host's in `skip`. Of all that is due, a host gets at most its room: `rooms`
+    for the hosts named there, `per_host` for the others (unbounded if None)."""
     token = uuid.uuid4()
     claimed_at = time.monotonic()
     if team_ids is None:
-        rows = await pool.fetch(_CLAIM_DUE, limit, token, lease)
+        room = {**(rooms or {}), **dict.fromkeys(skip, 0)}
+        rows = await pool.fetch(
+            _CLAIM_DUE, limit, token, lease, per_host or limit, list(room), list(room.values())
+        )
     else:
-        rows = await pool.fetch(_CLAIM_TEAMS, limit, token, lease, team_ids)
+        rows = await pool.fetch(_CLAIM_TEAMS, limit, token, lease, team_ids, list(skip))
     return [
         Task(r["id"], str(r["event_id"]), r["team_id"], r["notify_url"], r["parameter_json"],
-             r["attempt"], token, claimed_at, merchant_host(r["notify_url"]))
+             r["attempt"], token, claimed_at, r["host"])
         for r in rows
     ]  # fmt: skip
+
+
+async def due_hosts(pool: asyncpg.Pool, hosts: Collection[str]) -> set[str]:
+    """Which of these hosts have due tasks (claimed by nobody)."""
+    if not hosts:
+        return set()
+    rows = await pool.fetch(
+        "SELECT h FROM unnest($1::text[]) AS h WHERE EXISTS (SELECT FROM notify_task t"
+        " WHERE t.host = h AND t.notify_status IN (0, 2) AND t.next_attempt_at <= now())",
+        list(hosts),
+    )
+    return {r["h"] for r in rows}
 
 
 # One statement per batch: results land only where the claim token still matches, so a
@@ -159,18 +215,32 @@ async def record(pool: asyncpg.Pool, results: list[Result]) -> set[int]:
     return {r["task_id"] for r in rows}
 
 
-async def release(pool: asyncpg.Pool, tasks: list[Task], delay: timedelta) -> None:
-    """Give claimed tasks back unattempted (due again after `delay`)."""
+async def release(pool: asyncpg.Pool, tasks: list[Task], due_at: datetime | None) -> None:
+    """Give claimed tasks back unattempted, due again at `due_at` (None: now)."""
     if tasks:
         await pool.execute(
             "UPDATE notify_task t SET claim_token = NULL, locked_until = NULL,"
-            " next_attempt_at = now() + $3::interval, update_time = now()"
+            " next_attempt_at = coalesce($3::timestamptz, now()), update_time = now()"
             " FROM unnest($1::bigint[], $2::uuid[]) AS r(id, token)"
             " WHERE t.id = r.id AND t.claim_token = r.token",
             [t.id for t in tasks],
             [t.token for t in tasks],
-            delay,
+            due_at,
         )
+
+
+async def postpone(pool: asyncpg.Pool, host: str, until: datetime) -> int:
+    """A paused host: its open tasks due before `until` that nobody holds are due at `until`
+    instead. Not attempts: notify_count and notify_attempt stay as they are. Returns how
+    many were moved."""
+    status = await pool.execute(
+        "UPDATE notify_task SET next_attempt_at = $2, update_time = now()"
+        " WHERE host = $1 AND notify_status IN (0, 2) AND next_attempt_at < $2"
+        " AND claim_token IS NULL",
+        host,
+        until,
+    )
+    return int(status.split()[-1])
 
 
 _TASK_COLUMNS = """id, event_type, team_id, order_id, activity_id, event_id, notify_url,

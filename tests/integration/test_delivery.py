@@ -261,23 +261,21 @@ async def test_per_host_cap_bounds_concurrent_requests(
     in_flight = peak = 0
     released = claims = 0
     real_claim, real_release = outbox.claim, outbox.release
-    given_back = asyncio.Event()
+    sending = asyncio.Event()
 
-    async def claim(*args: Any) -> list[outbox.Task]:
+    async def claim(*args: Any, **kwargs: Any) -> list[outbox.Task]:
         nonlocal claims
         claims += 1
         if late and claims == 2:
-            # Run only once the first claim gave back what was over the cap, as when it
-            # waits for a new connection of a cold pool.
-            await given_back.wait()
-        return await real_claim(*args)
+            # Run only once what the first claim took is being sent, as when it waits for
+            # a new connection of a cold pool.
+            await sending.wait()
+        return await real_claim(*args, **kwargs)
 
-    async def counting_release(pool: asyncpg.Pool, tasks: list[Any], delay: Any) -> None:
+    async def counting_release(pool: asyncpg.Pool, tasks: list[Any], due_at: Any) -> None:
         nonlocal released
         released += len(tasks)
-        await real_release(pool, tasks, delay)
-        if tasks:
-            given_back.set()
+        await real_release(pool, tasks, due_at)
 
     monkeypatch.setattr(outbox, "claim", claim)
     monkeypatch.setattr(outbox, "release", counting_release)
@@ -286,6 +284,7 @@ async def test_per_host_cap_bounds_concurrent_requests(
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
+        sending.set()
         await asyncio.sleep(0.05)
         in_flight -= 1
         return web.Response(text="success")
@@ -322,8 +321,8 @@ def scope_claims(monkeypatch: Any, team_ids: list[str]) -> list[int]:
     got: list[int] = []
 
     async def claim(db: asyncpg.Pool, limit: int, lease: timedelta,
-                    teams: list[str] | None = None) -> list[outbox.Task]:  # fmt: skip
-        tasks = await real_claim(db, limit, lease, teams or team_ids)
+                    teams: list[str] | None = None, **kwargs: Any) -> list[outbox.Task]:  # fmt: skip
+        tasks = await real_claim(db, limit, lease, teams or team_ids, **kwargs)
         got.append(len(tasks))
         return tasks
 
@@ -354,7 +353,7 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
         claim_in_scope, real_release = outbox.claim, outbox.release
         calls = releases = 0
 
-        async def claim(*args: Any) -> list[outbox.Task]:
+        async def claim(*args: Any, **kwargs: Any) -> list[outbox.Task]:
             nonlocal calls
             calls += 1
             n = calls
@@ -363,14 +362,14 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
             elif n == 3:  # A's next: while B holds those rows
                 await claimed[2].wait()
             try:
-                return await claim_in_scope(*args)
+                return await claim_in_scope(*args, **kwargs)
             finally:
                 if n < len(claimed):
                     claimed[n].set()
                 if n == 2:
                     b_settled.set()
 
-        async def release(db: asyncpg.Pool, tasks: list[outbox.Task], delay: timedelta) -> None:
+        async def release(db: asyncpg.Pool, tasks: list[outbox.Task], due_at: Any) -> None:
             nonlocal releases
             n = 0
             if tasks:
@@ -378,7 +377,7 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
                 n = releases
             if n == 2:  # B gives its rows back only after A's next claim
                 await claimed[3].wait()
-            await real_release(db, tasks, delay)
+            await real_release(db, tasks, due_at)
             if n == 1:
                 given_back.set()
 
