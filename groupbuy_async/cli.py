@@ -23,7 +23,7 @@ _NOTIFY = (
     "notify_secret", "notify_accept_any_2xx", "notify_retry_schedule", "notify_timeout_seconds",
     "notify_concurrency", "notify_per_host", "notify_batch_size", "notify_block_private",
 )  # fmt: skip
-_POOL = ("db_pool_min", "db_pool_max")
+_POOL = ("db_pool_min", "db_pool_max", "db_acquire_timeout_seconds", "db_command_timeout_seconds")
 VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "api": (
         "run the HTTP API (needs PostgreSQL)",
