@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     db_command_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         5.0, description="longest one SQL statement may take (then 503 / an error)"
     )
+    api_event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="API: auto (uvloop when installed), uvloop or asyncio"
+    )
 
     @property
     def signing_key(self) -> bytes | None:
