@@ -5,10 +5,10 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
@@ -128,13 +128,25 @@ class _Borrow(PoolAcquireContext):
     """`async with pool.acquire() as conn`: bounded by the pool's acquire timeout; a
     connection left in doubt is dropped rather than reset and reused."""
 
-    __slots__ = ()
+    __slots__ = ("limit",)
+
+    def __init__(self, pool: asyncpg.Pool, limit: float) -> None:
+        # asyncpg's own acquire timeout is unused: it runs each borrow in a task of its own
+        # (wait_for); asyncio.timeout bounds the same wait without one.
+        super().__init__(pool, None)
+        self.limit = limit
 
     async def __aenter__(self) -> PoolConnectionProxy:
         try:
-            return await super().__aenter__()
+            async with asyncio.timeout(self.limit):
+                return await super().__aenter__()
         except TimeoutError:
-            raise PoolTimeout(f"no connection within {self.timeout:g}s") from None
+            raise PoolTimeout(f"no connection within {self.limit:g}s") from None
+
+    def __await__(self) -> Generator[Any, None, PoolConnectionProxy]:
+        # `conn = await pool.acquire()` (released with pool.release(conn)): bounded too.
+        self.timeout = self.limit
+        return super().__await__()
 
     async def __aexit__(self, *exc: object) -> None:
         if len(exc) > 1 and isinstance(exc[1], _IN_DOUBT) and self.connection is not None:
@@ -154,6 +166,15 @@ class BoundedPool(asyncpg.Pool):
         return _Borrow(self, self.acquire_timeout if timeout is None else timeout)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection goes back to the pool with: nothing to undo. asyncpg's default
+    sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
+    release, a round trip and four statements per request; pooled connections here never
+    take session-level advisory locks, hold cursors past a transaction, LISTEN or SET
+    (migrations use a connection of their own). A transaction left open is still rolled
+    back (asyncpg does that before calling this)."""
+
+
 async def create_pool(
     dsn: str,
     min_size: int = 2,
@@ -168,6 +189,7 @@ async def create_pool(
         dsn, min_size=min_size, max_size=max_size, max_queries=50_000,
         max_inactive_connection_lifetime=300.0, loop=None, connection_class=_Connection,
         record_class=asyncpg.Record, command_timeout=command_timeout, timeout=acquire_timeout,
+        reset=_keep_session,
     )  # fmt: skip
     pool.acquire_timeout = acquire_timeout
     await pool

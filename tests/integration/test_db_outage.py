@@ -296,3 +296,48 @@ async def test_a_statement_over_the_command_timeout_is_503_and_rolls_back(
         assert status == 200 and env["data"]["teamCompleted"] is True, env
     finally:
         await client.close()
+
+
+async def test_every_way_to_borrow_from_the_pool_is_bounded(database_url: str) -> None:
+    """pool.fetch*()/execute(), `async with pool.acquire()` and `await pool.acquire()` all
+    give up after the acquire timeout when no connection frees up (asyncpg's own default is
+    to wait forever)."""
+    from groupbuy_async.db import create_pool
+
+    pool = await create_pool(database_url, 1, 1, acquire_timeout=0.3, command_timeout=COMMAND)
+    try:
+        async with pool.acquire():  # the only connection, held throughout
+
+            async def borrow_with() -> None:
+                async with pool.acquire():
+                    pass
+
+            async def borrow_await() -> None:
+                await pool.release(await pool.acquire())
+
+            for borrow in (lambda: pool.fetchval("SELECT 1"), borrow_with, borrow_await):
+                began = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await borrow()
+                assert time.monotonic() - began < 0.3 + 0.2
+    finally:
+        await pool.close()
+
+
+async def test_a_released_connection_costs_no_round_trip(database_url: str) -> None:
+    """asyncpg's default release sends RESET ALL and three more statements every time; the
+    pool's connections keep no session state, so nothing is sent."""
+    from groupbuy_async.db import create_pool
+
+    pool = await create_pool(database_url, 1, 1)
+    try:
+        pid = await pool.fetchval("SELECT pg_backend_pid()")
+        assert await pool.fetchval("SELECT 'the last statement'") == "the last statement"
+        last = await asyncpg.connect(database_url)
+        try:
+            query = await last.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        finally:
+            await last.close()
+        assert query == "SELECT 'the last statement'"
+    finally:
+        await pool.close()
