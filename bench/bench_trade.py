@@ -2,13 +2,15 @@
 transactions issued directly on an asyncpg pool (the ceiling without HTTP).
 
     python -m bench.bench_trade [--teams 2000] [--concurrency 64] [--pool-max 20]
+                                [--api-processes 1,2] [--event-loop auto]
 
-One run, both paths, each on a fresh database set up the same way (one activity: 100.00
+One run, all paths, each on a fresh database set up the same way (one activity: 100.00
 goods, 20 off, teams of 3, takeLimitCount 1, a day to fill), each with its own users,
 orders and teams:
 
-1. HTTP: `python -m groupbuy_async api` as a separate process, driven by one aiohttp
-   ClientSession (connector limit = concurrency). Completed teams call back a receiver
+1. HTTP, once per --api-processes count N (path http-Np): `python -m groupbuy_async api
+   --processes N` as a separate process group (each API process its own pool of
+   --pool-max), driven by one aiohttp ClientSession (connector limit = concurrency). Completed teams call back a receiver
    process (bench/receiver.py; or, with --notify self, the API's own mock merchant), so
    the settle phase carries the real callback work: claim, signed POST, record.
 2. Direct: groupbuy_async.trade.orders.lock_order / settle_order on an asyncpg pool the size of
@@ -58,7 +60,7 @@ import asyncpg
 from groupbuy_async.db import create_pool
 
 from .common import database_name, fresh_database, run_bench, servers, table
-from .cpu import MACHINE, combined, machine, postgres, processes, this_process
+from .cpu import MACHINE, combined, machine, postgres, process_tree, processes, this_process
 from .receiver import Receiver
 from .trade_api import Delivery, api_process, await_callbacks
 from .trade_paths import (
@@ -93,36 +95,39 @@ async def checkpointed(db_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def http_path(
-    args: argparse.Namespace, db_url: str, redis_url: str
+    args: argparse.Namespace, db_url: str, redis_url: str, api_processes: int
 ) -> tuple[PathRun, Delivery]:
+    label = f"http-{api_processes}p"
     async with (
         checkpointed(db_url) as check,
         Receiver(0) as merchant,
-        api_process(db_url, redis_url, args.pool_min, args.pool_max) as api,
+        api_process(
+            db_url, redis_url, args.pool_min, args.pool_max, api_processes, args.event_loop
+        ) as api,
     ):
         self_url = f"{api.base}/api/v1/test/group_buy_notify"
         notify_url = self_url if args.notify == "self" else merchant.url
         cpu = {
             "bench": combined(this_process, processes(merchant.pid)),
-            "api": processes(api.proc.pid),
+            "api": process_tree(api.proc.pid),
             "postgres": postgres(database_name(db_url)),
             MACHINE: machine,
         }
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            trader = HttpTrader(session, api.base)
+            trader = HttpTrader(session, api.base, label, f"h{api_processes % 10}")
             run = await run_path(trader, args.teams, args.concurrency, notify_url, cpu)
             run.problems += await check_path(check, run, args.teams)
             delivery = await await_callbacks(
                 check, run.team_ids, session, api.base, args.callback_timeout
             )
         if delivery.delivered != args.teams:
-            run.problems.append(f"http: {delivery.delivered}/{args.teams} callbacks delivered")
+            run.problems.append(f"{label}: {delivery.delivered}/{args.teams} callbacks delivered")
         seen = await merchant.count()
         if args.notify == "local" and seen["distinct"] != args.teams:
             run.problems.append(
-                f"http: receiver saw {seen['distinct']} distinct callbacks"
+                f"{label}: receiver saw {seen['distinct']} distinct callbacks"
                 f" ({seen['requests']} posts), want {args.teams}"
             )
         if seen["duplicates"]:
@@ -132,7 +137,7 @@ async def http_path(
     # The API has stopped: its log is complete.
     log = api.log_lines()
     if bad := [line for line in log if "ERROR" in line or "Traceback" in line]:
-        run.problems.append(f"http: API logged {len(bad)} error line(s), first: {bad[0]}")
+        run.problems.append(f"{label}: API logged {len(bad)} error line(s), first: {bad[0]}")
     if warnings := [line for line in log if "WARNING" in line]:
         run.notes.append(f"API logged {len(warnings)} warning(s), first: {warnings[0]}")
     return run, delivery
@@ -153,22 +158,29 @@ async def direct_path(args: argparse.Namespace, db_url: str) -> PathRun:
 
 
 async def bench(args: argparse.Namespace) -> int:
+    """The HTTP path once per --api-processes count, and the direct path, each on a fresh
+    database (or all on one with --same-database)."""
+    http: list[tuple[PathRun, Delivery]] = []
     with servers() as (admin_dsn, redis_url):
         async with contextlib.AsyncExitStack() as stack:
-            http_db = await stack.enter_async_context(fresh_database(admin_dsn))
-            direct_db = http_db
-            if not args.same_database:
-                direct_db = await stack.enter_async_context(fresh_database(admin_dsn))
-            for db_url in dict.fromkeys((http_db, direct_db)):
-                pg_version = await prepare(db_url)
-            for path in ("direct", "http") if args.direct_first else ("http", "direct"):
-                if path == "http":
-                    http, delivery = await http_path(args, http_db, redis_url)
+            paths: list[int | None] = [*args.api_processes, None]  # None: direct
+            if args.direct_first:
+                paths = [None, *args.api_processes]
+            databases: dict[int | None, str] = {}
+            for path in paths:
+                if not databases or not args.same_database:
+                    databases[path] = await stack.enter_async_context(fresh_database(admin_dsn))
+                    pg_version = await prepare(databases[path])
                 else:
-                    direct = await direct_path(args, direct_db)
+                    databases[path] = next(iter(databases.values()))
+            for path in paths:
+                if path is None:
+                    direct = await direct_path(args, databases[path])
+                else:
+                    http.append(await http_path(args, databases[path], redis_url, path))
 
-    problems = http.problems + direct.problems
-    report(args, http, direct, delivery, pg_version, problems)
+    problems = [p for run, _ in http for p in run.problems] + direct.problems
+    report(args, http, direct, pg_version, problems)
     return 1 if problems else 0
 
 
@@ -214,52 +226,69 @@ def command_line() -> str:
     return " ".join([*env, shlex.join(sys.orig_argv)])
 
 
+AIM = 0.7  # settle over HTTP, as a share of the direct path's throughput
+
+
+def _ratio(a: Phase, b: Phase) -> float:
+    return a.rate / b.rate if b.rate else 0.0
+
+
+def ratio_lines(http: list[tuple[PathRun, Delivery]], direct: PathRun) -> list[str]:
+    lines = []
+    for run, delivery in http:
+        label = run.lock.path
+        settle = _ratio(run.settle, direct.settle)
+        aim = "met" if settle >= AIM else "NOT met"
+        lines.append(
+            f"{f'ratio {label}/direct, throughput:':<44} lock {_ratio(run.lock, direct.lock):.2f}"
+            f"   settle {settle:.2f}   (aim settle >= {AIM:.2f}: {aim})"
+        )
+        for title, with_client in (
+            ("  per core-second (less sensitive to noise):", True),
+            ("  same, without the HTTP client's CPU:", False),
+        ):
+            lines.append(
+                f"{title:<44} lock {cpu_ratio(run.lock, direct.lock, with_client):.2f}"
+                f"   settle {cpu_ratio(run.settle, direct.settle, with_client):.2f}"
+            )
+        lines.append(
+            f"  callbacks: {delivery.delivered}/{len(run.team_ids)} delivered, all done"
+            f" {delivery.seconds:.2f}s after the last settlement"
+            f" ({delivery.compensated} needed an explicit drain)"
+        )
+    return lines
+
+
 def report(
     args: argparse.Namespace,
-    http: PathRun,
+    http: list[tuple[PathRun, Delivery]],
     direct: PathRun,
-    delivery: Delivery,
     pg_version: str,
     problems: list[str],
 ) -> None:
-    def ratio(a: Phase, b: Phase) -> float:
-        return a.rate / b.rate if b.rate else 0.0
-
-    phases = [http.lock, direct.lock, http.settle, direct.settle]
-    notes = [*delivery.notes, *http.notes]
-    lock_ratio, settle_ratio = ratio(http.lock, direct.lock), ratio(http.settle, direct.settle)
+    runs = [run for run, _ in http]
+    phases = [*(r.lock for r in runs), direct.lock, *(r.settle for r in runs), direct.settle]
+    notes = [note for run, delivery in http for note in (*delivery.notes, *run.notes)]
     target = "the API's mock merchant" if args.notify == "self" else "a receiver process"
     databases = "one shared" if args.same_database else "a fresh one per path"
-    order = "direct, then http" if args.direct_first else "http, then direct"
-    aim = "met" if settle_ratio >= 0.5 else "NOT met"
+    order = ", ".join([r.lock.path for r in runs] + ["direct"])
+    if args.direct_first:
+        order = ", ".join(["direct"] + [r.lock.path for r in runs])
     lines = [
         "",
         f"trade benchmark: {args.teams} teams of {TARGET} ({args.teams * TARGET} orders per path),"
-        f" concurrency {args.concurrency}, DB pool {args.pool_min}..{args.pool_max} per side,"
+        f" concurrency {args.concurrency}, DB pool {args.pool_min}..{args.pool_max} per process,"
         f" {os.cpu_count()} CPUs, PostgreSQL {pg_version}, Python {sys.version.split()[0]}",
-        f"callbacks to {target}; databases: {databases} (autovacuum off); order: {order}",
+        f"callbacks to {target}; databases: {databases} (autovacuum off); order: {order};"
+        f" http-Np = N API processes; API event loop: {args.event_loop}",
         "",
         *table(PHASE_COLUMNS, [p.cells() for p in phases]),
         "",
         *cpu_lines(phases, notes),
         "",
-        f"{'ratio http/direct, throughput:':<44} lock {lock_ratio:.2f}   settle {settle_ratio:.2f}"
-        f"   (aim settle >= 0.50: {aim})",
-    ]
-    for label, with_client in (
-        ("per core-second (less sensitive to noise):", True),
-        ("  same, without the HTTP client's CPU:", False),
-    ):
-        lines.append(
-            f"{label:<44} lock {cpu_ratio(http.lock, direct.lock, with_client):.2f}"
-            f"   settle {cpu_ratio(http.settle, direct.settle, with_client):.2f}"
-        )
-    lines += [
+        *ratio_lines(http, direct),
         "(direct = the SQL alone: its settlements write notify tasks but send no callbacks;"
         " http settle also claims, POSTs and records one callback per team)",
-        f"callbacks: {delivery.delivered}/{args.teams} delivered, all done"
-        f" {delivery.seconds:.2f}s after the last settlement"
-        f" ({delivery.compensated} needed an explicit drain)",
         *(f"note: {note}" for note in notes),
     ]
     if problems:
@@ -271,6 +300,13 @@ def report(
         )
     lines += ["", f"command: {command_line()}"]
     print("\n".join(lines))
+
+
+def _counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError("distinct counts of 1 or more, e.g. 1,2")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,6 +331,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--callback-timeout", type=float, default=60, help="seconds to wait for callbacks (60)"
     )
+    parser.add_argument(
+        "--api-processes", type=_counts, default=[1, 2],
+        help="run the HTTP path once per count of API processes, e.g. 1,2 (default) or 1",
+    )  # fmt: skip
+    parser.add_argument(
+        "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        help="the API's event loop (GROUPBUY_API_EVENT_LOOP; auto = uvloop when installed)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.teams < 1 or args.concurrency < 1 or not 1 <= args.pool_min <= args.pool_max:
         parser.error("need --teams >= 1, --concurrency >= 1, 1 <= --pool-min <= --pool-max")

@@ -39,6 +39,20 @@ def processes(*pids: int) -> Source:
     return lambda: {pid: s for pid in pids if (s := _seconds(pid)) is not None}
 
 
+def _children(parent: int) -> list[int]:
+    try:
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except OSError:
+        return []
+
+
+def process_tree(pid: int) -> Source:
+    """A process and its children (`api --processes N`: the parent and its API processes),
+    listed at each reading."""
+    return lambda: processes(pid, *_children(pid))()
+
+
 def combined(*sources: Source) -> Source:
     return lambda: {pid: s for source in sources for pid, s in source().items()}
 

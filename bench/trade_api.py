@@ -42,10 +42,12 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def api_process(
-    db_url: str, redis_url: str, pool_min: int, pool_max: int
-) -> AsyncIterator[ApiProcess]:
-    """The API, ready; stopped on exit, when its log is complete. On error the log's tail
-    goes to stderr, since the API's own complaint is usually the explanation."""
+    db_url: str, redis_url: str, pool_min: int, pool_max: int, processes: int = 1,
+    event_loop: str = "auto",
+) -> AsyncIterator[ApiProcess]:  # fmt: skip
+    """The API (`api --processes N`), ready; stopped on exit, when its log is complete. On
+    error the log's tail goes to stderr, since the API's own complaint is usually the
+    explanation."""
     port = free_port()
     env = {
         **os.environ,
@@ -60,10 +62,11 @@ async def api_process(
         # The merchant is local: 127.0.0.1 must be reachable, and --notify self needs the mock.
         "GROUPBUY_NOTIFY_BLOCK_PRIVATE": "false",
         "GROUPBUY_MOCK_MERCHANT": "true",
+        "GROUPBUY_API_EVENT_LOOP": event_loop,
     }
     with tempfile.NamedTemporaryFile("w+b", prefix="bench-api-", suffix=".log") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "groupbuy_async", "api",
+            sys.executable, "-m", "groupbuy_async", "api", "--processes", str(processes),
             env=env, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
         api = ApiProcess(proc, f"http://127.0.0.1:{port}", log.name)

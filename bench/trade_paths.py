@@ -76,6 +76,7 @@ class Trader(Protocol):
     """lock() returns the teamId; settle() whether this settlement completed the team."""
 
     path: str
+    prefix: str  # of its user ids and outTradeNos, as long for every path
 
     async def lock(self, body: dict[str, Any]) -> str: ...
 
@@ -85,11 +86,13 @@ class Trader(Protocol):
 
 
 class HttpTrader:
-    path = "http"
-
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base: str, path: str = "http", prefix: str = "h"
+    ) -> None:
         self.session = session
         self.base = base
+        self.path = path
+        self.prefix = prefix
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self.session.post(self.base + path, json=body) as resp:
@@ -120,6 +123,7 @@ class DirectTrader:
     """The service's own transaction functions on a pool: what the HTTP layer wraps."""
 
     path = "direct"
+    prefix = "d0"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -180,7 +184,7 @@ async def run_path(
     """Lock every team whole (opener, then the joins, which need its teamId), then settle
     all orders in one shuffled order: payments arrive in no particular order, so members
     of a team sometimes settle concurrently and serialise on the team row."""
-    prefix = trader.path[0]  # each path its own users and orders
+    prefix = trader.prefix  # each path its own users and orders
     await trader.warm_up(concurrency)
 
     lock = Phase(trader.path, "lock")

@@ -11,7 +11,7 @@ from aiohttp import web
 from .callbacks.dispatch import Dispatcher
 from .callbacks.metrics import Metrics
 from .callbacks.sender import Sender
-from .db import create_pool
+from .db import close_pool, create_pool
 from .settings import Settings
 
 
@@ -37,8 +37,10 @@ async def services(settings: Settings, pool_min: int | None = None) -> AsyncIter
     if not settings.database_url:
         raise RuntimeError("GROUPBUY_DATABASE_URL is not set")
     pool = await create_pool(
-        settings.database_url, pool_min or settings.db_pool_min, settings.db_pool_max
-    )
+        settings.database_url, pool_min or settings.db_pool_min, settings.db_pool_max,
+        acquire_timeout=settings.db_acquire_timeout_seconds,
+        command_timeout=settings.db_command_timeout_seconds,
+    )  # fmt: skip
     try:
         metrics = Metrics()
         dispatcher = build_dispatcher(pool, settings, metrics)
@@ -47,4 +49,4 @@ async def services(settings: Settings, pool_min: int | None = None) -> AsyncIter
         finally:
             await dispatcher.close(grace_seconds=settings.notify_timeout_seconds)
     finally:
-        await pool.close()
+        await close_pool(pool, settings.db_acquire_timeout_seconds)

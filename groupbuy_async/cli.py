@@ -23,7 +23,7 @@ _NOTIFY = (
     "notify_secret", "notify_accept_any_2xx", "notify_retry_schedule", "notify_timeout_seconds",
     "notify_concurrency", "notify_per_host", "notify_batch_size", "notify_block_private",
 )  # fmt: skip
-_POOL = ("db_pool_min", "db_pool_max")
+_POOL = ("db_pool_min", "db_pool_max", "db_acquire_timeout_seconds", "db_command_timeout_seconds")
 VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "api": (
         "run the HTTP API (needs PostgreSQL)",
@@ -38,6 +38,7 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
             "notify_immediate_limit",
             "mock_merchant",
             *_LOGS,
+            "api_event_loop",
         ),
     ),
     "worker": (
@@ -83,6 +84,13 @@ def settings_help(names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="groupbuy_async", description=__doc__,
@@ -98,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--team-id", help="only this team's task")
         if verb == "health":
             p.add_argument("process", choices=["api", "worker"])
+        if verb == "api":
+            p.add_argument(
+                "--processes", type=_positive, default=1, metavar="N",
+                help="N API processes sharing the port (SO_REUSEPORT) under one supervising"
+                " parent (default 1: this process serves)",
+            )  # fmt: skip
+            # Set by that parent for each of its processes: signal readiness on this pipe.
+            p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -117,9 +133,12 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "api":
         from .lifecycle import serve_api
+        from .processes import run_with_loop, supervise
 
         require(settings, "database_url")
-        asyncio.run(serve_api(settings))
+        if args.processes > 1:
+            sys.exit(asyncio.run(supervise(settings, args.processes)))
+        run_with_loop(serve_api(settings, args.ready_fd), settings.api_event_loop)
     elif args.command == "worker":
         from .lifecycle import run_worker
 

@@ -1,14 +1,18 @@
 """asyncpg pools and versioned migrations from sql/NNN_*.sql."""
 
+import asyncio
+import contextlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, Literal
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
+from asyncpg.transaction import Transaction
 from yarl import URL
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,8 @@ SQL_DIR = (
     _PACKAGED_SQL if _PACKAGED_SQL.is_dir() else Path(__file__).resolve().parent.parent / "sql"
 )
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[\w-]+\.sql$")
+IsolationLevel = Literal["read_committed", "read_uncommitted", "serializable", "repeatable_read"]
+
 # Any constant: serialises concurrent `migrate` runs against one database.
 _MIGRATE_LOCK = 7_342_001
 
@@ -33,11 +39,170 @@ class MigrationError(RuntimeError):
     one failed on the server (named, with PostgreSQL's first line; it was rolled back)."""
 
 
-async def create_pool(dsn: str, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
-    if pool is None:  # only when the pool is created without awaiting; never here
-        raise RuntimeError("asyncpg.create_pool returned no pool")
+# What a database that does not answer, refuses or goes away raises: a time-out (waiting
+# for a pooled connection, or a statement), a refused, reset or lost connection, and the
+# server's own "not now": too many connections or out of resources (53xxx), starting up,
+# shutting down or a cancelled statement (57xxx). The API answers these 503 (code 0503).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    TimeoutError, OSError, asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError, asyncpg.OperatorInterventionError,
+)  # fmt: skip
+
+# After these, what a connection was doing is unknown (a statement may still run, a reply
+# may still come): it is dropped, never asked to cancel or roll back first, since a server
+# that does not answer would hold the caller for another time-out. PostgreSQL rolls back
+# whatever the dropped connection had not committed.
+_IN_DOUBT: tuple[type[BaseException], ...] = (
+    TimeoutError, asyncio.CancelledError, OSError, asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+)  # fmt: skip
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception for a log line, without a traceback: its kind and its first line."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs each failed reconnect (restoring its minimum size, with backoff)
+    with a traceback; during an outage that is one line each, its reason at the end."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {one_line(record.exc_info[1])}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLine())
+
+DEFAULT_ACQUIRE_TIMEOUT = 3.0
+DEFAULT_COMMAND_TIMEOUT = 5.0
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` means the database is unreachable or overloaded (not a bug, not a
+    rule): callers should retry later."""
+    return isinstance(exc, UNAVAILABLE)
+
+
+class _Transaction(Transaction):
+    """`conn.transaction()` of the pool's connections: a transaction that fails on a
+    connection in doubt drops the connection instead of sending ROLLBACK."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(
+        self, connection: asyncpg.Connection, isolation: IsolationLevel | None, readonly: bool,
+        deferrable: bool,
+    ) -> None:  # fmt: skip
+        super().__init__(connection, isolation, readonly, deferrable)
+        self._owner = connection
+
+    async def __aexit__(self, extype: object, ex: object, tb: object) -> None:
+        if isinstance(ex, _IN_DOUBT):
+            self._owner.terminate()
+            return
+        await super().__aexit__(extype, ex, tb)
+
+
+class _Connection(asyncpg.Connection):
+    def transaction(
+        self,
+        *,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+    ) -> Transaction:
+        if self.is_closed():
+            raise asyncpg.InterfaceError("connection is closed")
+        return _Transaction(self, isolation, readonly, deferrable)
+
+
+class PoolTimeout(TimeoutError):
+    """No pooled connection became free, or could be opened, within the acquire timeout."""
+
+
+class _Borrow(PoolAcquireContext):
+    """`async with pool.acquire() as conn`: bounded by the pool's acquire timeout; a
+    connection left in doubt is dropped rather than reset and reused."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, pool: asyncpg.Pool, limit: float) -> None:
+        # asyncpg's own acquire timeout is unused: it runs each borrow in a task of its own
+        # (wait_for); asyncio.timeout bounds the same wait without one.
+        super().__init__(pool, None)
+        self.limit = limit
+
+    async def __aenter__(self) -> PoolConnectionProxy:
+        try:
+            async with asyncio.timeout(self.limit):
+                return await super().__aenter__()
+        except TimeoutError:
+            raise PoolTimeout(f"no connection within {self.limit:g}s") from None
+
+    def __await__(self) -> Generator[Any, None, PoolConnectionProxy]:
+        # `conn = await pool.acquire()` (released with pool.release(conn)): bounded too.
+        self.timeout = self.limit
+        return super().__await__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if len(exc) > 1 and isinstance(exc[1], _IN_DOUBT) and self.connection is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):  # dropped by its transaction
+                self.connection.terminate()
+        await super().__aexit__(*exc)
+
+
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool where every borrow waits at most `acquire_timeout` seconds: explicit
+    `pool.acquire()` and the implicit one of `pool.fetch()`/`fetchrow()`/`execute()`… alike
+    (asyncpg's own default is to wait forever)."""
+
+    acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return _Borrow(self, self.acquire_timeout if timeout is None else timeout)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection goes back to the pool with: nothing to undo. asyncpg's default
+    sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
+    release, a round trip and four statements per request; pooled connections here never
+    take session-level advisory locks, hold cursors past a transaction, LISTEN or SET
+    (migrations use a connection of their own). A transaction left open is still rolled
+    back (asyncpg does that before calling this)."""
+
+
+async def create_pool(
+    dsn: str,
+    min_size: int = 2,
+    max_size: int = 20,
+    *,
+    acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+) -> BoundedPool:
+    """A pool whose waits are all bounded: a connection within `acquire_timeout` (also the
+    limit on opening one), each statement within `command_timeout`."""
+    pool = BoundedPool(
+        dsn, min_size=min_size, max_size=max_size, max_queries=50_000,
+        max_inactive_connection_lifetime=300.0, loop=None, connection_class=_Connection,
+        record_class=asyncpg.Record, command_timeout=command_timeout, timeout=acquire_timeout,
+        reset=_keep_session,
+    )  # fmt: skip
+    pool.acquire_timeout = acquire_timeout
+    await pool
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, grace_seconds: float) -> None:
+    """Close gracefully within `grace_seconds` (a frozen server never answers the goodbye),
+    else drop every connection."""
+    try:
+        await asyncio.wait_for(pool.close(), grace_seconds)
+    except UNAVAILABLE:
+        pool.terminate()
 
 
 def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:

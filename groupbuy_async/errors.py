@@ -12,6 +12,14 @@ class ServiceError(Exception):
             self.info = info
 
 
+class DatabaseUnavailable(ServiceError):
+    """PostgreSQL did not answer in time, refused, or is starting or shutting down."""
+
+    code, info, http_status = "0503", "database unavailable, retry later", 503
+    # Seconds a client should wait before retrying (the Retry-After header).
+    retry_after = 2
+
+
 class BadInput(ServiceError):
     code, info, http_status = "0002", "illegal parameter", 400
 
@@ -102,5 +110,5 @@ ALL_ERRORS: tuple[type[ServiceError], ...] = (
     NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
     TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
     TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,
-    NotifyTaskNotReplayable, StillReferenced,
+    NotifyTaskNotReplayable, StillReferenced, DatabaseUnavailable,
 )  # fmt: skip

@@ -7,6 +7,7 @@ CLI prints its one line and exits 2, after everything already opened has been cl
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -104,9 +105,10 @@ async def run_until_signalled(start: Callable[[], Awaitable[Stop]]) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def start_api(app: web.Application, settings: Settings) -> Stop:
+async def start_api(app: web.Application, settings: Settings, reuse_port: bool = False) -> Stop:
     """Run the app's startup (database pool, sender) and listen; StartupError when either
-    fails, with what was opened closed again."""
+    fails, with what was opened closed again. `reuse_port`: share the port with the other
+    API processes of `api --processes N` (SO_REUSEPORT)."""
     runner = web.AppRunner(app, access_log=None)
     try:
         with reaching("PostgreSQL", settings.database_url or ""):
@@ -115,25 +117,37 @@ async def start_api(app: web.Application, settings: Settings) -> Stop:
         await runner.cleanup()
         raise
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
+        await site.start()
     except OSError as exc:
         await runner.cleanup()
         where = f"{settings.host}:{settings.port}"
         raise StartupError(
             f"cannot listen on {where} (GROUPBUY_HOST/PORT): {_reason(exc)}"
         ) from None
-    log.info("API listening on http://%s:%d", settings.host, settings.port)
+    from .processes import loop_name
+
+    log.info(
+        "API listening on http://%s:%d (process %d, event loop %s)",
+        settings.host, settings.port, os.getpid(), loop_name(),
+    )  # fmt: skip
     return runner.cleanup
 
 
-async def serve_api(settings: Settings) -> None:
+async def serve_api(settings: Settings, ready_fd: int | None = None) -> None:
+    """One API process until SIGTERM/SIGINT. With `ready_fd` it is one of `api --processes
+    N`: it shares the port and writes a byte to that pipe once it listens."""
     from .http.app import create_app
 
     async def start() -> Stop:
-        stop = await start_api(create_app(settings), settings)
-        # Said once it is up, so that a startup failure stays the only line printed.
-        if not settings.admin_secret:
+        stop = await start_api(create_app(settings), settings, reuse_port=ready_fd is not None)
+        # Said once it is up, so that a startup failure stays the only line printed (with
+        # several processes, by their parent).
+        if not settings.admin_secret and ready_fd is None:
             log.warning("GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused")
+        if ready_fd is not None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
         return stop
 
     await run_until_signalled(start)

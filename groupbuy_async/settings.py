@@ -157,6 +157,15 @@ class Settings(BaseSettings):
     mock_merchant: bool = Field(
         False, description="serve the mock merchant at /api/v1/test/group_buy_notify (demo only)"
     )
+    db_acquire_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        3.0, description="longest wait for a pooled PostgreSQL connection (then 503 / an error)"
+    )
+    db_command_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        5.0, description="longest one SQL statement may take (then 503 / an error)"
+    )
+    api_event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="API: auto (uvloop when installed), uvloop or asyncio"
+    )
 
     @property
     def signing_key(self) -> bytes | None:

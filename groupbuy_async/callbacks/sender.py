@@ -7,6 +7,7 @@ here, in one place, and turned into an AttemptOutcome: nothing escapes to the ba
 import asyncio
 import errno
 import ipaddress
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -111,7 +112,9 @@ class Sender:
 
     def __post_init__(self) -> None:
         self._client = RetryClient(client_session=self.session, retry_options=TRANSPORT_RETRY)
-        self._timeout = aiohttp.ClientTimeout(total=self.timeout)
+        # Never rounded: aiohttp moves the deadline of a timeout above its ceil_threshold
+        # (5 s by default) up to the loop's next whole second, up to 1 s late.
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout, ceil_threshold=math.inf)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Sender":
@@ -141,7 +144,10 @@ class Sender:
         if problem:
             return AttemptOutcome(http_status=None, error=problem, permanent=True)
         try:
-            return await self._post(url, self.headers(event_id, body), body)
+            # One limit for the whole attempt: the first try, the retries after a failed
+            # connect and the waits between them (each try alone has it too).
+            async with asyncio.timeout(self.timeout):
+                return await self._post(url, self.headers(event_id, body), body)
         except TimeoutError:
             return AttemptOutcome(None, error=f"timeout after {self.timeout:g}s")
         except aiohttp.ClientConnectorError as exc:

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .. import errors
+from ..db import one_line, unavailable
 from ..logs import request_id
 from .jsonenc import dumps
 
@@ -37,7 +38,15 @@ def envelope(
 
 
 def error_response(exc: errors.ServiceError) -> web.Response:
-    return envelope(None, code=exc.code, info=exc.info, status=exc.http_status)
+    response = envelope(None, code=exc.code, info=exc.info, status=exc.http_status)
+    if isinstance(exc, errors.DatabaseUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+# Why this request found the database unavailable, for its access log line. Set by the
+# middleware for an error, or by a view answering 503 itself (/readyz).
+UNAVAILABLE = web.RequestKey("unavailable", str)
 
 
 def validation_info(exc: ValidationError) -> str:
@@ -122,6 +131,8 @@ def translate(exc: Exception) -> errors.ServiceError | None:
         return errors.BadInput(validation_info(exc))
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return constraint_error(exc)
+    if unavailable(exc):
+        return errors.DatabaseUnavailable()
     return None
 
 
@@ -141,30 +152,50 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             if exc.status < 400:
                 status = exc.status  # a redirect: passed on as it is, logged as such
                 raise
-            response = envelope(
-                None, code=_HTTP_CODES.get(exc.status, "0002"), info=exc.reason, status=exc.status
-            )
-            if "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
+            response = _http_error(exc)
         except Exception as exc:
-            known = translate(exc)
-            if known is None:
-                log.exception(
-                    "unexpected error on %s %s", request.method, request.path,
-                    extra={"query": request.query_string},
-                )  # fmt: skip
-                known = errors.ServiceError()
-            response = error_response(known)
+            response = _failure(request, exc)
         response.headers["X-Request-Id"] = rid
         status = response.status
         return response
     finally:
-        access_log.info(
-            "%s %s %s %.1fms",
-            request.method,
-            request.path,
-            status,
-            (time.perf_counter() - started) * 1000,
-            extra={"request_id": rid[:64]},
-        )
+        _log_access(request, status, started, rid[:64])
         request_id.reset(token)
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    response = envelope(
+        None, code=_HTTP_CODES.get(exc.status, "0002"), info=exc.reason, status=exc.status
+    )
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def _failure(request: web.Request, exc: Exception) -> web.Response:
+    known = translate(exc)
+    if known is None:
+        log.exception(
+            "unexpected error on %s %s", request.method, request.path,
+            extra={"query": request.query_string},
+        )  # fmt: skip
+        known = errors.ServiceError()
+    elif isinstance(known, errors.DatabaseUnavailable):
+        # Said once, on the access line: an outage fails many requests, each one line.
+        request[UNAVAILABLE] = one_line(exc)
+    return error_response(known)
+
+
+def _log_access(request: web.Request, status: int, started: float, rid: str) -> None:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    reason = request.get(UNAVAILABLE)
+    if reason is None:
+        access_log.info(
+            "%s %s %s %.1fms", request.method, request.path, status, elapsed_ms,
+            extra={"request_id": rid},
+        )  # fmt: skip
+    else:
+        access_log.warning(
+            "%s %s %s %.1fms: database unavailable: %s", request.method, request.path, status,
+            elapsed_ms, reason, extra={"request_id": rid},
+        )  # fmt: skip

@@ -8,7 +8,9 @@ from aiohttp import web
 
 from ..bootstrap import SERVICES
 from ..callbacks.metrics import metrics_response
-from .envelope import envelope
+from ..db import one_line
+from ..errors import DatabaseUnavailable
+from .envelope import UNAVAILABLE, envelope
 from .routing import ROUTE_TABLE, Route
 from .schemas import Health
 
@@ -17,16 +19,22 @@ async def healthz(request: web.Request, _: None) -> Health:
     return Health(status="up")
 
 
+READY_TIMEOUT = 2.0
+
+
 async def readyz(request: web.Request, _: None) -> web.Response:
     checks: dict[str, str] = {}
 
     async def probe(name: str, check: Callable[[], Awaitable[Any]]) -> None:
+        # Within READY_TIMEOUT whatever the server does: the pool drops a connection whose
+        # statement is cut short, without waiting for a frozen server to acknowledge.
         try:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(READY_TIMEOUT):
                 await check()
             checks[name] = "ok"
         except Exception as exc:  # any failure means not ready; the reason is reported
             checks[name] = f"error: {type(exc).__name__}"
+            request[UNAVAILABLE] = f"{name}: {one_line(exc)}"
 
     # The API needs PostgreSQL only; Redis is the worker's.
     await probe("postgres", lambda: request.app[SERVICES].pool.fetchval("SELECT 1"))
@@ -34,7 +42,9 @@ async def readyz(request: web.Request, _: None) -> web.Response:
     health = Health(status="ready" if ready else "unavailable", checks=checks)
     if ready:
         return envelope(health)
-    return envelope(health, code="0503", info="dependencies unavailable", status=503)
+    response = envelope(health, code="0503", info="dependencies unavailable", status=503)
+    response.headers["Retry-After"] = str(DatabaseUnavailable.retry_after)
+    return response
 
 
 async def openapi(request: web.Request, _: None) -> web.Response:

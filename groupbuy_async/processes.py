@@ -1,0 +1,168 @@
+"""The API on more than one core: `api --processes N`, and the event loop each process runs.
+
+The parent starts N API processes (`api --ready-fd FD`, each a whole API: its own pool,
+session and dispatcher) one after another, each once the previous one listens. They share
+GROUPBUY_HOST:GROUPBUY_PORT through SO_REUSEPORT: the kernel spreads new connections over
+them. The parent serves nothing itself; it supervises:
+
+- SIGTERM or SIGINT: forwarded (as SIGTERM) to every child, which finishes its in-flight
+  requests and background callbacks; the parent exits 0 when all exited 0, else 1.
+- A child that fails to start (its one-line error printed, exit 2): the children already
+  started are stopped and the parent exits with that child's code.
+- A child that dies while serving (a crash, the OOM killer, kill -9): one line, the others
+  are stopped and the parent exits 1. It does not restart children itself: whatever
+  supervises the parent (systemd, Kubernetes, compose `restart:`) restarts the whole group,
+  as it restarts the worker, and a crash loop stays visible there.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from .lifecycle import StartupError
+from .settings import Settings
+
+log = logging.getLogger("groupbuy_async")
+
+T = TypeVar("T")
+# Seconds a stopping child may take on top of its background callbacks' time limit.
+STOP_GRACE_SECONDS = 15.0
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for "uvloop", and for "auto" when it is installed; None: asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise StartupError(
+                "GROUPBUY_API_EVENT_LOOP is uvloop but uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_with_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
+    """asyncio.run(main) on the event loop `choice` names (see loop_factory)."""
+    try:
+        factory = loop_factory(choice)
+    except StartupError:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def loop_name() -> str:
+    """The running event loop, for the log: "uvloop 0.23.0" or "asyncio"."""
+    module = type(asyncio.get_running_loop()).__module__
+    if module.startswith("uvloop"):
+        from importlib.metadata import version
+
+        return f"uvloop {version('uvloop')}"
+    return "asyncio"
+
+
+async def supervise(settings: Settings, processes: int) -> int:
+    """Run `processes` API processes until SIGTERM/SIGINT or one of them dies; the exit code."""
+    children: list[asyncio.subprocess.Process] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    grace = settings.notify_timeout_seconds + STOP_GRACE_SECONDS
+    try:
+        for _ in range(processes):
+            failed = await _start_child(children)
+            if failed is not None:  # it said why in one line; stop what was started
+                await _stop_all(children, grace)
+                return failed
+            if stop.is_set():
+                break
+        else:
+            pids = ", ".join(str(c.pid) for c in children)
+            log.info(
+                "API: %d processes (%s) serving http://%s:%d",
+                processes, pids, settings.host, settings.port,
+            )  # fmt: skip
+            if not settings.admin_secret:
+                log.warning(
+                    "GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused"
+                )
+        return await _watch(children, stop, grace)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+
+async def _start_child(children: list[asyncio.subprocess.Process]) -> int | None:
+    """Start one API process and wait until it listens (None) or exits (its exit code)."""
+    read_end, write_end = os.pipe()
+    try:
+        try:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "groupbuy_async", "api", "--ready-fd", str(write_end),
+                stdin=asyncio.subprocess.DEVNULL, pass_fds=(write_end,),
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+        children.append(child)
+        # One byte once it listens; end of file when it exits first.
+        ready = await asyncio.to_thread(os.read, read_end, 1)
+    finally:
+        os.close(read_end)
+    return None if ready else await child.wait()
+
+
+async def _watch(
+    children: list[asyncio.subprocess.Process], stop: asyncio.Event, grace: float
+) -> int:
+    exits = {asyncio.ensure_future(child.wait()): child for child in children}
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({*exits, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (*exits, stopping):
+            task.cancel()
+    if stopping in done:
+        codes = await _stop_all(children, grace)
+        return 0 if all(code == 0 for code in codes) else 1
+    for child in children:
+        if child.returncode is not None:
+            log.error(
+                "API process %d exited with code %d while serving: stopping the other %d",
+                child.pid, child.returncode, len(children) - 1,
+            )  # fmt: skip
+            break
+    await _stop_all(children, grace)
+    return 1
+
+
+async def _stop_all(children: list[asyncio.subprocess.Process], grace: float) -> list[int]:
+    """SIGTERM every running child, wait up to `grace` seconds, SIGKILL the rest."""
+    for child in children:
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+    waiting: list[Awaitable[int]] = [child.wait() for child in children]
+    try:
+        async with asyncio.timeout(grace):
+            return list(await asyncio.gather(*waiting))
+    except TimeoutError:
+        log.error("API processes still running %.0fs after SIGTERM: killed", grace)
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+        return [await child.wait() for child in children]
