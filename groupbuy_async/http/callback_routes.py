@@ -29,7 +29,7 @@ def _task_out(row: Any) -> NotifyTaskOut:
 
 async def run_notify(request: web.Request, body: NotifyRunIn) -> NotifyCounts:
     counts = await request.app[SERVICES].dispatcher.drain(body.team_id)
-    return NotifyCounts(**counts.__dict__)
+    return NotifyCounts.model_validate(counts.report())
 
 
 async def list_notify_tasks(request: web.Request, query: NotifyTaskQuery) -> list[NotifyTaskOut]:

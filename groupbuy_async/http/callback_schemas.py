@@ -24,14 +24,21 @@ class NotifyRunIn(Body):
     )
 
 
-class NotifyCounts(Body):
+EVENT_TYPES = "team.completed, team.failed, order.closed or order.refunded"
+
+
+class TypeCounts(Body):
     wait_count: int = Field(description="Due tasks attempted in this run")
     success_count: int = Field(description="Delivered (now status 1)")
     retry_count: int = Field(description="Failed, retry scheduled (now status 2)")
     error_count: int = Field(description="Failed for good (now status 3)")
 
 
-EVENT_TYPES = "team.completed, team.failed, order.closed or order.refunded"
+class NotifyCounts(TypeCounts):
+    by_type: dict[str, TypeCounts] = Field(
+        description=f"The same four counts for each event type ({EVENT_TYPES}): every type"
+        " is listed, zeros included"
+    )
 
 
 class NotifyTaskOut(Body):
