@@ -299,3 +299,97 @@ def task_type(task: Task) -> str:
         return events.parse_body(task.body)[0]
     except ValueError:
         return "unknown"
+
+
+# --- events: the per-event views and the feed -------------------------------------------
+
+
+async def get_event(
+    pool: asyncpg.Pool, event_id: uuid.UUID
+) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """One event's task row (with the body sent) and every attempt, oldest first."""
+    async with pool.acquire() as conn:
+        task = await conn.fetchrow(
+            f"SELECT {_TASK_COLUMNS}, parameter_json FROM notify_task WHERE event_id = $1",
+            event_id,
+        )
+        if task is None:
+            return None, []
+        attempts = await conn.fetch(
+            "SELECT attempt, started_at, duration_ms, http_status, response_body, error"
+            " FROM notify_attempt WHERE task_id = $1 ORDER BY attempt",
+            task["id"],
+        )
+    return task, attempts
+
+
+async def replay_event(pool: asyncpg.Pool, event_id: uuid.UUID) -> asyncpg.Record | None:
+    """replay(), for any event by its id: in error (3) -> due now, schedule restarted."""
+    return await pool.fetchrow(
+        "UPDATE notify_task SET notify_status = 2, next_attempt_at = now(),"
+        " schedule_offset = notify_count, last_error = NULL, locked_until = NULL,"
+        " claim_token = NULL, update_time = now()"
+        f" WHERE event_id = $1 AND notify_status = 3 RETURNING {_TASK_COLUMNS}",
+        event_id,
+    )
+
+
+# The feed is ordered by (xact_id, id): the writing transaction's id (sql/007), then the
+# insert order within it. It lists only events written by transactions below the horizon:
+# the oldest transaction of this database still open when the statement's snapshot was
+# taken (or, with none open, the first not yet started). Every transaction below it has
+# ended, so every event that will ever have a position below it is committed and in this
+# snapshot: a reader who has read up to a position can never find an event appear behind
+# it later, whatever order transactions commit in. An open transaction holds the feed back
+# (never skips it) until it ends. Transactions still open in other databases of the server
+# cannot write here and do not hold it back; one whose database is not known (it ended
+# between the snapshot and the activity read, or is prepared) is counted as this one's.
+_HORIZON = """
+SELECT least(pg_snapshot_xmax(s), (
+    SELECT min(x) FROM pg_snapshot_xip(s) AS x
+    WHERE NOT EXISTS (SELECT FROM pg_stat_activity a
+                      WHERE a.backend_xid = xid(x) AND a.datname <> current_database())))
+FROM pg_current_snapshot() AS s
+"""
+_EVENT_COLUMNS = """event_id, event_type, team_id, order_id, notify_status, create_time,
+    parameter_json"""
+
+
+@dataclass(frozen=True)
+class FeedPosition:
+    xact_id: int
+    id: int
+
+
+FEED_START = FeedPosition(0, 0)
+
+
+async def feed_position(pool: asyncpg.Pool, event_id: uuid.UUID) -> FeedPosition | None:
+    """Where an event stands in the feed; None if there is no such event."""
+    row = await pool.fetchrow("SELECT xact_id, id FROM notify_task WHERE event_id = $1", event_id)
+    return None if row is None else FeedPosition(row["xact_id"], row["id"])
+
+
+async def list_events(
+    pool: asyncpg.Pool,
+    after: FeedPosition,
+    limit: int,
+    event_type: str | None = None,
+    team_id: str | None = None,
+) -> list[asyncpg.Record]:
+    """Up to `limit` events past `after` in feed order, each with its body as sent."""
+    args: list[object] = [after.xact_id, after.id, limit]
+    where = ["xact_id < (SELECT * FROM horizon)", "(xact_id, id) > ($1::xid8, $2)"]
+    scope = "notify_task"
+    if event_type is not None:
+        args.append(event_type)
+        where.append(f"event_type = ${len(args)}")
+    if team_id is not None:
+        # A team has a handful of events: found by the team index first, then ordered.
+        args.append(team_id)
+        scope = f"(SELECT * FROM notify_task WHERE team_id = ${len(args)} OFFSET 0) AS t"
+    return await pool.fetch(
+        f"WITH horizon AS ({_HORIZON}) SELECT {_EVENT_COLUMNS} FROM {scope}"
+        f" WHERE {' AND '.join(where)} ORDER BY xact_id, id LIMIT $3",
+        *args,
+    )

@@ -1,5 +1,6 @@
 """Request and response bodies. JSON is camelCase; validation is strict (no type coercion)."""
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -76,6 +77,9 @@ PATH_PARAMS: dict[str, Any] = {
     "goodsId": Annotated[Code, Field(description=GOODS_ID)],
     "activityId": Annotated[ActivityId, Field(description=ACTIVITY_ID)],
     "teamId": Annotated[TeamId, Field(description=TEAM_ID)],
+    "eventId": Annotated[
+        uuid.UUID, Field(description="Event id (UUID): the callback's webhook-id and eventId")
+    ],
 }
 
 
