@@ -188,4 +188,4 @@ async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         with reaching("PostgreSQL", settings.database_url or ""):
             shared = await stack.enter_async_context(services(settings, pool_min=1))
-        return (await shared.dispatcher.drain(team_id)).as_dict()
+        return (await shared.dispatcher.drain(team_id)).report()

@@ -14,11 +14,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
 from ..settings import Settings
 from . import outbox
+from .events import EventType
 from .metrics import Metrics
 from .outbox import Result, Task
 from .rules import (
@@ -57,18 +59,24 @@ class Counts:
     success_count: int = 0
     retry_count: int = 0
     error_count: int = 0
+    # The same four counts for each event type attempted.
+    by_type: dict[str, "Counts"] = field(default_factory=dict)
 
     def add(self, results: list[Result], recorded: set[int]) -> None:
-        self.wait_count += len(results)
         for r in results:
-            if r.task.id not in recorded:
-                continue
-            if r.verdict.status is NotifyStatus.SUCCESS:
-                self.success_count += 1
-            elif r.verdict.status is NotifyStatus.RETRY:
-                self.retry_count += 1
-            else:
-                self.error_count += 1
+            status = r.verdict.status if r.task.id in recorded else None
+            self._count(status)
+            self.by_type.setdefault(outbox.task_type(r.task), Counts())._count(status)
+
+    def _count(self, status: NotifyStatus | None) -> None:
+        """One attempted task; None when its result was dropped (its claim was taken over)."""
+        self.wait_count += 1
+        if status is NotifyStatus.SUCCESS:
+            self.success_count += 1
+        elif status is NotifyStatus.RETRY:
+            self.retry_count += 1
+        elif status is not None:
+            self.error_count += 1
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -77,6 +85,11 @@ class Counts:
             "retryCount": self.retry_count,
             "errorCount": self.error_count,
         }
+
+    def report(self) -> dict[str, Any]:
+        """as_dict() and byType: the same four for every event type, zeros included."""
+        by_type = {str(t): self.by_type.get(str(t), Counts()).as_dict() for t in EventType}
+        return {**self.as_dict(), "byType": by_type}
 
 
 @dataclass
@@ -378,10 +391,12 @@ class Dispatcher:
         recorded = await outbox.record(self.pool, results)
         counts.add(results, recorded)
         outcomes = Counter(
-            r.verdict.status.name.lower() if r.task.id in recorded else "stale" for r in results
-        )
-        for outcome, n in outcomes.items():
-            self.metrics.attempts.labels(outcome=outcome).inc(n)
+            (r.verdict.status.name.lower() if r.task.id in recorded else "stale",
+             outbox.task_type(r.task))
+            for r in results
+        )  # fmt: skip
+        for (outcome, kind), n in outcomes.items():
+            self.metrics.attempts.labels(outcome=outcome, type=kind).inc(n)
         for r in results:
             if r.task.id not in recorded:
                 log.warning("result for task %s dropped: its claim was taken over", r.task.id)

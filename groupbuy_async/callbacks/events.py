@@ -46,3 +46,14 @@ def body(event_type: EventType, event_id: str, created: datetime, data: dict[str
         "data": {**data, "eventId": event_id},
     }
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_body(stored: str) -> tuple[str, dict[str, Any]]:
+    """An event's type and the data sent for it, from the body stored for it. Bodies
+    written before events were typed are a flat team.completed data object."""
+    parsed = json.loads(stored)
+    if not isinstance(parsed, dict):
+        raise ValueError("a stored event body is a JSON object")
+    if isinstance(parsed.get("data"), dict) and isinstance(parsed.get("type"), str):
+        return parsed["type"], parsed["data"]
+    return str(EventType.TEAM_COMPLETED), parsed

@@ -291,29 +291,175 @@ async def replay(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record | None:
     )
 
 
+# --- per-type counts for /metrics ------------------------------------------------------
+
 # Open (0, 2) and error (3) tasks are counted through their indexes: they are the few. The
 # delivered ones (1) are all the rest: counted while the table is small, past EXACT_UP_TO
 # rows estimated from PostgreSQL's statistics, so a scrape costs the same at 10 M rows.
 EXACT_UP_TO = 100_000
-_STATUS_COUNTS = f"""
-WITH few AS (
-    SELECT notify_status, count(*) AS tasks,
-           count(*) FILTER (WHERE notify_status IN (0, 2) AND next_attempt_at <= now()) AS due
-    FROM notify_task WHERE notify_status IN (0, 2, 3) GROUP BY 1
-), estimate AS (
-    SELECT greatest(reltuples, 0)::bigint AS total FROM pg_class
-    WHERE oid = 'notify_task'::regclass
+_FEW_COUNTS = """
+SELECT event_type, notify_status, count(*) AS tasks,
+       count(*) FILTER (WHERE notify_status IN (0, 2) AND next_attempt_at <= now()) AS due
+FROM notify_task WHERE notify_status IN (0, 2, 3) GROUP BY 1, 2
+"""
+_TOTAL_ESTIMATE = (
+    "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'notify_task'::regclass"
 )
-SELECT notify_status, tasks, due FROM few
-UNION ALL
-SELECT 1, CASE WHEN e.total < {EXACT_UP_TO}
-               THEN (SELECT count(*) FROM notify_task WHERE notify_status = 1)
-               ELSE greatest(e.total - (SELECT coalesce(sum(tasks), 0) FROM few), 0) END, 0
-FROM estimate e
+_DELIVERED_EXACT = (
+    "SELECT event_type, count(*) AS tasks FROM notify_task WHERE notify_status = 1 GROUP BY 1"
+)
+# Each type's share of the table, as ANALYZE sampled it (every type is a common value).
+_TYPE_SHARES = """
+SELECT s.value AS event_type, s.share
+FROM pg_stats p, unnest(p.most_common_vals::text::text[], p.most_common_freqs) AS s(value, share)
+WHERE p.schemaname = current_schema() AND p.tablename = 'notify_task'
+  AND p.attname = 'event_type'
 """
 
+# (event type, status) -> tasks
+TypeStatusCounts = dict[tuple[str, int], int]
 
-async def status_counts(pool: asyncpg.Pool) -> tuple[dict[int, int], int]:
-    """Tasks by status (delivered ones estimated on large tables), and how many are due."""
-    rows = await pool.fetch(_STATUS_COUNTS)
-    return {r["notify_status"]: r["tasks"] for r in rows}, sum(r["due"] for r in rows)
+
+async def status_counts(pool: asyncpg.Pool) -> tuple[TypeStatusCounts, dict[str, int]]:
+    """Tasks by event type and status (delivered ones estimated on large tables), and how
+    many of each type are due. Every type and status is present, zeros included."""
+    async with pool.acquire() as conn:
+        few = await conn.fetch(_FEW_COUNTS)
+        total = await conn.fetchval(_TOTAL_ESTIMATE)
+        small = total < EXACT_UP_TO
+        rows = await conn.fetch(_DELIVERED_EXACT if small else _TYPE_SHARES)
+    counts: TypeStatusCounts = {(str(t), s): 0 for t in EventType for s in range(4)}
+    due = dict.fromkeys(map(str, EventType), 0)
+    for r in few:
+        counts[r["event_type"], r["notify_status"]] = r["tasks"]
+        due[r["event_type"]] += r["due"]
+    if small:
+        delivered = {r["event_type"]: r["tasks"] for r in rows}
+    else:
+        shares = {r["event_type"]: r["share"] for r in rows}
+        delivered = estimate_delivered(total, shares, counts)
+    for kind, n in delivered.items():
+        counts[kind, 1] = n
+    return counts, due
+
+
+def estimate_delivered(
+    total: int, shares: dict[str, float], counts: TypeStatusCounts
+) -> dict[str, int]:
+    """Delivered tasks by type on a large table: all rows but the counted open and error
+    ones, split by each type's share of the table less its counted ones. Without statistics
+    (the table never analyzed) they are all counted as team.completed, the common type."""
+    open_ = {t: sum(counts[str(t), s] for s in (0, 2, 3)) for t in map(str, EventType)}
+    delivered = max(total - sum(open_.values()), 0)
+    weights = {t: max(total * shares.get(t, 0.0) - n, 0.0) for t, n in open_.items()}
+    weight = sum(weights.values())
+    if weight <= 0:
+        return {**dict.fromkeys(open_, 0), str(EventType.TEAM_COMPLETED): delivered}
+    split = {t: int(delivered * w / weight) for t, w in weights.items()}
+    # What rounding down left over goes to the largest share, so the types sum to the total.
+    largest = max(weights, key=lambda t: weights[t])
+    split[largest] += delivered - sum(split.values())
+    return split
+
+
+def task_type(task: Task) -> str:
+    """A claimed task's event type (what per-type counts and metrics are labelled by);
+    "unknown" for a body that is not an event's (never written by this service)."""
+    try:
+        return events.parse_body(task.body)[0]
+    except ValueError:
+        return "unknown"
+
+
+# --- events: the per-event views and the feed -------------------------------------------
+
+
+async def get_event(
+    pool: asyncpg.Pool, event_id: uuid.UUID
+) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """One event's task row (with the body sent) and every attempt, oldest first."""
+    async with pool.acquire() as conn:
+        task = await conn.fetchrow(
+            f"SELECT {_TASK_COLUMNS}, parameter_json FROM notify_task WHERE event_id = $1",
+            event_id,
+        )
+        if task is None:
+            return None, []
+        attempts = await conn.fetch(
+            "SELECT attempt, started_at, duration_ms, http_status, response_body, error"
+            " FROM notify_attempt WHERE task_id = $1 ORDER BY attempt",
+            task["id"],
+        )
+    return task, attempts
+
+
+async def replay_event(pool: asyncpg.Pool, event_id: uuid.UUID) -> asyncpg.Record | None:
+    """replay(), for any event by its id: in error (3) -> due now, schedule restarted."""
+    return await pool.fetchrow(
+        "UPDATE notify_task SET notify_status = 2, next_attempt_at = now(),"
+        " schedule_offset = notify_count, last_error = NULL, locked_until = NULL,"
+        " claim_token = NULL, update_time = now()"
+        f" WHERE event_id = $1 AND notify_status = 3 RETURNING {_TASK_COLUMNS}",
+        event_id,
+    )
+
+
+# The feed is ordered by (xact_id, id): the writing transaction's id (sql/007), then the
+# insert order within it. It lists only events written by transactions below the horizon:
+# the oldest transaction of this database still open when the statement's snapshot was
+# taken (or, with none open, the first not yet started). Every transaction below it has
+# ended, so every event that will ever have a position below it is committed and in this
+# snapshot: a reader who has read up to a position can never find an event appear behind
+# it later, whatever order transactions commit in. An open transaction holds the feed back
+# (never skips it) until it ends. Transactions still open in other databases of the server
+# cannot write here and do not hold it back; one whose database is not known (it ended
+# between the snapshot and the activity read, or is prepared) is counted as this one's.
+_HORIZON = """
+SELECT least(pg_snapshot_xmax(s), (
+    SELECT min(x) FROM pg_snapshot_xip(s) AS x
+    WHERE NOT EXISTS (SELECT FROM pg_stat_activity a
+                      WHERE a.backend_xid = xid(x) AND a.datname <> current_database())))
+FROM pg_current_snapshot() AS s
+"""
+_EVENT_COLUMNS = """event_id, event_type, team_id, order_id, notify_status, create_time,
+    parameter_json"""
+
+
+@dataclass(frozen=True)
+class FeedPosition:
+    xact_id: int
+    id: int
+
+
+FEED_START = FeedPosition(0, 0)
+
+
+async def feed_position(pool: asyncpg.Pool, event_id: uuid.UUID) -> FeedPosition | None:
+    """Where an event stands in the feed; None if there is no such event."""
+    row = await pool.fetchrow("SELECT xact_id, id FROM notify_task WHERE event_id = $1", event_id)
+    return None if row is None else FeedPosition(row["xact_id"], row["id"])
+
+
+async def list_events(
+    pool: asyncpg.Pool,
+    after: FeedPosition,
+    limit: int,
+    event_type: str | None = None,
+    team_id: str | None = None,
+) -> list[asyncpg.Record]:
+    """Up to `limit` events past `after` in feed order, each with its body as sent."""
+    args: list[object] = [after.xact_id, after.id, limit]
+    where = ["xact_id < (SELECT * FROM horizon)", "(xact_id, id) > ($1::xid8, $2)"]
+    scope = "notify_task"
+    if event_type is not None:
+        args.append(event_type)
+        where.append(f"event_type = ${len(args)}")
+    if team_id is not None:
+        # A team has a handful of events: found by the team index first, then ordered.
+        args.append(team_id)
+        scope = f"(SELECT * FROM notify_task WHERE team_id = ${len(args)} OFFSET 0) AS t"
+    return await pool.fetch(
+        f"WITH horizon AS ({_HORIZON}) SELECT {_EVENT_COLUMNS} FROM {scope}"
+        f" WHERE {' AND '.join(where)} ORDER BY xact_id, id LIMIT $3",
+        *args,
+    )

@@ -1,4 +1,5 @@
-"""Operator endpoints of the callback half: run, list, inspect and replay notify tasks."""
+"""Operator endpoints of the callback half: run, list, inspect and replay notify tasks (by
+team) and events (by id), and the event feed."""
 
 from typing import Any
 
@@ -6,8 +7,12 @@ from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
-from ..callbacks import outbox
+from ..callbacks import events, outbox
 from .callback_schemas import (
+    EventDetail,
+    EventOut,
+    EventPage,
+    EventPageQuery,
     NotifyAttemptOut,
     NotifyCounts,
     NotifyRunIn,
@@ -29,7 +34,7 @@ def _task_out(row: Any) -> NotifyTaskOut:
 
 async def run_notify(request: web.Request, body: NotifyRunIn) -> NotifyCounts:
     counts = await request.app[SERVICES].dispatcher.drain(body.team_id)
-    return NotifyCounts(**counts.__dict__)
+    return NotifyCounts.model_validate(counts.report())
 
 
 async def list_notify_tasks(request: web.Request, query: NotifyTaskQuery) -> list[NotifyTaskOut]:
@@ -51,6 +56,12 @@ async def get_notify_task(request: web.Request, _: None) -> NotifyTaskDetail:
     )
 
 
+def _not_replayable(task: Any) -> errors.NotifyTaskNotReplayable:
+    return errors.NotifyTaskNotReplayable(
+        f"notify task is in status {task['notify_status']}; only status 3 (error) replays"
+    )
+
+
 async def replay_notify_task(request: web.Request, _: None) -> NotifyTaskOut:
     pool = request.app[SERVICES].pool
     team_id = path_param(request, "teamId")
@@ -59,10 +70,65 @@ async def replay_notify_task(request: web.Request, _: None) -> NotifyTaskOut:
         task, _attempts = await outbox.get_task(pool, team_id)
         if task is None:
             raise errors.NotFound("no notify task for this team")
-        raise errors.NotifyTaskNotReplayable(
-            f"notify task is in status {task['notify_status']}; only status 3 (error) replays"
-        )
+        raise _not_replayable(task)
     return _task_out(row)
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+async def get_event(request: web.Request, _: None) -> EventDetail:
+    task, attempts = await outbox.get_event(
+        request.app[SERVICES].pool, path_param(request, "eventId")
+    )
+    if task is None:
+        raise errors.NotFound("no event with this id")
+    fields = dict(task)
+    _kind, data = events.parse_body(fields.pop("parameter_json"))
+    return EventDetail(
+        **_task_out(fields).model_dump(),
+        attempts=[NotifyAttemptOut(**dict(a)) for a in attempts],
+        data=data,
+    )
+
+
+async def replay_event(request: web.Request, _: None) -> NotifyTaskOut:
+    pool = request.app[SERVICES].pool
+    event_id = path_param(request, "eventId")
+    row = await outbox.replay_event(pool, event_id)
+    if row is None:
+        task, _attempts = await outbox.get_event(pool, event_id)
+        if task is None:
+            raise errors.NotFound("no event with this id")
+        raise _not_replayable(task)
+    return _task_out(row)
+
+
+def _event_out(row: Any) -> EventOut:
+    _kind, data = events.parse_body(row["parameter_json"])
+    return EventOut(
+        event_id=str(row["event_id"]),
+        type=row["event_type"],
+        team_id=row["team_id"],
+        order_id=row["order_id"],
+        notify_status=row["notify_status"],
+        create_time=row["create_time"],
+        data=data,
+    )
+
+
+async def list_events(request: web.Request, query: EventPageQuery) -> EventPage:
+    pool = request.app[SERVICES].pool
+    after = outbox.FEED_START
+    if query.after is not None:
+        found = await outbox.feed_position(pool, query.after)
+        if found is None:
+            raise errors.BadInput("after: no event with this id")
+        after = found
+    rows = await outbox.list_events(pool, after, query.limit + 1, query.type, query.team_id)
+    page = rows[: query.limit]
+    cursor = str(page[-1]["event_id"]) if len(rows) > query.limit else None
+    return EventPage(items=[_event_out(r) for r in page], next_cursor=cursor)
 
 
 CALLBACK_ROUTES: list[Route] = [
@@ -102,6 +168,37 @@ CALLBACK_ROUTES: list[Route] = [
         "/api/v1/admin/notify_tasks/{teamId}/replay",
         replay_notify_task,
         "Make a task in error (3) due again now",
+        "callbacks",
+        None,
+        NotifyTaskOut,
+        admin=True,
+    ),
+    Route(
+        "GET",
+        "/api/v1/admin/events",
+        list_events,
+        "Events in feed order, one cursor page (a team's, of a type): what callbacks carried",
+        "callbacks",
+        None,
+        EventPage,
+        admin=True,
+        query=EventPageQuery,
+    ),
+    Route(
+        "GET",
+        "/api/v1/admin/events/{eventId}",
+        get_event,
+        "An event with every delivery attempt and the data sent",
+        "callbacks",
+        None,
+        EventDetail,
+        admin=True,
+    ),
+    Route(
+        "POST",
+        "/api/v1/admin/events/{eventId}/replay",
+        replay_event,
+        "Make an event in error (3) due again now",
         "callbacks",
         None,
         NotifyTaskOut,

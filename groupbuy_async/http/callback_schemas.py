@@ -1,10 +1,12 @@
 """Bodies of the callback half: the event merchants receive, and the operator views."""
 
+import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from .catalog_schemas import PageLimit
 from .schemas import ACTIVITY_ID, NOTIFY_STATUS, TEAM_ID, UPDATED, Body, TeamId
 
 # --- callbacks -----------------------------------------------------------------------
@@ -24,14 +26,21 @@ class NotifyRunIn(Body):
     )
 
 
-class NotifyCounts(Body):
+EVENT_TYPES = "team.completed, team.failed, order.closed or order.refunded"
+
+
+class TypeCounts(Body):
     wait_count: int = Field(description="Due tasks attempted in this run")
     success_count: int = Field(description="Delivered (now status 1)")
     retry_count: int = Field(description="Failed, retry scheduled (now status 2)")
     error_count: int = Field(description="Failed for good (now status 3)")
 
 
-EVENT_TYPES = "team.completed, team.failed, order.closed or order.refunded"
+class NotifyCounts(TypeCounts):
+    by_type: dict[str, TypeCounts] = Field(
+        description=f"The same four counts for each event type ({EVENT_TYPES}): every type"
+        " is listed, zeros included"
+    )
 
 
 class NotifyTaskOut(Body):
@@ -77,6 +86,58 @@ class NotifyAttemptOut(Body):
 
 class NotifyTaskDetail(NotifyTaskOut):
     attempts: list[NotifyAttemptOut] = Field(description="Every attempt, oldest first")
+
+
+# --- events ----------------------------------------------------------------------------
+
+EventTypeName = Literal["team.completed", "team.failed", "order.closed", "order.refunded"]
+DATA_SENT = (
+    "The data the callback carried (the body's `data`; see webhooks for each type's fields)."
+    " Events written before callbacks were typed: their flat body"
+)
+FEED_ORDER = (
+    "in the order of the transactions that wrote them (then of writing). An event is listed"
+    " once every transaction of the database that began before its own has ended, so none can"
+    " ever appear before one already listed: paging on with `after` misses nothing, though an"
+    " event may show up here a moment after its callback is sent"
+)
+
+
+class EventDetail(NotifyTaskDetail):
+    data: dict[str, Any] = Field(description=DATA_SENT)
+
+
+class EventPageQuery(Body):
+    after: uuid.UUID | None = Field(
+        None,
+        description="The previous page's nextCursor, or the eventId of the last event you"
+        " processed from this list; absent for the first page",
+    )
+    type: EventTypeName | None = Field(None, description="Only events of this type")
+    team_id: TeamId | None = Field(None, description=f"Only this team's events. {TEAM_ID}")
+    limit: PageLimit = Field(100, description="Most events on one page (1-500)")
+
+
+class EventOut(Body):
+    event_id: str = Field(
+        description="The event id (UUID): the callback's webhook-id and eventId; deduplicate on it"
+    )
+    type: EventTypeName = Field(description="The event type")
+    team_id: str = Field(description=TEAM_ID)
+    order_id: str | None = Field(description="The order an order.* event is about; null else")
+    notify_status: int = Field(description=NOTIFY_STATUS)
+    create_time: datetime = Field(
+        description="When the event was written (with the state change it reports)"
+    )
+    data: dict[str, Any] = Field(description=DATA_SENT)
+
+
+class EventPage(Body):
+    items: list[EventOut] = Field(description=f"Events {FEED_ORDER}")
+    next_cursor: str | None = Field(
+        description="Pass as `after` for the next page; null on the last page (poll again"
+        " later with `after` = the last item's eventId)"
+    )
 
 
 class ReceivedCallback(Body):

@@ -73,8 +73,10 @@ def _operation(route: "Route") -> dict[str, Any]:
     ]
     if route.query is not None:
         schema = route.query.model_json_schema(by_alias=True)
+        required = set(schema.get("required", ()))
         params += [
-            _parameter(name, "query", False, prop) for name, prop in schema["properties"].items()
+            _parameter(name, "query", name in required, prop)
+            for name, prop in schema["properties"].items()
         ]
     error = {"content": {"application/json": {"schema": _envelope({"type": "null"})}}}
     success = (

@@ -1,5 +1,6 @@
 """Request and response bodies. JSON is camelCase; validation is strict (no type coercion)."""
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -76,6 +77,10 @@ PATH_PARAMS: dict[str, Any] = {
     "goodsId": Annotated[Code, Field(description=GOODS_ID)],
     "activityId": Annotated[ActivityId, Field(description=ACTIVITY_ID)],
     "teamId": Annotated[TeamId, Field(description=TEAM_ID)],
+    "eventId": Annotated[
+        uuid.UUID, Field(description="Event id (UUID): the callback's webhook-id and eventId")
+    ],
+    "outTradeNo": Annotated[Code, Field(description="The merchant's order number given at lock")],
 }
 
 
@@ -188,6 +193,34 @@ class TeamOut(Body):
         description="When the team's window ends: opening + the activity's validTime minutes"
     )
     # No notifyUrl: anyone may read a team; operators see the URL in the notify task view.
+
+
+ORDER_STATUS = "Member order status: 0 locked, 1 paid, 2 closed (never paid), 3 refunded"
+
+
+class OrderQuery(Body):
+    source: Code = Field(description=f"{SOURCE}: as given at lock")
+    channel: Code = Field(description=f"{CHANNEL}: as given at lock")
+    user_id: Code = Field(description=f"{USER_ID}: the order must be theirs")
+
+
+class OrderOut(Body):
+    order_id: str = Field(description="The member order's id (12 digits)")
+    team_id: str = Field(description=TEAM_ID)
+    activity_id: int = Field(description=ACTIVITY_ID)
+    goods_id: str = Field(description=GOODS_ID)
+    user_id: str = Field(description=USER_ID)
+    out_trade_no: str = Field(description="The merchant's order number")
+    trade_order_status: int = Field(description=ORDER_STATUS)
+    team_status: int = Field(description=f"The order's team: {TEAM_STATUS}")
+    original_price: Amount = Field(description=f"Price before discount, {PRICE}")
+    deduction_price: Amount = Field(description=f"originalPrice - payPrice, {PRICE}")
+    pay_price: Amount = Field(description=f"What the shopper pays, {PRICE}")
+    create_time: datetime = Field(description="When the order was locked")
+    out_trade_time: datetime | None = Field(
+        description="When the shopper paid, as the settlement said; null until then"
+    )
+    update_time: datetime = Field(description=f"{UPDATED} (locked, paid, closed, refunded)")
 
 
 class Health(Body):

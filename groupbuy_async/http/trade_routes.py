@@ -22,7 +22,17 @@ from .catalog_schemas import (
     SkuPage,
 )
 from .routing import Route, path_param
-from .schemas import LockIn, LockOut, MarketConfig, MarketConfigQuery, SettleIn, SettleOut, TeamOut
+from .schemas import (
+    LockIn,
+    LockOut,
+    MarketConfig,
+    MarketConfigQuery,
+    OrderOut,
+    OrderQuery,
+    SettleIn,
+    SettleOut,
+    TeamOut,
+)
 
 
 def _found(value: Any, what: str) -> Any:
@@ -123,6 +133,16 @@ async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
     return await queries.get_team(request.app[SERVICES].pool, path_param(request, "teamId"))
+
+
+async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
+    return await queries.get_order(
+        request.app[SERVICES].pool,
+        query.source,
+        query.channel,
+        path_param(request, "outTradeNo"),
+        query.user_id,
+    )
 
 
 TRADE_ROUTES: list[Route] = [
@@ -277,4 +297,14 @@ TRADE_ROUTES: list[Route] = [
         SettleOut,
     ),
     Route("GET", "/api/v1/gbm/teams/{teamId}", get_team, "A team's state", "shop", None, TeamOut),
+    Route(
+        "GET",
+        "/api/v1/gbm/orders/{outTradeNo}",
+        get_order,
+        "An order's state: status, team, prices, times (reconcile callbacks with it)",
+        "shop",
+        None,
+        OrderOut,
+        query=OrderQuery,
+    ),
 ]

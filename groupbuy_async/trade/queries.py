@@ -1,4 +1,5 @@
-"""Read side for the shop front: price trial with joinable teams, and one team's state."""
+"""Read side for the shop front: price trial with joinable teams, one team's state, and one
+order's (the pull a merchant reconciles callbacks with)."""
 
 import asyncpg
 
@@ -7,6 +8,7 @@ from ..http.schemas import (
     GoodsTrial,
     MarketConfig,
     MarketConfigQuery,
+    OrderOut,
     TeamBrief,
     TeamOut,
     TeamStatistic,
@@ -103,3 +105,22 @@ async def get_team(pool: asyncpg.Pool, team_id: str) -> TeamOut:
     if row is None:
         raise errors.TeamNotFound()
     return TeamOut(**dict(row))
+
+
+# By the unique (source, channel, out_trade_no); someone else's order is as unknown as none.
+_ORDER = """
+SELECT o.order_id, o.team_id, o.activity_id, o.goods_id, o.user_id, o.out_trade_no,
+       o.status AS trade_order_status, t.status AS team_status, o.original_price,
+       o.deduction_price, o.pay_price, o.create_time, o.out_trade_time, o.update_time
+FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id
+WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $4
+"""
+
+
+async def get_order(
+    pool: asyncpg.Pool, source: str, channel: str, out_trade_no: str, user_id: str
+) -> OrderOut:
+    row = await pool.fetchrow(_ORDER, source, channel, out_trade_no, user_id)
+    if row is None:
+        raise errors.UnknownOutTradeNo("no order with this outTradeNo for this user")
+    return OrderOut(**dict(row))

@@ -29,7 +29,8 @@ async def test_run_list_inspect_and_replay(
         "POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True
     )
     assert status == 200
-    assert env["data"] == {"waitCount": 1, "successCount": 0, "retryCount": 0, "errorCount": 1}
+    one_error = {"waitCount": 1, "successCount": 0, "retryCount": 0, "errorCount": 1}
+    assert env["data"] == {**one_error, "byType": by_type({"team.completed": one_error})}
 
     status, env = await api.call(
         "GET", f"/api/v1/admin/notify_tasks?status=3&teamId={team_id}", admin=True
@@ -88,6 +89,15 @@ async def test_attempts_show_the_merchants_response_body(
     assert attempt["httpStatus"] is None and attempt["responseBody"] is None and attempt["error"]
 
 
+NO_COUNTS = {"waitCount": 0, "successCount": 0, "retryCount": 0, "errorCount": 0}
+
+
+def by_type(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """byType as run and the CLI answer it: every event type, zeros for those not given."""
+    types = ("team.completed", "team.failed", "order.closed", "order.refunded")
+    return {t: counts.get(t, NO_COUNTS) for t in types}
+
+
 async def test_notify_admin_input_and_auth(api: Api) -> None:
     assert (await api.call("GET", "/api/v1/admin/notify_tasks"))[0] == 401
     status, env = await api.call("GET", "/api/v1/admin/notify_tasks?status=9", admin=True)
@@ -103,12 +113,13 @@ async def test_notify_admin_input_and_auth(api: Api) -> None:
 
 
 async def test_run_notify_body_is_optional(api: Api) -> None:
-    counts = {"waitCount", "successCount", "retryCount", "errorCount"}
     bodies: list[dict[str, str] | None] = [None, {}]
     for body in bodies:  # no body at all, and an empty object: teamId is optional
         status, env = await api.call("POST", "/api/v1/admin/notify/run", body, admin=True)
         assert (status, env["code"]) == (200, "0000"), env
-        assert set(env["data"]) == counts and all(v >= 0 for v in env["data"].values())
+        counts = env.pop("data")
+        assert set(counts.pop("byType")) == set(by_type({}))
+        assert set(counts) == set(NO_COUNTS) and all(v >= 0 for v in counts.values())
     status, env = await api.call(
         "POST", "/api/v1/admin/notify/run", {"teamId": "not-a-team"}, admin=True
     )
@@ -220,18 +231,22 @@ def _sample(text: str, name: str) -> float:
 async def test_metrics_are_prometheus_text(
     api: Api, pool: asyncpg.Pool, merchant: Merchant
 ) -> None:
-    success = 'groupbuy_notify_attempts_total{outcome="success"}'
+    success = 'groupbuy_notify_attempts_total{outcome="success",type="team.completed"}'
     before = _sample(await _scrape(api), success)
     team_id, _waiting = await make_tasks(pool, 2, merchant.url)
     await api.call("POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True)
     text = await _scrape(api)
+    team_completed = "event_type = 'team.completed'"
     due = await pool.fetchval(
-        "SELECT count(*) FROM notify_task WHERE notify_status IN (0, 2) AND next_attempt_at <= now()"
+        "SELECT count(*) FROM notify_task WHERE notify_status IN (0, 2)"
+        f" AND next_attempt_at <= now() AND {team_completed}"
     )
-    assert _sample(text, "groupbuy_notify_due") == due >= 1
+    assert _sample(text, 'groupbuy_notify_due{type="team.completed"}') == due >= 1
     assert _sample(text, success) == before + 1
-    done = await pool.fetchval("SELECT count(*) FROM notify_task WHERE notify_status = 1")
-    assert _sample(text, 'groupbuy_notify_tasks{status="1"}') == done
+    done = await pool.fetchval(
+        f"SELECT count(*) FROM notify_task WHERE notify_status = 1 AND {team_completed}"
+    )
+    assert _sample(text, 'groupbuy_notify_tasks{status="1",type="team.completed"}') == done
 
     assert "groupbuy_notify_delivery_seconds_bucket" in text
     assert "groupbuy_notify_in_flight 0.0" in text
@@ -260,7 +275,8 @@ async def test_notify_cli_runs_one_team(
 
     team_id, _other = await make_tasks(pool, 2, merchant.url)
     counts = await notify(settings, team_id)
-    assert counts == {"waitCount": 1, "successCount": 1, "retryCount": 0, "errorCount": 0}
+    one = {"waitCount": 1, "successCount": 1, "retryCount": 0, "errorCount": 0}
+    assert counts == {**one, "byType": by_type({"team.completed": one})}
     assert [h["webhook-id"] for h, _ in merchant.requests] == [
         str(await pool.fetchval("SELECT event_id FROM notify_task WHERE team_id = $1", team_id))
     ]
@@ -288,6 +304,7 @@ async def test_worker_serves_its_own_metrics(
             http.get(f"http://127.0.0.1:{port}/metrics") as r,
         ):
             text = await r.text()
-        assert _sample(text, 'groupbuy_notify_attempts_total{outcome="success"}') >= 2
+        success = 'groupbuy_notify_attempts_total{outcome="success",type="team.completed"}'
+        assert _sample(text, success) >= 2
     finally:
         await shutdown(ctx)
