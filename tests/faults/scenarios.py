@@ -31,8 +31,9 @@ RSS_BOUND_MB = 300
 EXPECTATIONS = f"""\
 Every scenario: lost 0 (each completed team's event id reached its merchant); a duplicate
 only of a send in flight at a kill -9 (received at most {IN_FLIGHT:g} s before it) or while
-PostgreSQL could not store the result (2, 4a, 5, 6); the trade invariants in SQL; what the
-shoppers were told (teamCompleted) equals the complete teams in the database.
+PostgreSQL could not store the result (2, 4a, 5, 6), or of an attempt the sender itself timed
+out (noted when it happens); the trade invariants in SQL; what the shoppers were told
+(teamCompleted) equals the complete teams in the database.
 3, 4b (SIGTERM): exit 0 within the grace, no duplicate at all.
 5, 6 (PostgreSQL down / frozen {OUTAGE:g} s): every API call started meanwhile answered within
 {ANSWER_BOUND:g} s, failures as 503. 7 (Redis down): every API call meanwhile answered 200.
