@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import statistics
@@ -84,7 +85,8 @@ class Run:
         # setup, load and faults never overlap it, their lease waits may.
         self.busy = asyncio.Lock()
         self.busy_owner = ""
-        self._redis_dbs = iter(range(16))
+        # Each stage its own Redis database (arq queue); only a few stages overlap.
+        self._redis_dbs = itertools.cycle(range(16))
         self.stale: list[str] = []
         self._watchdog: subprocess.Popen[bytes] | None = None
 

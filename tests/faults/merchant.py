@@ -295,6 +295,12 @@ class Merchant:
             data = json.loads(await resp.read())
         return [(r[0], r[1], r[2], r[3], r[4]) for r in data["receipts"]]
 
+    async def huge_bytes(self) -> int:
+        """How much of its huge bodies a hostile merchant got to send."""
+        assert self._http is not None
+        async with self._http.get(f"{self.base}/_tally") as resp:
+            return int(json.loads(await resp.read()).get("hugeBytes", 0))
+
     async def set_mode(self, mode: str, delay: float = 0.0) -> None:
         assert self._http is not None
         async with self._http.post(

@@ -369,7 +369,10 @@ async def hostile_merchants(run: Run, number: str, name: str) -> Outcome:
         o.expect(not followed, f"{len(followed)} redirect(s) to the healthy merchant followed")
         for who, mb in sorted(peak.items()):
             o.expect(mb <= RSS_BOUND_MB, f"{who} peak RSS {mb:.0f} MB > {RSS_BOUND_MB} MB")
-        o.notes.append("peak RSS " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(peak.items())))
+        o.notes.append(
+            "peak RSS " + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(peak.items()))
+            + f" (the hostile merchant wrote {await hostile.huge_bytes() / 2**20:.0f} MB of huge bodies into its sockets)"
+        )  # fmt: skip
         _latency_bound(o)
         return o
 
