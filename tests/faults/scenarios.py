@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .harness import IN_FLIGHT, LEASE, NOTIFY_TIMEOUT, Outcome, Run, Stage, latency_note
 from .merchant import HOSTILE_PATHS, Merchant
-from .shop import Call, Team, drive, steady_load
+from .shop import SETTLE, Call, Team, drive, steady_load
 
 # The worker's grace on SIGTERM (lifecycle.run_worker: NOTIFY_TIMEOUT_SECONDS + 5).
 WORKER_GRACE = int(NOTIFY_TIMEOUT) + 5
@@ -161,6 +161,10 @@ async def _api_fault(run: Run, number: str, name: str, graceful: bool) -> Outcom
 
         async def inject() -> None:
             await asyncio.sleep(1.5)
+            deadline = time.monotonic() + 5
+            while s.shop.in_flight[SETTLE] < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            fault["settling"] = s.shop.in_flight[SETTLE]
             if graceful:
                 fault["at"] = await s.api.signal(signal.SIGTERM)
                 fault["code"] = float(await s.api.wait(20) or 0)
@@ -180,7 +184,19 @@ async def _api_fault(run: Run, number: str, name: str, graceful: bool) -> Outcom
         s.idle()
         o = s.outcome
         during = s.shop.calls_between(fault["at"], fault["up"])
-        o.notes.append(f"{'SIGTERM' if graceful else 'kill -9'}: {latency_note(during)}")
+        o.notes.append(
+            f"{'SIGTERM' if graceful else 'kill -9'} with {fault['settling']:.0f} settlement(s) in"
+            f" flight; until back up: {latency_note(during)}"
+        )
+        cut = [c for c in during if c.status is None and c.started < fault["at"]]
+        if cut:
+            o.notes.append(
+                f"{len(cut)} call(s) sent before the {'SIGTERM' if graceful else 'kill'} got no"
+                f" answer: " + ", ".join(
+                    f"{c.path.rsplit('/', 1)[-1]} sent {fault['at'] - c.started:.3f}s before,"
+                    f" {c.error.split(':')[0]} after {c.seconds:.3f}s" for c in cut
+                )
+            )  # fmt: skip
         if graceful:
             o.expect(fault["code"] == 0, f"API exit code on SIGTERM was {fault['code']:.0f}")
             o.notes.append(f"stopped in {fault['down']:.1f}s")

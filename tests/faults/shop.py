@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,7 @@ class Shop:
     session: aiohttp.ClientSession
     calls: list[Call] = field(default_factory=list)
     teams: list[Team] = field(default_factory=list)
+    in_flight: Counter[str] = field(default_factory=Counter)  # calls awaiting an answer, by path
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     async def call(
@@ -79,6 +81,7 @@ class Shop:
         while True:
             started, began = time.time(), time.monotonic()
             status: int | None = None
+            self.in_flight[path] += 1
             try:
                 async with self.session.request(
                     method, self.base + path, json=body, headers=headers
@@ -94,6 +97,8 @@ class Shop:
                     return envelope["data"]  # type: ignore[no-any-return]
                 if status < 500:
                     raise ShopError(f"{method} {path} {body} -> HTTP {status} {envelope}")
+            finally:
+                self.in_flight[path] -= 1
             if time.monotonic() > deadline:
                 raise ShopError(f"{method} {path} still failing at its deadline: {self.calls[-1]}")
             await asyncio.sleep(RETRY_PAUSE)
