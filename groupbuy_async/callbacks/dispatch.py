@@ -10,6 +10,7 @@ ends, and a recorder writes results back in one statement per batch.
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from ..db import one_line, unavailable
 from ..settings import Settings
 from . import outbox
 from .events import EventType
@@ -36,6 +38,17 @@ from .rules import (
 from .sender import Sender
 
 log = logging.getLogger(__name__)
+
+
+def _log_failure(message: str, *args: object) -> None:
+    """In an except block: a database outage is one line (its reason), anything else a
+    traceback. The work is not lost either way: claims lapse and are delivered again."""
+    exc = sys.exc_info()[1]
+    if exc is not None and unavailable(exc):
+        log.warning(message + ": %s", *args, one_line(exc))
+    else:
+        log.exception(message, *args)
+
 
 # How long finished sends collect before they are written back in one statement.
 FLUSH_SECONDS = 0.02
@@ -185,7 +198,7 @@ class Dispatcher:
             held = 0
             await self._record_as_they_end(sends)
         except Exception:
-            log.exception("immediate callbacks for teams %s failed; compensation retries", team_ids)
+            _log_failure("immediate callbacks for teams %s failed; compensation retries", team_ids)
         finally:
             self._firing -= held
 
@@ -206,7 +219,7 @@ class Dispatcher:
                     await self.finish([send.result() for send in done], Counts())
                 except Exception:
                     # Their claims lapse and the worker sends them again.
-                    log.exception("writing back immediate callback results failed")
+                    _log_failure("writing back immediate callback results failed")
         finally:
             for send in pending:
                 send.cancel()
@@ -361,7 +374,7 @@ class Dispatcher:
             postponed = await outbox.postpone(self.pool, host, breaker.until)
         except Exception:
             # Claims skip the host all the same; what falls due is given back when claimed.
-            log.exception("postponing the callbacks to merchant host %s failed", host)
+            _log_failure("postponing the callbacks to merchant host %s failed", host)
             postponed = 0
         why = (
             f"{self.breaker_failures} attempts in a row got no answer (last: {outcome.error})"
@@ -533,7 +546,7 @@ class _Drain:
                 await self._record()
             except Exception:
                 # The claims lapse and the tasks are sent again; merchants dedupe on the id.
-                log.exception("writing back callback results failed")
+                _log_failure("writing back callback results failed")
 
     async def _record(self) -> None:
         if self.done:

@@ -175,6 +175,9 @@ class Stage:
             "GROUPBUY_NOTIFY_CRON_SECONDS": "1",
             "GROUPBUY_FAIL_TEAMS_CRON_SECONDS": "1",
             "GROUPBUY_LOG_LEVEL": "INFO",
+            # The latency bound scenarios 5 and 6 check is these limits plus a margin.
+            "GROUPBUY_DB_ACQUIRE_TIMEOUT_SECONDS": "2",
+            "GROUPBUY_DB_COMMAND_TIMEOUT_SECONDS": "2",
             **{f"GROUPBUY_{k.upper()}": v for k, v in self.settings.items()},
         })  # fmt: skip
         code = await run_once(

@@ -21,7 +21,7 @@ WORKER_GRACE = int(NOTIFY_TIMEOUT) + 5
 # A server fault lasts this long.
 OUTAGE = 5.0
 # While PostgreSQL is down or frozen, an API call must be answered within this (with 503).
-ANSWER_BOUND = 3.0
+ANSWER_BOUND = 3.0  # the harness's DB acquire/statement limits (2 s) plus a margin
 # The healthy merchant's delivery latency (settlement answered -> callback received) while
 # another merchant hangs or misbehaves.
 HEALTHY_P50, HEALTHY_P99 = 2.0, 5.0

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -556,3 +557,19 @@ async def test_replay_restarts_the_retry_schedule_and_attempt_numbers_go_on(
     assert (task["notify_status"], task["notify_count"]) == (3, 8)
     assert [a["attempt"] for a in await attempts(pool, team_id)] == list(range(1, 9))
     assert len(merchant.requests) == 8 and len(merchant.ids) == 1
+
+
+async def test_a_database_outage_in_the_immediate_path_is_one_log_line(
+    pool: asyncpg.Pool, make_dispatcher: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+
+    monkeypatch.setattr(outbox, "claim", down)
+    dispatcher = make_dispatcher()
+    with caplog.at_level(logging.WARNING, logger="groupbuy_async.callbacks.dispatch"):
+        assert dispatcher.fire("12345678")
+        await dispatcher.wait_background(grace_seconds=5)
+    (record,) = [r for r in caplog.records if "immediate callbacks" in r.getMessage()]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "ConnectionDoesNotExistError" in record.getMessage()
