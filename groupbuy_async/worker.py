@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+from signal import Signals
 from typing import Any
 
 import asyncpg
@@ -91,7 +92,22 @@ def every(seconds: int) -> set[int]:
     return set(range(0, 60, step))
 
 
-def build_worker(settings: Settings, **overrides: Any) -> Worker:
+class GroupbuyWorker(Worker):
+    """arq's Worker, with the callback dispatcher stopped first on SIGTERM/SIGINT."""
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        """arq stops picking jobs and gives running ones `job_completion_wait` seconds. The
+        dispatcher is told first, so that a drain (which would otherwise claim and send for
+        minutes, and be cancelled mid-send) stops claiming, lets its sends in flight finish
+        and records them, and releases what it claimed but did not send, due now: the job
+        ends within the attempt timeout, and nothing waits out a lease or is sent twice."""
+        services: bootstrap.Services | None = self.ctx.get("services")
+        if services is not None:
+            services.dispatcher.stop()
+        super().handle_sig_wait_for_completion(signum)
+
+
+def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:
     if not settings.redis_url:
         raise StartupError("GROUPBUY_REDIS_URL is not set")
     options: dict[str, Any] = {
@@ -123,4 +139,4 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "keep_result": 60,
     }
     options.update(overrides)
-    return Worker(**options)
+    return GroupbuyWorker(**options)

@@ -88,6 +88,9 @@ class Dispatcher:
         self._fire_batch: list[str] = []
         self._firing = 0
         self._closed = False
+        # Set by stop(): nothing more is claimed or sent, tasks in hand go back due now.
+        self._stopping = False
+        self._wakes: set[asyncio.Event] = set()  # those of the drains running
         # Drains of all that is due claiming now. Their claims take turns (see _Drain).
         self._drains = 0
         self._claim_turn = asyncio.Lock()
@@ -101,11 +104,20 @@ class Dispatcher:
         """Deliver every due task (or one team's) until none is due or `seconds` pass."""
         return await _Drain(self, team_id, time.monotonic() + seconds).run()
 
+    def stop(self) -> None:
+        """Begin a graceful stop (a worker's SIGTERM): drains claim nothing more, sends in
+        flight finish and are recorded as usual, and tasks claimed but not yet sent are
+        released, due now, as their drains end. For good: a drain started later ends at once."""
+        self._stopping = True
+        self._room.set()
+        for wake in self._wakes:
+            wake.set()
+
     def fire(self, team_id: str) -> bool:
         """Deliver a just-completed team's task in the background; False when saturated
         (the worker's compensation delivers it instead). Teams fired within FIRE_WINDOW
         share one claim and one write-back."""
-        if self._closed or self._firing >= self.immediate_limit:
+        if self._closed or self._stopping or self._firing >= self.immediate_limit:
             return False
         self._firing += 1
         self._fire_batch.append(team_id)
@@ -170,8 +182,10 @@ class Dispatcher:
         """One attempt; returns the Result, or the Task itself when it was not attempted."""
         host = self._hosts[task.host]
         try:
+            if self._stopping:
+                return task
             async with host.slots, self._sending:
-                if time.monotonic() - task.claimed_at > self._max_wait:
+                if self._stopping or time.monotonic() - task.claimed_at > self._max_wait:
                     return task
                 started_at = datetime.now(UTC)
                 began = time.perf_counter()
@@ -237,11 +251,13 @@ class _Drain:
         count = 1 if self.team_id is not None else d.concurrency + d.concurrency // 2
         workers = [asyncio.create_task(self._work()) for _ in range(count)]
         recorder = asyncio.create_task(self._record_periodically())
+        d._wakes.add(self.wake)
         try:
             await self._claim_all()
             await self.queue.join()
 
         finally:
+            d._wakes.discard(self.wake)
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -268,6 +284,8 @@ class _Drain:
 
     async def _claim_all(self) -> None:
         d = self.dispatcher
+        if d._stopping:
+            return
         if self.team_id is not None:
             # Not capped at claim: its one task waits for a slot of its host like any send,
             # rather than going back because other drains keep that host busy.
@@ -292,9 +310,9 @@ class _Drain:
         (they refill as those hosts' sends end); the last one waits for room itself rather
         than leave it to the next cron tick."""
         d = self.dispatcher
-        while time.monotonic() < self.deadline:
+        while time.monotonic() < self.deadline and not d._stopping:
             async with d._claim_turn:
-                want = self._refill()
+                want = None if d._stopping else self._refill()
                 if want:
                     self.freed = 0
                     tasks, over = await d.claim(min(want, d.batch_size))
@@ -304,6 +322,8 @@ class _Drain:
                     self.full = {task.host for task in over}
                     self._hand(tasks)
             if want is None:
+                if d._stopping:
+                    return
                 self.wake.clear()
                 await self.wake.wait()
             elif self.in_hand == 0:
@@ -311,7 +331,11 @@ class _Drain:
                     return
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.deadline - time.monotonic()):
-                        while self.full and not any(d._has_room(h) for h in self.full):
+                        while (
+                            self.full
+                            and not d._stopping
+                            and not any(d._has_room(h) for h in self.full)
+                        ):
                             d._room.clear()
                             await d._room.wait()
                 self.freed = min(d.per_host, d.concurrency)  # a round, as if that had ended

@@ -1,0 +1,197 @@
+"""The worker as deployments run it, `python -m groupbuy_async worker` in real processes:
+a graceful SIGTERM, riding out a PostgreSQL outage (or giving up on one, exit 1), and
+several workers sharing the compensation work."""
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from groupbuy_async.settings import Settings
+
+from ..conftest import make_tasks
+from ..merchant import Merchant
+
+NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
+
+
+def worker_env(settings: Settings, **groupbuy: object) -> dict[str, str]:
+    """The test's environment without GROUPBUY_* settings, plus the servers, a queue name
+    of the test's own (other test runs may share this Redis), and `groupbuy` (names without
+    the GROUPBUY_ prefix)."""
+    assert settings.database_url and settings.redis_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
+    values: dict[str, object] = {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "QUEUE_NAME": f"test:{uuid.uuid4().hex}",
+        "NOTIFY_BLOCK_PRIVATE": "false",
+        "NOTIFY_CRON_SECONDS": 1,
+        **groupbuy,
+    }
+    return {**env, **{f"GROUPBUY_{k}": str(v) for k, v in values.items()}}
+
+
+class WorkerProcess:
+    """`python -m groupbuy_async worker`, its output read as it comes (never blocking it)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, env: dict[str, str]) -> "WorkerProcess":
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "groupbuy_async", "worker", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            self.lines.append(line.decode(errors="replace").rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def matching(self, *texts: str) -> list[str]:
+        return [line for line in self.lines if all(t in line for t in texts)]
+
+    async def wait_for_line(self, *texts: str, seconds: float = 20) -> None:
+        async with asyncio.timeout(seconds):
+            while not self.matching(*texts):
+                if self.proc.returncode is not None:
+                    raise AssertionError(f"worker exited early:\n{self.log[-3000:]}")
+                await asyncio.sleep(0.05)
+
+    async def wait_exit(self, seconds: float) -> int:
+        await asyncio.wait_for(self.proc.wait(), seconds)
+        await self._reader
+        return self.proc.returncode or 0
+
+    async def terminate(self, seconds: float = 30) -> tuple[int, float]:
+        """SIGTERM; the exit code and how long the process took to exit."""
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = await self.wait_exit(seconds)
+        return code, time.monotonic() - began
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[Callable[[dict[str, str]], Awaitable[WorkerProcess]]]:
+    """Start worker processes; any still running at the end is killed."""
+    started: list[WorkerProcess] = []
+
+    async def start(env: dict[str, str]) -> WorkerProcess:
+        started.append(await WorkerProcess.start(env))
+        return started[-1]
+
+    yield start
+    for w in started:
+        await w.kill()
+
+
+async def health(env: dict[str, str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "groupbuy_async", "health", "worker", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode()
+
+
+async def wait_health(env: dict[str, str], code: int, seconds: float) -> bool:
+    """Whether `health worker` answered `code` within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (await health(env))[0] == code:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def wait_delivered(pool: asyncpg.Pool, team_ids: list[str], seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while await pool.fetchval(
+            "SELECT count(*) FROM notify_task WHERE team_id = ANY($1::text[])"
+            " AND notify_status = 1",
+            team_ids,
+        ) < len(team_ids):  # fmt: skip
+            await asyncio.sleep(0.1)
+
+
+def answer_after(seconds: float) -> Callable[[int], Awaitable[web.Response]]:
+    async def slow(_: int) -> web.Response:
+        await asyncio.sleep(seconds)
+        return web.Response(text="success")
+
+    return slow
+
+
+# --- SIGTERM: in-flight sends finish and are recorded, the rest is handed back due now ------
+
+
+async def test_sigterm_lets_in_flight_sends_finish_and_hands_back_the_rest(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    merchant: Merchant,
+    workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
+) -> None:
+    merchant.behaviour = answer_after(1.0)
+    team_ids = await make_tasks(pool, 200, merchant.url)
+    timeout = 3
+    env = worker_env(
+        settings, NOTIFY_CONCURRENCY=10, NOTIFY_PER_HOST=10, NOTIFY_TIMEOUT_SECONDS=timeout
+    )
+    first = await workers(env)
+    await merchant.wait_for(10, seconds=20)  # a round of sends is in flight
+    code, took = await first.terminate()
+    assert code == 0, first.log[-3000:]
+    assert took < timeout + 3, f"took {took:.1f}s to stop:\n{first.log[-3000:]}"
+    assert not any(noise in first.log for noise in NOISE), first.log[-3000:]
+
+    received = set(merchant.ids)
+    assert received and all(n == 1 for n in merchant.ids.values()), merchant.ids
+    rows = await pool.fetch(
+        "SELECT event_id::text AS event_id, notify_status, notify_count, claim_token,"
+        " next_attempt_at <= now() AS due FROM notify_task WHERE team_id = ANY($1::text[])",
+        team_ids,
+    )
+    sent = [r for r in rows if r["event_id"] in received]
+    unsent = [r for r in rows if r["event_id"] not in received]
+    assert len(sent) == len(received)
+    # Every request the merchant saw is recorded: delivered, on the first attempt.
+    assert {(r["notify_status"], r["notify_count"]) for r in sent} == {(1, 1)}
+    # The rest was handed back: no claim left, due now rather than after the lease.
+    assert unsent
+    assert {(r["notify_status"], r["notify_count"]) for r in unsent} == {(0, 0)}
+    assert all(r["claim_token"] is None and r["due"] for r in unsent), unsent[:3]
+
+    # A restarted worker delivers the rest at once, nothing twice.
+    second = await workers({**env, "GROUPBUY_NOTIFY_CONCURRENCY": "100",
+                            "GROUPBUY_NOTIFY_PER_HOST": "100"})  # fmt: skip
+    await wait_delivered(pool, team_ids, seconds=30)
+    code, _ = await second.terminate()
+    assert code == 0, second.log[-3000:]
+    assert len(merchant.ids) == len(team_ids)
+    assert all(n == 1 for n in merchant.ids.values())
+    counts = await pool.fetch(
+        "SELECT notify_count FROM notify_task WHERE team_id = ANY($1::text[])", team_ids
+    )
+    assert {r["notify_count"] for r in counts} == {1}
