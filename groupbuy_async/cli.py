@@ -45,6 +45,7 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "database_url",
             "redis_url",
+            "queue_name",
             "fail_teams_cron_seconds",
             "notify_cron_seconds",
             *_NOTIFY,
@@ -64,8 +65,8 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("database_url", *_NOTIFY, *_POOL, *_LOGS),
     ),
     "health": (
-        "exit 0 when the API answers /readyz, or the worker's heartbeat is fresh in Redis",
-        ("host", "port", "redis_url"),
+        "exit 0 when the API answers /readyz, or this host's workers' heartbeats are in Redis",
+        ("host", "port", "redis_url", "queue_name"),
     ),
 }
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -211,11 +212,12 @@ def _reason(exc: BaseException) -> str:
 
 
 async def check_health(settings: Settings, process: str) -> int:
-    """0 when healthy: the API's /readyz answers 200, or the worker's arq heartbeat (written
-    every HEARTBEAT_SECONDS while its loop runs, deleted when it closes) is in Redis. 1, with
-    one line saying why, otherwise."""
+    """0 when healthy: the API's /readyz answers 200, or this host's workers (those of
+    GROUPBUY_QUEUE_NAME) have their heartbeats in Redis (written every HEARTBEAT_SECONDS
+    while a worker's loop runs, deleted when it closes). 1, with one line saying why,
+    otherwise."""
     if process == "worker":
-        return await _check_worker(settings.redis_url or "")
+        return await _check_worker(settings.redis_url or "", settings.queue_name)
     import aiohttp
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
@@ -234,19 +236,25 @@ async def check_health(settings: Settings, process: str) -> int:
         return 1
 
 
-async def _check_worker(redis_url: str) -> int:
-    from .worker import HEARTBEAT_KEY
+async def _check_worker(redis_url: str, queue_name: str) -> int:
+    """The workers on this host: a health check runs where its worker does (a container, a
+    pod), and there may be other workers elsewhere, healthy or not, that are not its own."""
+    from .worker import key_pattern, key_worker, worker_host
 
+    host = socket.gethostname()
     try:
         redis = await connect_redis(redis_url)
         try:
-            beat = await redis.get(HEARTBEAT_KEY)
+            keys = [k.decode() async for k in redis.scan_iter(key_pattern(queue_name, "alive"))]
         finally:
             await redis.aclose()
     except UNREACHABLE as exc:
         log.warning("worker health check failed: %s", unreachable("Redis", redis_url, exc))
         return 1
-    if not beat:
-        log.warning("worker health check failed: no heartbeat in Redis (no worker running)")
+    if not any(worker_host(key_worker(queue_name, "alive", k)) == host for k in keys):
+        log.warning(
+            "worker health check failed: no heartbeat in Redis from a worker on %s"
+            " (GROUPBUY_QUEUE_NAME %s)", host, queue_name,
+        )  # fmt: skip
         return 1
     return 0

@@ -1,14 +1,29 @@
-"""The arq worker: team expiry and callback compensation, with the same startup as the app."""
+"""The arq worker: team expiry and callback compensation, with the same startup as the app.
+
+Each worker process has an arq queue of its own, so each runs every cron tick: N workers
+drain N times as fast as one (FOR UPDATE SKIP LOCKED hands each a different share), and
+team expiry runs on each (the same way). Its keys in Redis, under GROUPBUY_QUEUE_NAME:
+
+  {queue}:jobs:{worker}   its arq queue (its cron ticks)
+  {queue}:alive:{worker}  its heartbeat, rewritten every HEARTBEAT_SECONDS with a TTL just
+                          longer, deleted when it closes: what `health worker` reads
+
+where {worker} is host:pid:random. Deployments sharing a Redis database need distinct
+queue names, or `health worker` would see each other's workers.
+"""
 
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from signal import Signals
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 from arq import cron
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 
 from . import bootstrap
@@ -19,10 +34,36 @@ from .trade import orders
 
 log = logging.getLogger(__name__)
 
-# arq writes its heartbeat under this key (with a TTL a little over the interval) while its
-# loop runs; `python -m groupbuy_async health worker` reads it.
-HEARTBEAT_KEY = "groupbuy:worker:health-check"
 HEARTBEAT_SECONDS = 15
+
+
+def new_worker_id() -> str:
+    """host:pid:random: unique, and says where the worker runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def queue_key(queue_name: str, worker_id: str) -> str:
+    return f"{queue_name}:jobs:{worker_id}"
+
+
+def alive_key(queue_name: str, worker_id: str) -> str:
+    return f"{queue_name}:alive:{worker_id}"
+
+
+def key_pattern(queue_name: str, kind: str) -> str:
+    """SCAN MATCH pattern of every `kind` key ("jobs", "alive") under `queue_name`, which
+    is taken literally."""
+    literal = "".join("\\" + c if c in "*?[]\\" else c for c in queue_name)
+    return f"{literal}:{kind}:*"
+
+
+def key_worker(queue_name: str, kind: str, key: str) -> str:
+    """The worker id in a `kind` key."""
+    return key.removeprefix(f"{queue_name}:{kind}:")
+
+
+def worker_host(worker_id: str) -> str:
+    return worker_id.rsplit(":", 2)[0]
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -93,7 +134,8 @@ def every(seconds: int) -> set[int]:
 
 
 class GroupbuyWorker(Worker):
-    """arq's Worker, with the callback dispatcher stopped first on SIGTERM/SIGINT."""
+    """arq's Worker on a queue of its own, with the callback dispatcher stopped first on
+    SIGTERM/SIGINT."""
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         """arq stops picking jobs and gives running ones `job_completion_wait` seconds. The
@@ -106,10 +148,31 @@ class GroupbuyWorker(Worker):
             services.dispatcher.stop()
         super().handle_sig_wait_for_completion(signum)
 
+    async def close(self) -> None:
+        if self._pool is not None:
+            # Its queue holds only its own next ticks, which nothing else will run.
+            await self.pool.delete(self.queue_name)
+        await super().close()
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    await startup(ctx)
+    await forget_dead_workers(ctx["redis"], ctx["settings"].queue_name)
+
+
+async def forget_dead_workers(redis: ArqRedis, queue_name: str) -> None:
+    """Delete the queues of workers whose heartbeat has lapsed (killed without closing): they
+    hold a tick or two that no worker would ever run."""
+    async for raw in redis.scan_iter(match=key_pattern(queue_name, "jobs"), count=1000):
+        key = raw.decode()
+        if not await redis.exists(alive_key(queue_name, key_worker(queue_name, "jobs", key))):
+            await redis.delete(key)
+
 
 def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:
     if not settings.redis_url:
         raise StartupError("GROUPBUY_REDIS_URL is not set")
+    worker_id = new_worker_id()
     options: dict[str, Any] = {
         "functions": [],
         "cron_jobs": [
@@ -118,6 +181,9 @@ def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:
                 second=every(settings.fail_teams_cron_seconds),
                 microsecond=0,
                 run_at_startup=True,
+                # arq's job ids are global in Redis: unique ones (name:time) would let the
+                # first worker to enqueue a tick keep every other worker from running it.
+                unique=False,
                 timeout=300,
             ),
             cron(
@@ -125,16 +191,18 @@ def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:
                 second=every(settings.notify_cron_seconds),
                 microsecond=0,
                 run_at_startup=True,
+                unique=False,
                 timeout=3600,
             ),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "on_startup": startup,
+        "on_startup": _startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": settings},
         "handle_signals": False,
         "max_jobs": 10,
-        "health_check_key": HEARTBEAT_KEY,
+        "queue_name": queue_key(settings.queue_name, worker_id),
+        "health_check_key": alive_key(settings.queue_name, worker_id),
         "health_check_interval": HEARTBEAT_SECONDS,
         "keep_result": 60,
     }

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -189,6 +190,49 @@ async def test_sigterm_lets_in_flight_sends_finish_and_hands_back_the_rest(
     await wait_delivered(pool, team_ids, seconds=30)
     code, _ = await second.terminate()
     assert code == 0, second.log[-3000:]
+    assert len(merchant.ids) == len(team_ids)
+    assert all(n == 1 for n in merchant.ids.values())
+    counts = await pool.fetch(
+        "SELECT notify_count FROM notify_task WHERE team_id = ANY($1::text[])", team_ids
+    )
+    assert {r["notify_count"] for r in counts} == {1}
+
+
+# --- Several workers share the compensation work ---------------------------------------------
+
+
+def _delivered_by(worker: WorkerProcess) -> int:
+    """successCount summed over the worker's drains, from its log lines."""
+    import ast
+
+    total = 0
+    for line in worker.matching("callback compensation: {"):
+        counts: dict[str, Any] = ast.literal_eval(line[line.index("{") :])
+        total += counts["successCount"]
+    return total
+
+
+async def test_two_workers_both_drain_one_backlog_and_never_send_a_task_twice(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    merchant: Merchant,
+    workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
+) -> None:
+    # A tick every 5 s; one worker at 10 sends in flight drains the backlog in ~2 s, so
+    # unless each worker drains at each tick, one worker would deliver everything.
+    merchant.behaviour = answer_after(0.1)
+    env = worker_env(settings, NOTIFY_CRON_SECONDS=5, NOTIFY_CONCURRENCY=10, NOTIFY_PER_HOST=10)
+    pair = [await workers(env), await workers(env)]
+    for w in pair:  # both are up, their start-up drains done
+        await w.wait_for_line("cron:deliver_callbacks", "●")
+    team_ids = await make_tasks(pool, 200, merchant.url)
+    await wait_delivered(pool, team_ids, seconds=30)
+    for w in pair:
+        code, _ = await w.terminate()
+        assert code == 0, w.log[-3000:]
+    shares = [_delivered_by(w) for w in pair]
+    # (>=: a due task of an earlier test, for a merchant still up, may be delivered too)
+    assert sum(shares) >= len(team_ids) and all(shares), shares
     assert len(merchant.ids) == len(team_ids)
     assert all(n == 1 for n in merchant.ids.values())
     counts = await pool.fetch(
