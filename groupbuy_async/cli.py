@@ -50,6 +50,7 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
             "notify_cron_seconds",
             *_NOTIFY,
             *_POOL,
+            "worker_max_outage_seconds",
             "worker_metrics_port",
             "host",
             *_LOGS,
@@ -65,7 +66,7 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("database_url", *_NOTIFY, *_POOL, *_LOGS),
     ),
     "health": (
-        "exit 0 when the API answers /readyz, or this host's workers' heartbeats are in Redis",
+        "exit 0 when the API answers /readyz, or this host's workers are alive and not stale",
         ("host", "port", "redis_url", "queue_name"),
     ),
 }

@@ -158,6 +158,13 @@ class Settings(BaseSettings):
         description="worker: Redis key prefix of the workers' arq queues and heartbeats;"
         " distinct per deployment sharing a Redis database",
     )
+    worker_max_outage_seconds: int = Field(
+        300,
+        ge=1,
+        le=86_400,
+        description="worker: exit 1 once PostgreSQL has been out of reach this long"
+        " (until then it retries at every cron tick)",
+    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="worker: serve /metrics on this port"
     )

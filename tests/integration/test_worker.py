@@ -90,3 +90,30 @@ async def test_queues_of_workers_gone_without_closing_are_deleted(settings: Sett
     finally:
         await redis.delete(queue_key(queue, "h:2:live"), alive_key(queue, "h:2:live"))
         await redis.aclose()
+
+
+async def test_drains_beyond_max_drains_skip_their_tick(
+    settings: Settings, pool: asyncpg.Pool, merchant: Any
+) -> None:
+    """A long backlog keeps each drain busy for DRAIN_SECONDS; past MAX_DRAINS of them a
+    tick is skipped (not counted as a drain), so team expiry always finds an arq job slot."""
+    from groupbuy_async.worker import MAX_DRAINS, MAX_JOBS, deliver_callbacks, shutdown, startup
+
+    from ..conftest import make_tasks
+
+    assert MAX_DRAINS < MAX_JOBS
+    ctx: dict[str, Any] = {"settings": settings}
+    await startup(ctx)
+    try:
+        await make_tasks(pool, 1, merchant.url)
+        liveness = ctx["liveness"]
+        before = liveness.last_drain
+        liveness.drains = MAX_DRAINS
+        assert await deliver_callbacks(ctx) is None
+        assert liveness.last_drain == before and not merchant.requests
+        liveness.drains = MAX_DRAINS - 1
+        counts = await deliver_callbacks(ctx)
+        assert counts is not None and counts["successCount"] >= 1
+        assert liveness.last_drain > before and liveness.drains == MAX_DRAINS - 1
+    finally:
+        await shutdown(ctx)

@@ -4,18 +4,24 @@ several workers sharing the compensation work."""
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from yarl import URL
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool, migrate, temporary_database
+from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
 from groupbuy_async.settings import Settings
 
 from ..conftest import make_tasks
@@ -214,6 +220,126 @@ async def test_sigterm_lets_in_flight_sends_finish_and_hands_back_the_rest(
         "SELECT notify_count FROM notify_task WHERE team_id = ANY($1::text[])", team_ids
     )
     assert {r["notify_count"] for r in counts} == {1}
+
+
+# --- PostgreSQL lost: one line down, one line back, health follows; or exit 1 ---------------
+
+
+@pytest.fixture
+async def pg_dir() -> AsyncIterator[Path]:
+    """Not under pytest's tmp_path: run as root, PostgreSQL runs as another user and must
+    traverse to its data, and a pytest session starting meanwhile (another checkout's) makes
+    /tmp/pytest-of-root private again."""
+    path = Path(tempfile.mkdtemp(prefix="groupbuy-test-pg-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def own_postgres(pg_dir: Path) -> AsyncIterator[EmbeddedServer]:
+    """A migrated PostgreSQL only this test uses (and may stop), never the shared one."""
+    server = await asyncio.to_thread(start_postgres, pg_dir)
+    try:
+        await migrate(server.url)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def _metrics(port: int) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as r,
+    ):
+        return r.status, await r.text()
+
+
+def _sample(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[-1])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_worker_rides_out_a_postgresql_restart_in_two_lines(
+    settings: Settings,
+    own_postgres: EmbeddedServer,
+    merchant: Merchant,
+    workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
+    pg_dir: Path,
+) -> None:
+    metrics_port = _free_port()
+    env = worker_env(
+        settings.model_copy(update={"database_url": own_postgres.url}),
+        FAIL_TEAMS_CRON_SECONDS=1,
+        WORKER_METRICS_PORT=metrics_port,
+    )
+    pool = await create_pool(own_postgres.url, 1, 2)
+    try:
+        worker = await workers(env)
+        await wait_delivered(pool, await make_tasks(pool, 3, merchant.url), seconds=20)
+        assert await wait_health(env, 0, seconds=10)
+        status, text = await _metrics(metrics_port)
+        assert status == 200
+        for gauge in ("last_drain", "last_expiry_sweep"):
+            stamp = _sample(text, f"groupbuy_worker_{gauge}_timestamp_seconds")
+            assert time.time() - 10 < stamp <= time.time(), gauge
+    finally:
+        await pool.close()
+
+    await asyncio.to_thread(own_postgres.stop)
+    # Sweeps every second go stale after a few: `health worker` says so, /metrics still answers.
+    went_unhealthy = await wait_health(env, 1, seconds=15)
+    status, _ = await _metrics(metrics_port)
+    restarted = await asyncio.to_thread(start_postgres, pg_dir, URL(own_postgres.url).port)
+    pool = await create_pool(restarted.url, 1, 2)
+    try:
+        came_back = await wait_health(env, 0, seconds=15)
+        # It goes on delivering.
+        await wait_delivered(pool, await make_tasks(pool, 3, merchant.url), seconds=20)
+        code, _ = await worker.terminate()
+    finally:
+        await pool.close()
+        await asyncio.to_thread(restarted.stop)
+    log = worker.log
+    assert code == 0, log[-3000:]
+    assert not any(noise in log for noise in NOISE), log[-5000:]
+    assert len(worker.matching("lost PostgreSQL at")) == 1, log[-3000:]
+    assert len(worker.matching("PostgreSQL at", "back after")) == 1, log[-3000:]
+    assert went_unhealthy and came_back
+    assert status == 200  # the worker's /metrics answers during the outage
+    assert all(n == 1 for n in merchant.ids.values()) and len(merchant.ids) == 6
+
+
+async def test_worker_exits_1_when_postgresql_stays_down(
+    settings: Settings,
+    own_postgres: EmbeddedServer,
+    workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
+) -> None:
+    env = worker_env(
+        settings.model_copy(update={"database_url": own_postgres.url}),
+        FAIL_TEAMS_CRON_SECONDS=1,
+        WORKER_MAX_OUTAGE_SECONDS=3,
+    )
+    worker = await workers(env)
+    await worker.wait_for_line("cron:deliver_callbacks", "●")  # a drain completed
+    await asyncio.to_thread(own_postgres.stop)
+    code = await worker.wait_exit(seconds=20)
+    log = worker.log
+    assert code == 1, log[-3000:]
+    assert not any(noise in log for noise in NOISE), log[-5000:]
+    assert len(worker.matching("lost PostgreSQL at")) == 1, log[-3000:]
+    (gave_up,) = worker.matching("worker stopped: PostgreSQL at")
+    assert "unreachable for" in gave_up and "GROUPBUY_WORKER_MAX_OUTAGE_SECONDS" in gave_up
+    # It closed properly: its heartbeat is gone at once.
+    code, out = await health(env)
+    assert code == 1 and "no heartbeat" in out
 
 
 # --- Several workers share the compensation work ---------------------------------------------
