@@ -46,10 +46,12 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "database_url",
             "redis_url",
+            "queue_name",
             "fail_teams_cron_seconds",
             "notify_cron_seconds",
             *_NOTIFY,
             *_POOL,
+            "worker_max_outage_seconds",
             "worker_metrics_port",
             "host",
             *_LOGS,
@@ -65,8 +67,8 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("database_url", *_NOTIFY, *_POOL, *_LOGS),
     ),
     "health": (
-        "exit 0 when the API answers /readyz, or the worker's heartbeat is fresh in Redis",
-        ("host", "port", "redis_url"),
+        "exit 0 when the API answers /readyz, or this host's workers are alive and not stale",
+        ("host", "port", "redis_url", "queue_name"),
     ),
 }
 

@@ -6,9 +6,12 @@ CLI prints its one line and exits 2, after everything already opened has been cl
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -158,10 +161,11 @@ async def run_worker(settings: Settings) -> None:
     cron jobs, gives running ones a grace period, then closes (deleting its heartbeat).
 
     PostgreSQL (and the worker's /metrics port) and Redis are opened before arq starts, so
-    that an unreachable one is a StartupError: one line, exit 2. If the main loop ends later
-    for any other reason (Redis gone, say), that is logged in one line and the process exits
-    1, so a supervisor restarts it: it never stays up idle."""
-    from .worker import build_worker, shutdown, startup
+    that an unreachable one is a StartupError: one line, exit 2. Losing PostgreSQL later is
+    ridden out (see worker.Liveness) for GROUPBUY_WORKER_MAX_OUTAGE_SECONDS. If the main loop
+    ends for any other reason (Redis gone, PostgreSQL gone too long), that is logged in one
+    line and the process exits 1, so a supervisor restarts it: it never stays up idle."""
+    from .worker import PostgresLost, build_worker, shutdown, startup
 
     ctx: dict[str, Any] = {"settings": settings}
     try:
@@ -181,10 +185,18 @@ async def run_worker(settings: Settings) -> None:
     except asyncio.CancelledError:
         log.info("worker stopped by signal")
         await _quietly(worker.close())
+    except PostgresLost:
+        # Said when it gave up. Redis is fine: close properly (heartbeat and queue deleted).
+        ctx["services"].dispatcher.stop()
+        await _finish_jobs(worker, grace)
+        await _quietly(worker.close())
+        raise SystemExit(1) from None
     except UNREACHABLE as exc:
         what, url = _which_server(exc, settings)
         log.error("worker stopped: lost %s at %s: %s", what, server_address(url), _reason(exc))
-        await _abandon(worker, redis, grace)
+        await _finish_jobs(worker, grace)
+        # Closed without talking to Redis: the heartbeat key lapses by its TTL.
+        await _quietly(redis.aclose())
         raise SystemExit(1) from None
     finally:
         await shutdown(ctx)  # a no-op when worker.close() already ran it
@@ -196,9 +208,9 @@ def _which_server(exc: BaseException, settings: Settings) -> tuple[str, str]:
     return "PostgreSQL", settings.database_url or ""
 
 
-async def _abandon(worker: Any, redis: "ArqRedis", grace: float) -> None:
+async def _finish_jobs(worker: Any, grace: float) -> None:
     """After losing a server: let running jobs finish within the grace period, cancel the
-    rest, and close Redis without talking to it (its heartbeat key lapses by its TTL)."""
+    rest."""
     jobs = list(worker.tasks.values())
     running = [job for job in jobs if not job.done()]
     if running:
@@ -208,7 +220,6 @@ async def _abandon(worker: Any, redis: "ArqRedis", grace: float) -> None:
     # Collects every job's outcome: arq's bookkeeping after a job fails on the lost Redis
     # too, and that is said already (no "Task exception was never retrieved" tracebacks).
     await asyncio.gather(*jobs, return_exceptions=True)
-    await _quietly(redis.aclose())
 
 
 async def _quietly(closing: Awaitable[None]) -> None:
@@ -225,11 +236,12 @@ def _reason(exc: BaseException) -> str:
 
 
 async def check_health(settings: Settings, process: str) -> int:
-    """0 when healthy: the API's /readyz answers 200, or the worker's arq heartbeat (written
-    every HEARTBEAT_SECONDS while its loop runs, deleted when it closes) is in Redis. 1, with
-    one line saying why, otherwise."""
+    """0 when healthy: the API's /readyz answers 200, or this host's workers (those of
+    GROUPBUY_QUEUE_NAME) have their heartbeats in Redis (written every HEARTBEAT_SECONDS
+    while a worker's loop runs, deleted when it closes) and their last drain and expiry
+    sweep are not stale. 1, with one line saying why, otherwise."""
     if process == "worker":
-        return await _check_worker(settings.redis_url or "")
+        return await _check_worker(settings.redis_url or "", settings.queue_name)
     import aiohttp
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
@@ -248,19 +260,47 @@ async def check_health(settings: Settings, process: str) -> int:
         return 1
 
 
-async def _check_worker(redis_url: str) -> int:
-    from .worker import HEARTBEAT_KEY
+async def _check_worker(redis_url: str, queue_name: str) -> int:
+    """The workers on this host: a health check runs where its worker does (a container, a
+    pod), and there may be other workers elsewhere, healthy or not, that are not its own."""
+    from .worker import key_pattern, key_worker, stale, worker_host
 
+    host = socket.gethostname()
     try:
         redis = await connect_redis(redis_url)
         try:
-            beat = await redis.get(HEARTBEAT_KEY)
+            keys = [k.decode() async for k in redis.scan_iter(key_pattern(queue_name, "alive"))]
+            ids = [key_worker(queue_name, "alive", k) for k in keys]
+            mine = {i: k for i, k in zip(ids, keys, strict=True) if worker_host(i) == host}
+            beats = await redis.mget(list(mine.values())) if mine else []
         finally:
             await redis.aclose()
     except UNREACHABLE as exc:
         log.warning("worker health check failed: %s", unreachable("Redis", redis_url, exc))
         return 1
-    if not beat:
-        log.warning("worker health check failed: no heartbeat in Redis (no worker running)")
+    now = time.time()
+    problems = [
+        f"worker {worker_id}: {problem}"
+        for worker_id, beat in zip(mine, beats, strict=True)
+        if beat  # gone since the scan: closed just now
+        for problem in stale(_record(beat), now)
+    ]
+    if not any(beats):
+        log.warning(
+            "worker health check failed: no heartbeat in Redis from a worker on %s"
+            " (GROUPBUY_QUEUE_NAME %s)", host, queue_name,
+        )  # fmt: skip
+        return 1
+    if problems:
+        log.warning("worker health check failed: %s", "; ".join(problems))
         return 1
     return 0
+
+
+def _record(beat: bytes) -> dict[str, Any]:
+    """A heartbeat's record; empty (nothing to judge) for one that is not JSON."""
+    try:
+        record = json.loads(beat)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}

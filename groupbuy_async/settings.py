@@ -151,6 +151,20 @@ class Settings(BaseSettings):
     notify_immediate_limit: int = Field(
         256, ge=1, le=100_000, description="API: post-settlement sends in flight before the worker"
     )
+    queue_name: str = Field(
+        "groupbuy:queue",
+        min_length=1,
+        max_length=200,
+        description="worker: Redis key prefix of the workers' arq queues and heartbeats;"
+        " distinct per deployment sharing a Redis database",
+    )
+    worker_max_outage_seconds: int = Field(
+        300,
+        ge=1,
+        le=86_400,
+        description="worker: exit 1 once PostgreSQL has been out of reach this long"
+        " (until then it retries at every cron tick)",
+    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="worker: serve /metrics on this port"
     )

@@ -1,27 +1,200 @@
-"""The arq worker: team expiry and callback compensation, with the same startup as the app."""
+"""The arq worker: team expiry and callback compensation, with the same startup as the app.
 
+Each worker process has an arq queue of its own, so each runs every cron tick: N workers
+drain N times as fast as one (FOR UPDATE SKIP LOCKED hands each a different share), and
+team expiry runs on each (the same way). Its keys in Redis, under GROUPBUY_QUEUE_NAME:
+
+  {queue}:jobs:{worker}   its arq queue (its cron ticks)
+  {queue}:alive:{worker}  its heartbeat, rewritten every HEARTBEAT_SECONDS with a TTL just
+                          longer, deleted when it closes: what `health worker` reads
+
+where {worker} is host:pid:random. Deployments sharing a Redis database need distinct
+queue names, or `health worker` would see each other's workers.
+
+PostgreSQL out of reach is ridden out: the cron jobs say so in one line when it is lost and
+one when it is back, and try again at each tick; after GROUPBUY_WORKER_MAX_OUTAGE_SECONDS
+the worker exits 1 for its supervisor. The heartbeat carries when the last drain and expiry
+sweep completed (also gauges on the worker's /metrics), and `health worker` fails when they
+are stale.
+"""
+
+import asyncio
 import contextlib
+import json
 import logging
+import os
+import socket
+import time
+import uuid
+from signal import Signals
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 from arq import cron
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
+from prometheus_client import Gauge
 
 from . import bootstrap
+from .callbacks.dispatch import DRAIN_SECONDS
 from .callbacks.metrics import Metrics, metrics_response
-from .lifecycle import StartupError
+from .lifecycle import StartupError, _reason, server_address
 from .settings import Settings
 from .trade import orders
 
 log = logging.getLogger(__name__)
 
-# arq writes its heartbeat under this key (with a TTL a little over the interval) while its
-# loop runs; `python -m groupbuy_async health worker` reads it.
-HEARTBEAT_KEY = "groupbuy:worker:health-check"
 HEARTBEAT_SECONDS = 15
+# arq runs at most this many jobs at once per worker; drains overlap up to MAX_DRAINS of
+# them, so that a long backlog (each drain then runs for DRAIN_SECONDS) never leaves team
+# expiry waiting for a slot.
+MAX_JOBS = 10
+MAX_DRAINS = MAX_JOBS - 2
+# The worker's /metrics reads the outbox's counts at scrape time, within this long.
+METRICS_DB_SECONDS = 5.0
+
+# PostgreSQL out of reach: refused, reset or timed out (OSError, TimeoutError, asyncpg's
+# InterfaceError and connection errors, class 08), shutting down or starting up (class 57,
+# e.g. CannotConnectNowError), out of connections or other resources (class 53).
+DB_DOWN: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+)  # fmt: skip
+
+
+class PostgresLost(Exception):
+    """PostgreSQL stayed out of reach longer than GROUPBUY_WORKER_MAX_OUTAGE_SECONDS (said
+    already, in one line): the worker exits 1."""
+
+
+class Liveness:
+    """When this worker last completed a drain and an expiry sweep, and since when PostgreSQL
+    is out of reach. The cron jobs report here; /metrics and the heartbeat read it."""
+
+    def __init__(self, settings: Settings) -> None:
+        now = time.time()  # a worker just started is not stale
+        self.last_drain = self.last_sweep = now
+        # Stale when older than three cron periods plus the job's time limit: a drain's is
+        # DRAIN_SECONDS and a last round of sends; a sweep is a few short statements, one
+        # period is plenty.
+        self.drain_stale_after = (
+            3 * settings.notify_cron_seconds + DRAIN_SECONDS + settings.notify_timeout_seconds
+        )
+        self.sweep_stale_after = 4.0 * settings.fail_teams_cron_seconds
+        self.max_outage = settings.worker_max_outage_seconds
+        self.where = server_address(settings.database_url or "")
+        self.down_since: float | None = None  # time.monotonic()
+        self.gave_up = False
+        self.changed = True  # since the heartbeat last carried it
+        self.drains = 0  # running now
+
+    def drained(self) -> None:
+        self.last_drain = time.time()
+        self._reached()
+
+    def swept(self) -> None:
+        self.last_sweep = time.time()
+        self._reached()
+
+    def _reached(self) -> None:
+        self.changed = True
+        if self.down_since is not None:
+            took = time.monotonic() - self.down_since
+            self.down_since = None
+            log.info("PostgreSQL at %s back after %.0f s", self.where, took)
+
+    def lost(self, exc: BaseException) -> None:
+        """A cron job could not reach PostgreSQL: one line when that starts, one when it has
+        lasted too long (the worker then exits), nothing in between."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning(
+                "lost PostgreSQL at %s: %s; retrying at every cron tick, exiting after %d s",
+                self.where, _reason(exc), self.max_outage,
+            )  # fmt: skip
+        elif now - self.down_since >= self.max_outage and not self.gave_up:
+            self.gave_up = True
+            log.error(
+                "worker stopped: PostgreSQL at %s unreachable for %.0f s"
+                " (GROUPBUY_WORKER_MAX_OUTAGE_SECONDS=%d): %s",
+                self.where, now - self.down_since, self.max_outage, _reason(exc),
+            )  # fmt: skip
+
+    def as_record(self) -> dict[str, Any]:
+        """What the heartbeat carries, for `health worker`."""
+        return {
+            "last_drain": self.last_drain,
+            "last_sweep": self.last_sweep,
+            "drain_stale_after": self.drain_stale_after,
+            "sweep_stale_after": self.sweep_stale_after,
+            "postgres_down_since": None
+            if self.down_since is None
+            else time.time() - (time.monotonic() - self.down_since),
+        }
+
+    def expose(self, metrics: Metrics) -> None:
+        Gauge(
+            "groupbuy_worker_last_drain_timestamp_seconds",
+            "Unix time this worker last completed a callback drain", registry=metrics.registry,
+        ).set_function(lambda: self.last_drain)  # fmt: skip
+        Gauge(
+            "groupbuy_worker_last_expiry_sweep_timestamp_seconds",
+            "Unix time this worker last completed a team expiry sweep",
+            registry=metrics.registry,
+        ).set_function(lambda: self.last_sweep)
+
+
+def stale(record: dict[str, Any], now: float) -> list[str]:
+    """What is stale in a heartbeat's record, in words; empty when nothing is."""
+    found = []
+    for what, stamp, limit in (
+        ("drain", "last_drain", "drain_stale_after"),
+        ("expiry sweep", "last_sweep", "sweep_stale_after"),
+    ):
+        if stamp in record and limit in record and now - record[stamp] > record[limit]:
+            found.append(
+                f"last {what} {now - record[stamp]:.0f} s ago (stale after {record[limit]:.0f} s)"
+            )
+    return found
+
+
+class _QuietPoolFloor(logging.Filter):
+    """asyncpg's pool reconnects its idle floor in the background while PostgreSQL is down,
+    logging a traceback at each try; the worker's own line says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pool connection floor" not in record.getMessage()
+
+
+def new_worker_id() -> str:
+    """host:pid:random: unique, and says where the worker runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def queue_key(queue_name: str, worker_id: str) -> str:
+    return f"{queue_name}:jobs:{worker_id}"
+
+
+def alive_key(queue_name: str, worker_id: str) -> str:
+    return f"{queue_name}:alive:{worker_id}"
+
+
+def key_pattern(queue_name: str, kind: str) -> str:
+    """SCAN MATCH pattern of every `kind` key ("jobs", "alive") under `queue_name`, which
+    is taken literally."""
+    literal = "".join("\\" + c if c in "*?[]\\" else c for c in queue_name)
+    return f"{literal}:{kind}:*"
+
+
+def key_worker(queue_name: str, kind: str, key: str) -> str:
+    """The worker id in a `kind` key."""
+    return key.removeprefix(f"{queue_name}:{kind}:")
+
+
+def worker_host(worker_id: str) -> str:
+    return worker_id.rsplit(":", 2)[0]
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -34,6 +207,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     stack = ctx["exit_stack"] = contextlib.AsyncExitStack()
     services = ctx["services"] = await stack.enter_async_context(bootstrap.services(settings, 1))
+    liveness = ctx["liveness"] = Liveness(settings)
+    liveness.expose(services.metrics)
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _QuietPoolFloor) for f in pool_log.filters):
+        pool_log.addFilter(_QuietPoolFloor())
     if settings.worker_metrics_port is not None:
         runner = await serve_metrics(
             services.metrics, services.pool, settings.host, settings.worker_metrics_port
@@ -47,7 +225,12 @@ async def serve_metrics(
     """The worker's own /metrics: its compensation sends are not seen by the API's."""
 
     async def handler(_: web.Request) -> web.Response:
-        return await metrics_response(metrics, pool)
+        try:
+            async with asyncio.timeout(METRICS_DB_SECONDS):
+                return await metrics_response(metrics, pool)
+        except DB_DOWN:
+            # The outbox's counts keep their last values; the rest says what is going on.
+            return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     app = web.Application()
     app.router.add_get("/metrics", handler)
@@ -69,17 +252,36 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx.pop("exit_stack").aclose()
 
 
-async def fail_expired_teams(ctx: dict[str, Any]) -> int:
-    failed = await orders.fail_expired_teams(ctx["services"].pool)
+async def fail_expired_teams(ctx: dict[str, Any]) -> int | None:
+    """Team expiry; None when PostgreSQL is out of reach (the next tick tries again)."""
+    liveness: Liveness = ctx["liveness"]
+    try:
+        failed = await orders.fail_expired_teams(ctx["services"].pool)
+    except DB_DOWN as exc:
+        liveness.lost(exc)
+        return None
+    liveness.swept()
     if failed:
         log.info("marked %d expired teams as failed", failed)
     return failed
 
 
-async def deliver_callbacks(ctx: dict[str, Any]) -> dict[str, int]:
-    """Compensation: drain every due notify task (the original's execSettlementNotifyJob())."""
+async def deliver_callbacks(ctx: dict[str, Any]) -> dict[str, int] | None:
+    """Compensation: drain every due notify task (the original's execSettlementNotifyJob()).
+    None when PostgreSQL is out of reach, or when MAX_DRAINS drains are running already."""
     services: bootstrap.Services = ctx["services"]
-    counts = (await services.dispatcher.drain()).as_dict()
+    liveness: Liveness = ctx["liveness"]
+    if liveness.drains >= MAX_DRAINS:
+        return None
+    liveness.drains += 1
+    try:
+        counts = (await services.dispatcher.drain()).as_dict()
+    except DB_DOWN as exc:
+        liveness.lost(exc)
+        return None
+    finally:
+        liveness.drains -= 1
+    liveness.drained()
     if counts["waitCount"]:
         log.info("callback compensation: %s", counts)
     return counts
@@ -91,9 +293,75 @@ def every(seconds: int) -> set[int]:
     return set(range(0, 60, step))
 
 
-def build_worker(settings: Settings, **overrides: Any) -> Worker:
+class GroupbuyWorker(Worker):
+    """arq's Worker on a queue of its own, with the callback dispatcher stopped first on
+    SIGTERM/SIGINT."""
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        """arq stops picking jobs and gives running ones `job_completion_wait` seconds. The
+        dispatcher is told first, so that a drain (which would otherwise claim and send for
+        minutes, and be cancelled mid-send) stops claiming, lets its sends in flight finish
+        and records them, and releases what it claimed but did not send, due now: the job
+        ends within the attempt timeout, and nothing waits out a lease or is sent twice."""
+        services: bootstrap.Services | None = self.ctx.get("services")
+        if services is not None:
+            services.dispatcher.stop()
+        super().handle_sig_wait_for_completion(signum)
+
+    async def heart_beat(self) -> None:
+        """Each turn of arq's loop: stop when PostgreSQL has been out of reach too long."""
+        liveness: Liveness | None = self.ctx.get("liveness")
+        if liveness is not None and liveness.gave_up:
+            raise PostgresLost(f"PostgreSQL at {liveness.where} unreachable for too long")
+        await super().heart_beat()
+
+    async def record_health(self) -> None:
+        """The heartbeat: every health_check_interval, and as soon as a drain or a sweep
+        completes, a JSON record with their times, a TTL a little over the interval."""
+        liveness: Liveness | None = self.ctx.get("liveness")
+        now = time.time()
+        due = now - self._last_health_check >= self.health_check_interval
+        if liveness is None:  # before on_startup
+            return await super().record_health()
+        if not (due or liveness.changed):
+            return
+        self._last_health_check, liveness.changed = now, False
+        record = {
+            **liveness.as_record(),
+            "written": now,
+            "jobs": {
+                "complete": self.jobs_complete, "failed": self.jobs_failed,
+                "retried": self.jobs_retried, "running": len(self.tasks),
+            },
+        }  # fmt: skip
+        ttl_ms = int((self.health_check_interval + 1) * 1000)
+        await self.pool.set(self.health_check_key, json.dumps(record), px=ttl_ms)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            # Its queue holds only its own next ticks, which nothing else will run.
+            await self.pool.delete(self.queue_name)
+        await super().close()
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    await startup(ctx)
+    await forget_dead_workers(ctx["redis"], ctx["settings"].queue_name)
+
+
+async def forget_dead_workers(redis: ArqRedis, queue_name: str) -> None:
+    """Delete the queues of workers whose heartbeat has lapsed (killed without closing): they
+    hold a tick or two that no worker would ever run."""
+    async for raw in redis.scan_iter(match=key_pattern(queue_name, "jobs"), count=1000):
+        key = raw.decode()
+        if not await redis.exists(alive_key(queue_name, key_worker(queue_name, "jobs", key))):
+            await redis.delete(key)
+
+
+def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:
     if not settings.redis_url:
         raise StartupError("GROUPBUY_REDIS_URL is not set")
+    worker_id = new_worker_id()
     options: dict[str, Any] = {
         "functions": [],
         "cron_jobs": [
@@ -102,6 +370,9 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
                 second=every(settings.fail_teams_cron_seconds),
                 microsecond=0,
                 run_at_startup=True,
+                # arq's job ids are global in Redis: unique ones (name:time) would let the
+                # first worker to enqueue a tick keep every other worker from running it.
+                unique=False,
                 timeout=300,
             ),
             cron(
@@ -109,18 +380,20 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
                 second=every(settings.notify_cron_seconds),
                 microsecond=0,
                 run_at_startup=True,
+                unique=False,
                 timeout=3600,
             ),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "on_startup": startup,
+        "on_startup": _startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": settings},
         "handle_signals": False,
-        "max_jobs": 10,
-        "health_check_key": HEARTBEAT_KEY,
+        "max_jobs": MAX_JOBS,
+        "queue_name": queue_key(settings.queue_name, worker_id),
+        "health_check_key": alive_key(settings.queue_name, worker_id),
         "health_check_interval": HEARTBEAT_SECONDS,
         "keep_result": 60,
     }
     options.update(overrides)
-    return Worker(**options)
+    return GroupbuyWorker(**options)

@@ -132,6 +132,9 @@ class Dispatcher:
         self._fire_batch: list[str] = []
         self._firing = 0
         self._closed = False
+        # Set by stop(): nothing more is claimed or sent, tasks in hand go back due now.
+        self._stopping = False
+        self._wakes: set[asyncio.Event] = set()  # those of the drains running
         # Drains of all that is due claiming now. Their claims take turns (see _Drain).
         self._drains = 0
         self._claim_turn = asyncio.Lock()
@@ -153,12 +156,21 @@ class Dispatcher:
         """Deliver every due task (or one team's) until none is due or `seconds` pass."""
         return await _Drain(self, team_id, time.monotonic() + seconds).run()
 
+    def stop(self) -> None:
+        """Begin a graceful stop (a worker's SIGTERM): drains claim nothing more, sends in
+        flight finish and are recorded as usual, and tasks claimed but not yet sent are
+        released, due now, as their drains end. For good: a drain started later ends at once."""
+        self._stopping = True
+        self._room.set()
+        for wake in self._wakes:
+            wake.set()
+
     def fire(self, team_id: str) -> bool:
         """Deliver a just-completed team's task in the background; False when saturated
         (the worker's compensation delivers it instead). Teams fired within FIRE_WINDOW
         share one claim; each holds its immediate slot until its own send ends, and a host
         at its cap of tasks in hand leaves the rest to the worker."""
-        if self._closed or self._firing >= self.immediate_limit:
+        if self._closed or self._stopping or self._firing >= self.immediate_limit:
             return False
         self._firing += 1
         self._fire_batch.append(team_id)
@@ -282,11 +294,13 @@ class Dispatcher:
         host = self._hosts[task.host]
         probe = False
         try:
+            if self._stopping:
+                return task
             async with host.slots:
                 admission = await self._admit(task) if gated else Admission.SEND
-                if admission is Admission.REFUSE:
+                probe = admission is Admission.PROBE  # given up in `finally` if not sent
+                if admission is Admission.REFUSE or self._stopping:
                     return task
-                probe = admission is Admission.PROBE
                 done = await self._attempt(task)
                 if isinstance(done, Result):
                     # Before the slot is let go: the next send of the host sees the change.
@@ -307,7 +321,7 @@ class Dispatcher:
 
     async def _attempt(self, task: Task) -> Result | Task:
         async with self._sending:
-            if time.monotonic() - task.claimed_at > self._max_wait:
+            if self._stopping or time.monotonic() - task.claimed_at > self._max_wait:
                 return task
             started_at = datetime.now(UTC)
             began = time.perf_counter()
@@ -441,11 +455,13 @@ class _Drain:
         count = 1 if self.team_id is not None else d.concurrency + d.concurrency // 2
         workers = [asyncio.create_task(self._work()) for _ in range(count)]
         recorder = asyncio.create_task(self._record_periodically())
+        d._wakes.add(self.wake)
         try:
             await self._claim_all()
             await self.queue.join()
 
         finally:
+            d._wakes.discard(self.wake)
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -472,6 +488,8 @@ class _Drain:
 
     async def _claim_all(self) -> None:
         d = self.dispatcher
+        if d._stopping:
+            return
         if self.team_id is not None:
             # Not capped at claim: its one task waits for a slot of its host like any send,
             # rather than going back because other drains keep that host busy.
@@ -496,9 +514,9 @@ class _Drain:
         (they refill as those hosts' sends end); the last one waits for room itself rather
         than leave it to the next cron tick."""
         d = self.dispatcher
-        while time.monotonic() < self.deadline:
+        while time.monotonic() < self.deadline and not d._stopping:
             async with d._claim_turn:
-                want = self._refill()
+                want = None if d._stopping else self._refill()
                 if want:
                     self.freed = 0
                     tasks, full = await d.claim(min(want, d.batch_size))
@@ -508,6 +526,8 @@ class _Drain:
                     self.full = full
                     self._hand(tasks)
             if want is None:
+                if d._stopping:
+                    return
                 self.wake.clear()
                 await self.wake.wait()
             elif self.in_hand == 0:
@@ -515,7 +535,11 @@ class _Drain:
                     return
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.deadline - time.monotonic()):
-                        while self.full and not any(d._has_room(h) for h in self.full):
+                        while (
+                            self.full
+                            and not d._stopping
+                            and not any(d._has_room(h) for h in self.full)
+                        ):
                             d._room.clear()
                             await d._room.wait()
                 self.freed = min(d.per_host, d.concurrency)  # a round, as if that had ended

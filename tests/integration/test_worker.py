@@ -43,3 +43,77 @@ def test_cron_period_maps_to_seconds_of_the_minute() -> None:
     assert every(15) == {0, 15, 30, 45}
     assert every(7) == set(range(0, 60, 10))
     assert every(120) == {0}
+
+
+async def test_health_worker_checks_the_workers_on_its_own_host(settings: Settings) -> None:
+    """Heartbeats of workers elsewhere (another container, pod) do not make this host's
+    worker healthy; a queue name of its own is another deployment."""
+    import socket
+
+    from groupbuy_async.lifecycle import check_health, connect_redis
+    from groupbuy_async.worker import alive_key
+
+    queue = f"test:{uuid.uuid4().hex}[*]"  # glob characters are taken literally
+    mine = settings.model_copy(update={"queue_name": queue})
+    assert settings.redis_url
+    keys = [
+        alive_key(queue, "elsewhere.example:7:abcd1234"),
+        alive_key(queue + "x", f"{socket.gethostname()}:7:abcd1234"),
+        alive_key(queue, f"{socket.gethostname()}:8:abcd1234"),
+    ]
+    redis = await connect_redis(settings.redis_url)
+    try:
+        for key in keys[:2]:
+            await redis.set(key, b"up", ex=30)
+        assert await check_health(mine, "worker") == 1
+        await redis.set(keys[2], b"up", ex=30)
+        assert await check_health(mine, "worker") == 0
+    finally:
+        await redis.delete(*keys)
+        await redis.aclose()
+
+
+async def test_queues_of_workers_gone_without_closing_are_deleted(settings: Settings) -> None:
+    from groupbuy_async.lifecycle import connect_redis
+    from groupbuy_async.worker import alive_key, forget_dead_workers, queue_key
+
+    queue = f"test:{uuid.uuid4().hex}"
+    assert settings.redis_url
+    redis = await connect_redis(settings.redis_url)
+    try:
+        await redis.zadd(queue_key(queue, "h:1:dead"), {"tick": 1})
+        await redis.zadd(queue_key(queue, "h:2:live"), {"tick": 1})
+        await redis.set(alive_key(queue, "h:2:live"), b"up", ex=30)
+        await forget_dead_workers(redis, queue)
+        assert not await redis.exists(queue_key(queue, "h:1:dead"))
+        assert await redis.exists(queue_key(queue, "h:2:live"))
+    finally:
+        await redis.delete(queue_key(queue, "h:2:live"), alive_key(queue, "h:2:live"))
+        await redis.aclose()
+
+
+async def test_drains_beyond_max_drains_skip_their_tick(
+    settings: Settings, pool: asyncpg.Pool, merchant: Any
+) -> None:
+    """A long backlog keeps each drain busy for DRAIN_SECONDS; past MAX_DRAINS of them a
+    tick is skipped (not counted as a drain), so team expiry always finds an arq job slot."""
+    from groupbuy_async.worker import MAX_DRAINS, MAX_JOBS, deliver_callbacks, shutdown, startup
+
+    from ..conftest import make_tasks
+
+    assert MAX_DRAINS < MAX_JOBS
+    ctx: dict[str, Any] = {"settings": settings}
+    await startup(ctx)
+    try:
+        await make_tasks(pool, 1, merchant.url)
+        liveness = ctx["liveness"]
+        before = liveness.last_drain
+        liveness.drains = MAX_DRAINS
+        assert await deliver_callbacks(ctx) is None
+        assert liveness.last_drain == before and not merchant.requests
+        liveness.drains = MAX_DRAINS - 1
+        counts = await deliver_callbacks(ctx)
+        assert counts is not None and counts["successCount"] >= 1
+        assert liveness.last_drain > before and liveness.drains == MAX_DRAINS - 1
+    finally:
+        await shutdown(ctx)
