@@ -14,7 +14,7 @@ from . import bootstrap
 from .callbacks.metrics import Metrics, metrics_response
 from .lifecycle import StartupError
 from .settings import Settings
-from .trade import orders
+from .trade import expiry, orders
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,13 @@ async def fail_expired_teams(ctx: dict[str, Any]) -> int:
     return failed
 
 
+async def close_unpaid_orders(ctx: dict[str, Any]) -> int:
+    closed = await expiry.close_unpaid_orders(ctx["services"].pool)
+    if closed:
+        log.info("closed %d unpaid orders past their payment timeout", closed)
+    return closed
+
+
 async def deliver_callbacks(ctx: dict[str, Any]) -> dict[str, int]:
     """Compensation: drain every due notify task (the original's execSettlementNotifyJob())."""
     services: bootstrap.Services = ctx["services"]
@@ -100,6 +107,13 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             cron(
                 fail_expired_teams,
                 second=every(settings.fail_teams_cron_seconds),
+                microsecond=0,
+                run_at_startup=True,
+                timeout=300,
+            ),
+            cron(
+                close_unpaid_orders,
+                second=every(settings.close_unpaid_cron_seconds),
                 microsecond=0,
                 run_at_startup=True,
                 timeout=300,
