@@ -213,7 +213,11 @@ async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int) -> N
     complete = (TeamStatus.COMPLETE, TeamStatus.COMPLETE_WITH_REFUNDS)
     if team["status"] in complete or team["lock_count"] >= team["target_count"]:
         raise errors.TeamFull()
-    raise errors.TeamClosed()
+    if team["status"] == TeamStatus.FAILED or not team["open"]:
+        raise errors.TeamClosed()
+    # Forming, open and not full now: it was full when the join tried, and a member has
+    # left since (a refund or an unpaid timeout freed a slot). The shopper may try again.
+    raise errors.TeamFull()
 
 
 _ORDER_FOR_SETTLE = """
