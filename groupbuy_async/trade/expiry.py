@@ -2,6 +2,8 @@
 forming teams past their window fail. Batches of one transaction each, SKIP LOCKED, so any
 number of workers share the work and a request holding a row is never waited for."""
 
+import asyncio
+
 import asyncpg
 
 from ..callbacks import outbox
@@ -9,9 +11,12 @@ from ..callbacks.events import EventType
 from .rules import order_event, team_failed_event
 
 # One statement closes a batch and frees its slots: the due orders are locked first (SKIP
-# LOCKED: one held by a settlement or refund is that request's), then their teams that are
-# still forming, in id order, so concurrent batches sharing a team never lock in a cycle. A
-# failed team keeps its counts. pay_deadline order follows the partial index (status = 0).
+# LOCKED: one held by a settlement or refund is that request's), then their teams in id order,
+# so concurrent batches sharing a team never lock in a cycle; only forming teams give the
+# slots back (a failed team keeps its counts). Due orders are taken in pay_deadline order, the
+# partial index's (status = 0); teams are found by their unique team_id (= ANY of an array:
+# an index scan however many teams there are, where a join on the CTE's rows planned as a
+# scan of every team).
 _CLOSE_DUE = """
 WITH due AS (
     SELECT id FROM group_buy_order_list
@@ -22,38 +27,50 @@ WITH due AS (
     UPDATE group_buy_order_list o SET status = 2, biz_id = NULL, update_time = now()
     FROM due WHERE o.id = due.id AND o.status = 0
     RETURNING o.order_id, o.out_trade_no, o.user_id, o.team_id, o.activity_id
-), forming AS (
-    SELECT t.id, c.closed
-    FROM group_buy_order t
-    JOIN (SELECT team_id, count(*) AS closed FROM closed GROUP BY team_id) c
-      ON c.team_id = t.team_id
-    WHERE t.status = 0
+), per_team AS (
+    SELECT team_id, count(*) AS closed FROM closed GROUP BY team_id
+), teams AS (
+    SELECT t.id, t.team_id, t.status, t.notify_url FROM group_buy_order t
+    WHERE t.team_id = ANY (ARRAY(SELECT team_id FROM per_team))
     ORDER BY t.id
     FOR UPDATE OF t
 ), freed AS (
-    UPDATE group_buy_order t SET lock_count = t.lock_count - f.closed, update_time = now()
-    FROM forming f WHERE t.id = f.id AND t.status = 0
+    UPDATE group_buy_order t SET lock_count = t.lock_count - p.closed, update_time = now()
+    FROM teams JOIN per_team p ON p.team_id = teams.team_id
+    WHERE t.id = teams.id AND teams.status = 0 AND t.status = 0
 )
-SELECT c.order_id, c.out_trade_no, c.user_id, c.team_id, c.activity_id, t.notify_url
-FROM closed c JOIN group_buy_order t ON t.team_id = c.team_id
+SELECT c.order_id, c.out_trade_no, c.user_id, c.team_id, c.activity_id, teams.notify_url
+FROM closed c JOIN teams ON teams.team_id = c.team_id
 """
 
 CLOSE_BATCH = 1000
+# Batches in flight at once: while PostgreSQL closes one, the worker writes the events of
+# another, and a second core is used when there is one. SKIP LOCKED keeps them apart.
+CLOSE_PARALLEL = 2
 
 
-async def close_unpaid_orders(pool: asyncpg.Pool, batch: int = CLOSE_BATCH) -> int:
+async def close_unpaid_orders(
+    pool: asyncpg.Pool, batch: int = CLOSE_BATCH, parallel: int = CLOSE_PARALLEL
+) -> int:
     """Close locked orders past their payment deadline: status 2, take key given back, a
-    forming team's slot freed, one order.closed event each. Returns how many."""
-    total = 0
-    while True:
-        async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_CLOSE_DUE, batch)
-            await outbox.enqueue(
-                conn, [order_event(EventType.ORDER_CLOSED, r, r["notify_url"]) for r in rows]
-            )
-        total += len(rows)
-        if len(rows) < batch:
-            return total
+    forming team's slot freed, one order.closed event each. Batches until none is due (one
+    that comes back short means the rest is taken or not yet due). Returns how many."""
+
+    async def close_until_short() -> int:
+        total = 0
+        while True:
+            async with pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(_CLOSE_DUE, batch)
+                await outbox.enqueue(
+                    conn, [order_event(EventType.ORDER_CLOSED, r, r["notify_url"]) for r in rows]
+                )
+            total += len(rows)
+            if len(rows) < batch:
+                return total
+
+    async with asyncio.TaskGroup() as group:
+        loops = [group.create_task(close_until_short()) for _ in range(parallel)]
+    return sum(loop.result() for loop in loops)
 
 
 _FAIL_EXPIRED = """
