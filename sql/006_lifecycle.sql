@@ -79,3 +79,13 @@ CREATE TRIGGER team_status_transition
           OR (OLD.status <> 0 AND (OLD.lock_count, OLD.complete_count)
                                   IS DISTINCT FROM (NEW.lock_count, NEW.complete_count)))
     EXECUTE FUNCTION refuse_lifecycle_change('team_status_transition');
+
+-- Teams that failed before this migration, with payments nobody was told to refund: the
+-- worker writes each one's team.failed event once (the events' bodies are the service's).
+CREATE TABLE team_failed_unannounced (
+    team_id text PRIMARY KEY REFERENCES group_buy_order (team_id)
+);
+INSERT INTO team_failed_unannounced (team_id)
+SELECT t.team_id FROM group_buy_order t
+WHERE t.status = 2
+  AND EXISTS (SELECT 1 FROM group_buy_order_list o WHERE o.team_id = t.team_id AND o.status = 1);

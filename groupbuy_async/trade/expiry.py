@@ -3,12 +3,15 @@ forming teams past their window fail. Batches of one transaction each, SKIP LOCK
 number of workers share the work and a request holding a row is never waited for."""
 
 import asyncio
+import logging
 
 import asyncpg
 
 from ..callbacks import outbox
 from ..callbacks.events import EventType
 from .rules import order_event, team_failed_event
+
+log = logging.getLogger(__name__)
 
 # One statement closes a batch and frees its slots: the due orders are locked first (SKIP
 # LOCKED: one held by a settlement or refund is that request's), then their teams in id order,
@@ -95,13 +98,34 @@ GROUP BY team_id
 """
 
 
+# Teams that failed before team.failed existed, with payments to refund (sql/006): each is
+# announced once, its backlog row deleted in the same transaction.
+_UNANNOUNCED = """
+WITH gone AS (
+    DELETE FROM team_failed_unannounced
+    WHERE team_id IN (SELECT team_id FROM team_failed_unannounced LIMIT $1
+                      FOR UPDATE SKIP LOCKED)
+    RETURNING team_id
+)
+SELECT team_id, activity_id, notify_url FROM group_buy_order
+WHERE team_id = ANY (ARRAY(SELECT team_id FROM gone))
+"""
+
+
 async def fail_expired_teams(pool: asyncpg.Pool, batch: int = 1000) -> int:
     """Mark forming teams past their window as failed (status 2), each with its team.failed
     event listing the paid orders to refund. Returns how many."""
+    failed = await _fail_in_batches(pool, _FAIL_EXPIRED, batch)
+    if announced := await _fail_in_batches(pool, _UNANNOUNCED, batch):
+        log.info("announced %d teams that failed before team.failed events existed", announced)
+    return failed
+
+
+async def _fail_in_batches(pool: asyncpg.Pool, statement: str, batch: int) -> int:
     total = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            teams = await conn.fetch(_FAIL_EXPIRED, batch)
+            teams = await conn.fetch(statement, batch)
             paid = {}
             if teams:
                 rows = await conn.fetch(_PAID_OF, [t["team_id"] for t in teams])

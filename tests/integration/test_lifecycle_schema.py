@@ -1,6 +1,7 @@
 """sql/006_lifecycle.sql: PostgreSQL refuses what is not a lifecycle change, whoever writes it,
 and the migration gives locks already waiting a deadline."""
 
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -9,8 +10,9 @@ import asyncpg
 import pytest
 from yarl import URL
 
-from groupbuy_async.db import SQL_DIR, migrate
+from groupbuy_async.db import SQL_DIR, create_pool, migrate
 from groupbuy_async.settings import Settings
+from groupbuy_async.trade import expiry
 from groupbuy_async.worker import build_worker
 
 from ..conftest import Api, new_id
@@ -74,7 +76,7 @@ async def test_teams_move_only_along_the_lifecycle(
         await pool.execute(_TEAM.format(change), team_id)
 
 
-async def test_migration_gives_waiting_locks_the_default_deadline(
+async def test_migration_gives_waiting_locks_a_deadline_and_failed_teams_their_event(
     server_urls: tuple[str, str], tmp_path: Path
 ) -> None:
     admin_dsn = server_urls[0]
@@ -100,7 +102,10 @@ async def test_migration_gives_waiting_locks_the_default_deadline(
                 " ('10000001', 7, 's01', 'c01', 10, 1, 9, 3, 1, 2, now() - interval '1 minute',"
                 "  now() + interval '1 hour', 'http://x/'),"
                 " ('10000002', 7, 's01', 'c01', 10, 1, 9, 3, 0, 1, now() - interval '1 minute',"
-                "  now() + interval '5 minutes', 'http://x/');"
+                "  now() + interval '5 minutes', 'http://x/'),"
+                " ('10000003', 7, 's01', 'c01', 10, 1, 9, 3, 1, 1, now() - interval '1 day',"
+                "  now() - interval '23 hours', 'http://x/');"
+                " UPDATE group_buy_order SET status = 2 WHERE team_id = '10000003';"
                 " INSERT INTO group_buy_order_list (user_id, team_id, activity_id, start_time,"
                 " end_time, goods_id, source, channel, original_price, deduction_price,"
                 " pay_price, status, out_trade_no, biz_id, create_time) VALUES"
@@ -109,7 +114,9 @@ async def test_migration_gives_waiting_locks_the_default_deadline(
                 " ('u2', '10000001', 7, now(), now(), 'g', 's01', 'c01', 10, 1, 9, 0, 'wait',"
                 "  '7_u2_1', now() - interval '1 minute'),"
                 " ('u3', '10000002', 7, now(), now(), 'g', 's01', 'c01', 10, 1, 9, 0, 'short',"
-                "  '7_u3_1', now() - interval '1 minute')"
+                "  '7_u3_1', now() - interval '1 minute'),"
+                " ('u4', '10000003', 7, now(), now(), 'g', 's01', 'c01', 10, 1, 9, 1, 'stranded',"
+                "  '7_u4_1', now() - interval '1 day')"
             )
             assert await migrate(url) == ["006_lifecycle.sql"]
             rows = await conn.fetch(
@@ -120,7 +127,22 @@ async def test_migration_gives_waiting_locks_the_default_deadline(
             )
             assert [tuple(r) for r in rows] == [
                 ("paid", None, None), ("wait", 900, False), ("short", 360, True),
+                ("stranded", None, None),
             ]  # fmt: skip
+            # The team that failed before team.failed existed is announced once, with the
+            # payment that was stranded in it.
+            pool = await create_pool(url, 1, 2)
+            try:
+                for _ in range(2):
+                    assert await expiry.fail_expired_teams(pool) == 0
+            finally:
+                await pool.close()
+            events = await conn.fetch(
+                "SELECT team_id, parameter_json FROM notify_task WHERE event_type = 'team.failed'"
+            )
+            assert [(e["team_id"], json.loads(e["parameter_json"])["data"]["outTradeNoList"])
+                    for e in events] == [("10000003", ["stranded"])]  # fmt: skip
+            assert await conn.fetchval("SELECT count(*) FROM team_failed_unannounced") == 0
             assert (
                 await conn.fetchval(
                     "SELECT pay_timeout_seconds FROM group_buy_activity WHERE activity_id = 7"
