@@ -33,6 +33,9 @@ FROM group_buy_order t
 WHERE t.team_id = o.team_id AND o.status = 0;
 
 ALTER TABLE group_buy_order_list
+    -- The lock sets it from its activity and team; a row written any other way (an import, a
+    -- fixture) gets the default timeout.
+    ALTER COLUMN pay_deadline SET DEFAULT now() + interval '900 seconds',
     ADD CONSTRAINT order_unpaid_has_deadline CHECK (status <> 0 OR pay_deadline IS NOT NULL),
     ADD CONSTRAINT order_take_key_while_live CHECK ((biz_id IS NULL) = (status IN (2, 3))),
     ADD CONSTRAINT order_refund_type_fits_status CHECK (
