@@ -16,19 +16,20 @@ log = logging.getLogger(__name__)
 # One statement closes a batch and frees its slots: the due orders are locked first (SKIP
 # LOCKED: one held by a settlement or refund is that request's), then their teams in id order,
 # so concurrent batches sharing a team never lock in a cycle; only forming teams give the
-# slots back (a failed team keeps its counts). Due orders are taken in pay_deadline order, the
-# partial index's (status = 0); teams are found by their unique team_id (= ANY of an array:
-# an index scan however many teams there are, where a join on the CTE's rows planned as a
-# scan of every team).
+# slots back (a failed team keeps its counts). Due orders are taken in pay_deadline order (the
+# partial index's, status = 0) and updated by the ctid they were locked at: the lock keeps it
+# theirs until the statement ends, and no second index lookup is needed. Teams are found by
+# their unique team_id (= ANY of an array: an index scan however many teams there are, where
+# a join on the CTE's rows planned as a scan of every team).
 _CLOSE_DUE = """
 WITH due AS (
-    SELECT id FROM group_buy_order_list
+    SELECT ctid FROM group_buy_order_list
     WHERE status = 0 AND pay_deadline <= now()
     ORDER BY pay_deadline LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), closed AS (
     UPDATE group_buy_order_list o SET status = 2, biz_id = NULL, update_time = now()
-    FROM due WHERE o.id = due.id AND o.status = 0
+    FROM due WHERE o.ctid = due.ctid AND o.status = 0
     RETURNING o.order_id, o.out_trade_no, o.user_id, o.team_id, o.activity_id
 ), per_team AS (
     SELECT team_id, count(*) AS closed FROM closed GROUP BY team_id
