@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test faults lint format bench-trade bench-notify reset-data clean
+.PHONY: install run test faults lint format bench-trade bench-notify bench-lifecycle reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-trade: install
 
 bench-notify: install
 	$(BIN)/python -m bench.bench_notify $(BENCH_ARGS)
+
+bench-lifecycle: install
+	$(BIN)/python -m bench.bench_lifecycle $(BENCH_ARGS)
 
 ## make reset-data: forget what `make run` stored (stop it first); keeps the virtualenv.
 reset-data:

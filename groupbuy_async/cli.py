@@ -42,12 +42,14 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "worker": (
-        "run the arq worker: team expiry, callback compensation (needs PostgreSQL and Redis)",
+        "run the arq worker: team expiry, unpaid timeout, callback compensation (needs PostgreSQL"
+        " and Redis)",
         (
             "database_url",
             "redis_url",
             "queue_name",
             "fail_teams_cron_seconds",
+            "close_unpaid_cron_seconds",
             "notify_cron_seconds",
             *_NOTIFY,
             *_POOL,

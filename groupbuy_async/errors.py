@@ -65,7 +65,7 @@ class TakeLimitReached(Rejected):
 
 
 class UnknownOutTradeNo(NotFound):
-    code, info = "E0104", "no locked order with this outTradeNo for this user"
+    code, info = "E0104", "no order with this outTradeNo for this user"
 
 
 class ChannelBlacklisted(Rejected):
@@ -96,6 +96,16 @@ class ActivityNotFound(NotFound):
     code, info = "E0111", "activity not found"
 
 
+# A late payment is refused, but what the refusal itself changes (the order closed, the event
+# telling the merchant) is committed before it is raised.
+class OrderClosed(Rejected):
+    code, info = "E0112", "order closed; refund the payment"
+
+
+class TeamFailed(Rejected):
+    code, info = "E0113", "team failed; refund the payment"
+
+
 class NotifyTaskNotReplayable(Rejected):
     code, info = "E0201", "only a notify task in error status (3) can be replayed"
 
@@ -110,5 +120,5 @@ ALL_ERRORS: tuple[type[ServiceError], ...] = (
     NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
     TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
     TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,
-    NotifyTaskNotReplayable, StillReferenced, DatabaseUnavailable,
+    OrderClosed, TeamFailed, NotifyTaskNotReplayable, StillReferenced, DatabaseUnavailable,
 )  # fmt: skip

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     fail_teams_cron_seconds: CronSeconds = Field(
         15, description="worker: how often forming teams past their window are failed"
     )
+    close_unpaid_cron_seconds: CronSeconds = Field(
+        15, description="worker: how often locked orders past their payment timeout are closed"
+    )
     notify_secret: Annotated[SecretBytes | None, BeforeValidator(_signing_key)] = Field(
         None, description="whsec_ + base64 (24-64 bytes): signs callbacks; unset = unsigned"
     )

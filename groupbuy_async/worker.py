@@ -41,7 +41,7 @@ from .callbacks.dispatch import DRAIN_SECONDS
 from .callbacks.metrics import Metrics, metrics_response
 from .lifecycle import StartupError, _reason, server_address
 from .settings import Settings
-from .trade import orders
+from .trade import expiry, orders
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,19 @@ async def fail_expired_teams(ctx: dict[str, Any]) -> int | None:
     return failed
 
 
+async def close_unpaid_orders(ctx: dict[str, Any]) -> int | None:
+    """Unpaid locks past their payment deadline (or in a failed team) closed, their slots and
+    takes given back; None when PostgreSQL is out of reach (the next tick tries again)."""
+    try:
+        closed = await expiry.close_unpaid_orders(ctx["services"].pool)
+    except DB_DOWN as exc:
+        ctx["liveness"].lost(exc)
+        return None
+    if closed:
+        log.info("closed %d unpaid orders past their payment timeout", closed)
+    return closed
+
+
 async def deliver_callbacks(ctx: dict[str, Any]) -> dict[str, int] | None:
     """Compensation: drain every due notify task (the original's execSettlementNotifyJob()).
     None when PostgreSQL is out of reach, or when MAX_DRAINS drains are running already."""
@@ -372,6 +385,14 @@ def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:
                 run_at_startup=True,
                 # arq's job ids are global in Redis: unique ones (name:time) would let the
                 # first worker to enqueue a tick keep every other worker from running it.
+                unique=False,
+                timeout=300,
+            ),
+            cron(
+                close_unpaid_orders,
+                second=every(settings.close_unpaid_cron_seconds),
+                microsecond=0,
+                run_at_startup=True,
                 unique=False,
                 timeout=300,
             ),

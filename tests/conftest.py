@@ -111,6 +111,9 @@ class Api:
     async def settle(self, **body: Any) -> tuple[int, dict[str, Any]]:
         return await self.call("POST", "/api/v1/gbm/trade/settlement_market_pay_order", body)
 
+    async def refund(self, **body: Any) -> tuple[int, dict[str, Any]]:
+        return await self.call("POST", "/api/v1/gbm/trade/refund_market_pay_order", body)
+
     async def team(self, team_id: str) -> dict[str, Any]:
         status, env = await self.call("GET", f"/api/v1/gbm/teams/{team_id}")
         assert status == 200, env

@@ -65,6 +65,11 @@ def curl_lines(base: str, token: str) -> str:
         ' -H \'Content-Type: application/json\' -d \'{"source":"s01","channel":"c01",'
         '"userId":"USER","outTradeNo":"OTN","outTradeTime":"\'$(date -Iseconds)\'"}\''
     )
+    refund = (
+        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/refund_market_pay_order"
+        ' -H \'Content-Type: application/json\' -d \'{"source":"s01","channel":"c01",'
+        '"userId":"USER","outTradeNo":"OTN"}\''
+    )
     first = lock % (DEMO_ACTIVITY, DEMO_GOODS, "", notify)
     join = lock % (DEMO_ACTIVITY, DEMO_GOODS, '"teamId":"\'$TEAM\'",', notify)
     run = "$(date +%s)"
@@ -84,6 +89,9 @@ def curl_lines(base: str, token: str) -> str:
         "# all three pay; the third settlement completes the team and fires the callback",
         *(settle.replace("USER", f"u{i}-'$RUN'").replace("OTN", f"o{i}-'$RUN'") for i in (1, 2, 3)),
         f"curl -s -w '\\n' {base}/api/v1/gbm/teams/$TEAM",
+        "# u1 returns the goods: refundType paid_team, the team becomes 3 (complete with"
+        " refunds); the merchant gets an order.refunded event with the worker's next drain",
+        refund.replace("USER", "u1-'$RUN'").replace("OTN", "o1-'$RUN'"),
         f"curl -s -w '\\n' {notify}   # callbacks the mock merchant received",
         f"curl -s -w '\\n' -H 'Authorization: Bearer {token}' {base}/api/v1/admin/notify_tasks",
     ]

@@ -80,13 +80,22 @@ class ActivityIn(Body):
         " `target` members have paid, whichever the value",
     )
     take_limit_count: Count = Field(
-        1, description="Most orders one user may lock in this activity (paid or not)"
+        1,
+        description="Most live orders (locked or paid) one user may hold in this activity;"
+        " a closed or refunded order gives its take back",
     )
     target: Annotated[int, Field(ge=1, le=1000)] = Field(
         1, description="Team size: members who must pay for a team to complete"
     )
     valid_time: Annotated[int, Field(ge=1, le=60 * 24 * 30)] = Field(
         15, description="How long a team may take to fill, in minutes from its opening"
+    )
+    pay_timeout_seconds: Annotated[int, Field(ge=1, le=86400 * 30)] = Field(
+        900,
+        description="How long a locked order may stay unpaid, in seconds from its lock (never"
+        " past its team's window): then the worker closes it, frees its slot and gives the"
+        " user's take back. Keep the merchant's own payment timeout shorter, and this shorter"
+        " than validTime",
     )
     status: Literal[0, 1, 2, 3] = Field(
         0,

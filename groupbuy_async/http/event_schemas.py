@@ -42,9 +42,10 @@ class OrderEventData(Body):
 
 
 class OrderRefundedData(OrderEventData):
-    refund_type: Literal["unpaid", "paid", "paid_team"] = Field(
+    refund_type: Literal["paid", "paid_team"] = Field(
         description="paid: refunded while its team was forming (or after it failed);"
-        " paid_team: refunded from a complete team (team status 3)"
+        " paid_team: refunded from a complete team (team status 3). A cancelled lock (refund"
+        " type unpaid) is an order.closed event: no money was taken"
     )
 
 

@@ -17,6 +17,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from ..callbacks.rules import url_problem
+from ..trade.rules import RefundType
 
 Code = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
@@ -63,7 +64,12 @@ CREATED = "When first stored"
 UPDATED = "When last changed"
 TEAM_STATUS = (
     "Team status: 0 forming, 1 complete (every member paid), 2 failed (its window ended"
-    " before it filled)"
+    " before every member paid), 3 complete with refunds (a member of the complete team"
+    " refunded; the counts stay)"
+)
+ORDER_STATUS = (
+    "Member order status: 0 locked (unpaid), 1 paid, 2 closed (the unpaid lock released:"
+    " payment timeout, cancel, or its team failed), 3 refunded"
 )
 NOTIFY_STATUS = (
     "Callback status: 0 initial (not yet attempted), 1 success, 2 retry (an attempt failed,"
@@ -120,7 +126,9 @@ class TeamBrief(Body):
 
 class TeamStatistic(Body):
     all_team_count: int = Field(description="Teams of this activity, in any status")
-    all_team_complete_count: int = Field(description="Complete teams (status 1)")
+    all_team_complete_count: int = Field(
+        description="Teams that completed (status 1, or 3: complete with refunds)"
+    )
     all_team_user_count: int = Field(description="Locked orders over all teams (sum of lockCount)")
 
 
@@ -157,7 +165,10 @@ class LockOut(Body):
     original_price: Amount = Field(description=f"Price before discount, {PRICE}")
     deduction_price: Amount = Field(description=f"originalPrice - payPrice, {PRICE}")
     pay_price: Amount = Field(description=f"What the shopper pays, {PRICE}")
-    trade_order_status: int = Field(description="Member order status: 0 locked, 1 paid")
+    trade_order_status: int = Field(
+        description=f"{ORDER_STATUS}. A repeated lock answers the order as it is now: a closed"
+        " or refunded one is never reopened, lock again with a new outTradeNo"
+    )
 
 
 class SettleIn(Body):
@@ -179,6 +190,29 @@ class SettleOut(Body):
         description="True when this payment completed the team (its callback is then sent);"
         " a replayed settlement answers the same"
     )
+
+
+class RefundIn(Body):
+    user_id: Code = Field(description=USER_ID)
+    source: Code = Field(description=SOURCE)
+    channel: Code = Field(description=CHANNEL)
+    out_trade_no: Code = Field(description="The merchant's order number given at lock")
+
+
+class RefundOut(Body):
+    user_id: str = Field(description=USER_ID)
+    order_id: str = Field(description="The member order's id (12 digits)")
+    team_id: str = Field(description=TEAM_ID)
+    out_trade_no: str = Field(description="The merchant's order number")
+    refund_type: RefundType = Field(
+        description="unpaid: the order was locked, not paid: it is closed (tradeOrderStatus 2),"
+        " nothing to pay back. paid: paid while its team was forming (its slot and counts are"
+        " given back) or after the team failed: refunded (3), return the money. paid_team: paid"
+        " in a complete team: refunded (3), the team becomes 3 (complete with refunds) and keeps"
+        " its counts. A repeated refund answers the same and changes nothing"
+    )
+    trade_order_status: int = Field(description=ORDER_STATUS)
+    team_status: int = Field(description=f"{TEAM_STATUS}; as it is now")
 
 
 class TeamOut(Body):

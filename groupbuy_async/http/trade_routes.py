@@ -7,7 +7,7 @@ from aiohttp import web
 from .. import errors
 from ..bootstrap import SERVICES
 from ..callbacks.rules import url_problem
-from ..trade import catalog, orders, queries
+from ..trade import catalog, orders, queries, refunds
 from .catalog_schemas import (
     ActivityIn,
     ActivityOut,
@@ -29,6 +29,8 @@ from .schemas import (
     MarketConfigQuery,
     OrderOut,
     OrderQuery,
+    RefundIn,
+    RefundOut,
     SettleIn,
     SettleOut,
     TeamOut,
@@ -129,6 +131,12 @@ async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
         # After commit, never awaited: the shop front does not wait for the merchant.
         services.dispatcher.fire(settlement.notify_team_id)
     return settlement.result
+
+
+async def refund_order(request: web.Request, body: RefundIn) -> RefundOut:
+    # Its order.closed / order.refunded event goes out with the worker's next drain: the
+    # merchant asked for the refund and has the answer already.
+    return await refunds.refund_order(request.app[SERVICES].pool, body)
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
@@ -295,6 +303,15 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         SettleIn,
         SettleOut,
+    ),
+    Route(
+        "POST",
+        "/api/v1/gbm/trade/refund_market_pay_order",
+        refund_order,
+        "Refund an order: cancel a locked one, refund a paid one (idempotent)",
+        "shop",
+        RefundIn,
+        RefundOut,
     ),
     Route("GET", "/api/v1/gbm/teams/{teamId}", get_team, "A team's state", "shop", None, TeamOut),
     Route(

@@ -183,17 +183,19 @@ async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
 
 
 _ACTIVITY_COLUMNS = """activity_id, activity_name, discount_id, group_type, take_limit_count,
-    target, valid_time, status, start_time, end_time, create_time, update_time"""
+    target, valid_time, pay_timeout_seconds, status, start_time, end_time, create_time,
+    update_time"""
 
 _PUT_ACTIVITY = f"""
 INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, group_type,
-    take_limit_count, target, valid_time, status, start_time, end_time)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    take_limit_count, target, valid_time, status, start_time, end_time, pay_timeout_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (activity_id) DO UPDATE SET activity_name = EXCLUDED.activity_name,
     discount_id = EXCLUDED.discount_id, group_type = EXCLUDED.group_type,
     take_limit_count = EXCLUDED.take_limit_count, target = EXCLUDED.target,
     valid_time = EXCLUDED.valid_time, status = EXCLUDED.status,
-    start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time, update_time = now()
+    start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+    pay_timeout_seconds = EXCLUDED.pay_timeout_seconds, update_time = now()
 RETURNING {_ACTIVITY_COLUMNS}
 """
 
@@ -203,7 +205,7 @@ async def put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -
         row = await conn.fetchrow(
             _PUT_ACTIVITY, activity_id, body.activity_name, body.discount_id, body.group_type,
             body.take_limit_count, body.target, body.valid_time, body.status, body.start_time,
-            body.end_time,
+            body.end_time, body.pay_timeout_seconds,
         )  # fmt: skip
         await conn.execute("DELETE FROM sc_sku_activity WHERE activity_id = $1", activity_id)
         await conn.executemany(

@@ -1,4 +1,8 @@
-"""Lock and settle: the trade transactions. Each rule is a conditional statement or constraint."""
+"""Lock and settle: the trade transactions. Each rule is a conditional statement or constraint.
+
+Lock order, on every path that changes an order and its team: the order row(s) first, then
+the team row. (Refunds: refunds.py; unpaid timeout and team failure: expiry.py.)
+"""
 
 import secrets
 from dataclasses import dataclass
@@ -7,12 +11,20 @@ import asyncpg
 
 from .. import errors
 from ..callbacks import outbox
+from ..callbacks.events import EventType
 from ..db import Conn
 from ..http.schemas import LockIn, LockOut, SettleIn, SettleOut
-from .rules import biz_ids, check_activity_open, check_trade_time, is_blacklisted, trial_price
-
-TEAM_COMPLETE = 1
-ORDER_LOCKED, ORDER_PAID = 0, 1
+from .expiry import fail_expired_teams as fail_expired_teams  # the worker's name for it
+from .rules import (
+    OrderStatus,
+    TeamStatus,
+    check_activity_open,
+    check_trade_time,
+    is_blacklisted,
+    order_event,
+    take_key_prefix,
+    trial_price,
+)
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ def _replay_lock(order: asyncpg.Record, req: LockIn) -> LockOut:
 
 _ACTIVITY_FOR_LOCK = """
 SELECT a.activity_id, a.status, a.start_time, a.end_time, a.take_limit_count, a.target,
-       a.valid_time, d.market_plan, d.market_expr, s.original_price,
+       a.valid_time, a.pay_timeout_seconds, d.market_plan, d.market_expr, s.original_price,
        m.activity_id AS mapped_activity_id, now() AS db_now
 FROM group_buy_activity a
 JOIN group_buy_discount d ON d.discount_id = a.discount_id
@@ -88,26 +100,48 @@ INSERT INTO group_buy_order (team_id, activity_id, source, channel, original_pri
     valid_start_time, valid_end_time, notify_url)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 1, 0, now(), now() + make_interval(mins => $9), $10)
 ON CONFLICT (team_id) DO NOTHING
-RETURNING team_id
+RETURNING team_id, valid_end_time
 """
 
 # The row is found by its unique team_id alone: left to choose, the planner may scan an
 # activity's forming teams instead (it did, with fresh statistics, at 2000 teams).
-_THE_TEAM = "id = (SELECT id FROM group_buy_order WHERE team_id = $1)"
+THE_TEAM = "id = (SELECT id FROM group_buy_order WHERE team_id = $1)"
 
 _JOIN_TEAM = f"""
 UPDATE group_buy_order SET lock_count = lock_count + 1, update_time = now()
-WHERE {_THE_TEAM} AND activity_id = $2 AND status = 0
+WHERE {THE_TEAM} AND activity_id = $2 AND status = 0
   AND lock_count < target_count AND valid_end_time > now()
-RETURNING team_id
+RETURNING team_id, valid_end_time
 """
 
+# Live orders only: a closed or refunded order gave its take back.
+_TAKEN = """
+SELECT count(*) FROM group_buy_order_list
+WHERE activity_id = $1 AND user_id = $2 AND status IN (0, 1)
+"""
+
+# The order claims a take key that no live order holds in this statement's snapshot ($13 ||
+# n, n in 1..take limit); the unique index is the guard: a concurrent lock of the same user
+# that took the same key makes this insert a no-op (free_key set, order_id NULL): try again.
+# Keys held by orders being closed right now look taken, so the insert never waits on them.
+# The payment deadline never passes the team's window: a team that ended takes no payment.
 _INSERT_ORDER = """
-INSERT INTO group_buy_order_list (user_id, team_id, activity_id, start_time, end_time, goods_id,
-    source, channel, original_price, deduction_price, pay_price, status, out_trade_no, biz_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, $13)
-ON CONFLICT (biz_id) DO NOTHING
-RETURNING order_id
+WITH free AS (
+    SELECT $13::text || n AS biz_id FROM generate_series(1, $14::int) AS n
+    WHERE NOT EXISTS (SELECT 1 FROM group_buy_order_list o WHERE o.biz_id = $13::text || n)
+    LIMIT 1
+), inserted AS (
+    INSERT INTO group_buy_order_list (user_id, team_id, activity_id, start_time, end_time,
+        goods_id, source, channel, original_price, deduction_price, pay_price, status,
+        out_trade_no, biz_id, pay_deadline)
+    SELECT $1::text, $2::text, $3::bigint, $4::timestamptz, $5::timestamptz, $6::text,
+        $7::text, $8::text, $9::numeric, $10::numeric, $11::numeric, 0, $12::text, free.biz_id,
+        least(now() + make_interval(secs => $15::int), $16::timestamptz)
+    FROM free
+    ON CONFLICT (biz_id) DO NOTHING
+    RETURNING order_id
+)
+SELECT (SELECT biz_id FROM free) AS free_key, (SELECT order_id FROM inserted) AS order_id
 """
 
 
@@ -122,43 +156,46 @@ async def _lock_in_transaction(conn: Conn, req: LockIn) -> LockOut:
     check_activity_open(act["status"], act["start_time"], act["end_time"], act["db_now"])
     price = trial_price(act["original_price"], act["market_plan"], act["market_expr"])
 
-    taken = await conn.fetchval(
-        "SELECT count(*) FROM group_buy_order_list WHERE activity_id = $1 AND user_id = $2",
-        req.activity_id,
-        req.user_id,
-    )
+    taken = await conn.fetchval(_TAKEN, req.activity_id, req.user_id)
     if taken >= act["take_limit_count"]:
         raise errors.TakeLimitReached()
 
     if req.team_id is None:
-        team_id = None
-        while team_id is None:  # 8 random digits, as the original; retried on a collision
-            team_id = await conn.fetchval(
+        team = None
+        while team is None:  # 8 random digits, as the original; retried on a collision
+            team = await conn.fetchrow(
                 _OPEN_TEAM, f"{secrets.randbelow(10**8):08d}", req.activity_id, req.source,
                 req.channel, price.original, price.deduction, price.pay, act["target"],
                 act["valid_time"], req.notify_url,
             )  # fmt: skip
     else:
-        team_id = await conn.fetchval(_JOIN_TEAM, req.team_id, req.activity_id)
-        if team_id is None:
+        team = await conn.fetchrow(_JOIN_TEAM, req.team_id, req.activity_id)
+        if team is None:
             await _explain_join_refusal(conn, req.team_id, req.activity_id)
+    assert team is not None
+    team_id = team["team_id"]
 
-    # The unique biz_id caps a user's takes even when the count above raced: each
-    # order claims one of the take_limit_count numbered keys or none is left.
-    for biz_id in biz_ids(req.activity_id, req.user_id, act["take_limit_count"])[taken:]:
-        order_id = await conn.fetchval(
+    # Each lost race means one more key taken by a committed order: take limit + 1 tries
+    # always end with an order or with no key free.
+    for _ in range(act["take_limit_count"] + 1):
+        row = await conn.fetchrow(
             _INSERT_ORDER, req.user_id, team_id, req.activity_id, act["start_time"],
             act["end_time"], req.goods_id, req.source, req.channel, price.original,
-            price.deduction, price.pay, req.out_trade_no, biz_id,
+            price.deduction, price.pay, req.out_trade_no,
+            take_key_prefix(req.activity_id, req.user_id), act["take_limit_count"],
+            act["pay_timeout_seconds"], team["valid_end_time"],
         )  # fmt: skip
-        if order_id is not None:
+        assert row is not None
+        if row["free_key"] is None:
+            break
+        if row["order_id"] is not None:
             return LockOut(
-                order_id=order_id,
+                order_id=row["order_id"],
                 team_id=team_id,
                 original_price=price.original,
                 deduction_price=price.deduction,
                 pay_price=price.pay,
-                trade_order_status=ORDER_LOCKED,
+                trade_order_status=OrderStatus.LOCKED,
             )
     raise errors.TakeLimitReached()
 
@@ -173,13 +210,19 @@ async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int) -> N
         raise errors.TeamNotFound()
     if team["activity_id"] != activity_id:
         raise errors.TeamActivityMismatch()
-    if team["status"] == TEAM_COMPLETE or team["lock_count"] >= team["target_count"]:
+    complete = (TeamStatus.COMPLETE, TeamStatus.COMPLETE_WITH_REFUNDS)
+    if team["status"] in complete or team["lock_count"] >= team["target_count"]:
         raise errors.TeamFull()
-    raise errors.TeamClosed()
+    if team["status"] == TeamStatus.FAILED or not team["open"]:
+        raise errors.TeamClosed()
+    # Forming, open and not full now: it was full when the join tried, and a member has
+    # left since (a refund or an unpaid timeout freed a slot). The shopper may try again.
+    raise errors.TeamFull()
 
 
 _ORDER_FOR_SETTLE = """
-SELECT o.order_id, o.status, o.team_id, o.activity_id, o.completed_team, t.valid_end_time
+SELECT o.order_id, o.status, o.team_id, o.activity_id, o.user_id, o.out_trade_no,
+       o.completed_team, t.valid_end_time, t.status AS team_status, t.notify_url
 FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id
 WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $4
 FOR UPDATE OF o
@@ -193,7 +236,7 @@ UPDATE group_buy_order
 SET complete_count = complete_count + 1,
     status = CASE WHEN complete_count + 1 = target_count THEN 1 ELSE 0 END,
     update_time = now()
-WHERE {_THE_TEAM} AND status = 0 AND complete_count < target_count AND valid_end_time >= now()
+WHERE {THE_TEAM} AND status = 0 AND complete_count < target_count AND valid_end_time >= now()
 RETURNING status, activity_id, notify_url
 """
 
@@ -202,36 +245,74 @@ SELECT coalesce(array_agg(out_trade_no ORDER BY id), '{}') FROM group_buy_order_
 WHERE team_id = $1 AND status = 1
 """
 
+# A locked order of a failed team: closed; the failed team keeps its counts.
+CLOSE_LOCKED = """
+UPDATE group_buy_order_list SET status = 2, biz_id = NULL, refund_type = $2, update_time = now()
+WHERE order_id = $1 AND status = 0
+"""
+
 
 async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[str]) -> Settlement:
-    """Mark a locked order paid; the member that fills the team enqueues its callback."""
+    """Mark a locked order paid; the member that fills the team enqueues its callback.
+    A payment for an order that can no longer be paid (closed, refunded, its team failed)
+    is refused (E0112, E0113) after what the refusal changes is committed: the order
+    closed, and its order.closed event."""
     if is_blacklisted(req.source, req.channel, blacklist):
         raise errors.ChannelBlacklisted()
     async with pool.acquire() as conn, conn.transaction():
-        order = await conn.fetchrow(
-            _ORDER_FOR_SETTLE, req.source, req.channel, req.out_trade_no, req.user_id
-        )
-        if order is None or order["status"] not in (ORDER_LOCKED, ORDER_PAID):
-            raise errors.UnknownOutTradeNo()
-        if order["status"] == ORDER_PAID:
-            return Settlement(_settle_out(req, order, order["completed_team"]), None)
+        outcome = await _settle_in_transaction(conn, req)
+    if isinstance(outcome, errors.Rejected):
+        raise outcome
+    return outcome
+
+
+async def _settle_in_transaction(conn: Conn, req: SettleIn) -> Settlement | errors.Rejected:
+    order = await conn.fetchrow(
+        _ORDER_FOR_SETTLE, req.source, req.channel, req.out_trade_no, req.user_id
+    )
+    if order is None:
+        raise errors.UnknownOutTradeNo()
+    if order["status"] == OrderStatus.PAID:
+        return Settlement(_settle_out(req, order, order["completed_team"]), None)
+    if order["status"] == OrderStatus.REFUNDED:
+        return errors.OrderClosed("order refunded; refund the payment")
+    closed = [order_event(EventType.ORDER_CLOSED, order, order["notify_url"])]
+    if order["status"] == OrderStatus.CLOSED:
+        # The close wrote this event already; if it ever did not, the merchant hears it now.
+        await outbox.enqueue(conn, closed)
+        return errors.OrderClosed()
+    if order["team_status"] != TeamStatus.FAILED:
         check_trade_time(req.out_trade_time, order["valid_end_time"])
         team = await conn.fetchrow(_COMPLETE_ONE, order["team_id"])
-        if team is None:
-            raise errors.TeamClosed()
-        completed = team["status"] == TEAM_COMPLETE
-        await conn.execute(
-            "UPDATE group_buy_order_list SET status = 1, out_trade_time = $2,"
-            " completed_team = $3, update_time = now() WHERE order_id = $1",
-            order["order_id"],
-            req.out_trade_time,
-            completed,
+        if team is not None:
+            return await _pay(conn, req, order, team)
+        # The team ended; failed since this transaction began, or not yet marked failed.
+        team_status = await conn.fetchval(
+            "SELECT status FROM group_buy_order WHERE team_id = $1", order["team_id"]
         )
-        if completed:
-            out_trade_nos = await conn.fetchval(_PAID_OUT_TRADE_NOS, order["team_id"])
-            await outbox.enqueue_team_completed(
-                conn, order["team_id"], team["activity_id"], team["notify_url"], list(out_trade_nos)
-            )
+        if team_status != TeamStatus.FAILED:
+            raise errors.TeamClosed()
+    await conn.execute(CLOSE_LOCKED, order["order_id"], None)
+    await outbox.enqueue(conn, closed)
+    return errors.TeamFailed()
+
+
+async def _pay(
+    conn: Conn, req: SettleIn, order: asyncpg.Record, team: asyncpg.Record
+) -> Settlement:
+    completed = team["status"] == TeamStatus.COMPLETE
+    await conn.execute(
+        "UPDATE group_buy_order_list SET status = 1, out_trade_time = $2,"
+        " completed_team = $3, update_time = now() WHERE order_id = $1",
+        order["order_id"],
+        req.out_trade_time,
+        completed,
+    )
+    if completed:
+        out_trade_nos = await conn.fetchval(_PAID_OUT_TRADE_NOS, order["team_id"])
+        await outbox.enqueue_team_completed(
+            conn, order["team_id"], team["activity_id"], team["notify_url"], list(out_trade_nos)
+        )
     return Settlement(_settle_out(req, order, completed), order["team_id"] if completed else None)
 
 
@@ -243,21 +324,3 @@ def _settle_out(req: SettleIn, order: asyncpg.Record, completed: bool) -> Settle
         out_trade_no=req.out_trade_no,
         team_completed=completed,
     )
-
-
-async def fail_expired_teams(pool: asyncpg.Pool, batch: int = 1000) -> int:
-    """Mark forming teams past their window as failed (status 2). Returns how many."""
-    total = 0
-    while True:
-        done = await pool.fetchval(
-            "WITH expired AS (SELECT id FROM group_buy_order WHERE status = 0"
-            " AND valid_end_time < now() ORDER BY valid_end_time LIMIT $1"
-            " FOR UPDATE SKIP LOCKED),"
-            " marked AS (UPDATE group_buy_order t SET status = 2, update_time = now()"
-            " FROM expired WHERE t.id = expired.id AND t.status = 0 RETURNING 1)"
-            " SELECT count(*) FROM marked",
-            batch,
-        )
-        total += int(done)
-        if done < batch:
-            return total

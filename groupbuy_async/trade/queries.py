@@ -15,7 +15,8 @@ from ..http.schemas import (
 )
 from .rules import check_activity_open, countdown, trial_price
 
-# The user's own forming teams first, then other joinable ones (as the original: 1 + 2).
+# The user's own forming teams first, then other joinable ones (as the original: 1 + 2). A
+# user's team is one where the user holds a live order (locked or paid).
 OWN_TEAMS, OTHER_TEAMS = 1, 2
 
 _CONFIG = """
@@ -34,7 +35,8 @@ _TEAM_COLUMNS = """t.team_id, t.activity_id, t.target_count, t.complete_count, t
 _OWN_TEAMS = f"""
 SELECT DISTINCT ON (t.valid_end_time, t.team_id) {_TEAM_COLUMNS}
 FROM group_buy_order t JOIN group_buy_order_list o ON o.team_id = t.team_id
-WHERE t.activity_id = $1 AND o.user_id = $2 AND t.status = 0 AND t.valid_end_time > now()
+WHERE t.activity_id = $1 AND o.user_id = $2 AND o.status IN (0, 1) AND t.status = 0
+  AND t.valid_end_time > now()
 ORDER BY t.valid_end_time, t.team_id LIMIT $3
 """
 
@@ -44,13 +46,13 @@ FROM group_buy_order t
 WHERE t.activity_id = $1 AND t.status = 0 AND t.lock_count < t.target_count
   AND t.valid_end_time > now()
   AND NOT EXISTS (SELECT 1 FROM group_buy_order_list o
-                  WHERE o.team_id = t.team_id AND o.user_id = $2)
+                  WHERE o.team_id = t.team_id AND o.user_id = $2 AND o.status IN (0, 1))
 ORDER BY t.valid_end_time LIMIT $3
 """
 
 _STATISTIC = """
 SELECT count(*) AS all_team_count,
-       count(*) FILTER (WHERE status = 1) AS all_team_complete_count,
+       count(*) FILTER (WHERE status IN (1, 3)) AS all_team_complete_count,
        coalesce(sum(lock_count), 0) AS all_team_user_count
 FROM group_buy_order WHERE activity_id = $1
 """

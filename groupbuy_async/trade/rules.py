@@ -1,13 +1,74 @@
-"""Pure decisions of the trade core: prices and eligibility. No I/O here."""
+"""Pure decisions of the trade core: prices, eligibility, states and the events they send.
+No I/O here."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from enum import IntEnum, StrEnum
+from typing import Any, Protocol
 
 from .. import errors
+from ..callbacks.events import Event, EventType
 
 CENT = Decimal("0.01")
 ACTIVITY_EFFECTIVE = 1
+
+
+class OrderStatus(IntEnum):
+    """A member order: 0 -> 1 -> 3, or 0 -> 2 (sql/006_lifecycle.sql refuses anything else)."""
+
+    LOCKED = 0  # unpaid: holds a slot and a take until paid, closed or refunded
+    PAID = 1
+    CLOSED = 2  # an unpaid lock released: payment timeout, cancel, or its team failed
+    REFUNDED = 3  # paid, then refunded: the merchant returns the money
+
+
+class TeamStatus(IntEnum):
+    """A team: 0 -> 1 -> 3, or 0 -> 2. Only a forming team's counts change."""
+
+    FORMING = 0
+    COMPLETE = 1
+    FAILED = 2  # its window ended before every member paid
+    COMPLETE_WITH_REFUNDS = 3
+
+
+class RefundType(StrEnum):
+    UNPAID = "unpaid"  # a locked order cancelled: closed
+    PAID = "paid"  # paid while its team was forming (slot and count given back) or failed
+    PAID_TEAM = "paid_team"  # paid in a complete team: the team becomes 3
+
+
+class Row(Protocol):
+    """A database row (asyncpg.Record) or a dict: read by column name."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def order_event(
+    kind: EventType, order: Row, notify_url: str, refund_type: str | None = None
+) -> Event:
+    """order.closed / order.refunded for an order row (order_id, out_trade_no, user_id,
+    team_id, activity_id)."""
+    data: dict[str, Any] = {
+        "orderId": order["order_id"],
+        "outTradeNo": order["out_trade_no"],
+        "userId": order["user_id"],
+        "teamId": order["team_id"],
+        "activityId": order["activity_id"],
+    }
+    if refund_type is not None:
+        data["refundType"] = refund_type
+    return Event(
+        kind, order["team_id"], order["activity_id"], notify_url, data, order_id=order["order_id"]
+    )
+
+
+def team_failed_event(
+    team_id: str, activity_id: int, notify_url: str, out_trade_nos: list[str]
+) -> Event:
+    """team.failed: the paid orders (outTradeNoList) are the merchant's to refund."""
+    data = {"teamId": team_id, "activityId": activity_id, "outTradeNoList": out_trade_nos}
+    return Event(EventType.TEAM_FAILED, team_id, activity_id, notify_url, data)
 
 
 @dataclass(frozen=True)
@@ -94,5 +155,7 @@ def countdown(valid_end: datetime, now: datetime) -> str:
     return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
-def biz_ids(activity_id: int, user_id: str, take_limit: int) -> list[str]:
-    return [f"{activity_id}_{user_id}_{n}" for n in range(1, take_limit + 1)]
+def take_key_prefix(activity_id: int, user_id: str) -> str:
+    """A live order holds one of the user's numbered take keys, this prefix + n for n in
+    1..takeLimitCount ("{activityId}_{userId}_{n}"), under a unique index."""
+    return f"{activity_id}_{user_id}_"

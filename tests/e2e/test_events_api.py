@@ -5,8 +5,6 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -482,37 +480,6 @@ async def test_openapi_describes_the_event_endpoints(api: Api) -> None:
 # --- order pull ---------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def order_status(pool: asyncpg.Pool, order_id: str, status: int) -> AsyncIterator[None]:
-    """Set an order's status in SQL, as the order lifecycle will. While the schema still
-    refuses a status (3, refunded, before that lifecycle's migration), its check is widened
-    for the moment and put back after."""
-    update = "UPDATE group_buy_order_list SET status = $2, update_time = now() WHERE order_id = $1"
-    try:
-        await pool.execute(update, order_id, status)
-    except asyncpg.CheckViolationError as exc:
-        name = exc.constraint_name
-        definition = await pool.fetchval(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1", name
-        )
-        table = "group_buy_order_list"
-        await pool.execute(
-            f"ALTER TABLE {table} DROP CONSTRAINT {name};"
-            f" ALTER TABLE {table} ADD CONSTRAINT {name} CHECK (status BETWEEN 0 AND 3)"
-        )
-        try:
-            await pool.execute(update, order_id, status)
-            yield
-        finally:
-            await pool.execute(update, order_id, 2)
-            await pool.execute(
-                f"ALTER TABLE {table} DROP CONSTRAINT {name};"
-                f" ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"
-            )
-        return
-    yield
-
-
 async def test_order_pull_follows_an_order_through_its_statuses(
     api: Api, pool: asyncpg.Pool
 ) -> None:
@@ -557,9 +524,16 @@ async def test_order_pull_follows_an_order_through_its_statuses(
         (await pull("p2", outs[1]))["teamStatus"],
     ) == (1, 1)  # the team completed
 
-    for status_code in (2, 3):  # closed, refunded: written in SQL until the lifecycle does
-        async with order_status(pool, locked["orderId"], status_code):
-            assert (await pull("p1", outs[0]))["tradeOrderStatus"] == status_code
+    # Refunded from the complete team, and a lock cancelled: 3 and 2, through the lifecycle.
+    status, env = await api.refund(**where, userId="p1", outTradeNo=outs[0])
+    assert (status, env["data"]["refundType"]) == (200, "paid_team"), env
+    refunded = await pull("p1", outs[0])
+    assert (refunded["tradeOrderStatus"], refunded["teamStatus"]) == (3, 3)
+    cancelled = f"pull-{uuid.uuid4().hex[:12]}"
+    await api.lock(**act, userId="p3", outTradeNo=cancelled)
+    status, env = await api.refund(**where, userId="p3", outTradeNo=cancelled)
+    assert (status, env["data"]["refundType"]) == (200, "unpaid"), env
+    assert (await pull("p3", cancelled))["tradeOrderStatus"] == 2
 
 
 async def test_order_pull_finds_only_the_owners_order(api: Api) -> None:

@@ -9,12 +9,12 @@ from groupbuy_async import errors
 from groupbuy_async.http.jsonenc import dumps
 from groupbuy_async.settings import parse_schedule
 from groupbuy_async.trade.rules import (
-    biz_ids,
     check_activity_open,
     check_trade_time,
     countdown,
     is_blacklisted,
     parse_market_expr,
+    take_key_prefix,
     trial_price,
 )
 
@@ -100,8 +100,8 @@ def test_blacklist_matches_source_and_channel_together() -> None:
     assert not is_blacklisted("s02", "c01", frozenset({"s02c02"}))
 
 
-def test_biz_ids_are_numbered_up_to_the_take_limit() -> None:
-    assert biz_ids(100123, "xfg", 2) == ["100123_xfg_1", "100123_xfg_2"]
+def test_take_keys_are_numbered_per_activity_and_user() -> None:
+    assert take_key_prefix(100123, "xfg") + "2" == "100123_xfg_2"
 
 
 def test_retry_schedule_parses_units_and_plain_seconds() -> None:

@@ -1,0 +1,141 @@
+"""The worker's side of the lifecycle: unpaid locks past their payment deadline are closed,
+forming teams past their window fail. Batches of one transaction each, SKIP LOCKED, so any
+number of workers share the work and a request holding a row is never waited for."""
+
+import asyncio
+import logging
+
+import asyncpg
+
+from ..callbacks import outbox
+from ..callbacks.events import EventType
+from .rules import order_event, team_failed_event
+
+log = logging.getLogger(__name__)
+
+# One statement closes a batch and frees its slots: the due orders are locked first (SKIP
+# LOCKED: one held by a settlement or refund is that request's), then their teams in id order,
+# so concurrent batches sharing a team never lock in a cycle; only forming teams give the
+# slots back (a failed team keeps its counts). Due orders are taken in pay_deadline order (the
+# partial index's, status = 0) and updated by the ctid they were locked at: the lock keeps it
+# theirs until the statement ends, and no second index lookup is needed. Teams are found by
+# their unique team_id (= ANY of an array: an index scan however many teams there are, where
+# a join on the CTE's rows planned as a scan of every team).
+_CLOSE_DUE = """
+WITH due AS (
+    SELECT ctid FROM group_buy_order_list
+    WHERE status = 0 AND pay_deadline <= now()
+    ORDER BY pay_deadline LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), closed AS (
+    UPDATE group_buy_order_list o SET status = 2, biz_id = NULL, update_time = now()
+    FROM due WHERE o.ctid = due.ctid AND o.status = 0
+    RETURNING o.order_id, o.out_trade_no, o.user_id, o.team_id, o.activity_id
+), per_team AS (
+    SELECT team_id, count(*) AS closed FROM closed GROUP BY team_id
+), teams AS (
+    SELECT t.id, t.team_id, t.status, t.notify_url FROM group_buy_order t
+    WHERE t.team_id = ANY (ARRAY(SELECT team_id FROM per_team))
+    ORDER BY t.id
+    FOR UPDATE OF t
+), freed AS (
+    UPDATE group_buy_order t SET lock_count = t.lock_count - p.closed, update_time = now()
+    FROM teams JOIN per_team p ON p.team_id = teams.team_id
+    WHERE t.id = teams.id AND teams.status = 0 AND t.status = 0
+)
+SELECT c.order_id, c.out_trade_no, c.user_id, c.team_id, c.activity_id, teams.notify_url
+FROM closed c JOIN teams ON teams.team_id = c.team_id
+"""
+
+CLOSE_BATCH = 1000
+# Batches in flight at once: while PostgreSQL closes one, the worker writes the events of
+# another, and a second core is used when there is one. SKIP LOCKED keeps them apart.
+CLOSE_PARALLEL = 2
+
+
+async def close_unpaid_orders(
+    pool: asyncpg.Pool, batch: int = CLOSE_BATCH, parallel: int = CLOSE_PARALLEL
+) -> int:
+    """Close locked orders past their payment deadline: status 2, take key given back, a
+    forming team's slot freed, one order.closed event each. Batches until none is due (one
+    that comes back short means the rest is taken or not yet due). Returns how many."""
+
+    async def close_until_short() -> int:
+        total = 0
+        while True:
+            async with pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(_CLOSE_DUE, batch)
+                await outbox.enqueue(
+                    conn, [order_event(EventType.ORDER_CLOSED, r, r["notify_url"]) for r in rows]
+                )
+            total += len(rows)
+            if len(rows) < batch:
+                return total
+
+    async with asyncio.TaskGroup() as group:
+        loops = [group.create_task(close_until_short()) for _ in range(parallel)]
+    return sum(loop.result() for loop in loops)
+
+
+_FAIL_EXPIRED = """
+WITH expired AS (
+    SELECT id FROM group_buy_order
+    WHERE status = 0 AND valid_end_time < now()
+    ORDER BY valid_end_time LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE group_buy_order t SET status = 2, update_time = now()
+FROM expired WHERE t.id = expired.id AND t.status = 0
+RETURNING t.team_id, t.activity_id, t.notify_url
+"""
+
+# Read in a statement after the teams are locked, so every payment committed before is seen;
+# none can follow: paying (and refunding from a forming team) needs the team's row.
+_PAID_OF = """
+SELECT team_id, array_agg(out_trade_no ORDER BY id) AS paid
+FROM group_buy_order_list
+WHERE team_id = ANY($1::text[]) AND status = 1
+GROUP BY team_id
+"""
+
+
+# Teams that failed before team.failed existed, with payments to refund (sql/006): each is
+# announced once, its backlog row deleted in the same transaction.
+_UNANNOUNCED = """
+WITH gone AS (
+    DELETE FROM team_failed_unannounced
+    WHERE team_id IN (SELECT team_id FROM team_failed_unannounced LIMIT $1
+                      FOR UPDATE SKIP LOCKED)
+    RETURNING team_id
+)
+SELECT team_id, activity_id, notify_url FROM group_buy_order
+WHERE team_id = ANY (ARRAY(SELECT team_id FROM gone))
+"""
+
+
+async def fail_expired_teams(pool: asyncpg.Pool, batch: int = 1000) -> int:
+    """Mark forming teams past their window as failed (status 2), each with its team.failed
+    event listing the paid orders to refund. Returns how many."""
+    failed = await _fail_in_batches(pool, _FAIL_EXPIRED, batch)
+    if announced := await _fail_in_batches(pool, _UNANNOUNCED, batch):
+        log.info("announced %d teams that failed before team.failed events existed", announced)
+    return failed
+
+
+async def _fail_in_batches(pool: asyncpg.Pool, statement: str, batch: int) -> int:
+    total = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            teams = await conn.fetch(statement, batch)
+            paid = {}
+            if teams:
+                rows = await conn.fetch(_PAID_OF, [t["team_id"] for t in teams])
+                paid = {r["team_id"]: list(r["paid"]) for r in rows}
+            await outbox.enqueue(conn, [
+                team_failed_event(t["team_id"], t["activity_id"], t["notify_url"],
+                                  paid.get(t["team_id"], []))
+                for t in teams
+            ])  # fmt: skip
+        total += len(teams)
+        if len(teams) < batch:
+            return total
