@@ -297,14 +297,18 @@ class Dispatcher:
             if self._stopping:
                 return task
             async with host.slots:
-                admission = await self._admit(task) if gated else Admission.SEND
-                probe = admission is Admission.PROBE  # given up in `finally` if not sent
-                if admission is Admission.REFUSE or self._stopping:
+                if gated and task.host in self._breakers:  # else: nothing to ask it
+                    admission = await self._admit(task)
+                    probe = admission is Admission.PROBE  # given up in `finally` if not sent
+                    if admission is Admission.REFUSE:
+                        return task
+                if self._stopping:
                     return task
                 done = await self._attempt(task)
                 if isinstance(done, Result):
-                    # Before the slot is let go: the next send of the host sees the change.
-                    await self._observe(task.host, done.outcome, probe)
+                    if probe or task.host in self._breakers or unreachable(done.outcome):
+                        # Before the slot is let go: the host's next send sees the change.
+                        await self._observe(task.host, done.outcome, probe)
                     probe = False
                 return done
         except Exception:
@@ -338,7 +342,7 @@ class Dispatcher:
 
     async def _admit(self, task: Task) -> Admission:
         """What the host's breaker says to this send; while another send probes the host,
-        waits for its answer."""
+        waits for its answer. (A host without a breaker is never asked.)"""
         while True:
             breaker = self._breakers.get(task.host)
             if breaker is None:
