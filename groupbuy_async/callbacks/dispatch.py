@@ -21,7 +21,16 @@ from ..settings import Settings
 from . import outbox
 from .metrics import Metrics
 from .outbox import Result, Task
-from .rules import NotifyStatus, decide
+from .rules import (
+    Admission,
+    AttemptOutcome,
+    Breaker,
+    BreakerChange,
+    BreakerPolicy,
+    NotifyStatus,
+    decide,
+    unreachable,
+)
 from .sender import Sender
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,14 @@ FLUSH_SECONDS = 0.02
 FIRE_WINDOW = 0.002
 # A compensation drain stops claiming after this long; the next cron tick goes on.
 DRAIN_SECONDS = 300.0
+# A merchant host whose attempts go unanswered (timeout, failed connect) this many times in
+# a row in this process is paused: its due tasks wait, unattempted, for the pause to end,
+# then one probe. Pauses double after each unanswered probe, up to the longest.
+BREAKER_FAILURES = 5
+BREAKER_PAUSE_SECONDS = 30.0
+BREAKER_MAX_PAUSE_SECONDS = 600.0
+# Closed breakers still counting failures are forgotten past this many hosts.
+BREAKERS_KEPT = 10_000
 
 
 @dataclass
@@ -93,10 +110,18 @@ class Dispatcher:
         self._drains = 0
         self._claim_turn = asyncio.Lock()
         self._saturated = False  # one of their claims hit a host's cap (sticky while they claim)
-        self._room = asyncio.Event()  # set as each send ends: its host has room again
+        # Set as each send ends: its host has room again, or a probe's answer is in.
+        self._room = asyncio.Event()
         # Beyond this wait for a send slot, the lease could lapse mid-send: give it back.
         self._max_wait = self.lease.total_seconds() - 2 * settings.notify_timeout_seconds - 10
+        self.breaker_failures = BREAKER_FAILURES
+        self.breaker_pause = BREAKER_PAUSE_SECONDS
+        self.breaker_max_pause = BREAKER_MAX_PAUSE_SECONDS
+        self._breakers: dict[str, Breaker] = {}  # hosts with unanswered attempts, or paused
         metrics.in_flight.set_function(lambda: self.in_flight)
+        metrics.paused_hosts.set_function(
+            lambda: sum(b.until is not None for b in self._breakers.values())
+        )
 
     async def drain(self, team_id: str | None = None, seconds: float = DRAIN_SECONDS) -> Counts:
         """Deliver every due task (or one team's) until none is due or `seconds` pass."""
@@ -181,16 +206,19 @@ class Dispatcher:
         (one sending, one waiting): a claim of all that is due takes no more of a host than
         its room, and shares itself out among the hosts with due tasks; what a claim of
         named teams took over a host's room goes back, due again at once, for the worker.
-        Returns the tasks kept, and the hosts at their cap that have due tasks left."""
+        Returns the tasks kept, and the hosts at their cap that have due tasks left.
+        Capped, a paused host's tasks are not claimed."""
+        now = datetime.now(UTC)
+        paused = [h for h, b in self._breakers.items() if b.paused(now)] if capped else []
         if team_ids is not None:
-            tasks = await outbox.claim(self.pool, limit, self.lease, team_ids)
+            tasks = await outbox.claim(self.pool, limit, self.lease, team_ids, skip=paused)
             full: set[str] = set()
         else:
             rooms = {host: self._room_left(host) for host in self._hosts}
             tasks = await outbox.claim(
-                self.pool, limit, self.lease, rooms=rooms, per_host=self._cap
+                self.pool, limit, self.lease, rooms=rooms, per_host=self._cap, skip=paused
             )
-            full = {host for host, room in rooms.items() if room <= 0}
+            full = {host for host, room in rooms.items() if room <= 0 and host not in paused}
         keep, over = [], []
         for task in tasks:
             if capped and self._room_left(task.host) <= 0:
@@ -216,41 +244,139 @@ class Dispatcher:
         return self._cap - (0 if held is None else held.in_hand)
 
     def _has_room(self, host: str) -> bool:
-        return self._room_left(host) > 0
+        """Whether waiting for this host's sends to end is over: it has room, or it is
+        paused (nothing of it will be claimed)."""
+        breaker = self._breakers.get(host)
+        paused = breaker is not None and breaker.paused(datetime.now(UTC))
+        return paused or self._room_left(host) > 0
 
-    async def deliver(self, task: Task) -> Result | Task:
-        """One attempt; returns the Result, or the Task itself when it was not attempted."""
+    async def deliver(self, task: Task, gated: bool = True) -> Result | Task:
+        """One attempt; returns the Result, or the Task itself when it was not attempted.
+        `gated`: only if its host's breaker lets it (an operator's one-team drain is not)."""
         host = self._hosts[task.host]
+        probe = False
         try:
-            async with host.slots, self._sending:
-                if time.monotonic() - task.claimed_at > self._max_wait:
-                    return task
-                started_at = datetime.now(UTC)
-                began = time.perf_counter()
-                self.in_flight += 1
-                try:
-                    outcome = await self.sender.send(task.notify_url, task.event_id, task.body)
-                finally:
-                    self.in_flight -= 1
-                elapsed = time.perf_counter() - began
-            self.metrics.latency.observe(elapsed)
-            ended_at = started_at + timedelta(seconds=elapsed)
-            verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
-            return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
+            async with host.slots:
+                if gated and task.host in self._breakers:  # else: nothing to ask it
+                    admission = await self._admit(task)
+                    if admission is Admission.REFUSE:
+                        return task
+                    probe = admission is Admission.PROBE
+                done = await self._attempt(task)
+                if isinstance(done, Result):
+                    if probe or task.host in self._breakers or unreachable(done.outcome):
+                        # Before the slot is let go: the host's next send sees the change.
+                        await self._observe(task.host, done.outcome, probe)
+                    probe = False
+                return done
         except Exception:
             # Never lose the task: it goes back unrecorded and is tried again.
             log.exception("delivering the callback for team %s failed", task.team_id)
             return task
         finally:
+            if probe and (breaker := self._breakers.get(task.host)):
+                breaker.abandon_probe()  # it was not sent after all: the next send probes
             host.in_hand -= 1
             if host.in_hand == 0:
                 del self._hosts[task.host]
             self._room.set()
 
+    async def _attempt(self, task: Task) -> Result | Task:
+        async with self._sending:
+            if time.monotonic() - task.claimed_at > self._max_wait:
+                return task
+            started_at = datetime.now(UTC)
+            began = time.perf_counter()
+            self.in_flight += 1
+            try:
+                outcome = await self.sender.send(task.notify_url, task.event_id, task.body)
+            finally:
+                self.in_flight -= 1
+            elapsed = time.perf_counter() - began
+        self.metrics.latency.observe(elapsed)
+        ended_at = started_at + timedelta(seconds=elapsed)
+        verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
+        return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
+
+    async def _admit(self, task: Task) -> Admission:
+        """What the host's breaker says to this send; while another send probes the host,
+        waits for its answer. (A host without a breaker is never asked.)"""
+        while True:
+            breaker = self._breakers.get(task.host)
+            if breaker is None:
+                return Admission.SEND
+            admission = breaker.admit(datetime.now(UTC))
+            if admission is not Admission.WAIT:
+                break
+            self._room.clear()  # set as the probe (like any send) ends
+            await self._room.wait()
+        if admission is Admission.PROBE:
+            log.info(
+                "merchant host %s: pause over, probing it with the callback for team %s",
+                task.host, task.team_id,
+            )  # fmt: skip
+        return admission
+
+    async def _observe(self, host: str, outcome: AttemptOutcome, probe: bool) -> None:
+        """Tell the host's breaker how an attempt ended; pausing the host postpones its
+        due tasks. One log line per change of state."""
+        answered = not unreachable(outcome)
+        breaker = self._breakers.get(host)
+        if breaker is None:
+            if answered:
+                return
+            if len(self._breakers) >= BREAKERS_KEPT:
+                self._breakers = {h: b for h, b in self._breakers.items() if b.until is not None}
+            breaker = self._breakers[host] = Breaker()
+        policy = BreakerPolicy(
+            self.breaker_failures,
+            timedelta(seconds=self.breaker_pause),
+            timedelta(seconds=self.breaker_max_pause),
+        )
+        change = breaker.observe(answered, probe, datetime.now(UTC), policy)
+        if breaker.until is None and breaker.failures == 0:
+            del self._breakers[host]
+        if change is BreakerChange.CLOSED:
+            self._saturated = False  # its backlog is claimable again
+            log.info("merchant host %s answered the probe: callbacks to it resumed", host)
+        elif change is not None:
+            await self._pause(host, breaker, change, outcome)
+
+    async def _pause(
+        self, host: str, breaker: Breaker, change: BreakerChange, outcome: AttemptOutcome
+    ) -> None:
+        assert breaker.until is not None
+        try:
+            postponed = await outbox.postpone(self.pool, host, breaker.until)
+        except Exception:
+            # Claims skip the host all the same; what falls due is given back when claimed.
+            log.exception("postponing the callbacks to merchant host %s failed", host)
+            postponed = 0
+        why = (
+            f"{self.breaker_failures} attempts in a row got no answer (last: {outcome.error})"
+            if change is BreakerChange.OPENED
+            else f"the probe got no answer ({outcome.error})"
+        )
+        log.warning(
+            "merchant host %s: %s; callbacks to it paused for %gs, %d due ones postponed",
+            host, why, breaker.pause.total_seconds(), postponed,
+        )  # fmt: skip
+
+    def _due_again(self, host: str) -> datetime | None:
+        """When a task given back unattempted is due again: when its host's pause ends
+        (now, if it has ended already or the host is not paused)."""
+        breaker = self._breakers.get(host)
+        return None if breaker is None else breaker.until
+
     async def finish(self, done: list[Result | Task], counts: Counts) -> None:
         """Write a batch back: results fenced by their claims, unattempted tasks released."""
         results = [d for d in done if isinstance(d, Result)]
-        await outbox.release(self.pool, [d for d in done if isinstance(d, Task)], None)
+        unsent: dict[datetime | None, list[Task]] = {}
+        for d in done:
+            if isinstance(d, Task):
+                unsent.setdefault(self._due_again(d.host), []).append(d)
+        for due_at, tasks in unsent.items():
+            await outbox.release(self.pool, tasks, due_at)
         recorded = await outbox.record(self.pool, results)
         counts.add(results, recorded)
         outcomes = Counter(
@@ -377,7 +503,7 @@ class _Drain:
         while True:
             task = await self.queue.get()
             try:
-                result = await self.dispatcher.deliver(task)
+                result = await self.dispatcher.deliver(task, gated=self.team_id is None)
                 # Appended after the await: the recorder swaps `done` for a new list meanwhile.
                 self.done.append(result)
             finally:

@@ -30,6 +30,10 @@ class Metrics:
             " 3 error)", ["status"], registry=r,
         )  # fmt: skip
         self.due = Gauge("groupbuy_notify_due", "Notify tasks due now (backlog)", registry=r)
+        self.paused_hosts = Gauge(
+            "groupbuy_notify_paused_hosts", "Merchant hosts this process paused after"
+            " unanswered attempts in a row (breaker open or probing)", registry=r,
+        )  # fmt: skip
 
     def set_task_counts(self, by_status: dict[int, int], due: int) -> None:
         for status in range(4):

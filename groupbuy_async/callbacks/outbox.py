@@ -212,6 +212,20 @@ async def release(pool: asyncpg.Pool, tasks: list[Task], due_at: datetime | None
         )
 
 
+async def postpone(pool: asyncpg.Pool, host: str, until: datetime) -> int:
+    """A paused host: its open tasks due before `until` that nobody holds are due at `until`
+    instead. Not attempts: notify_count and notify_attempt stay as they are. Returns how
+    many were moved."""
+    status = await pool.execute(
+        "UPDATE notify_task SET next_attempt_at = $2, update_time = now()"
+        " WHERE host = $1 AND notify_status IN (0, 2) AND next_attempt_at < $2"
+        " AND claim_token IS NULL",
+        host,
+        until,
+    )
+    return int(status.split()[-1])
+
+
 _TASK_COLUMNS = """id, team_id, activity_id, event_id, notify_url, notify_count, notify_status,
     next_attempt_at, last_http_status, last_error, create_time, update_time"""
 

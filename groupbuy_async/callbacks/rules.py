@@ -1,4 +1,4 @@
-"""Pure callback decisions: signature, outcome, retry schedule. No I/O here."""
+"""Pure callback decisions: signature, outcome, retry schedule, a host's breaker. No I/O here."""
 
 import base64
 import hashlib
@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from enum import IntEnum
+from enum import Enum, IntEnum
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -166,3 +166,83 @@ def _describe_failure(outcome: AttemptOutcome) -> str:
     if outcome.http_status is not None and 200 <= outcome.http_status < 300:
         return f"HTTP {outcome.http_status} with body other than 'success'"
     return f"HTTP {outcome.http_status}"
+
+
+def unreachable(outcome: AttemptOutcome) -> bool:
+    """The attempt got no answer: a timeout, a failed connect, a reset (not a refusal by
+    rule, such as a blocked address)."""
+    return outcome.http_status is None and not outcome.permanent
+
+
+class Admission(Enum):
+    SEND = "send"  # closed
+    PROBE = "probe"  # the pause is over: this send is the one probe
+    WAIT = "wait"  # another send is probing: wait for its answer
+    REFUSE = "refuse"  # paused: not attempted, due again when the pause ends
+
+
+class BreakerChange(Enum):
+    OPENED = "opened"
+    REOPENED = "reopened"  # the probe got no answer
+    CLOSED = "closed"  # the probe was answered
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    failures: int  # unanswered attempts in a row that pause a host
+    pause: timedelta  # the first pause; doubled after each unanswered probe
+    max_pause: timedelta
+
+
+@dataclass
+class Breaker:
+    """One merchant host's circuit breaker: after `failures` unanswered attempts in a row
+    the host is paused; when the pause is over one send probes it, the others wait for its
+    answer. Answered (any HTTP response), it closes; unanswered, it pauses again, twice as
+    long. Pure: the caller says what time it is."""
+
+    failures: int = 0  # unanswered attempts in a row (while closed)
+    until: datetime | None = None  # paused until then (None: closed)
+    pause: timedelta = timedelta(0)  # the length of the last pause
+    probing: bool = False  # the pause is over and the probe is out
+
+    def paused(self, now: datetime) -> bool:
+        """Its tasks are not to be claimed or sent now."""
+        return self.until is not None and not self.probing and now < self.until
+
+    def admit(self, now: datetime) -> Admission:
+        if self.until is None:
+            return Admission.SEND
+        if self.probing:
+            return Admission.WAIT
+        if now < self.until:
+            return Admission.REFUSE
+        self.probing = True
+        return Admission.PROBE
+
+    def abandon_probe(self) -> None:
+        """The probe was not sent after all: the next send probes instead."""
+        self.probing = False
+
+    def observe(
+        self, answered: bool, probe: bool, now: datetime, policy: BreakerPolicy
+    ) -> BreakerChange | None:
+        """An attempt ended, answered or not; returns the change of state it made."""
+        if probe:
+            self.probing = False
+            if answered:
+                self.until, self.failures = None, 0
+                return BreakerChange.CLOSED
+            self.pause = min(max(self.pause * 2, policy.pause), policy.max_pause)
+            self.until = now + self.pause
+            return BreakerChange.REOPENED
+        if self.until is not None:
+            return None  # sent before the pause began: it says nothing the pause did not
+        if answered:
+            self.failures = 0
+            return None
+        self.failures += 1
+        if self.failures < policy.failures:
+            return None
+        self.failures, self.pause, self.until = 0, policy.pause, now + policy.pause
+        return BreakerChange.OPENED

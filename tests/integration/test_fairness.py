@@ -7,9 +7,10 @@ before each), so a drain of everything due sees only their tasks, through the re
 
 import asyncio
 import contextlib
+import logging
 import statistics
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from aiohttp import web
 from groupbuy_async.bootstrap import build_dispatcher
 from groupbuy_async.callbacks.dispatch import Dispatcher
 from groupbuy_async.callbacks.metrics import Metrics
+from groupbuy_async.callbacks.rules import Admission, Breaker, BreakerChange, BreakerPolicy
 from groupbuy_async.db import create_pool, temporary_database
 from groupbuy_async.settings import Settings
 
@@ -203,3 +205,153 @@ async def test_a_hanging_merchant_does_not_starve_a_healthy_one_on_the_immediate
     left = [r for r in await rows(db, slow) if r["notify_count"] == 0]
     assert len(left) >= 300 - 2 * dispatcher.per_host
     assert all(r["claim_token"] is None and r["attempts"] == 0 for r in left)
+
+
+def pauses(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The breaker's lines: one per state change of a host."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.endswith("dispatch") and r.msg.startswith("merchant host")
+    ]
+
+
+def paused_hosts(dispatcher: Dispatcher) -> float | None:
+    return dispatcher.metrics.registry.get_sample_value("groupbuy_notify_paused_hosts")
+
+
+def counts_by_team(state: list[asyncpg.Record]) -> dict[str, int]:
+    return {r["team_id"]: r["notify_count"] for r in state}
+
+
+async def test_breaker_postpones_a_hanging_hosts_due_tasks_without_counting_attempts(
+    db: asyncpg.Pool,
+    dispatchers: Make,
+    hanging: Merchant,
+    merchant: Merchant,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    slow = await make_tasks(db, 100, hanging.url)
+    dispatcher = dispatchers()
+    dispatcher.breaker_pause = 2.0
+    began = datetime.now(UTC)
+    async with asyncio.timeout(10):
+        counts = await dispatcher.drain()
+    after = datetime.now(UTC)
+    # One round of the host's bound was sent and timed out; the K-th timeout opened the
+    # breaker (sends that took a slot freed by the first K - 1 went out too), and nothing
+    # more was sent to the host.
+    per_host, k = dispatcher.per_host, dispatcher.breaker_failures
+    tried = len(hanging.requests)
+    assert per_host <= tried < per_host + k, tried
+    assert counts.retry_count == tried
+    state = await rows(db, slow)
+    assert sorted(counts_by_team(state).values()) == [0] * (100 - tried) + [1] * tried
+    assert all(r["attempts"] == r["notify_count"] for r in state)
+    # Everything else is postponed by the pause: unclaimed, no attempt counted or logged.
+    rest = [r for r in state if r["notify_count"] == 0]
+    assert all(r["claim_token"] is None and r["notify_status"] == 0 for r in rest)
+    (until,) = {r["next_attempt_at"] for r in rest}
+    pause = timedelta(seconds=2)
+    assert began + pause <= until <= after + pause
+    assert paused_hosts(dispatcher) == 1
+    (line,) = pauses(caplog)
+    assert "paused" in line and hanging.url.split("/")[2] in line, line
+    # Another merchant is not held up by it.
+    (healthy,) = await make_tasks(db, 1, merchant.url)
+    assert (await dispatcher.drain()).success_count == 1
+    assert (await rows(db, [healthy]))[0]["notify_status"] == 1
+    assert len(hanging.requests) == tried
+
+
+async def test_breaker_probes_once_after_the_pause_and_closes_when_answered(
+    db: asyncpg.Pool, dispatchers: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    answering = asyncio.Event()
+    over = asyncio.Event()
+    spans: list[tuple[float, float]] = []
+
+    async def behaviour(_: int) -> web.Response:
+        began = asyncio.get_running_loop().time()
+        if not answering.is_set():
+            await over.wait()
+        await asyncio.sleep(0.05)
+        spans.append((began, asyncio.get_running_loop().time()))
+        return web.Response(text="success")
+
+    m = await start_merchant(behaviour=behaviour)
+    try:
+        team_ids = await make_tasks(db, 40, m.url)
+        dispatcher = dispatchers(notify_retry_schedule="0s,0s,0s")
+        dispatcher.breaker_pause = 0.5
+        async with asyncio.timeout(10):
+            await dispatcher.drain()  # opens the breaker: then nothing is due for the host
+        first_round = len(m.requests)
+        before = await rows(db, team_ids)
+        first = max(r["next_attempt_at"] for r in before)
+        await asyncio.sleep((first - datetime.now(UTC)).total_seconds() + 0.05)
+
+        # The pause is over: one probe, still unanswered. Paused again, twice as long.
+        async with asyncio.timeout(10):
+            await dispatcher.drain()
+        assert len(m.requests) == first_round + 1
+        state = await rows(db, team_ids)
+        was = counts_by_team(before)
+        (probe,) = [r for r in state if r["notify_count"] != was[r["team_id"]]]
+        assert probe["notify_count"] == was[probe["team_id"]] + 1
+        (second,) = {r["next_attempt_at"] for r in state if r is not probe}
+        assert second - first >= timedelta(seconds=2 * 0.5 + TIMEOUT)
+        assert paused_hosts(dispatcher) == 1
+
+        # Over again, and now the merchant answers: one probe, then everything else.
+        answering.set()
+        await asyncio.sleep((second - datetime.now(UTC)).total_seconds() + 0.05)
+        async with asyncio.timeout(10):
+            counts = await dispatcher.drain()
+        assert counts.success_count == 40
+        (probe_span, *others) = sorted(spans)
+        assert all(began >= probe_span[1] for began, _ in others), "sent before the probe ended"
+        was = counts_by_team(state)
+        after = await rows(db, team_ids)
+        assert {r["notify_status"] for r in after} == {1}
+        assert all(r["notify_count"] == was[r["team_id"]] + 1 for r in after)
+        assert paused_hosts(dispatcher) == 0
+        lines = pauses(caplog)
+        assert [w for line in lines for w in ("paused", "probing", "resumed") if w in line] == [
+            "paused", "probing", "paused", "probing", "resumed",
+        ], lines  # fmt: skip
+    finally:
+        over.set()
+        await m.server.close()
+
+
+def test_breaker_counts_only_unanswered_attempts_in_a_row_and_caps_its_pause() -> None:
+    policy = BreakerPolicy(3, timedelta(seconds=30), timedelta(seconds=100))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    b = Breaker()
+    for answered in (False, False, True, False, False):  # an answer starts the count again
+        assert b.observe(answered, False, now, policy) is None
+    assert b.observe(False, False, now, policy) is BreakerChange.OPENED
+    assert b.until == now + timedelta(seconds=30) and b.paused(now)
+    # Sends begun before the pause say nothing new, answered or not.
+    assert b.observe(True, False, now, policy) is None and b.paused(now)
+    assert b.admit(now) is Admission.REFUSE
+    for pause in (60, 100, 100):  # doubled after each unanswered probe, up to the longest
+        later = b.until
+        assert later is not None
+        assert b.admit(later) is Admission.PROBE and not b.paused(later)
+        assert b.admit(later) is Admission.WAIT
+        assert b.observe(False, True, later, policy) is BreakerChange.REOPENED
+        assert b.until == later + timedelta(seconds=pause)
+    assert b.until is not None
+    assert b.admit(b.until) is Admission.PROBE
+    b.abandon_probe()  # not sent after all: the next send probes
+    assert b.admit(b.until) is Admission.PROBE
+    assert b.observe(True, True, b.until, policy) is BreakerChange.CLOSED
+    assert b.until is None and b.admit(now) is Admission.SEND
+    # A probe's silence never pauses for less than the first pause.
+    fresh = Breaker()
+    assert fresh.observe(False, True, now, policy) is BreakerChange.REOPENED
+    assert fresh.until == now + timedelta(seconds=30)
