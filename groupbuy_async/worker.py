@@ -310,6 +310,14 @@ class GroupbuyWorker(Worker):
     """arq's Worker on a queue of its own, with the callback dispatcher stopped first on
     SIGTERM/SIGINT."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_ordered = False
+        self.on_stop = self._note_stop  # called by arq once it has cancelled its loop
+
+    def _note_stop(self, _: Signals) -> None:
+        self._stop_ordered = True
+
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         """arq stops picking jobs and gives running ones `job_completion_wait` seconds. The
         dispatcher is told first, so that a drain (which would otherwise claim and send for
@@ -322,7 +330,13 @@ class GroupbuyWorker(Worker):
         super().handle_sig_wait_for_completion(signum)
 
     async def heart_beat(self) -> None:
-        """Each turn of arq's loop: stop when PostgreSQL has been out of reach too long."""
+        """Each turn of arq's loop: end it when arq has ordered it to (after a signal) and it
+        still runs, or when PostgreSQL has been out of reach too long."""
+        if self._stop_ordered:
+            # arq ended its loop by cancelling it; that cancellation can get lost inside a
+            # Redis call (seen once in a few hundred SIGTERMs: the worker then polled on,
+            # never exiting). Ending the loop here makes sure it stops.
+            raise asyncio.CancelledError
         liveness: Liveness | None = self.ctx.get("liveness")
         if liveness is not None and liveness.gave_up:
             raise PostgresLost(f"PostgreSQL at {liveness.where} unreachable for too long")

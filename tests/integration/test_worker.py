@@ -117,3 +117,30 @@ async def test_drains_beyond_max_drains_skip_their_tick(
         assert liveness.last_drain > before and liveness.drains == MAX_DRAINS - 1
     finally:
         await shutdown(ctx)
+
+
+async def test_a_stop_arq_ordered_ends_the_loop_even_if_its_cancellation_was_lost(
+    settings: Settings,
+) -> None:
+    """arq stops its loop by cancelling it once, then calls on_stop; should that cancellation
+    be swallowed on its way, the next turn of the loop ends it all the same."""
+    import asyncio
+    import signal
+
+    import pytest
+
+    from groupbuy_async.lifecycle import connect_redis
+
+    assert settings.redis_url
+    redis = await connect_redis(settings.redis_url)
+    queue = f"test:{uuid.uuid4().hex}"
+    worker = build_worker(settings, redis_pool=redis, queue_name=queue)
+    try:
+        await worker.heart_beat()  # a turn of the loop, as usual
+        assert worker.on_stop is not None
+        worker.on_stop(signal.SIGTERM)
+        with pytest.raises(asyncio.CancelledError):
+            await worker.heart_beat()
+    finally:
+        await redis.delete(queue, worker.health_check_key)
+        await redis.aclose()
