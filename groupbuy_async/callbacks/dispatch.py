@@ -39,6 +39,8 @@ from .sender import Sender
 
 log = logging.getLogger(__name__)
 
+TEAM_COMPLETED = str(EventType.TEAM_COMPLETED)
+
 
 def _log_failure(message: str, *args: object) -> None:
     """In an except block: a database outage is one line (its reason), anything else a
@@ -201,7 +203,7 @@ class Dispatcher:
         try:
             # Capped: past its host's cap a task goes back, due, for the worker, rather
             # than wait in the API for that host's sends to end.
-            tasks, _ = await self.claim(len(team_ids), team_ids)
+            tasks, _ = await self.claim(len(team_ids), team_ids, event_type=TEAM_COMPLETED)
             self._firing -= held - len(tasks)
             held = len(tasks)
             sends = [asyncio.create_task(self.deliver(task)) for task in tasks]
@@ -238,7 +240,11 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def claim(
-        self, limit: int, team_ids: list[str] | None = None, capped: bool = True
+        self,
+        limit: int,
+        team_ids: list[str] | None = None,
+        capped: bool = True,
+        event_type: str | None = None,
     ) -> tuple[list[Task], set[str]]:
         """Claim due tasks. Capped, a host keeps at most two rounds of its bound in hand
         (one sending, one waiting): a claim of all that is due takes no more of a host than
@@ -249,7 +255,9 @@ class Dispatcher:
         now = datetime.now(UTC)
         paused = [h for h, b in self._breakers.items() if b.paused(now)] if capped else []
         if team_ids is not None:
-            tasks = await outbox.claim(self.pool, limit, self.lease, team_ids, skip=paused)
+            tasks = await outbox.claim(
+                self.pool, limit, self.lease, team_ids, skip=paused, event_type=event_type
+            )
             full: set[str] = set()
         else:
             rooms = {host: self._room_left(host) for host in self._hosts}
@@ -495,10 +503,11 @@ class _Drain:
         if d._stopping:
             return
         if self.team_id is not None:
-            # Not capped at claim: its one task waits for a slot of its host like any send,
-            # rather than going back because other drains keep that host busy.
+            # Every due event of the team (its team.* and its orders'). Not capped at claim:
+            # they wait for slots of their host like any send, rather than going back
+            # because other drains keep that host busy.
             async with d._claim_turn:
-                tasks, _ = await d.claim(1, [self.team_id], capped=False)
+                tasks, _ = await d.claim(d.batch_size, [self.team_id], capped=False)
             self._hand(tasks)
             return
         d._drains += 1

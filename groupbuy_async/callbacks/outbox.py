@@ -122,7 +122,7 @@ _PICK_DUE = """RECURSIVE hosts AS (
 _PICK_TEAMS = """picked AS (
     SELECT id FROM notify_task
     WHERE team_id = ANY($4::text[]) AND notify_status IN (0, 2) AND next_attempt_at <= now()
-      AND host <> ALL($5::text[])
+      AND host <> ALL($5::text[]) AND ($6::text IS NULL OR event_type = $6)
     ORDER BY next_attempt_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -140,10 +140,12 @@ async def claim(
     per_host: int | None = None,
     rooms: Mapping[str, int] | None = None,
     skip: Collection[str] = (),
+    event_type: str | None = None,
 ) -> list[Task]:
-    """Claim up to `limit` due tasks (only these teams' when given) under a new lease,
-    never a host's in `skip`. Of all that is due, a host gets at most its room: `rooms`
-    for the hosts named there, `per_host` for the others (unbounded if None)."""
+    """Claim up to `limit` due tasks (only these teams' when given, and of `event_type`
+    when given) under a new lease, never a host's in `skip`. Of all that is due, a host gets
+    at most its room: `rooms` for the hosts named there, `per_host` for the others
+    (unbounded if None)."""
     token = uuid.uuid4()
     claimed_at = time.monotonic()
     if team_ids is None:
@@ -152,7 +154,7 @@ async def claim(
             _CLAIM_DUE, limit, token, lease, per_host or limit, list(room), list(room.values())
         )
     else:
-        rows = await pool.fetch(_CLAIM_TEAMS, limit, token, lease, team_ids, list(skip))
+        rows = await pool.fetch(_CLAIM_TEAMS, limit, token, lease, team_ids, list(skip), event_type)
     return [
         Task(r["id"], str(r["event_id"]), r["team_id"], r["notify_url"], r["parameter_json"],
              r["attempt"], token, claimed_at, r["host"])

@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -10,6 +11,7 @@ from groupbuy_async.callbacks import outbox
 from groupbuy_async.callbacks.events import Event, EventType
 
 from ..conftest import make_tasks
+from ..merchant import Merchant
 
 
 async def _team(pool: asyncpg.Pool) -> str:
@@ -81,3 +83,34 @@ async def test_the_database_refuses_an_order_event_without_its_order(pool: async
             " parameter_json) VALUES ('order.closed', 1, $1, 'http://x/', '{}')",
             team_id,
         )
+
+
+async def test_a_fired_team_sends_its_completion_and_a_team_run_sends_all_its_events(
+    pool: asyncpg.Pool, make_dispatcher: Any, merchant: Merchant
+) -> None:
+    """The immediate path after a settlement sends the team.completed event, not another
+    event of the team that happens to be due earlier; an operator's one-team run sends
+    every due event of the team."""
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
+    order = f"o{uuid.uuid4().hex[:10]}"
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.enqueue(conn, [
+            Event(EventType.ORDER_CLOSED, team_id, 1, merchant.url, {"teamId": team_id}, order),
+        ])  # fmt: skip
+        # The order event is due before the completion.
+        await conn.execute(
+            "UPDATE notify_task SET next_attempt_at = now() - interval '1 minute'"
+            " WHERE team_id = $1 AND event_type = 'order.closed'",
+            team_id,
+        )
+    dispatcher = make_dispatcher()
+    assert dispatcher.fire(team_id)
+    await dispatcher.wait_background(grace_seconds=5)
+
+    def sent() -> list[str]:  # make_tasks writes the completion in the old flat form
+        return [json.loads(body).get("type", "team.completed") for _, body in merchant.requests]
+
+    assert sent() == ["team.completed"]
+    counts = await dispatcher.drain(team_id)
+    assert counts.success_count == 1
+    assert sent() == ["team.completed", "order.closed"]
