@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench-trade bench-notify reset-data clean
+.PHONY: install run test lint format bench-trade bench-notify bench-workers reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-trade: install
 
 bench-notify: install
 	$(BIN)/python -m bench.bench_notify $(BENCH_ARGS)
+
+bench-workers: install
+	$(BIN)/python -m bench.bench_workers $(BENCH_ARGS)
 
 ## make reset-data: forget what `make run` stored (stop it first); keeps the virtualenv.
 reset-data:
