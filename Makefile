@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test faults lint format bench-trade bench-notify bench-lifecycle reset-data clean
+.PHONY: install run test faults lint format bench-trade bench-notify bench-lifecycle bench-workers reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-notify: install
 
 bench-lifecycle: install
 	$(BIN)/python -m bench.bench_lifecycle $(BENCH_ARGS)
+
+bench-workers: install
+	$(BIN)/python -m bench.bench_workers $(BENCH_ARGS)
 
 ## make reset-data: forget what `make run` stored (stop it first); keeps the virtualenv.
 reset-data:

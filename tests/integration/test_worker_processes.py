@@ -3,6 +3,7 @@ a graceful SIGTERM, riding out a PostgreSQL outage (or giving up on one, exit 1)
 several workers sharing the compensation work."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -361,20 +362,22 @@ async def test_two_workers_both_drain_one_backlog_and_never_send_a_task_twice(
     merchant: Merchant,
     workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
 ) -> None:
-    # A tick every 3 s; one worker at 10 sends in flight drains the backlog in ~2 s, so
-    # unless each worker drains at each tick, one worker would deliver everything.
+    # A tick every 5 s; one worker at 10 sends in flight drains the backlog in ~4 s, so
+    # unless each worker drains at each tick, one worker would deliver everything (and a
+    # worker starting its drain a second or two after the other still gets a share).
     settings, pool = own_db
     merchant.behaviour = answer_after(0.1)
-    env = worker_env(settings, NOTIFY_CRON_SECONDS=3, NOTIFY_CONCURRENCY=10, NOTIFY_PER_HOST=10)
+    env = worker_env(settings, NOTIFY_CRON_SECONDS=5, NOTIFY_CONCURRENCY=10, NOTIFY_PER_HOST=10)
     pair = [await workers(env), await workers(env)]
     for w in pair:
         # Its start-up drain and its first tick's are done: its ticks are now at the same
         # times as the other's (the first may come early, enqueued late after start-up).
-        async with asyncio.timeout(20):
-            while len(w.matching("cron:deliver_callbacks", "●")) < 2:
-                await w.wait_for_line("cron:deliver_callbacks", "●")
-                await asyncio.sleep(0.05)
-    team_ids = await make_tasks(pool, 200, merchant.url)
+        # (Not an error if not: a worker that does not run its own ticks fails below.)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(15):
+                while len(w.matching("cron:deliver_callbacks", "●")) < 2:
+                    await asyncio.sleep(0.05)
+    team_ids = await make_tasks(pool, 400, merchant.url)
     await wait_delivered(pool, team_ids, seconds=30)
     for w in pair:
         code, _ = await w.terminate()
