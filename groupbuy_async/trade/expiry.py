@@ -72,8 +72,13 @@ async def close_unpaid_orders(
             if len(rows) < batch:
                 return total
 
-    async with asyncio.TaskGroup() as group:
-        loops = [group.create_task(close_until_short()) for _ in range(parallel)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            loops = [group.create_task(close_until_short()) for _ in range(parallel)]
+    except BaseExceptionGroup as failed:
+        # The loops fail alike (the database is gone): the caller sees the first failure,
+        # as from any other query, not a group it would have to unpack.
+        raise failed.exceptions[0] from None
     return sum(loop.result() for loop in loops)
 
 
