@@ -27,13 +27,14 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
 from .common import BenchFailure, database_name, fresh_database, run_bench, servers, stop_process
 from .cpu import MACHINE, Section, machine, measure, postgres, processes
-from .notify_scenarios import SECRET, check_delivery
+from .notify_scenarios import SECRET, check_delivery, insert_tasks
 from .receiver import Receiver
 
 
@@ -84,38 +85,6 @@ class WorkerProcess:
                 counts: dict[str, Any] = ast.literal_eval(line[line.index("{") :])
                 total += counts["successCount"]
         return total
-
-
-async def insert_backlog(dsn: str, count: int, url: str) -> None:
-    """`count` completed teams with their notify tasks (as bench/notify_scenarios.py), due in
-    an hour; vacuumed and checkpointed before anything drains."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "INSERT INTO group_buy_discount (discount_id, discount_name, market_plan, market_expr)"
-            " VALUES ('bench', 'bench', 'ZJ', '1') ON CONFLICT DO NOTHING;"
-            " INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, start_time,"
-            " end_time) VALUES (1, 'bench', 'bench', now(), now() + interval '1 day')"
-            " ON CONFLICT DO NOTHING"
-        )
-        await conn.execute(
-            "WITH t AS (INSERT INTO group_buy_order (team_id, activity_id, source, channel,"
-            " original_price, deduction_price, pay_price, target_count, complete_count,"
-            " lock_count, status, valid_start_time, valid_end_time, notify_url)"
-            " SELECT $1 || lpad(g::text, 7, '0'), 1, 's01', 'c01', 100, 20, 80, 1, 1, 1, 1,"
-            " now(), now() + interval '15 minutes', $2 FROM generate_series(1, $3) g"
-            " RETURNING team_id, activity_id, notify_url)"
-            " INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json,"
-            " next_attempt_at)"
-            " SELECT activity_id, team_id, notify_url,"
-            " json_build_object('teamId', team_id, 'outTradeNoList', json_build_array())::text,"
-            " now() + interval '1 hour' FROM t",
-            str(uuid.uuid4().int)[:14], url, count,
-        )  # fmt: skip
-        await conn.execute("VACUUM ANALYZE group_buy_order, notify_task")
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
 
 
 def worker_env(dsn: str, redis_url: str, concurrency: int) -> dict[str, str]:
@@ -194,7 +163,8 @@ async def run(
 ) -> Run:
     await receiver.reset()
     async with fresh_database(admin_dsn) as dsn:
-        await insert_backlog(dsn, args.tasks, receiver.url)
+        # Due in an hour: nothing drains before both workers are up (ticks aligned).
+        await insert_tasks(dsn, args.tasks, receiver.url, due_in=timedelta(hours=1))
         procs: list[WorkerProcess] = []
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         assert pool is not None

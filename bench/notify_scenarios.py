@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import TracebackType
 
 import asyncpg
@@ -112,9 +113,10 @@ def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> Dispatcher:
     return build_dispatcher(pool, settings, Metrics())
 
 
-async def insert_tasks(dsn: str, count: int, url: str) -> None:
-    """`count` completed teams, each with its due notify task (tests/conftest.py make_tasks),
-    in two statements; then VACUUM ANALYZE, as autovacuum would have left a real backlog."""
+async def insert_tasks(dsn: str, count: int, url: str, due_in: timedelta = timedelta(0)) -> None:
+    """`count` completed teams, each with its notify task due after `due_in` (tests/conftest.py
+    make_tasks), in two statements; then VACUUM ANALYZE, as autovacuum would have left a real
+    backlog, and a CHECKPOINT, so nothing of the insert is flushed while the bench drains."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(
@@ -131,11 +133,12 @@ async def insert_tasks(dsn: str, count: int, url: str) -> None:
             " SELECT $1 || lpad(g::text, 7, '0'), 1, 's01', 'c01', 100, 20, 80, 1, 1, 1, 1,"
             " now(), now() + interval '15 minutes', $2 FROM generate_series(1, $3) g"
             " RETURNING team_id, activity_id, notify_url)"
-            " INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json)"
+            " INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json,"
+            " next_attempt_at)"
             " SELECT activity_id, team_id, notify_url,"
-            " json_build_object('teamId', team_id, 'outTradeNoList', json_build_array())::text"
-            " FROM t",
-            str(uuid.uuid4().int)[:14], url, count,
+            " json_build_object('teamId', team_id, 'outTradeNoList', json_build_array())::text,"
+            " now() + $4::interval FROM t",
+            str(uuid.uuid4().int)[:14], url, count, due_in,
         )  # fmt: skip
         await conn.execute("VACUUM ANALYZE group_buy_order, notify_task")
         await conn.execute("CHECKPOINT")
