@@ -81,7 +81,7 @@ class Counts:
         for r in results:
             status = r.verdict.status if r.task.id in recorded else None
             self._count(status)
-            self.by_type.setdefault(outbox.task_type(r.task), Counts())._count(status)
+            self.by_type.setdefault(r.task.type, Counts())._count(status)
 
     def _count(self, status: NotifyStatus | None) -> None:
         """One attempted task; None when its result was dropped (its claim was taken over)."""
@@ -431,7 +431,7 @@ class Dispatcher:
         counts.add(results, recorded)
         outcomes = Counter(
             (r.verdict.status.name.lower() if r.task.id in recorded else "stale",
-             outbox.task_type(r.task))
+             r.task.type)
             for r in results
         )  # fmt: skip
         for (outcome, kind), n in outcomes.items():

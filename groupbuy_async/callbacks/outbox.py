@@ -26,6 +26,7 @@ class Task:
     token: uuid.UUID
     claimed_at: float  # time.monotonic() at claim: the lease runs from here
     host: str  # what the per-host bounds count by (the stored host: host:port)
+    type: str  # the event type (per-type counts and metrics are labelled by it)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ SET claim_token = $2, locked_until = now() + $3::interval,
     next_attempt_at = now() + $3::interval, update_time = now()
 FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.event_id, t.team_id, t.notify_url, t.parameter_json,
-          t.notify_count - t.schedule_offset + 1 AS attempt, t.host
+          t.notify_count - t.schedule_offset + 1 AS attempt, t.host, t.event_type
 """
 # Fair across hosts: the hosts with open tasks are walked through the (host, due) index (a
 # skip scan: one probe per host, however long its backlog), each host gets a share of the
@@ -157,7 +158,7 @@ async def claim(
         rows = await pool.fetch(_CLAIM_TEAMS, limit, token, lease, team_ids, list(skip), event_type)
     return [
         Task(r["id"], str(r["event_id"]), r["team_id"], r["notify_url"], r["parameter_json"],
-             r["attempt"], token, claimed_at, r["host"])
+             r["attempt"], token, claimed_at, r["host"], r["event_type"])
         for r in rows
     ]  # fmt: skip
 
@@ -362,15 +363,6 @@ def estimate_delivered(
     largest = max(weights, key=lambda t: weights[t])
     split[largest] += delivered - sum(split.values())
     return split
-
-
-def task_type(task: Task) -> str:
-    """A claimed task's event type (what per-type counts and metrics are labelled by);
-    "unknown" for a body that is not an event's (never written by this service)."""
-    try:
-        return events.parse_body(task.body)[0]
-    except ValueError:
-        return "unknown"
 
 
 # --- events: the per-event views and the feed -------------------------------------------
