@@ -1,6 +1,7 @@
 """Operator endpoints of the callback half: run, list, inspect and replay notify tasks (by
 team) and events (by id), and the event feed."""
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -56,8 +57,16 @@ async def get_notify_task(request: web.Request, _: None) -> NotifyTaskDetail:
     )
 
 
-def _not_replayable(task: Any) -> errors.NotifyTaskNotReplayable:
-    return errors.NotifyTaskNotReplayable(
+async def _replayed(
+    row: Any, lookup: Callable[[], Awaitable[tuple[Any, list[Any]]]], missing: str
+) -> NotifyTaskOut:
+    """The replayed task, or why not: unknown (404) or not in error (E0201)."""
+    if row is not None:
+        return _task_out(row)
+    task, _attempts = await lookup()
+    if task is None:
+        raise errors.NotFound(missing)
+    raise errors.NotifyTaskNotReplayable(
         f"notify task is in status {task['notify_status']}; only status 3 (error) replays"
     )
 
@@ -66,12 +75,8 @@ async def replay_notify_task(request: web.Request, _: None) -> NotifyTaskOut:
     pool = request.app[SERVICES].pool
     team_id = path_param(request, "teamId")
     row = await outbox.replay(pool, team_id)
-    if row is None:
-        task, _attempts = await outbox.get_task(pool, team_id)
-        if task is None:
-            raise errors.NotFound("no notify task for this team")
-        raise _not_replayable(task)
-    return _task_out(row)
+    missing = "no notify task for this team"
+    return await _replayed(row, lambda: outbox.get_task(pool, team_id), missing)
 
 
 # --- events ----------------------------------------------------------------------------
@@ -96,12 +101,7 @@ async def replay_event(request: web.Request, _: None) -> NotifyTaskOut:
     pool = request.app[SERVICES].pool
     event_id = path_param(request, "eventId")
     row = await outbox.replay_event(pool, event_id)
-    if row is None:
-        task, _attempts = await outbox.get_event(pool, event_id)
-        if task is None:
-            raise errors.NotFound("no event with this id")
-        raise _not_replayable(task)
-    return _task_out(row)
+    return await _replayed(row, lambda: outbox.get_event(pool, event_id), "no event with this id")
 
 
 def _event_out(row: Any) -> EventOut:
