@@ -41,3 +41,28 @@ async def test_the_demo_lines_lock_pay_complete_and_refund(
         )
         == 1
     )
+
+
+async def test_the_demo_is_loaded_once_and_what_an_operator_changed_stays(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """`make run` on a data dir with the demo in it leaves the demo as the operator left it."""
+    await load_demo(database_url)
+    await pool.execute(
+        "UPDATE group_buy_activity SET activity_name = 'renamed', take_limit_count = 2"
+        " WHERE activity_id = $1",
+        DEMO_ACTIVITY,
+    )
+    try:
+        await load_demo(database_url)
+        row = await pool.fetchrow(
+            "SELECT activity_name, take_limit_count FROM group_buy_activity WHERE activity_id = $1",
+            DEMO_ACTIVITY,
+        )
+        assert row is not None and tuple(row) == ("renamed", 2)
+    finally:
+        await pool.execute(
+            "UPDATE group_buy_activity SET activity_name = 'demo', take_limit_count = 1"
+            " WHERE activity_id = $1",
+            DEMO_ACTIVITY,
+        )
