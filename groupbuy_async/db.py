@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
@@ -79,6 +80,16 @@ logging.getLogger("asyncpg.pool").addFilter(_OneLine())
 
 DEFAULT_ACQUIRE_TIMEOUT = 3.0
 DEFAULT_COMMAND_TIMEOUT = 5.0
+
+
+def log_failure(logger: logging.Logger, message: str, *args: object) -> None:
+    """In an except block: a database outage is one line (its reason), anything else a
+    traceback."""
+    exc = sys.exc_info()[1]
+    if exc is not None and unavailable(exc):
+        logger.warning(message + ": %s", *args, one_line(exc))
+    else:
+        logger.exception(message, *args)
 
 
 def unavailable(exc: BaseException) -> bool:

@@ -37,7 +37,7 @@ from arq.worker import Worker
 from prometheus_client import Gauge
 
 from . import bootstrap
-from .callbacks.dispatch import DRAIN_SECONDS
+from .callbacks.drain import DRAIN_SECONDS
 from .callbacks.metrics import Metrics, metrics_response
 from .lifecycle import StartupError, _reason, server_address
 from .settings import Settings

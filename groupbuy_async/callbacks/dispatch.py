@@ -8,20 +8,18 @@ ends, and a recorder writes results back in one statement per batch.
 """
 
 import asyncio
-import contextlib
 import logging
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 
-from ..db import one_line, unavailable
+from ..db import log_failure
 from ..settings import Settings
 from . import outbox
+from .drain import DRAIN_SECONDS, FLUSH_SECONDS, Counts, Drain
 from .events import EventType
 from .metrics import Metrics
 from .outbox import Result, Task
@@ -42,22 +40,8 @@ log = logging.getLogger(__name__)
 TEAM_COMPLETED = str(EventType.TEAM_COMPLETED)
 
 
-def _log_failure(message: str, *args: object) -> None:
-    """In an except block: a database outage is one line (its reason), anything else a
-    traceback. The work is not lost either way: claims lapse and are delivered again."""
-    exc = sys.exc_info()[1]
-    if exc is not None and unavailable(exc):
-        log.warning(message + ": %s", *args, one_line(exc))
-    else:
-        log.exception(message, *args)
-
-
-# How long finished sends collect before they are written back in one statement.
-FLUSH_SECONDS = 0.02
 # Settlements completing within this share one claim and one write-back of their callbacks.
 FIRE_WINDOW = 0.002
-# A compensation drain stops claiming after this long; the next cron tick goes on.
-DRAIN_SECONDS = 300.0
 # A merchant host whose attempts go unanswered (timeout, failed connect) this many times in
 # a row in this process is paused: its due tasks wait, unattempted, for the pause to end,
 # then one probe. Pauses double after each unanswered probe, up to the longest.
@@ -66,45 +50,6 @@ BREAKER_PAUSE_SECONDS = 30.0
 BREAKER_MAX_PAUSE_SECONDS = 600.0
 # Closed breakers still counting failures are forgotten past this many hosts.
 BREAKERS_KEPT = 10_000
-
-
-@dataclass
-class Counts:
-    wait_count: int = 0
-    success_count: int = 0
-    retry_count: int = 0
-    error_count: int = 0
-    # The same four counts for each event type attempted.
-    by_type: dict[str, "Counts"] = field(default_factory=dict)
-
-    def add(self, results: list[Result], recorded: set[int]) -> None:
-        for r in results:
-            status = r.verdict.status if r.task.id in recorded else None
-            self._count(status)
-            self.by_type.setdefault(r.task.type, Counts())._count(status)
-
-    def _count(self, status: NotifyStatus | None) -> None:
-        """One attempted task; None when its result was dropped (its claim was taken over)."""
-        self.wait_count += 1
-        if status is NotifyStatus.SUCCESS:
-            self.success_count += 1
-        elif status is NotifyStatus.RETRY:
-            self.retry_count += 1
-        elif status is not None:
-            self.error_count += 1
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "waitCount": self.wait_count,
-            "successCount": self.success_count,
-            "retryCount": self.retry_count,
-            "errorCount": self.error_count,
-        }
-
-    def report(self) -> dict[str, Any]:
-        """as_dict() and byType: the same four for every event type, zeros included."""
-        by_type = {str(t): self.by_type.get(str(t), Counts()).as_dict() for t in EventType}
-        return {**self.as_dict(), "byType": by_type}
 
 
 @dataclass
@@ -156,7 +101,7 @@ class Dispatcher:
 
     async def drain(self, team_id: str | None = None, seconds: float = DRAIN_SECONDS) -> Counts:
         """Deliver every due task (or one team's) until none is due or `seconds` pass."""
-        return await _Drain(self, team_id, time.monotonic() + seconds).run()
+        return await Drain(self, team_id, time.monotonic() + seconds).run()
 
     def stop(self) -> None:
         """Begin a graceful stop (a worker's SIGTERM): drains claim nothing more, sends in
@@ -212,7 +157,9 @@ class Dispatcher:
             held = 0
             await self._record_as_they_end(sends)
         except Exception:
-            _log_failure("immediate callbacks for teams %s failed; compensation retries", team_ids)
+            log_failure(
+                log, "immediate callbacks for teams %s failed; compensation retries", team_ids
+            )
         finally:
             self._firing -= held
 
@@ -233,7 +180,7 @@ class Dispatcher:
                     await self.finish([send.result() for send in done], Counts())
                 except Exception:
                     # Their claims lapse and the worker sends them again.
-                    _log_failure("writing back immediate callback results failed")
+                    log_failure(log, "writing back immediate callback results failed")
         finally:
             for send in pending:
                 send.cancel()
@@ -400,7 +347,7 @@ class Dispatcher:
             postponed = await outbox.postpone(self.pool, host, breaker.until)
         except Exception:
             # Claims skip the host all the same; what falls due is given back when claimed.
-            _log_failure("postponing the callbacks to merchant host %s failed", host)
+            log_failure(log, "postponing the callbacks to merchant host %s failed", host)
             postponed = 0
         why = (
             f"{self.breaker_failures} attempts in a row got no answer (last: {outcome.error})"
@@ -444,148 +391,3 @@ class Dispatcher:
                     "callback for team %s failed (attempt %d): %s", r.task.team_id,
                     r.task.attempt, r.verdict.error,
                 )  # fmt: skip
-
-
-@dataclass
-class _Drain:
-    dispatcher: Dispatcher
-    team_id: str | None
-    deadline: float
-    counts: Counts = field(default_factory=Counts)
-    queue: asyncio.Queue[Task] = field(default_factory=asyncio.Queue)
-    done: list[Result | Task] = field(default_factory=list)
-    in_hand: int = 0
-    freed: int = 0  # tasks finished since the last claim
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    stopped: bool = False
-    full: set[str] = field(default_factory=set)  # hosts the last claim found at their cap
-
-    async def run(self) -> Counts:
-        d = self.dispatcher
-        # More workers than send slots: a freed slot is taken at once while its last
-        # holder is still writing down its result.
-        count = 1 if self.team_id is not None else d.concurrency + d.concurrency // 2
-        workers = [asyncio.create_task(self._work()) for _ in range(count)]
-        recorder = asyncio.create_task(self._record_periodically())
-        d._wakes.add(self.wake)
-        try:
-            await self._claim_all()
-            await self.queue.join()
-
-        finally:
-            d._wakes.discard(self.wake)
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            # Not cancelled: a write it has begun must land, or those sends would repeat.
-            self.stopped = True
-            await recorder
-            await self._record()
-        return self.counts
-
-    def _refill(self) -> int | None:
-        """How many to claim now, or None to wait for sends to finish. Between one and two
-        rounds of the concurrency stay in hand: memory is flat whatever the backlog, and one
-        claim serves many sends. Once a claim of this or an overlapping drain left a due host
-        at its cap (sticky while they claim), only what has finished is refilled, so claims
-        that could only find that merchant's backlog do not repeat in a loop."""
-        d = self.dispatcher
-        if d._saturated:
-            if self.freed >= min(d.per_host, d.concurrency) or self.in_hand == 0:
-                return self.freed
-            return None
-        if self.in_hand <= d.concurrency * 3 // 2:
-            return 2 * d.concurrency - self.in_hand
-        return None
-
-    async def _claim_all(self) -> None:
-        d = self.dispatcher
-        if d._stopping:
-            return
-        if self.team_id is not None:
-            # Every due event of the team (its team.* and its orders'). Not capped at claim:
-            # they wait for slots of their host like any send, rather than going back
-            # because other drains keep that host busy.
-            async with d._claim_turn:
-                tasks, _ = await d.claim(d.batch_size, [self.team_id], capped=False)
-            self._hand(tasks)
-            return
-        d._drains += 1
-        try:
-            await self._claim_due()
-        finally:
-            d._drains -= 1
-            if d._drains == 0:
-                d._saturated = False
-
-    async def _claim_due(self) -> None:
-        """Overlapping drains (cron ticks) of one process claim in turns, and each sizes its
-        claim in its turn, from the hosts' rooms as they are then: a claim takes at most a
-        host's room and says which hosts it left due at their cap. So a claim that finds
-        nothing means nothing is due that this process could send. A drain left with nothing
-        in hand, all that is due being for hosts at their cap, leaves it to the other drains
-        (they refill as those hosts' sends end); the last one waits for room itself rather
-        than leave it to the next cron tick."""
-        d = self.dispatcher
-        while time.monotonic() < self.deadline and not d._stopping:
-            async with d._claim_turn:
-                want = None if d._stopping else self._refill()
-                if want:
-                    self.freed = 0
-                    tasks, full = await d.claim(min(want, d.batch_size))
-                    if not tasks and not full:
-                        return
-                    d._saturated = d._saturated or bool(full)
-                    self.full = full
-                    self._hand(tasks)
-            if want is None:
-                if d._stopping:
-                    return
-                self.wake.clear()
-                await self.wake.wait()
-            elif self.in_hand == 0:
-                if d._drains > 1:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.deadline - time.monotonic()):
-                        while (
-                            self.full
-                            and not d._stopping
-                            and not any(d._has_room(h) for h in self.full)
-                        ):
-                            d._room.clear()
-                            await d._room.wait()
-                self.freed = min(d.per_host, d.concurrency)  # a round, as if that had ended
-
-    def _hand(self, tasks: list[Task]) -> None:
-        self.in_hand += len(tasks)
-        for task in tasks:
-            self.queue.put_nowait(task)
-
-    async def _work(self) -> None:
-        while True:
-            task = await self.queue.get()
-            try:
-                result = await self.dispatcher.deliver(task, gated=self.team_id is None)
-                # Appended after the await: the recorder swaps `done` for a new list meanwhile.
-                self.done.append(result)
-            finally:
-                self.in_hand -= 1
-                self.freed += 1
-                if self._refill() is not None:
-                    self.wake.set()
-                self.queue.task_done()
-
-    async def _record_periodically(self) -> None:
-        while not self.stopped:
-            await asyncio.sleep(FLUSH_SECONDS)
-            try:
-                await self._record()
-            except Exception:
-                # The claims lapse and the tasks are sent again; merchants dedupe on the id.
-                _log_failure("writing back callback results failed")
-
-    async def _record(self) -> None:
-        if self.done:
-            batch, self.done = self.done, []
-            await self.dispatcher.finish(batch, self.counts)
