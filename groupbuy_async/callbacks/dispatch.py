@@ -18,11 +18,11 @@ import asyncpg
 
 from ..db import log_failure
 from ..settings import Settings
-from . import outbox
+from . import claims
+from .claims import Result, Task
 from .drain import DRAIN_SECONDS, FLUSH_SECONDS, Counts, Drain
 from .events import EventType
 from .metrics import Metrics
-from .outbox import Result, Task
 from .rules import (
     Admission,
     AttemptOutcome,
@@ -202,13 +202,13 @@ class Dispatcher:
         now = datetime.now(UTC)
         paused = [h for h, b in self._breakers.items() if b.paused(now)] if capped else []
         if team_ids is not None:
-            tasks = await outbox.claim(
+            tasks = await claims.claim(
                 self.pool, limit, self.lease, team_ids, skip=paused, event_type=event_type
             )
             full: set[str] = set()
         else:
             rooms = {host: self._room_left(host) for host in self._hosts}
-            tasks = await outbox.claim(
+            tasks = await claims.claim(
                 self.pool, limit, self.lease, rooms=rooms, per_host=self._cap, skip=paused
             )
             full = {host for host, room in rooms.items() if room <= 0 and host not in paused}
@@ -222,9 +222,9 @@ class Dispatcher:
                 host = self._hosts[task.host] = _Host(asyncio.Semaphore(self.per_host))
             host.in_hand += 1
             keep.append(task)
-        await outbox.release(self.pool, over, None)
+        await claims.release(self.pool, over, None)
         if full:  # those at their cap before the claim: is anything of theirs due?
-            full = await outbox.due_hosts(self.pool, full)
+            full = await claims.due_hosts(self.pool, full)
         return keep, full | {task.host for task in over}
 
     @property
@@ -344,7 +344,7 @@ class Dispatcher:
     ) -> None:
         assert breaker.until is not None
         try:
-            postponed = await outbox.postpone(self.pool, host, breaker.until)
+            postponed = await claims.postpone(self.pool, host, breaker.until)
         except Exception:
             # Claims skip the host all the same; what falls due is given back when claimed.
             log_failure(log, "postponing the callbacks to merchant host %s failed", host)
@@ -373,8 +373,8 @@ class Dispatcher:
             if isinstance(d, Task):
                 unsent.setdefault(self._due_again(d.host), []).append(d)
         for due_at, tasks in unsent.items():
-            await outbox.release(self.pool, tasks, due_at)
-        recorded = await outbox.record(self.pool, results)
+            await claims.release(self.pool, tasks, due_at)
+        recorded = await claims.record(self.pool, results)
         counts.add(results, recorded)
         outcomes = Counter(
             (r.verdict.status.name.lower() if r.task.id in recorded else "stale",

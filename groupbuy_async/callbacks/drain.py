@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..db import log_failure
+from .claims import Result, Task
 from .events import EventType
-from .outbox import Result, Task
 from .rules import NotifyStatus
 
 if TYPE_CHECKING:
