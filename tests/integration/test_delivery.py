@@ -567,7 +567,7 @@ async def test_a_database_outage_in_the_immediate_path_is_one_log_line(
 
     monkeypatch.setattr(claims, "claim", down)
     dispatcher = make_dispatcher()
-    with caplog.at_level(logging.WARNING, logger="groupbuy_async.callbacks.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="groupbuy_async.callbacks.immediate"):
         assert dispatcher.fire("12345678")
         await dispatcher.wait_background(grace_seconds=5)
     (record,) = [r for r in caplog.records if "immediate callbacks" in r.getMessage()]
