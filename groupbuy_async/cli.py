@@ -1,4 +1,5 @@
-"""Command line: python -m groupbuy_async {api,worker,migrate,dev,notify}.
+"""Command line: groupbuy-async {api,worker,migrate,notify,health,dev} (python -m groupbuy_async
+is the same).
 
 Settings come from GROUPBUY_* environment variables (`VERB --help` lists each verb's). A bad
 setting, an unreachable server or a taken port is one line on stderr and exit code 2.
@@ -17,6 +18,8 @@ from .logs import setup_logging
 from .settings import ENV_PREFIX, Settings, SettingsError, load_settings, require
 
 log = logging.getLogger("groupbuy_async")
+
+PROG = "groupbuy-async"
 
 _LOGS = ("log_format", "log_level")
 _NOTIFY = (
@@ -97,7 +100,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="groupbuy_async", description=__doc__,
+        prog=PROG, description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging(settings.log_format, settings.log_level)
         _run(args, settings)
     except (SettingsError, StartupError) as exc:
-        print(f"groupbuy_async {args.command}: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

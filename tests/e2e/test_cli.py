@@ -173,7 +173,7 @@ async def test_a_bad_setting_is_one_line_naming_it(
     code, out = await _run("api", env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith(f"groupbuy_async api: GROUPBUY_{name}: "), line
+    assert line.startswith(f"groupbuy-async api: GROUPBUY_{name}: "), line
     assert expected in line and "(expected: " in line
     if hidden:
         assert hidden not in line
@@ -195,7 +195,7 @@ async def test_an_unreachable_database_is_one_line(settings: Settings, verb: str
     code, out = await _run(verb, env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith(f"groupbuy_async {verb}: cannot reach PostgreSQL at 127.0.0.1:1: ")
+    assert line.startswith(f"groupbuy-async {verb}: cannot reach PostgreSQL at 127.0.0.1:1: ")
 
 
 async def test_a_missing_database_is_one_line(settings: Settings) -> None:
@@ -214,7 +214,7 @@ async def test_an_unreachable_redis_stops_the_worker_in_one_line(settings: Setti
     code, out = await _run("worker", env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith("groupbuy_async worker: cannot reach Redis at 127.0.0.1:1: "), line
+    assert line.startswith("groupbuy-async worker: cannot reach Redis at 127.0.0.1:1: "), line
 
 
 async def test_a_taken_port_is_one_line_and_closes_cleanly(settings: Settings) -> None:
@@ -227,7 +227,7 @@ async def test_a_taken_port_is_one_line_and_closes_cleanly(settings: Settings) -
         code, out = await _run("api", env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith(f"groupbuy_async api: cannot listen on 127.0.0.1:{port} "), line
+    assert line.startswith(f"groupbuy-async api: cannot listen on 127.0.0.1:{port} "), line
 
 
 async def test_migration_failures_are_one_line_errors(

@@ -233,6 +233,11 @@ async def test_the_installed_api_and_worker_stop_on_one_sigterm(
         await _kill(worker)
 
 
+async def test_the_installed_help_names_the_command(installed: Installed) -> None:
+    code, out, _ = await _run(installed.cli, "--help", cwd=installed.elsewhere, env=_clean_env())
+    assert code == 0 and out.startswith("usage: groupbuy-async [-h] "), out
+
+
 async def test_the_installed_dev_without_the_embedded_extra_says_how_to_get_it(
     installed: Installed,
 ) -> None:
@@ -240,5 +245,5 @@ async def test_the_installed_dev_without_the_embedded_extra_says_how_to_get_it(
     code, out, err = await _run(installed.cli, "dev", cwd=installed.elsewhere, env=_clean_env())
     assert code == 2 and out == "", out
     (line,) = err.splitlines()
-    assert line.startswith("groupbuy_async dev: "), line
+    assert line.startswith("groupbuy-async dev: "), line
     assert "pip install 'groupbuy-async[embedded]'" in line, line
