@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Any
 
+from .errors import TeamNotFound
 from .lifecycle import StartupError
 from .logs import setup_logging
 from .settings import ENV_PREFIX, Settings, SettingsError, load_settings, require
@@ -110,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         if verb == "notify":
-            p.add_argument("--team-id", help="only this team's task")
+            p.add_argument(
+                "--team-id", help="only this team's callbacks (exit code 1: no such team)"
+            )
         if verb == "health":
             p.add_argument("process", choices=["api", "worker"])
         if verb == "api":
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     except (SettingsError, StartupError) as exc:
         print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
         sys.exit(2)
+    except TeamNotFound:
+        print(f"{PROG} {args.command}: team {args.team_id} does not exist", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -188,11 +194,15 @@ async def _migrate(settings: Settings) -> list[str]:
 
 
 async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
-    """The original's execSettlementNotifyJob([teamId]) as a one-shot command."""
+    """The original's execSettlementNotifyJob([teamId]) as a one-shot command; TeamNotFound
+    when `team_id` names no team (rather than counts of zero, as for a team with none due)."""
     from .bootstrap import services
     from .lifecycle import reaching
+    from .trade.queries import get_team
 
     async with contextlib.AsyncExitStack() as stack:
         with reaching("PostgreSQL", settings.database_url or ""):
             shared = await stack.enter_async_context(services(settings, pool_min=1))
+        if team_id is not None:
+            await get_team(shared.pool, team_id)
         return (await shared.dispatcher.drain(team_id)).report()

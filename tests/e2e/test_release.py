@@ -23,7 +23,10 @@ import asyncpg
 import pytest
 from yarl import URL
 
-from ..conftest import ROOT
+from groupbuy_async.db import create_pool
+
+from ..conftest import ROOT, make_tasks
+from ..merchant import Merchant
 
 MIGRATIONS = sorted((ROOT / "sql").glob("*.sql"))
 PACKAGED = "groupbuy_async/migrations/"
@@ -162,14 +165,31 @@ async def test_the_installed_wheel_migrates_a_new_database_from_elsewhere(
 
 
 async def test_the_installed_notify_prints_one_json_document(
-    installed: Installed, empty_database: str
+    installed: Installed, empty_database: str, merchant: Merchant
 ) -> None:
-    env = _clean_env(GROUPBUY_DATABASE_URL=empty_database)
+    env = _clean_env(GROUPBUY_DATABASE_URL=empty_database, GROUPBUY_NOTIFY_BLOCK_PRIVATE="false")
     await _check(installed.cli, "migrate", cwd=installed.elsewhere, env=env)
     code, out, err = await _run(installed.cli, "notify", cwd=installed.elsewhere, env=env)
     assert code == 0, err
     counts = json.loads(out)  # the whole of stdout: one document, as a script reads it
     assert (counts["waitCount"], counts["successCount"], counts["errorCount"]) == (0, 0, 0)
+
+    pool = await create_pool(empty_database, 1, 2)
+    try:
+        (team_id,) = await make_tasks(pool, 1, merchant.url)
+    finally:
+        await pool.close()
+    code, out, err = await _run(
+        installed.cli, "notify", "--team-id", team_id, cwd=installed.elsewhere, env=env
+    )
+    assert code == 0 and json.loads(out)["successCount"] == 1, out + err
+    assert len(merchant.requests) == 1
+
+    code, out, err = await _run(
+        installed.cli, "notify", "--team-id", "no-such-team", cwd=installed.elsewhere, env=env
+    )
+    assert (code, out) == (1, ""), out + err
+    assert err == "groupbuy-async notify: team no-such-team does not exist\n", err
 
 
 def _free_port() -> int:
