@@ -90,6 +90,17 @@ async def connect_redis(url: str) -> "ArqRedis":
     return redis
 
 
+def warn_unsafe(settings: Settings, api: bool) -> None:
+    """A production process says at start which protection its settings turn off."""
+    if api and not settings.admin_secret:
+        log.warning("GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused")
+    if not settings.notify_block_private:
+        log.warning(
+            "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false: callbacks may reach loopback, private,"
+            " link-local and metadata addresses (this host, the internal network)"
+        )
+
+
 async def run_until_signalled(start: Callable[[], Awaitable[Stop]]) -> None:
     """Start something, wait for SIGINT/SIGTERM, then run the stop it returned."""
     stop_event = asyncio.Event()
@@ -146,8 +157,8 @@ async def serve_api(settings: Settings, ready_fd: int | None = None) -> None:
         stop = await start_api(create_app(settings), settings, reuse_port=ready_fd is not None)
         # Said once it is up, so that a startup failure stays the only line printed (with
         # several processes, by their parent).
-        if not settings.admin_secret and ready_fd is None:
-            log.warning("GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused")
+        if ready_fd is None:
+            warn_unsafe(settings, api=True)
         if ready_fd is not None:
             os.write(ready_fd, b"1")
             os.close(ready_fd)
@@ -176,6 +187,7 @@ async def run_worker(settings: Settings) -> None:
     except BaseException:
         await shutdown(ctx)
         raise
+    warn_unsafe(settings, api=False)
     grace = int(settings.notify_timeout_seconds) + 5
     worker = build_worker(
         settings, redis_pool=redis, ctx=ctx, handle_signals=True, job_completion_wait=grace

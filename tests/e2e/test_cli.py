@@ -290,6 +290,30 @@ async def test_api_without_admin_token_warns_once_and_health_follows_it(
     assert code == 1
 
 
+@pytest.mark.parametrize(("processes", "serving"), [("1", "API listening on"), ("2", "API: 2")])
+async def test_api_with_private_callback_targets_allowed_warns_once(
+    settings: Settings, processes: str, serving: str
+) -> None:
+    env = _env(settings, GROUPBUY_PORT=str(_free_port()))  # admin token set, blocking off
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "groupbuy_async", "api", "--processes", processes, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not lines or serving not in lines[-1]:
+                line = await proc.stdout.readline()
+                assert line, "\n".join(lines)
+                lines.append(line.decode())
+    finally:
+        lines.append(await _stop(proc))
+    warnings = [line for line in "".join(lines).splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, lines
+    assert "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in warnings[0], warnings
+
+
 # --- The worker on a Redis of its own: health, and never idle after losing it -----------------
 
 
@@ -311,7 +335,9 @@ async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(
     try:
         await _wait_healthy("worker", env)
     finally:
-        await _stop(proc)
+        log = await _stop(proc)
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in warnings[0], log
     # Straight away: closing deletes the heartbeat, it does not wait for its TTL to lapse.
     code, _ = await _run("health", "worker", env=env)
     assert code == 1
