@@ -65,8 +65,18 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "migrate": ("apply the schema migrations not yet applied", ("database_url", *_LOGS)),
     "dev": (
-        "local demo: embedded servers when unset, migrations, demo data, API and worker",
-        ("database_url", "redis_url", "data_dir", "host", "port", "admin_token", *_LOGS),
+        "local demo: embedded servers when unset, migrations, demo data, API and worker;"
+        " callbacks signed with a secret generated per run unless GROUPBUY_NOTIFY_SECRET is set",
+        (
+            "database_url",
+            "redis_url",
+            "data_dir",
+            "host",
+            "port",
+            "admin_token",
+            "notify_secret",
+            *_LOGS,
+        ),
     ),
     "notify": (
         "deliver due callbacks now and print the counts",

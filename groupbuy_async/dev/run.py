@@ -2,8 +2,10 @@
 the API and the worker in one process, and curl lines to try it."""
 
 import asyncio
+import base64
 import logging
 import os
+import secrets
 import signal
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -109,8 +111,15 @@ async def run_dev(settings: Settings) -> None:
         raise StartupError(str(exc)) from None
 
 
+def new_notify_secret() -> str:
+    """A Standard Webhooks secret: whsec_ + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 async def _run_dev(settings: Settings) -> None:
     from .embedded import servers_or_embedded
+
+    secret_given = settings.notify_secret is not None
 
     with servers_or_embedded(settings.database_url, settings.redis_url, settings.data_dir) as (
         database_url,
@@ -123,12 +132,15 @@ async def _run_dev(settings: Settings) -> None:
         settings = settings.model_copy(update={
             "database_url": database_url, "redis_url": redis_url,
             "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
+            "notify_secret": settings.notify_secret or new_notify_secret(),
             "mock_merchant": True, "notify_block_private": False,
         })  # fmt: skip
         log.warning(
-            "dev mode: mock merchant served, private callback targets allowed, admin token"
-            " %r; never run `dev` in production",
+            "dev mode: mock merchant served (it verifies callback signatures), private callback"
+            " targets allowed, admin token %r, callbacks signed with %s; never run `dev` in"
+            " production",
             settings.admin_secret,
+            "GROUPBUY_NOTIFY_SECRET" if secret_given else "a secret generated for this run",
         )
         await migrate(database_url)
         await load_demo(database_url)

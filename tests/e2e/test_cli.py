@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
+from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.lifecycle import server_address
 from groupbuy_async.settings import Settings
 
-from ..conftest import ADMIN_TOKEN, make_tasks, new_id, now_iso
+from ..conftest import ADMIN_TOKEN, make_tasks, new_id, now_iso, wait_ready
 from ..merchant import Merchant
 
 
@@ -81,15 +80,7 @@ async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
     )  # fmt: skip
     try:
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        async with http.get(f"{base}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.1)
+            await wait_ready(http, base, proc)
             out = new_id()
             notify = f"{base}/api/v1/test/group_buy_notify"
             lock = {**act, "userId": "cli", "outTradeNo": out, "notifyUrl": notify}
@@ -315,14 +306,6 @@ async def test_api_with_private_callback_targets_allowed_warns_once(
 
 
 # --- The worker on a Redis of its own: health, and never idle after losing it -----------------
-
-
-@pytest.fixture
-async def own_redis(server_dir: Path) -> AsyncIterator[EmbeddedServer]:
-    """A Redis server only this test uses (and may stop), never the shared one."""
-    server = await asyncio.to_thread(start_redis, server_dir)
-    yield server
-    await asyncio.to_thread(server.stop)
 
 
 async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(

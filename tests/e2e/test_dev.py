@@ -1,0 +1,88 @@
+"""`groupbuy-async dev` (what `make run` runs) as a process, on the tests' PostgreSQL and a Redis
+of its own: the demo's callback arrives signed and verified, and Ctrl-C stops it."""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from groupbuy_async.dev.embedded import EmbeddedServer
+from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
+
+from ..conftest import now_iso, wait_ready
+
+NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
+    async with http.post(url, json=body) as resp:
+        envelope = await resp.json()
+    assert envelope["code"] == "0000", envelope
+    return envelope["data"]
+
+
+async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str) -> str:
+    """Three shoppers lock and pay, as the printed curl lines do; the team's id."""
+    trade = f"{base}/api/v1/gbm/trade"
+    run, team_id = uuid.uuid4().hex[:8], None
+    for i in (1, 2, 3):
+        lock = {
+            "userId": f"u{i}-{run}", "outTradeNo": f"o{i}-{run}", "activityId": DEMO_ACTIVITY,
+            "goodsId": DEMO_GOODS, "source": "s01", "channel": "c01",
+            "notifyUrl": f"{base}/api/v1/test/group_buy_notify",
+            **({"teamId": team_id} if team_id else {}),
+        }  # fmt: skip
+        team_id = (await _post(http, f"{trade}/lock_market_pay_order", lock))["teamId"]
+    for i in (1, 2, 3):
+        settle = {"source": "s01", "channel": "c01", "userId": f"u{i}-{run}",
+                  "outTradeNo": f"o{i}-{run}", "outTradeTime": now_iso()}  # fmt: skip
+        await _post(http, f"{trade}/settlement_market_pay_order", settle)
+    assert team_id is not None
+    return str(team_id)
+
+
+async def test_dev_shows_a_verified_callback_and_stops_on_ctrl_c(
+    database_url: str, own_redis: EmbeddedServer, tmp_path: Path
+) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
+    env.update(
+        GROUPBUY_DATABASE_URL=database_url, GROUPBUY_REDIS_URL=own_redis.url,
+        GROUPBUY_PORT=str(port), GROUPBUY_DATA_DIR=str(tmp_path),
+    )  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "groupbuy_async", "dev", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, base, proc)
+            team_id = await _complete_a_demo_team(http, base)
+            async with asyncio.timeout(20):
+                while True:
+                    async with http.get(f"{base}/api/v1/test/group_buy_notify") as r:
+                        received = (await r.json())["data"]
+                    ours = [c for c in received if c["payload"]["data"]["teamId"] == team_id]
+                    if ours:
+                        break
+                    await asyncio.sleep(0.1)
+        assert [c["signatureVerified"] for c in ours] == [True], ours
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    log = out.decode()
+    assert proc.returncode == 0, log[-3000:]
+    assert not any(noise in log for noise in NOISE), log[-3000:]
