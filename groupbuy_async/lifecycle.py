@@ -173,7 +173,7 @@ async def run_worker(settings: Settings) -> None:
 
     PostgreSQL (and the worker's /metrics port) and Redis are opened before arq starts, so
     that an unreachable one is a StartupError: one line, exit 2. Losing PostgreSQL later is
-    ridden out (see worker.Liveness) for GROUPBUY_WORKER_MAX_OUTAGE_SECONDS. If the main loop
+    ridden out (see liveness.Liveness) for GROUPBUY_WORKER_MAX_OUTAGE_SECONDS. If the main loop
     ends for any other reason (Redis gone, PostgreSQL gone too long), that is logged in one
     line and the process exits 1, so a supervisor restarts it: it never stays up idle."""
     from .worker import PostgresLost, build_worker, shutdown, startup
@@ -275,7 +275,8 @@ async def check_health(settings: Settings, process: str) -> int:
 async def _check_worker(redis_url: str, queue_name: str) -> int:
     """The workers on this host: a health check runs where its worker does (a container, a
     pod), and there may be other workers elsewhere, healthy or not, that are not its own."""
-    from .worker import key_pattern, key_worker, stale, worker_host
+    from .liveness import stale
+    from .worker import key_pattern, key_worker, worker_host
 
     host = socket.gethostname()
     try:
