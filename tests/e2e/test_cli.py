@@ -319,8 +319,9 @@ async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(
         await _wait_healthy("worker", env)
     finally:
         log = await _stop(proc)
-    warnings = [line for line in log.splitlines() if "WARNING" in line]
-    assert len(warnings) == 1 and "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in warnings[0], log
+    # The session's database may hold due tasks to dead merchants: their breaker warns too.
+    said = [line for line in log.splitlines() if "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in line]
+    assert len(said) == 1 and "WARNING" in said[0], log
     # Straight away: closing deletes the heartbeat, it does not wait for its TTL to lapse.
     code, _ = await _run("health", "worker", env=env)
     assert code == 1
