@@ -200,13 +200,13 @@ async def run_worker(settings: Settings) -> None:
     except PostgresLost:
         # Said when it gave up. Redis is fine: close properly (heartbeat and queue deleted).
         ctx["services"].dispatcher.stop()
-        await _finish_jobs(worker, grace)
+        await finish_jobs(worker, grace)
         await _quietly(worker.close())
         raise SystemExit(1) from None
     except UNREACHABLE as exc:
         what, url = _which_server(exc, settings)
         log.error("worker stopped: lost %s at %s: %s", what, server_address(url), _reason(exc))
-        await _finish_jobs(worker, grace)
+        await finish_jobs(worker, grace)
         # Closed without talking to Redis: the heartbeat key lapses by its TTL.
         await _quietly(redis.aclose())
         raise SystemExit(1) from None
@@ -220,9 +220,9 @@ def _which_server(exc: BaseException, settings: Settings) -> tuple[str, str]:
     return "PostgreSQL", settings.database_url or ""
 
 
-async def _finish_jobs(worker: Any, grace: float) -> None:
-    """After losing a server: let running jobs finish within the grace period, cancel the
-    rest."""
+async def finish_jobs(worker: Any, grace: float) -> None:
+    """Let running jobs finish within the grace period, cancel the rest (after losing a
+    server, or stopping `dev`)."""
     jobs = list(worker.tasks.values())
     running = [job for job in jobs if not job.done()]
     if running:

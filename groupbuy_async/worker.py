@@ -33,6 +33,7 @@ import asyncpg
 from aiohttp import web
 from arq import cron
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker
 
 from . import bootstrap
@@ -271,10 +272,37 @@ class GroupbuyWorker(Worker):
         ttl_ms = int((self.health_check_interval + 1) * 1000)
         await self.pool.set(self.health_check_key, json.dumps(record), px=ttl_ms)
 
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq keeps a cron job's in-progress key for a minute after the job, so that the same
+        tick (a unique job id) cannot run twice; each tick here has an id of its own
+        (unique=False), so the key goes with the job."""
+        await super().finish_job(
+            job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, None
+        )
+
     async def close(self) -> None:
+        if not self._handle_signals:
+            # arq's close() would call handle_sig(SIGUSR1) to stop a worker that handles no
+            # signals itself (under `dev`, in tests), logging a "shutdown on SIGUSR1" that
+            # nobody sent. The same stop, without that line:
+            self._handle_signals = True
+            self._stop_ordered = True
+            for task in self.tasks.values():
+                task.cancel()
+            if self.main_task is not None:
+                self.main_task.cancel()
         if self._pool is not None:
-            # Its queue holds only its own next ticks, which nothing else will run.
-            await self.pool.delete(self.queue_name)
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            await forget_queue(self.pool, self.queue_name)
         await super().close()
 
 
@@ -283,13 +311,20 @@ async def _startup(ctx: dict[str, Any]) -> None:
     await forget_dead_workers(ctx["redis"], ctx["settings"].queue_name)
 
 
+async def forget_queue(redis: ArqRedis, queue: str) -> None:
+    """Delete a worker's queue and its jobs' keys (job, retry, in progress): it holds only
+    that worker's own next ticks, which no other worker would run."""
+    ids = [raw.decode() for raw in await redis.zrange(queue, 0, -1)]
+    prefixes = (job_key_prefix, retry_key_prefix, in_progress_key_prefix)
+    await redis.delete(queue, *(prefix + job_id for job_id in ids for prefix in prefixes))
+
+
 async def forget_dead_workers(redis: ArqRedis, queue_name: str) -> None:
-    """Delete the queues of workers whose heartbeat has lapsed (killed without closing): they
-    hold a tick or two that no worker would ever run."""
+    """Forget the queues of workers whose heartbeat has lapsed (killed without closing)."""
     async for raw in redis.scan_iter(match=key_pattern(queue_name, "jobs"), count=1000):
         key = raw.decode()
         if not await redis.exists(alive_key(queue_name, key_worker(queue_name, "jobs", key))):
-            await redis.delete(key)
+            await forget_queue(redis, key)
 
 
 def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:

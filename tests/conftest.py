@@ -46,6 +46,17 @@ async def own_redis(server_dir: Path) -> AsyncIterator[EmbeddedServer]:
     await asyncio.to_thread(server.stop)
 
 
+async def keys_left(redis_url: str) -> dict[str, int]:
+    """Every key in that Redis database, with its TTL in seconds (-1: none)."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        return {key.decode(): await redis.ttl(key) for key in await redis.keys("*")}
+    finally:
+        await redis.aclose()
+
+
 @pytest.fixture(scope="session")
 def server_urls() -> Iterator[tuple[str, str]]:
     from groupbuy_async.dev.embedded import servers_or_embedded

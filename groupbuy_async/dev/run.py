@@ -10,10 +10,18 @@ import signal
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from ..bootstrap import Services
 from ..db import create_pool, migrate
 from ..http.app import create_app
 from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
-from ..lifecycle import StartupError, Stop, run_until_signalled, server_address, start_api
+from ..lifecycle import (
+    StartupError,
+    Stop,
+    finish_jobs,
+    run_until_signalled,
+    server_address,
+    start_api,
+)
 from ..settings import Settings
 from ..trade import catalog
 from ..worker import build_worker
@@ -172,6 +180,13 @@ async def _start(settings: Settings, worker_died: list[BaseException]) -> Stop:
 
     async def stop() -> None:
         worker_task.remove_done_callback(worker_ended)
+        # As the worker process does on SIGTERM: no new job, and a drain's sends in flight
+        # finish and are recorded, what it claimed but did not send handed back due now.
+        worker.allow_pick_jobs = False
+        services: Services | None = worker.ctx.get("services")
+        if services is not None:
+            services.dispatcher.stop()
+        await finish_jobs(worker, settings.notify_timeout_seconds + 5)
         await worker.close()
         worker_task.cancel()
         await asyncio.gather(worker_task, return_exceptions=True)
