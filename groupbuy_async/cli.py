@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if verb == "health":
             p.add_argument("process", choices=["api", "worker"])
+        if verb == "dev":
+            once = p.add_mutually_exclusive_group()
+            once.add_argument(
+                "--stop", action="store_true",
+                help="stop the embedded servers running on GROUPBUY_DATA_DIR (left by a killed"
+                " dev; make stop), then exit",
+            )  # fmt: skip
+            once.add_argument(
+                "--reset", action="store_true",
+                help="delete GROUPBUY_DATA_DIR (make reset-data); refused while its servers run",
+            )  # fmt: skip
         if verb == "api":
             p.add_argument(
                 "--processes", type=_positive, default=1, metavar="N",
@@ -181,9 +192,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
             require(settings, "redis_url")
         sys.exit(asyncio.run(check_health(settings, args.process)))
     elif args.command == "dev":
-        from .dev.run import run_dev
+        _dev(args, settings)
 
-        asyncio.run(run_dev(settings))
+
+def _dev(args: argparse.Namespace, settings: Settings) -> None:
+    if args.stop or args.reset:
+        from .dev.data import reset_data, stop_servers
+
+        (stop_servers if args.stop else reset_data)(settings.data_dir)
+        return
+    from .dev.run import run_dev
+
+    asyncio.run(run_dev(settings))
 
 
 async def _migrate(settings: Settings) -> list[str]:

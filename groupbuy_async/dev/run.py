@@ -128,11 +128,10 @@ async def _run_dev(settings: Settings) -> None:
     from .embedded import servers_or_embedded
 
     secret_given = settings.notify_secret is not None
-
-    with servers_or_embedded(settings.database_url, settings.redis_url, settings.data_dir) as (
-        database_url,
-        redis_url,
-    ):
+    # Servers a killed earlier run left are reused, and stopped with this run (adopt).
+    with servers_or_embedded(
+        settings.database_url, settings.redis_url, settings.data_dir, adopt=True
+    ) as (database_url, redis_url):
         log.info(
             "PostgreSQL at %s, Redis at %s",
             server_address(database_url), server_address(redis_url),
