@@ -196,19 +196,19 @@ async def run_worker(settings: Settings) -> None:
         await worker.async_run()
     except asyncio.CancelledError:
         log.info("worker stopped by signal")
-        await _quietly(worker.close())
+        await quietly(worker.close())
     except PostgresLost:
         # Said when it gave up. Redis is fine: close properly (heartbeat and queue deleted).
         ctx["services"].dispatcher.stop()
         await finish_jobs(worker, grace)
-        await _quietly(worker.close())
+        await quietly(worker.close())
         raise SystemExit(1) from None
     except UNREACHABLE as exc:
         what, url = _which_server(exc, settings)
         log.error("worker stopped: lost %s at %s: %s", what, server_address(url), _reason(exc))
         await finish_jobs(worker, grace)
         # Closed without talking to Redis: the heartbeat key lapses by its TTL.
-        await _quietly(redis.aclose())
+        await quietly(redis.aclose())
         raise SystemExit(1) from None
     finally:
         await shutdown(ctx)  # a no-op when worker.close() already ran it
@@ -234,7 +234,7 @@ async def finish_jobs(worker: Any, grace: float) -> None:
     await asyncio.gather(*jobs, return_exceptions=True)
 
 
-async def _quietly(closing: Awaitable[None]) -> None:
+async def quietly(closing: Awaitable[None]) -> None:
     """Closing after a lost server may fail on that server too; the cause is logged already."""
     try:
         await closing

@@ -203,6 +203,19 @@ async def wait_ready(
             await asyncio.sleep(0.1)
 
 
+async def exited(proc: asyncio.subprocess.Process, seconds: float = 30) -> tuple[int, str]:
+    """The exit code and output of a process expected to end within `seconds` (killed, and
+    the test failed, if it does not)."""
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds)
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+        raise AssertionError(f"still running after {seconds}s:\n{out.decode()[-3000:]}") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
 def new_id(prefix: str = "o") -> str:
     return f"{prefix}{uuid.uuid4().hex[:16]}"
 

@@ -18,13 +18,14 @@ from ..lifecycle import (
     StartupError,
     Stop,
     finish_jobs,
+    quietly,
     run_until_signalled,
     server_address,
     start_api,
 )
 from ..settings import Settings
 from ..trade import catalog
-from ..worker import build_worker
+from ..worker import build_worker, shutdown
 
 log = logging.getLogger("groupbuy_async.dev")
 
@@ -186,7 +187,9 @@ async def _start(settings: Settings, worker_died: list[BaseException]) -> Stop:
         if services is not None:
             services.dispatcher.stop()
         await finish_jobs(worker, settings.notify_timeout_seconds + 5)
-        await worker.close()
+        # Closing talks to Redis, which may be what the worker lost (said already).
+        await quietly(worker.close())
+        await shutdown(worker.ctx)  # a no-op when close() got to run it
         worker_task.cancel()
         await asyncio.gather(worker_task, return_exceptions=True)
         await stop_api()

@@ -17,7 +17,7 @@ from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.lifecycle import server_address
 from groupbuy_async.settings import Settings
 
-from ..conftest import ADMIN_TOKEN, make_tasks, new_id, now_iso, wait_ready
+from ..conftest import ADMIN_TOKEN, exited, make_tasks, new_id, now_iso, wait_ready
 from ..merchant import Merchant
 
 
@@ -349,14 +349,10 @@ async def test_worker_that_loses_redis_exits_non_zero_instead_of_idling(
     proc = await _start("worker", _env(settings, GROUPBUY_REDIS_URL=own_redis.url))
     try:
         await merchant.wait_for(1, seconds=20)  # the job is running, its send in flight
-        await asyncio.to_thread(own_redis.stop)
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = out.decode()
-    assert proc.returncode == 1, log[-2000:]
+        await asyncio.to_thread(own_redis.stop)
+        code, log = await exited(proc)
+    assert code == 1, log[-2000:]
     lost = [line for line in log.splitlines() if "worker stopped: lost Redis at" in line]
     assert len(lost) == 1 and server_address(own_redis.url) in lost[0], log[-2000:]
     assert not any(noise in log for noise in NOISE), log[-2000:]

@@ -19,7 +19,7 @@ from groupbuy_async.db import create_pool, temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
 
-from ..conftest import keys_left, make_tasks, now_iso, wait_ready
+from ..conftest import exited, keys_left, make_tasks, now_iso, wait_ready
 from ..merchant import Merchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
@@ -59,7 +59,7 @@ async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str) -> str:
 
 
 async def _start_dev(database_url: str, redis_url: str, data_dir: Path) -> tuple[Process, str]:
-    """`python -m groupbuy_async dev` on those servers, and its base URL."""
+    """`python -m groupbuy_async dev` on those servers, once it serves; its base URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
     env.update(
@@ -70,15 +70,22 @@ async def _start_dev(database_url: str, redis_url: str, data_dir: Path) -> tuple
         sys.executable, "-m", "groupbuy_async", "dev", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, base, proc)
+    except BaseException:
+        proc.kill()
+        await proc.communicate()
+        raise
+    return proc, base
 
 
 async def _ctrl_c(proc: Process) -> str:
     """SIGINT, as Ctrl-C sends it; dev's output once it exited 0, cleanly."""
     proc.send_signal(signal.SIGINT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    log = out.decode()
-    assert proc.returncode == 0, log[-3000:]
+    code, log = await exited(proc)
+    assert code == 0, log[-3000:]
     assert "SIGUSR1" not in log, log[-3000:]  # arq's close() stood in for a signal
     assert not any(noise in log for noise in NOISE), log[-3000:]
     return log
@@ -90,7 +97,6 @@ async def test_dev_shows_a_verified_callback_and_ctrl_c_leaves_nothing_behind(
     proc, base = await _start_dev(database_url, own_redis.url, tmp_path)
     try:
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, base, proc)
             team_id = await _complete_a_demo_team(http, base)
             async with asyncio.timeout(20):
                 while True:
@@ -133,3 +139,15 @@ async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
             assert len(merchant.requests) == 1
         finally:
             await pool.close()
+
+
+async def test_dev_whose_redis_stops_says_so_in_one_line_and_exits_1(
+    database_url: str, own_redis: EmbeddedServer, tmp_path: Path
+) -> None:
+    """As when `make stop` stops the servers under a running `make run`."""
+    proc, _ = await _start_dev(database_url, own_redis.url, tmp_path)
+    await asyncio.to_thread(own_redis.stop)
+    code, log = await exited(proc)
+    assert code == 1, log[-3000:]
+    assert len([line for line in log.splitlines() if "worker stopped: " in line]) == 1, log
+    assert not any(noise in log for noise in NOISE), log[-3000:]
