@@ -159,7 +159,7 @@ async def serve_api(settings: Settings, ready_fd: int | None = None) -> None:
         # several processes, by their parent).
         if ready_fd is None:
             warn_unsafe(settings, api=True)
-        if ready_fd is not None:
+        else:
             os.write(ready_fd, b"1")
             os.close(ready_fd)
         return stop

@@ -2,7 +2,7 @@
 dependencies (not the `embedded` extra) into a fresh virtualenv, and its installed
 `groupbuy-async` command run from a folder that is not the repository, on new empty databases.
 
-Takes about 30 s with pip's cache warm (most of it `pip install` of the dependencies, once).
+Takes about a minute with pip's cache warm (half of it `pip install` of the dependencies, once).
 """
 
 import asyncio
