@@ -15,7 +15,14 @@ SOURCE = Path(groupbuy_async.__file__).parent
 # top to bottom. A part imports its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
     {"cli", "__main__"},  # entry points
-    {"http", "worker", "liveness", "lifecycle", "processes", "dev"},  # what a process serves or runs
+    {
+        "http",
+        "worker",
+        "liveness",
+        "lifecycle",
+        "processes",
+        "dev",
+    },  # what a process serves or runs
     {"bootstrap"},  # builds the shared objects (pool, sender, dispatcher, metrics)
     {"trade", "callbacks"},  # the domain: the trade half and the callback half
     {"db", "settings", "errors", "logs", ""},
