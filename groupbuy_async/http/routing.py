@@ -11,6 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .. import errors
 from ..bootstrap import SERVICES
+from ..merchants.keys import Principal
 from .envelope import Handler, envelope
 from .schemas import PATH_PARAMS
 
@@ -27,6 +28,8 @@ class Route:
     body: type[BaseModel] | None = None
     response: Any = None
     admin: bool = False
+    # Shop API: a merchant's key (Authorization: Bearer gbk_…); the view reads principal().
+    merchant: bool = False
     # A query-string model (GET routes): validated and handed to the view like a body.
     query: type[BaseModel] | None = None
     # Raw views build their own web.Response (not enveloped), of this content type.
@@ -56,10 +59,31 @@ def require_admin(request: web.Request) -> None:
         raise errors.Unauthorized()
 
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def principal(request: web.Request) -> Principal:
+    """The merchant of the request's API key (routes with merchant=True)."""
+    return request[PRINCIPAL]
+
+
+def require_pair(request: web.Request, source: str, channel: str) -> Principal:
+    """The request's merchant, which must hold source+channel: 403 (0403) otherwise."""
+    who = request[PRINCIPAL]
+    if (source, channel) not in who.pairs:
+        raise errors.Forbidden(
+            f"source+channel {source}/{channel} is not held by merchant {who.merchant_id}"
+        )
+    return who
+
+
 def _endpoint(route: Route) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         if route.admin:
             require_admin(request)
+        if route.merchant:
+            keys = request.app[SERVICES].keys
+            request[PRINCIPAL] = await keys.principal(request.headers.get("Authorization"))
         body: BaseModel | None = None
         if route.body is not None:
             # No body at all is an empty object: a model whose fields are optional accepts it,
