@@ -21,7 +21,7 @@ from .catalog_schemas import (
     SkuOut,
     SkuPage,
 )
-from .routing import Route, path_param
+from .routing import Route, path_param, principal, require_pair
 from .schemas import (
     LockIn,
     LockOut,
@@ -112,19 +112,22 @@ async def delete_activity(request: web.Request, _: None) -> ActivityOut:
 
 
 async def query_market_config(request: web.Request, body: MarketConfigQuery) -> MarketConfig:
-    return await queries.market_config(request.app[SERVICES].pool, body)
+    who = require_pair(request, body.source, body.channel)
+    return await queries.market_config(request.app[SERVICES].pool, body, who.pairs)
 
 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
+    who = require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     if services.settings.notify_block_private:
         problem = url_problem(body.notify_url, block_private=True)
         if problem:  # an address literal callbacks may never reach: refused before any write
             raise errors.BadInput(problem)
-    return await orders.lock_order(services.pool, body)
+    return await orders.lock_order(services.pool, body, who.pairs)
 
 
 async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
+    require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     settlement = await orders.settle_order(services.pool, body, services.settings.sc_blacklist)
     if settlement.notify_team_id is not None:
@@ -136,14 +139,18 @@ async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
 async def refund_order(request: web.Request, body: RefundIn) -> RefundOut:
     # Its order.closed / order.refunded event goes out with the worker's next drain: the
     # merchant asked for the refund and has the answer already.
+    require_pair(request, body.source, body.channel)
     return await refunds.refund_order(request.app[SERVICES].pool, body)
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
-    return await queries.get_team(request.app[SERVICES].pool, path_param(request, "teamId"))
+    return await queries.get_team(
+        request.app[SERVICES].pool, path_param(request, "teamId"), principal(request).pairs
+    )
 
 
 async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
+    require_pair(request, query.source, query.channel)
     return await queries.get_order(
         request.app[SERVICES].pool,
         query.source,
@@ -285,6 +292,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         MarketConfigQuery,
         MarketConfig,
+        merchant=True,
     ),
     Route(
         "POST",
@@ -294,6 +302,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         LockIn,
         LockOut,
+        merchant=True,
     ),
     Route(
         "POST",
@@ -303,6 +312,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         SettleIn,
         SettleOut,
+        merchant=True,
     ),
     Route(
         "POST",
@@ -312,8 +322,18 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         RefundIn,
         RefundOut,
+        merchant=True,
     ),
-    Route("GET", "/api/v1/gbm/teams/{teamId}", get_team, "A team's state", "shop", None, TeamOut),
+    Route(
+        "GET",
+        "/api/v1/gbm/teams/{teamId}",
+        get_team,
+        "A team's state",
+        "shop",
+        None,
+        TeamOut,
+        merchant=True,
+    ),
     Route(
         "GET",
         "/api/v1/gbm/orders/{outTradeNo}",
@@ -323,5 +343,6 @@ TRADE_ROUTES: list[Route] = [
         None,
         OrderOut,
         query=OrderQuery,
+        merchant=True,
     ),
 ]

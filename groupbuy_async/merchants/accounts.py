@@ -12,7 +12,7 @@ from ..db import Conn
 
 Pair = tuple[str, str]  # (source, channel)
 
-SPANNING_MERCHANTS = "activity_of_one_merchant"
+SPANNING_MERCHANTS = "activity_of_one_merchant"  # sql/009's trigger
 
 
 @dataclass(frozen=True)
