@@ -142,6 +142,13 @@ class Api:
     def __init__(self, client: TestClient[Any, Any], key: str) -> None:
         self.client = client
         self.key = key
+        self.shop = shop_headers(key)  # for requests made with the client directly
+
+    @classmethod
+    async def for_client(cls, client: TestClient[Any, Any]) -> "Api":
+        """An Api on another app (its own settings or database), with a key of the test
+        merchant in that app's database."""
+        return cls(client, await merchant_key(client, SHOP_MERCHANT, SHOP_PAIRS))
 
     async def call(
         self,

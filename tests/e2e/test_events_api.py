@@ -550,12 +550,13 @@ async def test_order_pull_finds_only_the_owners_order(api: Api) -> None:
     assert (await pull(out))[0] == 200
     for out_trade_no, params in (
         (out, {"userId": "someone-else"}),
-        (out, {"channel": "c99"}),
-        (out, {"source": "s99"}),
+        (out, {"source": "s99"}),  # another pair of the same merchant
         ("never-locked", {}),
     ):
         status, env = await pull(out_trade_no, **params)
         assert (status, env["code"]) == (404, "E0104"), (params, env)
+    status, env = await pull(out, channel="c99")  # a pair the merchant does not hold
+    assert (status, env["code"]) == (403, "0403"), env
     for missing in ("source", "channel", "userId"):
         status, env = await pull(out, **{missing: ""})
         assert (status, env["code"]) == (400, "0002") and missing in env["info"], env

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
         "dev",
     },  # what a process serves or runs
     {"bootstrap"},  # builds the shared objects (pool, sender, dispatcher, metrics)
-    {"trade", "callbacks"},  # the domain: the trade half and the callback half
+    {"trade", "callbacks", "merchants"},  # the domain: trade, callbacks, merchants (tenants)
     {"db", "settings", "errors", "logs", ""},
 ]
 # Parts that only these others may import: dev/ is never loaded by `api` or `worker`, only
