@@ -43,7 +43,16 @@ from groupbuy_async.trade import refunds
 
 from . import lifecycle_data as data
 from .bench_trade import command_line, cpu_lines
-from .common import BenchFailure, database_name, fresh_database, run_bench, servers, table, timed
+from .common import (
+    BenchFailure,
+    database_name,
+    fresh_database,
+    run_bench,
+    servers,
+    shop_headers,
+    table,
+    timed,
+)
 from .cpu import MACHINE, Source, machine, measure, postgres, processes, this_process
 from .trade_api import api_process
 from .trade_paths import PHASE_COLUMNS, Phase, drive
@@ -168,7 +177,10 @@ async def refund_part(
             async with api_process(db_url, redis_url, args.pool_min, args.pool_max) as api:
                 connector = aiohttp.TCPConnector(limit=args.concurrency)
                 timeout = aiohttp.ClientTimeout(total=60)
-                async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                headers = await shop_headers(db_url, data.SOURCE, data.CHANNEL)
+                async with aiohttp.ClientSession(
+                    connector=connector, timeout=timeout, headers=headers
+                ) as session:
                     cpu = {"bench": this_process, "api": processes(api.proc.pid),
                            "postgres": pg, MACHINE: machine}  # fmt: skip
                     phase, problems = await refund_all(

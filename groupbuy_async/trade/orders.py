@@ -205,9 +205,7 @@ async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut
     raise errors.TakeLimitReached()
 
 
-async def _explain_join_refusal(
-    conn: Conn, team_id: str, activity_id: int, pairs: Pairs
-) -> None:
+async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int, pairs: Pairs) -> None:
     team = await conn.fetchrow(
         "SELECT activity_id, status, lock_count, target_count, source, channel,"
         " valid_end_time > clock_timestamp() AS open"

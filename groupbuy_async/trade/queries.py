@@ -37,7 +37,8 @@ _OWN_TEAMS = f"""
 SELECT DISTINCT ON (t.valid_end_time, t.team_id) {_TEAM_COLUMNS}
 FROM group_buy_order t JOIN group_buy_order_list o ON o.team_id = t.team_id
 WHERE t.activity_id = $1 AND o.user_id = $2 AND o.status IN (0, 1) AND t.status = 0
-  AND t.valid_end_time > now() AND (t.source, t.channel) IN (SELECT * FROM unnest($4::text[], $5::text[]))
+  AND t.valid_end_time > now()
+  AND (t.source, t.channel) IN (SELECT * FROM unnest($4::text[], $5::text[]))
 ORDER BY t.valid_end_time, t.team_id LIMIT $3
 """
 
@@ -45,7 +46,8 @@ _OTHER_TEAMS = f"""
 SELECT {_TEAM_COLUMNS}
 FROM group_buy_order t
 WHERE t.activity_id = $1 AND t.status = 0 AND t.lock_count BETWEEN 1 AND t.target_count - 1
-  AND t.valid_end_time > now() AND (t.source, t.channel) IN (SELECT * FROM unnest($4::text[], $5::text[]))
+  AND t.valid_end_time > now()
+  AND (t.source, t.channel) IN (SELECT * FROM unnest($4::text[], $5::text[]))
   AND NOT EXISTS (SELECT 1 FROM group_buy_order_list o
                   WHERE o.team_id = t.team_id AND o.user_id = $2 AND o.status IN (0, 1))
 ORDER BY t.valid_end_time LIMIT $3
@@ -60,9 +62,7 @@ WHERE activity_id = $1 AND (source, channel) IN (SELECT * FROM unnest($2::text[]
 """
 
 
-async def market_config(
-    pool: asyncpg.Pool, query: MarketConfigQuery, pairs: Pairs
-) -> MarketConfig:
+async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery, pairs: Pairs) -> MarketConfig:
     """The goods' price and the merchant's joinable teams (only teams under its `pairs`)."""
     async with pool.acquire() as conn:
         cfg = await conn.fetchrow(_CONFIG, query.source, query.channel, query.goods_id)
@@ -72,9 +72,7 @@ async def market_config(
         check_activity_open(cfg["status"], cfg["start_time"], cfg["end_time"], cfg["db_now"])
         activity_id = cfg["activity_id"]
         sources, channels = pair_arrays(pairs)
-        own = await conn.fetch(
-            _OWN_TEAMS, activity_id, query.user_id, OWN_TEAMS, sources, channels
-        )
+        own = await conn.fetch(_OWN_TEAMS, activity_id, query.user_id, OWN_TEAMS, sources, channels)
         others = await conn.fetch(
             _OTHER_TEAMS, activity_id, query.user_id, OTHER_TEAMS, sources, channels
         )

@@ -99,7 +99,11 @@ async def test_an_activity_never_sells_for_two_merchants(api: Api) -> None:
     status, activity = await api.call(
         "GET", f"/api/v1/admin/activities/{act['activityId']}", admin=True
     )
-    body = {k: v for k, v in activity["data"].items() if k not in ("activityId", "createTime", "updateTime")}
+    body = {
+        k: v
+        for k, v in activity["data"].items()
+        if k not in ("activityId", "createTime", "updateTime")
+    }
     body["goods"] = [*body["goods"], {**second, "goodsId": f"g{tag}"}]
     status, env = await api.call(
         "PUT", f"/api/v1/admin/activities/{act['activityId']}", body, admin=True
@@ -126,9 +130,7 @@ async def test_keys_are_shown_once_and_stored_hashed(api: Api, pool: asyncpg.Poo
     created = env["data"]
     key = created["key"]
     assert key.startswith("gbk_") and len(key) >= 4 + 43 and created["prefix"] == key[:12]
-    row = await pool.fetchrow(
-        "SELECT * FROM merchant_key WHERE key_id = $1", created["keyId"]
-    )
+    row = await pool.fetchrow("SELECT * FROM merchant_key WHERE key_id = $1", created["keyId"])
     assert row is not None and row["key_hash"] == hashlib.sha256(key.encode()).digest()
     dump = " ".join(str(v) for v in row.values())
     assert key not in dump and key[12:] not in dump

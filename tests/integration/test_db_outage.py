@@ -237,7 +237,9 @@ async def test_a_stopped_database_is_503_at_once_and_the_api_recovers_after_rest
     with caplog.at_level(logging.INFO):
         answers = [
             await _call(own_client, "GET", "/readyz"),
-            await _call(own_client, "POST", LOCK, {**act, "userId": "u1", "outTradeNo": "o1"}, api.shop),
+            await _call(
+                own_client, "POST", LOCK, {**act, "userId": "u1", "outTradeNo": "o1"}, api.shop
+            ),
             await _call(own_client, "POST", SETTLE, _settle_body(act, "u1", "o1"), api.shop),
         ]
     for answer in answers:
@@ -278,7 +280,9 @@ async def test_a_statement_over_the_command_timeout_is_503_and_rolls_back(
             )  # fmt: skip
             with caplog.at_level(logging.INFO):
                 async with asyncio.timeout(COMMAND + 5 * MARGIN):
-                    answer = await _call(client, "POST", SETTLE, _settle_body(act, "m1", outs[1]), api.shop)
+                    answer = await _call(
+                        client, "POST", SETTLE, _settle_body(act, "m1", outs[1]), api.shop
+                    )
             await blocking.rollback()
         finally:
             await blocker.close()
