@@ -24,6 +24,8 @@ from groupbuy_async.http.app import create_app
 from groupbuy_async.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"
+METRICS_TOKEN = "test-metrics-token"
+METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}  # what Prometheus sends
 # The merchant the tests trade as, and the pairs it holds (every pair the tests lock under).
 SHOP_MERCHANT = "test-shop"
 SHOP_PAIRS = [("s01", "c01"), ("s02", "c02"), ("s09", "c09"), ("s99", "c01")]
@@ -84,6 +86,7 @@ def settings(database_url: str, server_urls: tuple[str, str]) -> Settings:
         database_url=database_url,
         redis_url=server_urls[1],
         admin_token=ADMIN_TOKEN,
+        metrics_token=METRICS_TOKEN,
         sc_blacklist="s02c02",
         db_pool_max=40,
         # Merchants in tests are local servers, and some tests call the mock merchant.

@@ -47,9 +47,14 @@ def path_param(request: web.Request, name: str) -> Any:
 
 
 def require_admin(request: web.Request) -> None:
-    expected = request.app[SERVICES].settings.admin_secret
+    require_bearer(request, request.app[SERVICES].settings.admin_secret, "admin", "ADMIN_TOKEN")
+
+
+def require_bearer(request: web.Request, expected: str | None, what: str, setting: str) -> None:
+    """The request's Authorization must be `Bearer <expected>` (compared in constant time);
+    with no `expected` configured, what it guards is refused."""
     if not expected:
-        raise errors.Unauthorized("admin is disabled: GROUPBUY_ADMIN_TOKEN is not set")
+        raise errors.Unauthorized(f"{what} is disabled: GROUPBUY_{setting} is not set")
     given = request.headers.get("Authorization", "")
     try:
         given_bytes = given.encode()

@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 from groupbuy_async.settings import Settings
 from groupbuy_async.worker import build_worker
 
-from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
+from ..conftest import METRICS, SECRET, Api, make_tasks, new_id, now_iso, start_client
 from ..merchant import Merchant
 
 
@@ -218,7 +218,7 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
 
 
 async def _scrape(api: Api) -> str:
-    async with api.client.get("/metrics") as resp:
+    async with api.client.get("/metrics", headers=METRICS) as resp:
         assert resp.status == 200 and resp.content_type == "text/plain"
         return await resp.text()
 

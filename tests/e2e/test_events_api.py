@@ -17,7 +17,7 @@ from groupbuy_async.callbacks.events import Event, EventType
 from groupbuy_async.callbacks.feed import _HORIZON
 from groupbuy_async.settings import Settings
 
-from ..conftest import Api, make_tasks
+from ..conftest import METRICS, Api, make_tasks
 from ..merchant import Merchant
 
 NO_COUNTS = {"waitCount": 0, "successCount": 0, "retryCount": 0, "errorCount": 0}
@@ -84,7 +84,7 @@ def by_type(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
 
 
 async def scrape(api: Api) -> str:
-    async with api.client.get("/metrics") as resp:
+    async with api.client.get("/metrics", headers=METRICS) as resp:
         assert resp.status == 200
         return await resp.text()
 
