@@ -18,7 +18,9 @@ MOCK = "/api/v1/test/group_buy_notify"  # dev's mock merchant: a merchant's rece
 
 
 def _routes(client: TestClient[Any, Any]) -> list[Route]:
-    return list(client.server.app[ROUTE_TABLE])  # type: ignore[union-attr]
+    app = client.app
+    assert app is not None
+    return list(app[ROUTE_TABLE])
 
 
 def _ids(routes: list[Route]) -> list[str]:
