@@ -106,14 +106,18 @@ async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery, pairs: Pai
     )
 
 
-async def get_team(pool: asyncpg.Pool, team_id: str, pairs: Pairs) -> TeamOut:
-    """A team under one of the merchant's `pairs`; any other is not found."""
+async def get_team(pool: asyncpg.Pool, team_id: str, pairs: Pairs | None) -> TeamOut:
+    """A team under one of the merchant's `pairs` (any team for an operator: None); any
+    other is not found."""
+    sources, channels = (None, None) if pairs is None else pair_arrays(pairs)
     row = await pool.fetchrow(
         "SELECT team_id, activity_id, target_count, lock_count, complete_count, status,"
         " valid_start_time, valid_end_time FROM group_buy_order WHERE team_id = $1"
-        " AND (source, channel) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+        " AND ($2::text[] IS NULL"
+        "      OR (source, channel) IN (SELECT * FROM unnest($2::text[], $3::text[])))",
         team_id,
-        *pair_arrays(pairs),
+        sources,
+        channels,
     )
     if row is None:
         raise errors.TeamNotFound()
