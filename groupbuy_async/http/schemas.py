@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from ..callbacks.rules import url_problem
 from ..trade.rules import RefundType
+from .wire import OrderStatusValue, TeamStatusValue
 
 Code = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
@@ -165,7 +166,7 @@ class LockOut(Body):
     original_price: Amount = Field(description=f"Price before discount, {PRICE}")
     deduction_price: Amount = Field(description=f"originalPrice - payPrice, {PRICE}")
     pay_price: Amount = Field(description=f"What the shopper pays, {PRICE}")
-    trade_order_status: int = Field(
+    trade_order_status: OrderStatusValue = Field(
         description=f"{ORDER_STATUS}. A repeated lock answers the order as it is now: a closed"
         " or refunded one is never reopened, lock again with a new outTradeNo"
     )
@@ -211,8 +212,8 @@ class RefundOut(Body):
         " in a complete team: refunded (3), the team becomes 3 (complete with refunds) and keeps"
         " its counts. A repeated refund answers the same and changes nothing"
     )
-    trade_order_status: int = Field(description=ORDER_STATUS)
-    team_status: int = Field(description=f"{TEAM_STATUS}; as it is now")
+    trade_order_status: OrderStatusValue = Field(description=ORDER_STATUS)
+    team_status: TeamStatusValue = Field(description=f"{TEAM_STATUS}; as it is now")
 
 
 class TeamOut(Body):
@@ -221,7 +222,7 @@ class TeamOut(Body):
     target_count: int = Field(description="Team size: members needed to complete")
     lock_count: int = Field(description="Members who have locked an order (paid or not)")
     complete_count: int = Field(description="Members who have paid")
-    status: int = Field(description=TEAM_STATUS)
+    status: TeamStatusValue = Field(description=TEAM_STATUS)
     valid_start_time: datetime = Field(description="When the team opened")
     valid_end_time: datetime = Field(
         description="When the team's window ends: opening + the activity's validTime minutes"
@@ -245,8 +246,8 @@ class OrderOut(Body):
     goods_id: str = Field(description=GOODS_ID)
     user_id: str = Field(description=USER_ID)
     out_trade_no: str = Field(description="The merchant's order number")
-    trade_order_status: int = Field(description=ORDER_STATUS)
-    team_status: int = Field(description=f"The order's team: {TEAM_STATUS}")
+    trade_order_status: OrderStatusValue = Field(description=ORDER_STATUS)
+    team_status: TeamStatusValue = Field(description=f"The order's team: {TEAM_STATUS}")
     original_price: Amount = Field(description=f"Price before discount, {PRICE}")
     deduction_price: Amount = Field(description=f"originalPrice - payPrice, {PRICE}")
     pay_price: Amount = Field(description=f"What the shopper pays, {PRICE}")
