@@ -6,8 +6,6 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -16,9 +14,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ..callbacks.rules import url_problem
 from ..trade.rules import RefundType
-from .wire import OrderStatusValue, TeamStatusValue
+from .wire import TIME_RULE, URL_RULE, ApiTime, HttpUrlText, OrderStatusValue, TeamStatusValue
 
 Code = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
@@ -38,20 +35,6 @@ Amount = Annotated[Decimal, WithJsonSchema({"type": "number", "multipleOf": 0.01
 Count = Annotated[int, Field(ge=1, le=100_000)]
 TeamId = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9]+$")]
 ActivityId = Annotated[int, Field(ge=1, le=2**62)]
-
-
-def _absolute_http_url(url: str) -> str:
-    problem = url_problem(url)
-    if problem:
-        raise ValueError(problem.removeprefix("invalid notifyUrl: "))
-    return url
-
-
-HttpUrlText = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=2048, pattern=r"^[^\x00-\x20\x7f]+$"),
-    AfterValidator(_absolute_http_url),
-]
 
 
 # Descriptions shared by several models.
@@ -155,8 +138,9 @@ class LockIn(Body):
         " again returns the same order"
     )
     notify_url: HttpUrlText = Field(
-        description="Absolute http(s) URL called back (see webhooks: teamCompleted) when the"
-        " team completes. Kept from the order that opens the team; ignored when joining"
+        description="Where callbacks are POSTed (see webhooks) about the team and its orders."
+        " Kept from the order that opens the team; ignored when joining (but still checked)."
+        f" {URL_RULE[0].upper()}{URL_RULE[1:]}"
     )
 
 
@@ -177,8 +161,8 @@ class SettleIn(Body):
     channel: Code = Field(description=CHANNEL)
     user_id: Code = Field(description=USER_ID)
     out_trade_no: Code = Field(description="The merchant's order number given at lock")
-    out_trade_time: AwareDatetime = Field(
-        description="When the shopper paid (with offset); not after the team's validEndTime"
+    out_trade_time: ApiTime = Field(
+        description=f"When the shopper paid; not after the team's validEndTime. {TIME_RULE}"
     )
 
 

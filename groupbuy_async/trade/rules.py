@@ -1,6 +1,7 @@
 """Pure decisions of the trade core: prices, eligibility, states and the events they send.
 No I/O here."""
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -94,6 +95,30 @@ def _number(text: str, places: Decimal = CENT) -> Decimal:
     if value != value.quantize(places):
         raise ValueError(f"too many decimal places (at most {places}): {text!r}")
     return value
+
+
+# How a discount's marketExpr is written, by plan: what the API accepts when a discount is
+# stored (OpenAPI states the same patterns). An amount fits numeric(12,2); a rate is in (0, 1].
+_AMOUNT = r"(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?"
+_RATE = r"0\.([1-9][0-9]{0,3}|0[1-9][0-9]{0,2}|00[1-9][0-9]?|000[1-9])|1(\.0{1,4})?"
+MARKET_EXPRS: dict[str, tuple[str, str]] = {
+    "ZJ": (f"^{_AMOUNT}$", 'an amount off, up to 2 decimals, e.g. "20" or "19.99"'),
+    "MJ": (f"^{_AMOUNT},{_AMOUNT}$", '"threshold,minus", two amounts, e.g. "100,10"'),
+    "ZK": (f"^({_RATE})$", 'a rate in (0, 1], up to 4 decimals, e.g. "0.8"'),
+    "N": (f"^{_AMOUNT}$", 'the price to pay, up to 2 decimals, e.g. "1.99"'),
+}
+
+
+def check_market_expr(plan: str, expr: str) -> None:
+    """A new discount's expression, as its plan's pattern says; raises ValueError if not.
+    (Stored ones are read with parse_market_expr, which also takes what older versions
+    stored, e.g. " 20".)"""
+    pattern, what = MARKET_EXPRS.get(plan, ("", ""))
+    if not pattern:
+        raise ValueError(f"unknown market plan {plan!r}")
+    if not re.fullmatch(pattern, expr):
+        raise ValueError(f"{plan} expects {what}")
+    parse_market_expr(plan, expr)
 
 
 def parse_market_expr(plan: str, expr: str) -> tuple[Decimal, ...]:

@@ -1,14 +1,19 @@
-"""The published contract: what OpenAPI states is what the server does. Each operation declares
-every code it can answer (tests/contract.py checks every answer of the suite against that)."""
+"""The published contract: what OpenAPI states is what the server does. Input the schema
+refuses is refused with 400 and writes nothing; each operation declares every code it can
+answer (tests/contract.py checks every answer of the suite against that)."""
 
 from typing import Any
+
+import asyncpg
+import pytest
 
 from groupbuy_async import errors
 from groupbuy_async.http.app import create_app
 from groupbuy_async.http.routing import ROUTE_TABLE, declared_errors
 from groupbuy_async.settings import Settings
+from groupbuy_async.trade.rules import MARKET_EXPRS
 
-from ..conftest import Api
+from ..conftest import Api, new_id
 
 LOCK = "/api/v1/gbm/trade/lock_market_pay_order"
 SETTLE = "/api/v1/gbm/trade/settlement_market_pay_order"
@@ -18,6 +23,129 @@ EVENTS = "/api/v1/admin/events"
 async def _openapi(api: Api) -> dict[str, Any]:
     async with api.client.get("/openapi.json") as resp:
         return await resp.json()  # type: ignore[no-any-return]
+
+
+async def _order(pool: asyncpg.Pool, out_trade_no: str) -> asyncpg.Record:
+    row = await pool.fetchrow(
+        "SELECT o.status, o.out_trade_time, t.complete_count,"
+        " (SELECT count(*) FROM notify_task n WHERE n.team_id = o.team_id) AS events"
+        " FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id"
+        " WHERE o.out_trade_no = $1",
+        out_trade_no,
+    )
+    assert row is not None
+    return row
+
+
+@pytest.mark.parametrize(
+    "paid_at",
+    [
+        "0001-01-01T00:00:00+14:00",  # was 500 0001: year 0 in UTC, out of the driver's range
+        "9999-12-31T23:59:59-14:00",  # year 10000 in UTC
+        "1969-12-31T23:59:59Z",
+    ],
+)
+async def test_a_payment_time_the_order_cannot_have_is_400_and_writes_nothing(
+    api: Api, pool: asyncpg.Pool, paid_at: str
+) -> None:
+    act = await api.new_activity(target=1)
+    out = new_id()
+    status, env = await api.lock(**act, userId="u1", outTradeNo=out)
+    assert status == 200, env
+    status, env = await api.settle(
+        source=act["source"], channel=act["channel"], userId="u1", outTradeNo=out,
+        outTradeTime=paid_at,
+    )  # fmt: skip
+    assert (status, env["code"], env["data"]) == (400, "0002", None), env
+    assert "outTradeTime" in env["info"]
+    order = await _order(pool, out)
+    assert (order["status"], order["out_trade_time"], order["complete_count"]) == (0, None, 0)
+    assert order["events"] == 0
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"startTime": "0001-01-01T00:00:00+14:00"},  # was 500 0001
+        {"endTime": "9999-12-31T23:59:59-14:00"},
+        {"startTime": "2026-01-01T00:00:00"},
+    ],
+)
+async def test_an_activity_time_the_database_cannot_hold_is_400_and_stores_nothing(
+    api: Api, times: dict[str, str]
+) -> None:
+    discount = f"d{new_id()}"
+    status, env = await api.call(
+        "PUT", f"/api/v1/admin/discounts/{discount}",
+        {"discountName": "d", "marketPlan": "ZJ", "marketExpr": "1"}, admin=True,
+    )  # fmt: skip
+    assert status == 200, env
+    body = {
+        "activityName": "a", "discountId": discount,
+        "startTime": "2026-01-01T00:00:00Z", "endTime": "9999-12-31T23:59:59Z", **times,
+    }  # fmt: skip
+    path = f"/api/v1/admin/activities/{int(new_id('')[:12], 16) + 1}"
+    status, env = await api.call("PUT", path, body, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert "RFC 3339" in env["info"]
+    status, env = await api.call("GET", path, admin=True)
+    assert (status, env["code"]) == (404, "0404")
+
+
+@pytest.mark.parametrize(
+    ("plan", "expr"),
+    [("ZK", "0"), ("ZK", "0.00001"), ("ZJ", " 20"), ("ZJ", "2e1"), ("MJ", "100, 10")],
+)
+async def test_a_market_expr_outside_its_plans_pattern_is_400(
+    api: Api, plan: str, expr: str
+) -> None:
+    path = f"/api/v1/admin/discounts/d{new_id()}"
+    body = {"discountName": "d", "marketPlan": plan, "marketExpr": expr}
+    status, env = await api.call("PUT", path, body, admin=True)
+    assert (status, env["code"]) == (400, "0002"), env
+    assert f"{plan} expects" in env["info"]
+    status, env = await api.call("GET", path, admin=True)
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "http://shop.example/{id}", "http://1.2.3/cb", "HTTP://shop.example/"]
+)
+async def test_a_notify_url_is_refused_exactly_when_its_pattern_refuses_it(
+    api: Api, pool: asyncpg.Pool, url: str
+) -> None:
+    import re
+
+    doc = await _openapi(api)
+    pattern = doc["components"]["schemas"]["LockIn"]["properties"]["notifyUrl"]["pattern"]
+    act = await api.new_activity()
+    status, env = await api.lock(**{**act, "notifyUrl": url}, userId="u1", outTradeNo=new_id())
+    if re.fullmatch(pattern, url):
+        assert status == 200, env
+    else:
+        assert (status, env["code"]) == (400, "0002"), env
+        assert "notifyUrl" in env["info"]
+
+
+async def test_the_schema_states_the_input_rules(api: Api) -> None:
+    doc = await _openapi(api)
+    schemas = doc["components"]["schemas"]
+    discount = schemas["DiscountIn"]
+    by_plan = {
+        branch["properties"]["marketPlan"]["const"]: branch["properties"]["marketExpr"]["pattern"]
+        for branch in discount["oneOf"]
+    }
+    assert by_plan == {plan: pattern for plan, (pattern, _) in MARKET_EXPRS.items()}
+    url = schemas["LockIn"]["properties"]["notifyUrl"]
+    assert (url["format"], url["pattern"][:17]) == ("uri", "^[Hh][Tt][Tt][Pp]")
+    for model, field in (("SettleIn", "outTradeTime"), ("ActivityIn", "startTime")):
+        time = schemas[model]["properties"][field]
+        assert time["format"] == "date-time" and "1970" in time["description"]
+        assert time["pattern"].startswith("^((19[7-9]")
+    assert "endTime is after startTime" in schemas["ActivityIn"]["description"]
+    assert schemas["ActivityIn"]["properties"]["goods"]["uniqueItems"] is True
+    events = doc["paths"][EVENTS]["get"]["responses"]["400"]
+    assert "after: no event with this id" in events["description"]
 
 
 async def test_after_naming_no_event_is_the_declared_400(api: Api) -> None:
