@@ -14,7 +14,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ..trade.rules import RefundType
+from ..trade.rules import CLOCK_SKEW, RefundType
 from .wire import TIME_RULE, URL_RULE, ApiTime, HttpUrlText, OrderStatusValue, TeamStatusValue
 
 Code = Annotated[
@@ -60,6 +60,7 @@ NOTIFY_STATUS = (
     " another is scheduled), 3 error (given up; an operator may replay it)"
 )
 PRICE = "in currency units, a JSON number with two decimals"
+_SKEW = int(CLOCK_SKEW.total_seconds() // 60)
 
 # Every path parameter of the API, validated (and documented) by these types.
 PATH_PARAMS: dict[str, Any] = {
@@ -162,7 +163,9 @@ class SettleIn(Body):
     user_id: Code = Field(description=USER_ID)
     out_trade_no: Code = Field(description="The merchant's order number given at lock")
     out_trade_time: ApiTime = Field(
-        description=f"When the shopper paid; not after the team's validEndTime. {TIME_RULE}"
+        description="When the shopper paid, by the merchant's clock: not before the order's"
+        f" lock (createTime) nor after the team's validEndTime, each with {_SKEW} minutes'"
+        f" allowance for clock skew; {TIME_RULE}"
     )
 
 

@@ -171,6 +171,7 @@ _LOCK_REFUSALS = (
     errors.TeamActivityMismatch,
 )
 _SETTLE_REFUSALS = (
+    errors.BadInput("outTradeTime is before the order was locked (beyond the clock skew allowed)"),
     errors.UnknownOutTradeNo,
     errors.ChannelBlacklisted,
     errors.TradeTimeOutsideWindow,

@@ -162,11 +162,29 @@ def check_activity_open(status: int, start: datetime, end: datetime, now: dateti
         raise errors.OutsideActivityTime()
 
 
+# outTradeTime is stamped by the merchant's clock, which may drift from ours: a payment time
+# is judged with this allowance on both sides. Whether a payment is in time is decided by the
+# database's clock when it arrives (the order's deadline, the team's window); the stamp only
+# has to be plausible.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def check_trade_time(out_trade_time: datetime, valid_end: datetime) -> None:
-    # Only the end bounds it, as in the original: merchants stamp payments to the second
-    # and their clocks drift, so a lower bound would refuse genuine early payments.
-    if out_trade_time > valid_end:
+    """E0106 for a payment stamped after the team's window (beyond the skew allowance)."""
+    if out_trade_time > valid_end + CLOCK_SKEW:
         raise errors.TradeTimeOutsideWindow()
+
+
+def check_paid_after_lock(out_trade_time: datetime, lock_time: datetime) -> None:
+    """Bad input (400) for a payment stamped before its order was locked (beyond the skew
+    allowance): no shopper pays for an order that does not exist yet."""
+    if out_trade_time < lock_time - CLOCK_SKEW:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
+        raise errors.BadInput(
+            f"outTradeTime {out_trade_time.isoformat()} is before the order was locked"
+            f" ({lock_time.isoformat()}) by more than the {minutes} minutes allowed for clock"
+            " skew"
+        )
 
 
 def is_blacklisted(source: str, channel: str, blacklist: frozenset[str]) -> bool:

@@ -2,6 +2,7 @@
 refuses is refused with 400 and writes nothing; each operation declares every code it can
 answer (tests/contract.py checks every answer of the suite against that)."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -43,6 +44,7 @@ async def _order(pool: asyncpg.Pool, out_trade_no: str) -> asyncpg.Record:
         "0001-01-01T00:00:00+14:00",  # was 500 0001: year 0 in UTC, out of the driver's range
         "9999-12-31T23:59:59-14:00",  # year 10000 in UTC
         "1969-12-31T23:59:59Z",
+        "1970-01-01T00:00:00Z",  # readable, but long before the order was locked
     ],
 )
 async def test_a_payment_time_the_order_cannot_have_is_400_and_writes_nothing(
@@ -61,6 +63,27 @@ async def test_a_payment_time_the_order_cannot_have_is_400_and_writes_nothing(
     order = await _order(pool, out)
     assert (order["status"], order["out_trade_time"], order["complete_count"]) == (0, None, 0)
     assert order["events"] == 0
+
+
+async def test_payment_times_are_judged_with_the_clock_skew_allowed(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    act = await api.new_activity(target=1)
+    out = new_id()
+    await api.lock(**act, userId="u1", outTradeNo=out)
+    where = {"source": act["source"], "channel": act["channel"], "userId": "u1", "outTradeNo": out}
+    locked = datetime.now(UTC)
+    status, env = await api.settle(
+        **where, outTradeTime=(locked - timedelta(minutes=6)).isoformat()
+    )
+    assert (status, env["code"]) == (400, "0002"), env
+    assert "before the order was locked" in env["info"] and "5 minutes" in env["info"]
+    # A merchant's clock 4 minutes behind ours stamps a payment made after the lock so.
+    status, env = await api.settle(
+        **where, outTradeTime=(locked - timedelta(minutes=4)).isoformat()
+    )
+    assert (status, env["code"], env["data"]["teamCompleted"]) == (200, "0000", True), env
+    assert (await _order(pool, out))["status"] == 1
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ from groupbuy_async import errors
 from groupbuy_async.http.jsonenc import dumps
 from groupbuy_async.settings import parse_schedule
 from groupbuy_async.trade.rules import (
+    CLOCK_SKEW,
     check_activity_open,
     check_market_expr,
+    check_paid_after_lock,
     check_trade_time,
     countdown,
     is_blacklisted,
@@ -126,12 +128,23 @@ def test_activity_must_be_effective_and_in_time() -> None:
         check_activity_open(1, now - day, now - timedelta(seconds=1), now)
 
 
-def test_trade_time_must_not_be_after_the_team_window() -> None:
+def test_trade_time_must_not_be_after_the_team_window_beyond_the_clock_skew() -> None:
     end = datetime(2026, 1, 1, tzinfo=UTC)
     check_trade_time(end - timedelta(minutes=5), end)
     check_trade_time(end, end)
+    check_trade_time(end + CLOCK_SKEW, end)  # the merchant's clock may run ahead of ours
     with pytest.raises(errors.TradeTimeOutsideWindow):
-        check_trade_time(end + timedelta(seconds=1), end)
+        check_trade_time(end + CLOCK_SKEW + timedelta(seconds=1), end)
+
+
+def test_trade_time_must_not_be_before_the_lock_beyond_the_clock_skew() -> None:
+    locked = datetime(2026, 1, 1, tzinfo=UTC)
+    assert timedelta(minutes=5) == CLOCK_SKEW
+    check_paid_after_lock(locked, locked)
+    check_paid_after_lock(locked - CLOCK_SKEW, locked)  # the merchant's clock may lag
+    for early in (locked - CLOCK_SKEW - timedelta(seconds=1), datetime(1970, 1, 1, tzinfo=UTC)):
+        with pytest.raises(errors.BadInput, match="before the order was locked"):
+            check_paid_after_lock(early, locked)
 
 
 def test_countdown_formats_remaining_time() -> None:
