@@ -21,7 +21,7 @@ from .schemas import (
     Name,
     Text,
 )
-from .wire import TIME_RULE, ApiTime
+from .wire import TIME_RULE, ApiTime, WholeNumber
 
 # --- admin -----------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class ActivityIn(Body):
 
     activity_name: Name = Field(description="Display name")
     discount_id: Code = Field(description="The discount that prices this activity's goods")
-    group_type: Literal[0, 1] = Field(
+    group_type: Annotated[Literal[0, 1], WholeNumber] = Field(
         0,
         description="How a team forms (the original's group_type): 0 automatically, 1 on"
         " reaching the target. Stored and returned as given: here a team completes when"
@@ -115,20 +115,20 @@ class ActivityIn(Body):
         description="Most live orders (locked or paid) one user may hold in this activity;"
         " a closed or refunded order gives its take back",
     )
-    target: Annotated[int, Field(ge=1, le=1000)] = Field(
+    target: Annotated[int, Field(ge=1, le=1000), WholeNumber] = Field(
         1, description="Team size: members who must pay for a team to complete"
     )
-    valid_time: Annotated[int, Field(ge=1, le=60 * 24 * 30)] = Field(
+    valid_time: Annotated[int, Field(ge=1, le=60 * 24 * 30), WholeNumber] = Field(
         15, description="How long a team may take to fill, in minutes from its opening"
     )
-    pay_timeout_seconds: Annotated[int, Field(ge=1, le=86400 * 30)] = Field(
+    pay_timeout_seconds: Annotated[int, Field(ge=1, le=86400 * 30), WholeNumber] = Field(
         900,
         description="How long a locked order may stay unpaid, in seconds from its lock (never"
         " past its team's window): then the worker closes it, frees its slot and gives the"
         " user's take back. Keep the merchant's own payment timeout shorter, and this shorter"
         " than validTime",
     )
-    status: Literal[0, 1, 2, 3] = Field(
+    status: Annotated[Literal[0, 1, 2, 3], WholeNumber] = Field(
         0,
         description="Activity status: 0 created, 1 effective, 2 expired, 3 abandoned."
         " Orders lock only while it is 1 (effective) and between startTime and endTime",

@@ -136,8 +136,9 @@ def _operation(route: Route) -> dict[str, Any]:
         "responses": responses,
     }
     if route.body is not None:
+        # No body at all is read as {}: optional when every field is (routing._endpoint).
         op["requestBody"] = {
-            "required": True,
+            "required": any(f.is_required() for f in route.body.model_fields.values()),
             "content": {
                 "application/json": {"schema": {"$ref": _REF.format(model=route.body.__name__)}}
             },

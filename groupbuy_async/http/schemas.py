@@ -15,7 +15,15 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from ..trade.rules import CLOCK_SKEW, RefundType
-from .wire import TIME_RULE, URL_RULE, ApiTime, HttpUrlText, OrderStatusValue, TeamStatusValue
+from .wire import (
+    TIME_RULE,
+    URL_RULE,
+    ApiTime,
+    HttpUrlText,
+    OrderStatusValue,
+    TeamStatusValue,
+    WholeNumber,
+)
 
 Code = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
@@ -32,9 +40,9 @@ Money = Annotated[
 ]
 # Amounts the service computes: written as JSON numbers with two decimals.
 Amount = Annotated[Decimal, WithJsonSchema({"type": "number", "multipleOf": 0.01})]
-Count = Annotated[int, Field(ge=1, le=100_000)]
+Count = Annotated[int, Field(ge=1, le=100_000), WholeNumber]
 TeamId = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9]+$")]
-ActivityId = Annotated[int, Field(ge=1, le=2**62)]
+ActivityId = Annotated[int, Field(ge=1, le=2**62), WholeNumber]
 
 
 # Descriptions shared by several models.

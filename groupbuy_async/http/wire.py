@@ -51,6 +51,21 @@ OrderStatusValue = Annotated[int, AfterValidator(Members(OrderStatus)), Members(
 TeamStatusValue = Annotated[int, AfterValidator(Members(TeamStatus)), Members(TeamStatus)]
 NotifyStatusValue = Annotated[int, AfterValidator(Members(NotifyStatus)), Members(NotifyStatus)]
 
+# --- integers --------------------------------------------------------------------------
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fraction, 1.0 and 1e2 included, and never
+    # true or false (which a Literal of ints would take as 1 and 0); "1" and 1.5 stay refused.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true or false")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number)
+
 # --- date-times --------------------------------------------------------------------------
 
 # RFC 3339 with an offset, written with the year 1970 to 9999: what Python and the database

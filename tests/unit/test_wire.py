@@ -3,6 +3,7 @@ the server accepts (checked over generated values), and what it refuses, the ser
 
 import re
 from datetime import UTC
+from typing import Annotated, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -10,12 +11,14 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from groupbuy_async.callbacks.rules import url_problem
+from groupbuy_async.http.schemas import Count
 from groupbuy_async.http.wire import (
     TIME_PATTERN,
     URL_PATTERN,
     ApiTime,
     HttpUrlText,
     OrderStatusValue,
+    WholeNumber,
 )
 
 URL = TypeAdapter(HttpUrlText)
@@ -91,3 +94,23 @@ def test_a_status_is_an_integer_of_its_enum() -> None:
     schema = status.json_schema()
     assert (schema["type"], schema["enum"]) == ("integer", [0, 1, 2, 3])
     assert schema["x-enum-varnames"] == ["LOCKED", "PAID", "CLOSED", "REFUNDED"]
+
+
+INTEGERS: list[TypeAdapter[int]] = [
+    TypeAdapter(Count),
+    TypeAdapter(Annotated[Literal[0, 1], WholeNumber]),
+]
+
+
+@pytest.mark.parametrize(("raw", "read"), [("1", 1), ("1.0", 1), ("1e0", 1)])
+def test_an_integer_is_any_json_number_without_a_fraction(raw: str, read: int) -> None:
+    """JSON Schema's integer, which OpenAPI promises: 1.0 was refused by strict validation."""
+    for kind in INTEGERS:
+        assert kind.validate_json(raw, strict=True) == read
+
+
+@pytest.mark.parametrize("raw", ["true", "1.5", '"1"'])
+def test_what_json_schema_calls_no_integer_is_refused(raw: str) -> None:
+    for kind in INTEGERS:
+        with pytest.raises(ValidationError):
+            kind.validate_json(raw, strict=True)
