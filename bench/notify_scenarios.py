@@ -185,7 +185,7 @@ async def run_ours(admin_dsn: str, receiver: Receiver, count: int, bound: int) -
         dispatcher = make_dispatcher(pool, settings)
         try:
             with (
-                InFlight(lambda: dispatcher.in_flight) as in_flight,
+                InFlight(lambda: dispatcher.delivery.in_flight) as in_flight,
                 measure(cpu_sources(receiver, dsn)) as section,
             ):
                 counts = await dispatcher.drain()

@@ -118,6 +118,13 @@ class TeamFailed(Rejected):
     code, info = "E0113", "team failed; refund the payment"
 
 
+class OrderRefunded(Rejected):
+    """A settlement retried after the order's refund: the payment it reports was taken and
+    has been refunded already; nothing more to do."""
+
+    code, info = "E0114", "order already refunded; nothing to do"
+
+
 class NotifyTaskNotReplayable(Rejected):
     code, info = "E0201", "only a notify task in error status (3) can be replayed"
 
@@ -132,5 +139,6 @@ ALL_ERRORS: tuple[type[ServiceError], ...] = (
     NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
     TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
     TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,
-    OrderClosed, TeamFailed, NotifyTaskNotReplayable, StillReferenced, DatabaseUnavailable,
+    OrderClosed, TeamFailed, OrderRefunded, NotifyTaskNotReplayable, StillReferenced,
+    DatabaseUnavailable,
 )  # fmt: skip

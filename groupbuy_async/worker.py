@@ -38,7 +38,7 @@ from prometheus_client import Gauge
 
 from . import bootstrap
 from .callbacks.drain import DRAIN_SECONDS
-from .callbacks.metrics import Metrics, metrics_response
+from .callbacks.metrics import Metrics
 from .lifecycle import StartupError, _reason, server_address
 from .settings import Settings
 from .trade import expiry, orders
@@ -227,10 +227,11 @@ async def serve_metrics(
     async def handler(_: web.Request) -> web.Response:
         try:
             async with asyncio.timeout(METRICS_DB_SECONDS):
-                return await metrics_response(metrics, pool)
+                body = await metrics.scrape(pool)
         except DB_DOWN:
             # The outbox's counts keep their last values; the rest says what is going on.
-            return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+            body = metrics.render()
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     app = web.Application()
     app.router.add_get("/metrics", handler)

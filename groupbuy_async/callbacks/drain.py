@@ -1,4 +1,4 @@
-"""A drain: deliver every due task (or one team's) through the process's Dispatcher, as a
+"""A drain: deliver every due task (or one team's) through the process's Delivery, as a
 pipeline. A claimer keeps a bounded number of tasks in hand, shared fairly among the merchant
 hosts with due tasks; workers start the next send as soon as one ends; a recorder writes
 results back in one statement per batch."""
@@ -8,20 +8,16 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..db import log_failure
+from .claims import Result, Task
+from .delivery import FLUSH_SECONDS, Delivery
 from .events import EventType
-from .outbox import Result, Task
 from .rules import NotifyStatus
-
-if TYPE_CHECKING:
-    from .dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
-# How long finished sends collect before they are written back in one statement.
-FLUSH_SECONDS = 0.02
 # A compensation drain stops claiming after this long; the next cron tick goes on.
 DRAIN_SECONDS = 300.0
 
@@ -67,7 +63,7 @@ class Counts:
 
 @dataclass
 class Drain:
-    dispatcher: "Dispatcher"
+    delivery: Delivery
     team_id: str | None
     deadline: float
     counts: Counts = field(default_factory=Counts)
@@ -80,19 +76,19 @@ class Drain:
     full: set[str] = field(default_factory=set)  # hosts the last claim found at their cap
 
     async def run(self) -> Counts:
-        d = self.dispatcher
+        d = self.delivery
         # More workers than send slots: a freed slot is taken at once while its last
         # holder is still writing down its result.
         count = 1 if self.team_id is not None else d.concurrency + d.concurrency // 2
         workers = [asyncio.create_task(self._work()) for _ in range(count)]
         recorder = asyncio.create_task(self._record_periodically())
-        d._wakes.add(self.wake)
+        d.wakes.add(self.wake)
         try:
             await self._claim_all()
             await self.queue.join()
 
         finally:
-            d._wakes.discard(self.wake)
+            d.wakes.discard(self.wake)
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -108,8 +104,8 @@ class Drain:
         claim serves many sends. Once a claim of this or an overlapping drain left a due host
         at its cap (sticky while they claim), only what has finished is refilled, so claims
         that could only find that merchant's backlog do not repeat in a loop."""
-        d = self.dispatcher
-        if d._saturated:
+        d = self.delivery
+        if d.saturated:
             if self.freed >= min(d.per_host, d.concurrency) or self.in_hand == 0:
                 return self.freed
             return None
@@ -118,24 +114,24 @@ class Drain:
         return None
 
     async def _claim_all(self) -> None:
-        d = self.dispatcher
-        if d._stopping:
+        d = self.delivery
+        if d.stopping:
             return
         if self.team_id is not None:
             # Every due event of the team (its team.* and its orders'). Not capped at claim:
             # they wait for slots of their host like any send, rather than going back
             # because other drains keep that host busy.
-            async with d._claim_turn:
+            async with d.claim_turn:
                 tasks, _ = await d.claim(d.batch_size, [self.team_id], capped=False)
             self._hand(tasks)
             return
-        d._drains += 1
+        d.claiming += 1
         try:
             await self._claim_due()
         finally:
-            d._drains -= 1
-            if d._drains == 0:
-                d._saturated = False
+            d.claiming -= 1
+            if d.claiming == 0:
+                d.saturated = False
 
     async def _claim_due(self) -> None:
         """Overlapping drains (cron ticks) of one process claim in turns, and each sizes its
@@ -145,35 +141,35 @@ class Drain:
         in hand, all that is due being for hosts at their cap, leaves it to the other drains
         (they refill as those hosts' sends end); the last one waits for room itself rather
         than leave it to the next cron tick."""
-        d = self.dispatcher
-        while time.monotonic() < self.deadline and not d._stopping:
-            async with d._claim_turn:
-                want = None if d._stopping else self._refill()
+        d = self.delivery
+        while time.monotonic() < self.deadline and not d.stopping:
+            async with d.claim_turn:
+                want = None if d.stopping else self._refill()
                 if want:
                     self.freed = 0
                     tasks, full = await d.claim(min(want, d.batch_size))
                     if not tasks and not full:
                         return
-                    d._saturated = d._saturated or bool(full)
+                    d.saturated = d.saturated or bool(full)
                     self.full = full
                     self._hand(tasks)
             if want is None:
-                if d._stopping:
+                if d.stopping:
                     return
                 self.wake.clear()
                 await self.wake.wait()
             elif self.in_hand == 0:
-                if d._drains > 1:
+                if d.claiming > 1:
                     return
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.deadline - time.monotonic()):
                         while (
                             self.full
-                            and not d._stopping
-                            and not any(d._has_room(h) for h in self.full)
+                            and not d.stopping
+                            and not any(d.has_room(h) for h in self.full)
                         ):
-                            d._room.clear()
-                            await d._room.wait()
+                            d.room.clear()
+                            await d.room.wait()
                 self.freed = min(d.per_host, d.concurrency)  # a round, as if that had ended
 
     def _hand(self, tasks: list[Task]) -> None:
@@ -185,7 +181,7 @@ class Drain:
         while True:
             task = await self.queue.get()
             try:
-                result = await self.dispatcher.deliver(task, gated=self.team_id is None)
+                result = await self.delivery.deliver(task, gated=self.team_id is None)
                 # Appended after the await: the recorder swaps `done` for a new list meanwhile.
                 self.done.append(result)
             finally:
@@ -207,4 +203,4 @@ class Drain:
     async def _record(self) -> None:
         if self.done:
             batch, self.done = self.done, []
-            await self.dispatcher.finish(batch, self.counts)
+            self.counts.add(*await self.delivery.finish(batch))

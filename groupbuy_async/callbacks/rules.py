@@ -94,6 +94,12 @@ def is_blocked_ip(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+def is_loopback_name(host: str) -> bool:
+    """localhost and every name under it always mean this machine (RFC 6761 section 6.3),
+    whatever a resolver says."""
+    return host == "localhost" or host.endswith(".localhost")
+
+
 @lru_cache(maxsize=4096)  # merchants' URLs repeat: parse each once
 def url_problem(url: str, block_private: bool = False) -> str | None:
     """Why a notifyUrl can never be delivered to, or None when it is a valid http(s) URL
@@ -108,7 +114,7 @@ def url_problem(url: str, block_private: bool = False) -> str | None:
     problem = host_problem(parts.hostname)
     if problem:
         return f"invalid notifyUrl: {problem}"
-    if block_private and is_blocked_ip(parts.hostname):
+    if block_private and (is_blocked_ip(parts.hostname) or is_loopback_name(parts.hostname)):
         return "notifyUrl points at a blocked address"
     return None
 

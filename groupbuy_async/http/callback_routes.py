@@ -1,14 +1,15 @@
 """Operator endpoints of the callback half: run, list, inspect and replay notify tasks (by
 team) and events (by id), and the event feed."""
 
-from collections.abc import Awaitable, Callable
+import uuid
 from typing import Any
 
 from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
-from ..callbacks import events, outbox
+from ..callbacks import events, feed, views
+from ..callbacks.views import By
 from .callback_schemas import (
     EventDetail,
     EventOut,
@@ -39,15 +40,15 @@ async def run_notify(request: web.Request, body: NotifyRunIn) -> NotifyCounts:
 
 
 async def list_notify_tasks(request: web.Request, query: NotifyTaskQuery) -> list[NotifyTaskOut]:
-    rows = await outbox.list_tasks(
+    rows = await views.list_tasks(
         request.app[SERVICES].pool, query.status, query.team_id, query.limit
     )
     return [_task_out(r) for r in rows]
 
 
 async def get_notify_task(request: web.Request, _: None) -> NotifyTaskDetail:
-    task, attempts = await outbox.get_task(
-        request.app[SERVICES].pool, path_param(request, "teamId")
+    task, attempts = await views.get_task(
+        request.app[SERVICES].pool, By.TEAM, path_param(request, "teamId")
     )
     if task is None:
         raise errors.NotFound("no notify task for this team")
@@ -57,13 +58,15 @@ async def get_notify_task(request: web.Request, _: None) -> NotifyTaskDetail:
     )
 
 
-async def _replayed(
-    row: Any, lookup: Callable[[], Awaitable[tuple[Any, list[Any]]]], missing: str
+async def _replay(
+    request: web.Request, by: By, key: str | uuid.UUID, missing: str
 ) -> NotifyTaskOut:
     """The replayed task, or why not: unknown (404) or not in error (E0201)."""
+    pool = request.app[SERVICES].pool
+    row = await views.replay(pool, by, key)
     if row is not None:
         return _task_out(row)
-    task, _attempts = await lookup()
+    task, _attempts = await views.get_task(pool, by, key)
     if task is None:
         raise errors.NotFound(missing)
     raise errors.NotifyTaskNotReplayable(
@@ -72,19 +75,16 @@ async def _replayed(
 
 
 async def replay_notify_task(request: web.Request, _: None) -> NotifyTaskOut:
-    pool = request.app[SERVICES].pool
     team_id = path_param(request, "teamId")
-    row = await outbox.replay(pool, team_id)
-    missing = "no notify task for this team"
-    return await _replayed(row, lambda: outbox.get_task(pool, team_id), missing)
+    return await _replay(request, By.TEAM, team_id, "no notify task for this team")
 
 
 # --- events ----------------------------------------------------------------------------
 
 
 async def get_event(request: web.Request, _: None) -> EventDetail:
-    task, attempts = await outbox.get_event(
-        request.app[SERVICES].pool, path_param(request, "eventId")
+    task, attempts = await views.get_task(
+        request.app[SERVICES].pool, By.EVENT, path_param(request, "eventId")
     )
     if task is None:
         raise errors.NotFound("no event with this id")
@@ -98,10 +98,8 @@ async def get_event(request: web.Request, _: None) -> EventDetail:
 
 
 async def replay_event(request: web.Request, _: None) -> NotifyTaskOut:
-    pool = request.app[SERVICES].pool
     event_id = path_param(request, "eventId")
-    row = await outbox.replay_event(pool, event_id)
-    return await _replayed(row, lambda: outbox.get_event(pool, event_id), "no event with this id")
+    return await _replay(request, By.EVENT, event_id, "no event with this id")
 
 
 def _event_out(row: Any) -> EventOut:
@@ -122,13 +120,13 @@ _AFTER_UNKNOWN = "after: no event with this id"
 
 async def list_events(request: web.Request, query: EventPageQuery) -> EventPage:
     pool = request.app[SERVICES].pool
-    after = outbox.FEED_START
+    after = feed.FEED_START
     if query.after is not None:
-        found = await outbox.feed_position(pool, query.after)
+        found = await feed.feed_position(pool, query.after)
         if found is None:
             raise errors.BadInput(_AFTER_UNKNOWN)
         after = found
-    rows = await outbox.list_events(pool, after, query.limit + 1, query.type, query.team_id)
+    rows = await feed.list_events(pool, after, query.limit + 1, query.type, query.team_id)
     page = rows[: query.limit]
     cursor = str(page[-1]["event_id"]) if len(rows) > query.limit else None
     return EventPage(items=[_event_out(r) for r in page], next_cursor=cursor)

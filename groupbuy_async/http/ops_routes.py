@@ -7,7 +7,6 @@ from typing import Any
 from aiohttp import web
 
 from ..bootstrap import SERVICES
-from ..callbacks.metrics import metrics_response
 from ..db import one_line
 from ..errors import DatabaseUnavailable
 from .envelope import UNAVAILABLE, envelope
@@ -55,7 +54,8 @@ async def openapi(request: web.Request, _: None) -> web.Response:
 
 async def metrics(request: web.Request, _: None) -> web.Response:
     services = request.app[SERVICES]
-    return await metrics_response(services.metrics, services.pool)
+    body = await services.metrics.scrape(services.pool)
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 OPS_ROUTES: list[Route] = [

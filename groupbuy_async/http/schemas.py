@@ -60,8 +60,9 @@ TEAM_STATUS = (
     " refunded; the counts stay)"
 )
 ORDER_STATUS = (
-    "Member order status: 0 locked (unpaid), 1 paid, 2 closed (the unpaid lock released:"
-    " payment timeout, cancel, or its team failed), 3 refunded"
+    "Member order status: 0 locked (unpaid), 1 paid, 2 closed (never paid: the unpaid lock"
+    " released by its payment deadline, a cancel, or its team's failure), 3 refunded (paid,"
+    " then refunded)"
 )
 NOTIFY_STATUS = (
     "Callback status: 0 initial (not yet attempted), 1 success, 2 retry (an attempt failed,"
@@ -203,9 +204,12 @@ class RefundOut(Body):
     refund_type: RefundType = Field(
         description="unpaid: the order was locked, not paid: it is closed (tradeOrderStatus 2),"
         " nothing to pay back. paid: paid while its team was forming (its slot and counts are"
-        " given back) or after the team failed: refunded (3), return the money. paid_team: paid"
-        " in a complete team: refunded (3), the team becomes 3 (complete with refunds) and keeps"
-        " its counts. A repeated refund answers the same and changes nothing"
+        " given back): refunded (3), return the money (its order.refunded says the same)."
+        " paid_team: paid in a complete team: refunded (3), return the money; the team becomes"
+        " 3 (complete with refunds) and keeps its counts. failed_team: paid in a team that"
+        " failed: its team.failed event listed this order, and that listing is the one"
+        " instruction to return the money; recorded as refunded (3), no order.refunded is"
+        " written. A repeated refund answers the same and changes nothing"
     )
     trade_order_status: OrderStatusValue = Field(description=ORDER_STATUS)
     team_status: TeamStatusValue = Field(description=f"{TEAM_STATUS}; as it is now")
@@ -223,9 +227,6 @@ class TeamOut(Body):
         description="When the team's window ends: opening + the activity's validTime minutes"
     )
     # No notifyUrl: anyone may read a team; operators see the URL in the notify task view.
-
-
-ORDER_STATUS = "Member order status: 0 locked, 1 paid, 2 closed (never paid), 3 refunded"
 
 
 class OrderQuery(Body):

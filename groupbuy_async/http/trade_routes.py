@@ -175,9 +175,9 @@ _SETTLE_REFUSALS = (
     errors.UnknownOutTradeNo,
     errors.ChannelBlacklisted,
     errors.TradeTimeOutsideWindow,
-    errors.TeamClosed,
     errors.OrderClosed,
     errors.TeamFailed,
+    errors.OrderRefunded,
 )
 # A config body is checked against what it names when it is stored.
 _PUT_ACTIVITY_REFUSALS = (

@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 # One statement closes a batch and frees its slots: the due orders are locked first (SKIP
 # LOCKED: one held by a settlement or refund is that request's), then their teams in id order,
 # so concurrent batches sharing a team never lock in a cycle; only forming teams give the
-# slots back (a failed team keeps its counts). Due orders are taken in pay_deadline order (the
-# partial index's, status = 0) and updated by the ctid they were locked at: the lock keeps it
-# theirs until the statement ends, and no second index lookup is needed. Teams are found by
+# slots back (a failed team counts only its payments, set when it failed). Due orders are
+# taken in pay_deadline order (the partial index's, status = 0) and updated by the ctid they
+# were locked at: the lock keeps it theirs until the statement ends, and no second index
+# lookup is needed. Teams are found by
 # their unique team_id (= ANY of an array: an index scan however many teams there are, where
 # a join on the CTE's rows planned as a scan of every team).
 _CLOSE_DUE = """
@@ -82,6 +83,8 @@ async def close_unpaid_orders(
     return sum(loop.result() for loop in loops)
 
 
+# A failed team counts its payments only (lock_count = complete_count, sql/008): its unpaid
+# locks are closed, by the close cron or a late settlement, whether before or after this.
 _FAIL_EXPIRED = """
 WITH expired AS (
     SELECT id FROM group_buy_order
@@ -89,17 +92,19 @@ WITH expired AS (
     ORDER BY valid_end_time LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-UPDATE group_buy_order t SET status = 2, update_time = now()
+UPDATE group_buy_order t SET status = 2, lock_count = t.complete_count, update_time = now()
 FROM expired WHERE t.id = expired.id AND t.status = 0
 RETURNING t.team_id, t.activity_id, t.notify_url
 """
 
 # Read in a statement after the teams are locked, so every payment committed before is seen;
-# none can follow: paying (and refunding from a forming team) needs the team's row.
+# none can follow: paying (and refunding from a forming team) needs the team's row, and a
+# refund that waited for it finds the team failed and announces nothing (failed_team). An
+# announcement of a team that failed long ago (_UNANNOUNCED) lists those refunds too.
 _PAID_OF = """
 SELECT team_id, array_agg(out_trade_no ORDER BY id) AS paid
 FROM group_buy_order_list
-WHERE team_id = ANY($1::text[]) AND status = 1
+WHERE team_id = ANY($1::text[]) AND (status = 1 OR refund_type = 'failed_team')
 GROUP BY team_id
 """
 

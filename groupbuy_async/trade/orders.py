@@ -11,7 +11,7 @@ import asyncpg
 
 from .. import errors
 from ..callbacks import outbox
-from ..callbacks.events import EventType
+from ..callbacks.events import Event, EventType
 from ..db import Conn
 from ..http.schemas import LockIn, LockOut, SettleIn, SettleOut
 from .expiry import fail_expired_teams as fail_expired_teams  # the worker's name for it
@@ -111,7 +111,7 @@ THE_TEAM = "id = (SELECT id FROM group_buy_order WHERE team_id = $1)"
 _JOIN_TEAM = f"""
 UPDATE group_buy_order SET lock_count = lock_count + 1, update_time = now()
 WHERE {THE_TEAM} AND activity_id = $2 AND status = 0
-  AND lock_count < target_count AND valid_end_time > now()
+  AND lock_count < target_count AND valid_end_time > clock_timestamp()
 RETURNING team_id, valid_end_time
 """
 
@@ -137,7 +137,7 @@ WITH free AS (
         out_trade_no, biz_id, pay_deadline)
     SELECT $1::text, $2::text, $3::bigint, $4::timestamptz, $5::timestamptz, $6::text,
         $7::text, $8::text, $9::numeric, $10::numeric, $11::numeric, 0, $12::text, free.biz_id,
-        least(now() + make_interval(secs => $15::int), $16::timestamptz)
+        least(clock_timestamp() + make_interval(secs => $15::int), $16::timestamptz)
     FROM free
     ON CONFLICT (biz_id) DO NOTHING
     RETURNING order_id
@@ -203,7 +203,8 @@ async def _lock_in_transaction(conn: Conn, req: LockIn) -> LockOut:
 
 async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int) -> None:
     team = await conn.fetchrow(
-        "SELECT activity_id, status, lock_count, target_count, valid_end_time > now() AS open"
+        "SELECT activity_id, status, lock_count, target_count,"
+        " valid_end_time > clock_timestamp() AS open"
         " FROM group_buy_order WHERE team_id = $1",
         team_id,
     )
@@ -223,7 +224,8 @@ async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int) -> N
 
 _ORDER_FOR_SETTLE = """
 SELECT o.order_id, o.status, o.team_id, o.activity_id, o.user_id, o.out_trade_no,
-       o.completed_team, t.valid_end_time, t.status AS team_status, t.notify_url
+       o.completed_team, o.pay_deadline, t.valid_end_time, t.notify_url,
+       least(o.pay_deadline, t.valid_end_time) <= clock_timestamp() AS late
 FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id
 WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $4
 FOR UPDATE OF o
@@ -231,13 +233,15 @@ FOR UPDATE OF o
 
 # complete_count < target_count and status = 0 make completion happen exactly once,
 # however many members settle at the same instant: the row lock serialises them and
-# each sees the count its predecessor committed.
+# each sees the count its predecessor committed. The order's payment deadline ($2, never
+# past the window) and the window are judged when the row is updated, after any wait for it.
 _COMPLETE_ONE = f"""
 UPDATE group_buy_order
 SET complete_count = complete_count + 1,
     status = CASE WHEN complete_count + 1 = target_count THEN 1 ELSE 0 END,
     update_time = now()
-WHERE {THE_TEAM} AND status = 0 AND complete_count < target_count AND valid_end_time >= now()
+WHERE {THE_TEAM} AND status = 0 AND complete_count < target_count
+  AND valid_end_time > clock_timestamp() AND $2::timestamptz > clock_timestamp()
 RETURNING status, activity_id, notify_url
 """
 
@@ -252,12 +256,22 @@ UPDATE group_buy_order_list SET status = 2, biz_id = NULL, refund_type = $2, upd
 WHERE order_id = $1 AND status = 0
 """
 
+# A forming team gives a slot back (and the paid count, $2 = 1 for a paid order); a team
+# in any other status keeps its counts and no row comes back.
+GIVE_BACK_SLOT = f"""
+UPDATE group_buy_order
+SET lock_count = lock_count - 1, complete_count = complete_count - $2, update_time = now()
+WHERE {THE_TEAM} AND status = 0
+RETURNING status
+"""
+
 
 async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[str]) -> Settlement:
     """Mark a locked order paid; the member that fills the team enqueues its callback.
-    A payment for an order that can no longer be paid (closed, refunded, its team failed)
-    is refused (E0112, E0113) after what the refusal changes is committed: the order
-    closed, and its order.closed event."""
+    A payment for an order that can no longer be paid is refused: past its payment deadline
+    or closed (E0112), its team failed (E0113), after what the refusal changes is committed
+    (the order closed, its slot freed, its order.closed event), exactly as if the worker had
+    closed it first; already refunded (E0114), nothing changed."""
     if is_blacklisted(req.source, req.channel, blacklist):
         raise errors.ChannelBlacklisted()
     async with pool.acquire() as conn, conn.transaction():
@@ -276,26 +290,32 @@ async def _settle_in_transaction(conn: Conn, req: SettleIn) -> Settlement | erro
     if order["status"] == OrderStatus.PAID:
         return Settlement(_settle_out(req, order, order["completed_team"]), None)
     if order["status"] == OrderStatus.REFUNDED:
-        return errors.OrderClosed("order refunded; refund the payment")
-    closed = [order_event(EventType.ORDER_CLOSED, order, order["notify_url"])]
+        return errors.OrderRefunded()
     if order["status"] == OrderStatus.CLOSED:
         # The close wrote this event already; if it ever did not, the merchant hears it now.
-        await outbox.enqueue(conn, closed)
+        await outbox.enqueue(conn, [_closed_event(order)])
         return errors.OrderClosed()
-    if order["team_status"] != TeamStatus.FAILED:
+    if not order["late"]:
         check_trade_time(req.out_trade_time, order["valid_end_time"])
-        team = await conn.fetchrow(_COMPLETE_ONE, order["team_id"])
+        team = await conn.fetchrow(_COMPLETE_ONE, order["team_id"], order["pay_deadline"])
         if team is not None:
             return await _pay(conn, req, order, team)
-        # The team ended; failed since this transaction began, or not yet marked failed.
-        team_status = await conn.fetchval(
-            "SELECT status FROM group_buy_order WHERE team_id = $1", order["team_id"]
-        )
-        if team_status != TeamStatus.FAILED:
-            raise errors.TeamClosed()
+    return await _close_late(conn, order)
+
+
+async def _close_late(conn: Conn, order: asyncpg.Record) -> errors.Rejected:
+    """The order can no longer be paid: past its deadline (the window's end at the latest),
+    or its team failed. Closed as the worker would close it: slot freed while the team
+    forms, one order.closed."""
+    team_status = await conn.fetchval(GIVE_BACK_SLOT, order["team_id"], 0)
     await conn.execute(CLOSE_LOCKED, order["order_id"], None)
-    await outbox.enqueue(conn, closed)
-    return errors.TeamFailed()
+    await outbox.enqueue(conn, [_closed_event(order)])
+    # Not forming: a team with a locked member cannot be complete, so it has failed.
+    return errors.OrderClosed() if team_status is not None else errors.TeamFailed()
+
+
+def _closed_event(order: asyncpg.Record) -> Event:
+    return order_event(EventType.ORDER_CLOSED, order, order["notify_url"])
 
 
 async def _pay(

@@ -16,7 +16,8 @@ from ..http.schemas import (
 from .rules import check_activity_open, countdown, trial_price
 
 # The user's own forming teams first, then other joinable ones (as the original: 1 + 2). A
-# user's team is one where the user holds a live order (locked or paid).
+# user's team is one where the user holds a live order (locked or paid). A team nobody is in
+# (its opener cancelled or timed out) is not offered.
 OWN_TEAMS, OTHER_TEAMS = 1, 2
 
 _CONFIG = """
@@ -43,7 +44,7 @@ ORDER BY t.valid_end_time, t.team_id LIMIT $3
 _OTHER_TEAMS = f"""
 SELECT {_TEAM_COLUMNS}
 FROM group_buy_order t
-WHERE t.activity_id = $1 AND t.status = 0 AND t.lock_count < t.target_count
+WHERE t.activity_id = $1 AND t.status = 0 AND t.lock_count BETWEEN 1 AND t.target_count - 1
   AND t.valid_end_time > now()
   AND NOT EXISTS (SELECT 1 FROM group_buy_order_list o
                   WHERE o.team_id = t.team_id AND o.user_id = $2 AND o.status IN (0, 1))

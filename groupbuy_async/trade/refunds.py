@@ -2,7 +2,9 @@
 
 The order row is locked first; then the team decides by conditional updates, never by a read:
 team statuses only go 0 -> 1 -> 3 and 0 -> 2, so trying "forming" then "complete" finds the
-one it is in, and a team that is neither has failed.
+one it is in, and a team that is neither has failed. A paid order of a failed team was listed
+in its team.failed, its one refund instruction: its refund is recorded (failed_team) and
+announces nothing.
 """
 
 import asyncpg
@@ -12,7 +14,7 @@ from ..callbacks import outbox
 from ..callbacks.events import EventType
 from ..db import Conn
 from ..http.schemas import RefundIn, RefundOut
-from .orders import CLOSE_LOCKED, THE_TEAM
+from .orders import CLOSE_LOCKED, GIVE_BACK_SLOT, THE_TEAM
 from .rules import OrderStatus, RefundType, TeamStatus, order_event
 
 _ORDER_FOR_REFUND = """
@@ -21,14 +23,6 @@ SELECT o.order_id, o.status, o.team_id, o.activity_id, o.user_id, o.out_trade_no
 FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id
 WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $4
 FOR UPDATE OF o
-"""
-
-# A forming team gives the slot back (and the paid count, $2 = 1 for a paid order).
-_GIVE_BACK_SLOT = f"""
-UPDATE group_buy_order
-SET lock_count = lock_count - 1, complete_count = complete_count - $2, update_time = now()
-WHERE {THE_TEAM} AND status = 0
-RETURNING status
 """
 
 # A complete team keeps its counts and becomes "complete with refunds".
@@ -64,7 +58,7 @@ async def refund_order(pool: asyncpg.Pool, req: RefundIn) -> RefundOut:
 
 
 async def _cancel(conn: Conn, order: asyncpg.Record) -> RefundOut:
-    team_status = await conn.fetchval(_GIVE_BACK_SLOT, order["team_id"], 0)
+    team_status = await conn.fetchval(GIVE_BACK_SLOT, order["team_id"], 0)
     if team_status is None:  # not forming: a locked order's team can only have failed
         team_status = TeamStatus.FAILED
     await conn.execute(CLOSE_LOCKED, order["order_id"], RefundType.UNPAID.value)
@@ -73,17 +67,22 @@ async def _cancel(conn: Conn, order: asyncpg.Record) -> RefundOut:
 
 
 async def _refund_paid(conn: Conn, order: asyncpg.Record) -> RefundOut:
+    """Refund a paid order: one "give the money back" fact, whichever comes first of this
+    refund and its team's failure. The team row decides: a failure sweep holding it has
+    read this order as paid and listed it in team.failed, and an update of the team here
+    waits for that sweep and then finds the team failed."""
     refund_type = RefundType.PAID
-    team_status = await conn.fetchval(_GIVE_BACK_SLOT, order["team_id"], 1)
+    team_status = await conn.fetchval(GIVE_BACK_SLOT, order["team_id"], 1)
     if team_status is None:
         team_status = await conn.fetchval(_REFUNDED_FROM_COMPLETE, order["team_id"])
         if team_status is not None:
             refund_type = RefundType.PAID_TEAM
-        else:  # neither forming nor complete: failed, and its counts stay
-            team_status = TeamStatus.FAILED
+        else:  # neither forming nor complete: failed, and team.failed listed this payment
+            team_status, refund_type = TeamStatus.FAILED, RefundType.FAILED_TEAM
     await conn.execute(_MARK_REFUNDED, order["order_id"], refund_type.value)
-    event = order_event(EventType.ORDER_REFUNDED, order, order["notify_url"], refund_type.value)
-    await outbox.enqueue(conn, [event])
+    if refund_type != RefundType.FAILED_TEAM:
+        event = order_event(EventType.ORDER_REFUNDED, order, order["notify_url"], refund_type.value)
+        await outbox.enqueue(conn, [event])
     return _out(order, refund_type, OrderStatus.REFUNDED, team_status)
 
 

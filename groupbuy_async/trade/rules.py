@@ -37,6 +37,9 @@ class RefundType(StrEnum):
     UNPAID = "unpaid"  # a locked order cancelled: closed
     PAID = "paid"  # paid while its team was forming (slot and count given back) or failed
     PAID_TEAM = "paid_team"  # paid in a complete team: the team becomes 3
+    # Paid in a team that failed: its team.failed listed it, which is its one refund
+    # instruction; recording the refund writes no order.refunded.
+    FAILED_TEAM = "failed_team"
 
 
 class Row(Protocol):

@@ -140,16 +140,32 @@ async def _check_team(
         paid_team = {o["out_trade_no"] for o in orders if o["refund_type"] == "paid_team"}
         assert paid <= listed and paid_team <= listed <= paid | paid_team, (where, listed)
         assert (team["status"] == 3) == bool(paid_team), where
+    failed_team = {o["out_trade_no"] for o in orders if o["refund_type"] == "failed_team"}
+    money_back = Counter(e["data"]["outTradeNo"] for e in sent if e["type"] == "order.refunded")
     if team["status"] == 2:
         (failed,) = [e for e in sent if e["type"] == "team.failed"]
         listed = set(failed["data"]["outTradeNoList"])
-        assert paid <= listed <= paid | refunded, (where, listed, paid)
+        # The payments when it failed: those still paid, and those refunded after it failed.
+        assert listed == paid | failed_team, (where, listed, paid, failed_team)
+        assert team["lock_count"] == team["complete_count"] == len(listed), (where, listed)
         assert not (swept and by_status[0]), f"{where}: locks left in a failed team"
+        money_back.update(listed)
+    else:
+        assert not failed_team, where
+    # Every refunded order was paid: exactly one "give the money back" fact each.
+    assert all(money_back[out] == 1 for out in refunded | paid & set(money_back)), (
+        where,
+        money_back,
+        refunded,
+    )
+    assert set(money_back) <= paid | refunded, (where, money_back)
     assert kinds["team.completed"] == (team["status"] in (1, 3)), (where, kinds)
     assert kinds["team.failed"] == (team["status"] == 2), (where, kinds)
     for o in orders:
         mine = Counter(e["type"] for e in sent if e["orderId"] == o["order_id"])
         expected = {2: {"order.closed": 1}, 3: {"order.refunded": 1}}.get(o["status"], {})
+        if o["refund_type"] == "failed_team":  # team.failed was its refund instruction
+            expected = {}
         assert mine == Counter(expected), (where, o["out_trade_no"], o["status"], mine)
         for e in sent:
             if e["orderId"] == o["order_id"]:

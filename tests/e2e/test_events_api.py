@@ -14,6 +14,7 @@ from aiohttp import web
 
 from groupbuy_async.callbacks import outbox
 from groupbuy_async.callbacks.events import Event, EventType
+from groupbuy_async.callbacks.feed import _HORIZON
 from groupbuy_async.settings import Settings
 
 from ..conftest import Api, make_tasks
@@ -60,7 +61,7 @@ async def caught_up(pool: asyncpg.Pool) -> None:
     this waits out whatever else holds one open for a moment (background sends of earlier
     tests, autovacuum's ANALYZE), and on failure says which were open."""
     every_one_listed = (
-        f"SELECT (SELECT coalesce(max(xact_id), '0') FROM notify_task) < ({outbox._HORIZON})"
+        f"SELECT (SELECT coalesce(max(xact_id), '0') FROM notify_task) < ({_HORIZON})"
     )
     try:
         async with asyncio.timeout(30):  # generous: the suite may share a loaded server
@@ -71,7 +72,7 @@ async def caught_up(pool: asyncpg.Pool) -> None:
             "SELECT pid, datname, backend_xid, state, xact_start, left(query, 80) AS query"
             " FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
         )
-        horizon = await pool.fetchval(f"SELECT ({outbox._HORIZON})::text")
+        horizon = await pool.fetchval(f"SELECT ({_HORIZON})::text")
         last = await pool.fetchval("SELECT max(xact_id)::text FROM notify_task")
         raise AssertionError(
             f"feed horizon {horizon} <= {last}: {[dict(r) for r in holding]}"

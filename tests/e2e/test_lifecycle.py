@@ -210,8 +210,8 @@ async def test_a_failed_team_tells_the_merchant_which_payments_to_refund(
     await end_window(pool, team.team_id)
     await sweep(pool)
     view = await api.team(team.team_id)
-    # A failed team keeps its counts; its unpaid lock is closed.
-    assert (view["status"], view["lockCount"], view["completeCount"]) == (2, 3, 2)
+    # A failed team counts its payments; its unpaid lock is closed.
+    assert (view["status"], view["lockCount"], view["completeCount"]) == (2, 2, 2)
     sent = await events(pool, team.team_id)
     (failed,) = [e for e in sent if e["type"] == "team.failed"]
     assert failed["data"] == {
@@ -221,12 +221,13 @@ async def test_a_failed_team_tells_the_merchant_which_payments_to_refund(
     }  # fmt: skip
     (closed,) = [e for e in sent if e["type"] == "order.closed"]
     assert closed["data"]["outTradeNo"] == team.members[2][1]
-    # Refunding a paid member of a failed team: paid, counts unchanged.
+    # Recording the refund of a listed payment: failed_team, counts unchanged, no event.
     user, out = team.members[0]
     status, env = await refund(api, act, user, out)
-    assert status == 200 and _refund_data(env) == ("paid", 3, 2), env
+    assert status == 200 and _refund_data(env) == ("failed_team", 3, 2), env
     view = await api.team(team.team_id)
-    assert (view["lockCount"], view["completeCount"]) == (3, 2)
+    assert (view["lockCount"], view["completeCount"]) == (2, 2)
+    assert await events(pool, team.team_id) == sent
     await assert_consistent(pool, [team.team_id], swept=True)
 
 
@@ -257,23 +258,21 @@ async def test_a_payment_after_a_refund_is_refused(api: Api, pool: asyncpg.Pool)
     user, out = team.members[0]
     assert (await refund(api, act, user, out))[0] == 200
     status, env = await settle(api, act, user, out)
-    assert (status, env["code"]) == (409, "E0112"), env
+    assert (status, env["code"]) == (409, "E0114"), env
     await assert_consistent(pool, [team.team_id])
 
 
-async def test_a_window_ended_but_not_yet_failed_refuses_payment_without_changes(
+async def test_a_window_ended_but_not_yet_failed_refuses_payment_and_closes_the_order(
     api: Api, pool: asyncpg.Pool
 ) -> None:
     act = await api.new_activity(target=2)
     team = await team_of(api, act, locked=2, paid=0)
     await end_window(pool, team.team_id)
     user, out = team.members[0]
-    status, env = await api.settle(
-        source=act["source"], channel=act["channel"], userId=user, outTradeNo=out,
-        outTradeTime="2000-01-01T00:00:00+00:00",
-    )  # fmt: skip
-    assert (status, env["code"]) == (409, "E0108"), env
-    assert (await api.team(team.team_id))["lockCount"] == 2
+    status, env = await settle(api, act, user, out)
+    # As if the close cron had come first: the deadline never passes the window's end.
+    assert (status, env["code"]) == (409, "E0112"), env
+    assert (await api.team(team.team_id))["lockCount"] == 1
     await sweep(pool)
     await assert_consistent(pool, [team.team_id], swept=True)
 
@@ -316,5 +315,5 @@ async def test_the_users_team_is_one_with_a_live_order(api: Api) -> None:
     assert [t["teamId"] for t in env["data"]["teamList"]] == [mine.team_id, other.team_id]
     assert (await refund(api, act, *mine.members[0]))[0] == 200
     _, env = await api.call("POST", trial, query)
-    # Cancelled: no longer the user's team, but one the user (or anyone) may join.
-    assert [t["teamId"] for t in env["data"]["teamList"]] == [other.team_id, mine.team_id]
+    # Cancelled: nobody is in it any more, so it is not offered.
+    assert [t["teamId"] for t in env["data"]["teamList"]] == [other.team_id]

@@ -265,7 +265,8 @@ async def test_expired_team_refuses_join_and_settle(api: Api, pool: asyncpg.Pool
         source=act["source"], channel=act["channel"], userId="u1", outTradeNo=out,
         outTradeTime=(datetime.now(UTC) - timedelta(minutes=10)).isoformat(),
     )  # fmt: skip
-    assert (status, env["code"]) == (409, "E0108")
+    # Its payment deadline ended with the window: refused, the order closed (refund it).
+    assert (status, env["code"]) == (409, "E0112")
 
 
 async def test_market_config_lists_trial_and_joinable_teams(api: Api) -> None:

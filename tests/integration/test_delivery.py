@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from groupbuy_async.callbacks import outbox
+from groupbuy_async.callbacks import claims
 
 from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
 from ..merchant import Merchant, start_merchant
@@ -237,7 +237,7 @@ async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwr
 ) -> None:
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     # A process claims the task, then "crashes" before sending.
-    (stale,) = await outbox.claim(pool, 10, timedelta(milliseconds=300), [team_id])
+    (stale,) = await claims.claim(pool, 10, timedelta(milliseconds=300), [team_id])
     dispatcher = make_dispatcher()
     assert (await dispatcher.drain(team_id)).wait_count == 0  # leased: not due
     await asyncio.sleep(0.4)
@@ -245,11 +245,11 @@ async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwr
     # The stale holder wakes up and reports a failure: it must not land.
     from groupbuy_async.callbacks.rules import AttemptOutcome, NotifyStatus, Verdict
 
-    failure = outbox.Result(
+    failure = claims.Result(
         stale, AttemptOutcome(500), Verdict(NotifyStatus.RETRY, datetime.now(UTC), "late"),
         datetime.now(UTC), 1,
     )  # fmt: skip
-    assert await outbox.record(pool, [failure]) == set()
+    assert await claims.record(pool, [failure]) == set()
     task = await task_row(pool, team_id)
     assert (task["notify_status"], task["notify_count"], task["last_error"]) == (1, 1, None)
     assert len(await attempts(pool, team_id)) == 1 and len(merchant.requests) == 1
@@ -260,14 +260,14 @@ async def test_per_host_cap_bounds_concurrent_requests(
     pool: asyncpg.Pool, make_dispatcher: Any, monkeypatch: Any, late: bool
 ) -> None:
     in_flight = peak = 0
-    released = claims = 0
-    real_claim, real_release = outbox.claim, outbox.release
+    released = calls = 0
+    real_claim, real_release = claims.claim, claims.release
     sending = asyncio.Event()
 
-    async def claim(*args: Any, **kwargs: Any) -> list[outbox.Task]:
-        nonlocal claims
-        claims += 1
-        if late and claims == 2:
+    async def claim(*args: Any, **kwargs: Any) -> list[claims.Task]:
+        nonlocal calls
+        calls += 1
+        if late and calls == 2:
             # Run only once what the first claim took is being sent, as when it waits for
             # a new connection of a cold pool.
             await sending.wait()
@@ -278,8 +278,8 @@ async def test_per_host_cap_bounds_concurrent_requests(
         released += len(tasks)
         await real_release(pool, tasks, due_at)
 
-    monkeypatch.setattr(outbox, "claim", claim)
-    monkeypatch.setattr(outbox, "release", counting_release)
+    monkeypatch.setattr(claims, "claim", claim)
+    monkeypatch.setattr(claims, "release", counting_release)
 
     async def slow(_: int) -> web.Response:
         nonlocal in_flight, peak
@@ -318,16 +318,16 @@ async def delivered(pool: asyncpg.Pool, team_ids: list[str]) -> int:
 def scope_claims(monkeypatch: Any, team_ids: list[str]) -> list[int]:
     """Drains of all due tasks claim only these teams' (so other tests' leftovers cannot
     change who claims what); returns how many rows each claim got, in the order they ran."""
-    real_claim = outbox.claim
+    real_claim = claims.claim
     got: list[int] = []
 
     async def claim(db: asyncpg.Pool, limit: int, lease: timedelta,
-                    teams: list[str] | None = None, **kwargs: Any) -> list[outbox.Task]:  # fmt: skip
+                    teams: list[str] | None = None, **kwargs: Any) -> list[claims.Task]:  # fmt: skip
         tasks = await real_claim(db, limit, lease, teams or team_ids, **kwargs)
         got.append(len(tasks))
         return tasks
 
-    monkeypatch.setattr(outbox, "claim", claim)
+    monkeypatch.setattr(claims, "claim", claim)
     return got
 
 
@@ -351,10 +351,10 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
     try:
         team_ids = await make_tasks(pool, 60, merchant.url)
         got = scope_claims(monkeypatch, team_ids)
-        claim_in_scope, real_release = outbox.claim, outbox.release
+        claim_in_scope, real_release = claims.claim, claims.release
         calls = releases = 0
 
-        async def claim(*args: Any, **kwargs: Any) -> list[outbox.Task]:
+        async def claim(*args: Any, **kwargs: Any) -> list[claims.Task]:
             nonlocal calls
             calls += 1
             n = calls
@@ -370,7 +370,7 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
                 if n == 2:
                     b_settled.set()
 
-        async def release(db: asyncpg.Pool, tasks: list[outbox.Task], due_at: Any) -> None:
+        async def release(db: asyncpg.Pool, tasks: list[claims.Task], due_at: Any) -> None:
             nonlocal releases
             n = 0
             if tasks:
@@ -382,8 +382,8 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
             if n == 1:
                 given_back.set()
 
-        monkeypatch.setattr(outbox, "claim", claim)
-        monkeypatch.setattr(outbox, "release", release)
+        monkeypatch.setattr(claims, "claim", claim)
+        monkeypatch.setattr(claims, "release", release)
         dispatcher = make_dispatcher(notify_concurrency=100, notify_per_host=4)
         a = asyncio.create_task(dispatcher.drain())
         b = asyncio.create_task(dispatcher.drain())
@@ -565,9 +565,9 @@ async def test_a_database_outage_in_the_immediate_path_is_one_log_line(
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
 
-    monkeypatch.setattr(outbox, "claim", down)
+    monkeypatch.setattr(claims, "claim", down)
     dispatcher = make_dispatcher()
-    with caplog.at_level(logging.WARNING, logger="groupbuy_async.callbacks.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="groupbuy_async.callbacks.immediate"):
         assert dispatcher.fire("12345678")
         await dispatcher.wait_background(grace_seconds=5)
     (record,) = [r for r in caplog.records if "immediate callbacks" in r.getMessage()]

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import statistics
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -165,7 +166,7 @@ async def test_a_hanging_merchant_does_not_starve_a_healthy_one_in_a_drain(
     finally:
         drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
-    assert len(merchant.requests) == 20 and len(hanging.requests) >= dispatcher.per_host
+    assert len(merchant.requests) == 20 and len(hanging.requests) >= dispatcher.delivery.per_host
     assert len(slow) == 600
 
 
@@ -200,10 +201,10 @@ async def test_a_hanging_merchant_does_not_starve_a_healthy_one_on_the_immediate
     # The hanging merchant's immediate sends are bounded by its in-hand cap: the rest are
     # left to the worker, not held in the API.
     assert slow_fired == 256 - 10
-    assert len(hanging.requests) <= 2 * dispatcher.per_host
+    assert len(hanging.requests) <= 2 * dispatcher.delivery.per_host
     await dispatcher.wait_background(grace_seconds=5)
     left = [r for r in await rows(db, slow) if r["notify_count"] == 0]
-    assert len(left) >= 300 - 2 * dispatcher.per_host
+    assert len(left) >= 300 - 2 * dispatcher.delivery.per_host
     assert all(r["claim_token"] is None and r["attempts"] == 0 for r in left)
 
 
@@ -212,12 +213,17 @@ def pauses(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name.endswith("dispatch") and r.msg.startswith("merchant host")
+        if r.name.endswith("breaker") and r.msg.startswith("merchant host")
     ]
 
 
+def pause_for(dispatcher: Dispatcher, seconds: float) -> None:
+    breakers = dispatcher.delivery.breakers
+    breakers.policy = replace(breakers.policy, pause=timedelta(seconds=seconds))
+
+
 def paused_hosts(dispatcher: Dispatcher) -> float | None:
-    return dispatcher.metrics.registry.get_sample_value("groupbuy_notify_paused_hosts")
+    return dispatcher.delivery.metrics.registry.get_sample_value("groupbuy_notify_paused_hosts")
 
 
 def counts_by_team(state: list[asyncpg.Record]) -> dict[str, int]:
@@ -234,7 +240,7 @@ async def test_breaker_postpones_a_hanging_hosts_due_tasks_without_counting_atte
     caplog.set_level(logging.INFO)
     slow = await make_tasks(db, 100, hanging.url)
     dispatcher = dispatchers()
-    dispatcher.breaker_pause = 2.0
+    pause_for(dispatcher, 2.0)
     began = datetime.now(UTC)
     async with asyncio.timeout(10):
         counts = await dispatcher.drain()
@@ -242,7 +248,7 @@ async def test_breaker_postpones_a_hanging_hosts_due_tasks_without_counting_atte
     # One round of the host's bound was sent and timed out; the K-th timeout opened the
     # breaker (sends that took a slot freed by the first K - 1 went out too), and nothing
     # more was sent to the host.
-    per_host, k = dispatcher.per_host, dispatcher.breaker_failures
+    per_host, k = dispatcher.delivery.per_host, dispatcher.delivery.breakers.policy.failures
     tried = len(hanging.requests)
     assert per_host <= tried < per_host + k, tried
     assert counts.retry_count == tried
@@ -285,7 +291,7 @@ async def test_breaker_probes_once_after_the_pause_and_closes_when_answered(
     try:
         team_ids = await make_tasks(db, 40, m.url)
         dispatcher = dispatchers(notify_retry_schedule="0s,0s,0s")
-        dispatcher.breaker_pause = 0.5
+        pause_for(dispatcher, 0.5)
         async with asyncio.timeout(10):
             await dispatcher.drain()  # opens the breaker: then nothing is due for the host
         first_round = len(m.requests)

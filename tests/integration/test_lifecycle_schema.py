@@ -58,11 +58,12 @@ async def test_orders_move_only_along_the_lifecycle(
     ("before", "change"),
     [
         ("", "status = 3"),  # forming -> complete with refunds
-        ("status = 2", "status = 0"),  # failed -> forming
-        ("status = 2", "lock_count = lock_count - 1"),  # a failed team keeps its counts
+        ("status = 2, lock_count = 0", "status = 0"),  # failed -> forming
+        ("status = 2, lock_count = 0", "complete_count = 1, lock_count = 1"),  # counts kept
         ("status = 1, complete_count = 1, lock_count = 1", "status = 2"),
         ("status = 1, complete_count = 1, lock_count = 1", "status = 3, complete_count = 0"),
         ("", "status = 1"),  # complete but not full
+        ("", "status = 2"),  # failed, counting an unpaid lock (a failed team counts payments)
     ],
 )
 async def test_teams_move_only_along_the_lifecycle(

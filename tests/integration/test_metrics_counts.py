@@ -5,8 +5,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from groupbuy_async.callbacks import outbox
-from groupbuy_async.callbacks.outbox import TypeStatusCounts
+from groupbuy_async.callbacks import metrics
+from groupbuy_async.callbacks.metrics import TypeStatusCounts
 
 TYPES = ("team.completed", "team.failed", "order.closed", "order.refunded")
 
@@ -14,7 +14,7 @@ TYPES = ("team.completed", "team.failed", "order.closed", "order.refunded")
 async def test_delivered_tasks_are_estimated_past_the_exact_limit(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exact, _ = await outbox.status_counts(pool)
+    exact, _ = await metrics.status_counts(pool)
     assert set(exact) == {(t, s) for t in TYPES for s in range(4)}
     open_and_errors = sum(n for (_, status), n in exact.items() if status != 1)
     counted: list[str] = []
@@ -35,7 +35,7 @@ async def test_delivered_tasks_are_estimated_past_the_exact_limit(
                 "UPDATE pg_class SET reltuples = 1e7 WHERE oid = 'notify_task'::regclass"
             )
             monkeypatch.setattr(asyncpg.connection.Connection, "fetch", spy)
-            estimated, _ = await outbox.status_counts(pool)
+            estimated, _ = await metrics.status_counts(pool)
             monkeypatch.undo()
         finally:
             await conn.execute(
@@ -48,7 +48,7 @@ async def test_delivered_tasks_are_estimated_past_the_exact_limit(
         k: n for k, n in exact.items() if k[1] != 1
     }
     # The delivered tasks are not counted then: only the open ones and the statistics are read.
-    assert outbox._DELIVERED_EXACT not in counted and outbox._TYPE_SHARES in counted
+    assert metrics._DELIVERED_EXACT not in counted and metrics._TYPE_SHARES in counted
 
 
 def _counts(open_by_type: dict[str, int]) -> TypeStatusCounts:
@@ -61,7 +61,7 @@ def _counts(open_by_type: dict[str, int]) -> TypeStatusCounts:
 def test_delivered_estimate_is_split_by_each_types_share() -> None:
     counts = _counts({"team.completed": 1_000, "order.closed": 500})
     shares = {"team.completed": 0.5, "order.closed": 0.3, "order.refunded": 0.2}
-    split = outbox.estimate_delivered(1_000_000, shares, counts)
+    split = metrics.estimate_delivered(1_000_000, shares, counts)
     assert sum(split.values()) == 1_000_000 - 1_500
     # Each type's share of the table, less its open and failed tasks.
     assert split == {
@@ -71,7 +71,7 @@ def test_delivered_estimate_is_split_by_each_types_share() -> None:
 
 
 def test_delivered_estimate_without_statistics_is_all_team_completed() -> None:
-    split = outbox.estimate_delivered(200_000, {}, _counts({"order.closed": 10}))
+    split = metrics.estimate_delivered(200_000, {}, _counts({"order.closed": 10}))
     assert split == {
         "team.completed": 199_990,
         "team.failed": 0,

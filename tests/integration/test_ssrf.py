@@ -29,6 +29,8 @@ NON_CANONICAL = [
     "127\u30020\u30020\u30021",  # ideographic full stops
 ]
 CANONICAL_BLOCKED = ["127.0.0.1", "[::ffff:127.0.0.1]", "[::1]", "169.254.169.254", "10.0.0.1"]
+# Names that always mean this machine (RFC 6761), whatever a resolver would answer.
+LOOPBACK_NAMES = ["localhost", "LocalHost", "shop.localhost"]
 
 
 @pytest.fixture
@@ -108,7 +110,7 @@ async def test_blocked_literals_are_refused_at_lock_time_when_blocking(
     act = await api.new_activity()
     client = await start_client(settings.model_copy(update={"notify_block_private": True}))
     try:
-        for host in CANONICAL_BLOCKED:
+        for host in CANONICAL_BLOCKED + LOOPBACK_NAMES:
             status, env = await _lock(client, act, f"http://{host}:8080/notify")
             assert (status, env["code"]) == (400, "0002"), (host, env)
             assert "blocked" in env["info"]
@@ -118,7 +120,11 @@ async def test_blocked_literals_are_refused_at_lock_time_when_blocking(
             )
             == 0
         )
-        for url in ("http://93.184.215.14/notify", "https://merchant.example.com/notify"):
+        for url in (
+            "http://93.184.215.14/notify",
+            "https://merchant.example.com/notify",
+            "https://localhost.example.com/notify",
+        ):
             status, env = await _lock(client, act, url)
             assert status == 200, env
     finally:
