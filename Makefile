@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test faults fuzz lint format bench-trade bench-notify bench-lifecycle bench-workers reset-data clean
+.PHONY: install run stop test faults fuzz lint format bench-trade bench-notify bench-lifecycle bench-workers reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## make run: embedded PostgreSQL + Redis (unless GROUPBUY_DATABASE_URL / GROUPBUY_REDIS_URL
-## are set), migrations, demo data, API on :8080 and the worker. Ctrl-C stops everything.
+## are set), migrations, demo data, API on :8080 and the worker. Ctrl-C stops everything,
+## servers a killed earlier run left (and this one reused) included.
 run: install
 	$(BIN)/python -m groupbuy_async dev
+
+## make stop: stop the embedded PostgreSQL and Redis a killed `make run` left running.
+stop: install
+	$(BIN)/python -m groupbuy_async dev --stop
 
 ## make test: the suite on GROUPBUY_TEST_DATABASE_URL / GROUPBUY_TEST_REDIS_URL, else embedded.
 test: install
@@ -54,9 +59,10 @@ bench-lifecycle: install
 bench-workers: install
 	$(BIN)/python -m bench.bench_workers $(BENCH_ARGS)
 
-## make reset-data: forget what `make run` stored (stop it first); keeps the virtualenv.
+## make reset-data: forget what `make run` stored; keeps the virtualenv. Refused (exit 2) while
+## its servers run (`make stop`).
 reset-data:
-	rm -rf .data
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m groupbuy_async dev --reset; else rm -rf .data; fi
 
-clean:
-	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
+clean: reset-data
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

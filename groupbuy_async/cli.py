@@ -1,4 +1,5 @@
-"""Command line: python -m groupbuy_async {api,worker,migrate,dev,notify}.
+"""Command line: groupbuy-async {api,worker,migrate,notify,health,dev} (python -m groupbuy_async
+is the same).
 
 Settings come from GROUPBUY_* environment variables (`VERB --help` lists each verb's). A bad
 setting, an unreachable server or a taken port is one line on stderr and exit code 2.
@@ -12,11 +13,14 @@ import logging
 import sys
 from typing import Any
 
+from .errors import TeamNotFound
 from .lifecycle import StartupError
 from .logs import setup_logging
 from .settings import ENV_PREFIX, Settings, SettingsError, load_settings, require
 
 log = logging.getLogger("groupbuy_async")
+
+PROG = "groupbuy-async"
 
 _LOGS = ("log_format", "log_level")
 _NOTIFY = (
@@ -61,8 +65,18 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "migrate": ("apply the schema migrations not yet applied", ("database_url", *_LOGS)),
     "dev": (
-        "local demo: embedded servers when unset, migrations, demo data, API and worker",
-        ("database_url", "redis_url", "data_dir", "host", "port", "admin_token", *_LOGS),
+        "local demo: embedded servers when unset, migrations, demo data, API and worker;"
+        " callbacks signed with a secret generated per run unless GROUPBUY_NOTIFY_SECRET is set",
+        (
+            "database_url",
+            "redis_url",
+            "data_dir",
+            "host",
+            "port",
+            "admin_token",
+            "notify_secret",
+            *_LOGS,
+        ),
     ),
     "notify": (
         "deliver due callbacks now and print the counts",
@@ -97,7 +111,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="groupbuy_async", description=__doc__,
+        prog=PROG, description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,9 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         if verb == "notify":
-            p.add_argument("--team-id", help="only this team's task")
+            p.add_argument(
+                "--team-id", help="only this team's callbacks (exit code 1: no such team)"
+            )
         if verb == "health":
             p.add_argument("process", choices=["api", "worker"])
+        if verb == "dev":
+            once = p.add_mutually_exclusive_group()
+            once.add_argument(
+                "--stop", action="store_true",
+                help="stop the embedded servers running on GROUPBUY_DATA_DIR (left by a killed"
+                " dev; make stop), then exit",
+            )  # fmt: skip
+            once.add_argument(
+                "--reset", action="store_true",
+                help="delete GROUPBUY_DATA_DIR (make reset-data); refused while its servers run",
+            )  # fmt: skip
         if verb == "api":
             p.add_argument(
                 "--processes", type=_positive, default=1, metavar="N",
@@ -128,8 +155,11 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging(settings.log_format, settings.log_level)
         _run(args, settings)
     except (SettingsError, StartupError) as exc:
-        print(f"groupbuy_async {args.command}: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
         sys.exit(2)
+    except TeamNotFound:
+        print(f"{PROG} {args.command}: team {args.team_id} does not exist", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -162,9 +192,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
             require(settings, "redis_url")
         sys.exit(asyncio.run(check_health(settings, args.process)))
     elif args.command == "dev":
-        from .dev.run import run_dev
+        _dev(args, settings)
 
-        asyncio.run(run_dev(settings))
+
+def _dev(args: argparse.Namespace, settings: Settings) -> None:
+    if args.stop or args.reset:
+        from .dev.data import reset_data, stop_servers
+
+        (stop_servers if args.stop else reset_data)(settings.data_dir)
+        return
+    from .dev.run import run_dev
+
+    asyncio.run(run_dev(settings))
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -185,11 +224,15 @@ async def _migrate(settings: Settings) -> list[str]:
 
 
 async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
-    """The original's execSettlementNotifyJob([teamId]) as a one-shot command."""
+    """The original's execSettlementNotifyJob([teamId]) as a one-shot command; TeamNotFound
+    when `team_id` names no team (rather than counts of zero, as for a team with none due)."""
     from .bootstrap import services
     from .lifecycle import reaching
+    from .trade.queries import get_team
 
     async with contextlib.AsyncExitStack() as stack:
         with reaching("PostgreSQL", settings.database_url or ""):
             shared = await stack.enter_async_context(services(settings, pool_min=1))
+        if team_id is not None:
+            await get_team(shared.pool, team_id)
         return (await shared.dispatcher.drain(team_id)).report()

@@ -90,6 +90,17 @@ async def connect_redis(url: str) -> "ArqRedis":
     return redis
 
 
+def warn_unsafe(settings: Settings, api: bool) -> None:
+    """A production process says at start which protection its settings turn off."""
+    if api and not settings.admin_secret:
+        log.warning("GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused")
+    if not settings.notify_block_private:
+        log.warning(
+            "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false: callbacks may reach loopback, private,"
+            " link-local and metadata addresses (this host, the internal network)"
+        )
+
+
 async def run_until_signalled(start: Callable[[], Awaitable[Stop]]) -> None:
     """Start something, wait for SIGINT/SIGTERM, then run the stop it returned."""
     stop_event = asyncio.Event()
@@ -146,9 +157,9 @@ async def serve_api(settings: Settings, ready_fd: int | None = None) -> None:
         stop = await start_api(create_app(settings), settings, reuse_port=ready_fd is not None)
         # Said once it is up, so that a startup failure stays the only line printed (with
         # several processes, by their parent).
-        if not settings.admin_secret and ready_fd is None:
-            log.warning("GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused")
-        if ready_fd is not None:
+        if ready_fd is None:
+            warn_unsafe(settings, api=True)
+        else:
             os.write(ready_fd, b"1")
             os.close(ready_fd)
         return stop
@@ -162,7 +173,7 @@ async def run_worker(settings: Settings) -> None:
 
     PostgreSQL (and the worker's /metrics port) and Redis are opened before arq starts, so
     that an unreachable one is a StartupError: one line, exit 2. Losing PostgreSQL later is
-    ridden out (see worker.Liveness) for GROUPBUY_WORKER_MAX_OUTAGE_SECONDS. If the main loop
+    ridden out (see liveness.Liveness) for GROUPBUY_WORKER_MAX_OUTAGE_SECONDS. If the main loop
     ends for any other reason (Redis gone, PostgreSQL gone too long), that is logged in one
     line and the process exits 1, so a supervisor restarts it: it never stays up idle."""
     from .worker import PostgresLost, build_worker, shutdown, startup
@@ -176,6 +187,7 @@ async def run_worker(settings: Settings) -> None:
     except BaseException:
         await shutdown(ctx)
         raise
+    warn_unsafe(settings, api=False)
     grace = int(settings.notify_timeout_seconds) + 5
     worker = build_worker(
         settings, redis_pool=redis, ctx=ctx, handle_signals=True, job_completion_wait=grace
@@ -184,19 +196,19 @@ async def run_worker(settings: Settings) -> None:
         await worker.async_run()
     except asyncio.CancelledError:
         log.info("worker stopped by signal")
-        await _quietly(worker.close())
+        await quietly(worker.close())
     except PostgresLost:
         # Said when it gave up. Redis is fine: close properly (heartbeat and queue deleted).
         ctx["services"].dispatcher.stop()
-        await _finish_jobs(worker, grace)
-        await _quietly(worker.close())
+        await finish_jobs(worker, grace)
+        await quietly(worker.close())
         raise SystemExit(1) from None
     except UNREACHABLE as exc:
         what, url = _which_server(exc, settings)
         log.error("worker stopped: lost %s at %s: %s", what, server_address(url), _reason(exc))
-        await _finish_jobs(worker, grace)
+        await finish_jobs(worker, grace)
         # Closed without talking to Redis: the heartbeat key lapses by its TTL.
-        await _quietly(redis.aclose())
+        await quietly(redis.aclose())
         raise SystemExit(1) from None
     finally:
         await shutdown(ctx)  # a no-op when worker.close() already ran it
@@ -208,9 +220,9 @@ def _which_server(exc: BaseException, settings: Settings) -> tuple[str, str]:
     return "PostgreSQL", settings.database_url or ""
 
 
-async def _finish_jobs(worker: Any, grace: float) -> None:
-    """After losing a server: let running jobs finish within the grace period, cancel the
-    rest."""
+async def finish_jobs(worker: Any, grace: float) -> None:
+    """Let running jobs finish within the grace period, cancel the rest (after losing a
+    server, or stopping `dev`)."""
     jobs = list(worker.tasks.values())
     running = [job for job in jobs if not job.done()]
     if running:
@@ -222,7 +234,7 @@ async def _finish_jobs(worker: Any, grace: float) -> None:
     await asyncio.gather(*jobs, return_exceptions=True)
 
 
-async def _quietly(closing: Awaitable[None]) -> None:
+async def quietly(closing: Awaitable[None]) -> None:
     """Closing after a lost server may fail on that server too; the cause is logged already."""
     try:
         await closing
@@ -263,7 +275,8 @@ async def check_health(settings: Settings, process: str) -> int:
 async def _check_worker(redis_url: str, queue_name: str) -> int:
     """The workers on this host: a health check runs where its worker does (a container, a
     pod), and there may be other workers elsewhere, healthy or not, that are not its own."""
-    from .worker import key_pattern, key_worker, stale, worker_host
+    from .liveness import stale
+    from .worker import key_pattern, key_worker, worker_host
 
     host = socket.gethostname()
     try:

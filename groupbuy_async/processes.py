@@ -24,7 +24,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from .lifecycle import StartupError
+from .lifecycle import StartupError, warn_unsafe
 from .settings import Settings
 
 log = logging.getLogger("groupbuy_async")
@@ -93,10 +93,7 @@ async def supervise(settings: Settings, processes: int) -> int:
                 "API: %d processes (%s) serving http://%s:%d",
                 processes, pids, settings.host, settings.port,
             )  # fmt: skip
-            if not settings.admin_secret:
-                log.warning(
-                    "GROUPBUY_ADMIN_TOKEN is not set: every /api/v1/admin/* call is refused"
-                )
+            warn_unsafe(settings, api=True)
         return await _watch(children, stop, grace)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

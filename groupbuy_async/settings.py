@@ -1,7 +1,7 @@
 """Settings from GROUPBUY_* environment variables, parsed once at start into typed values.
 
-Production defaults are the strict ones; `python -m groupbuy_async dev` relaxes what the
-local demo needs and says so.
+Production defaults are the strict ones; `groupbuy-async dev` relaxes what the local demo
+needs and says so.
 """
 
 import base64
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="text or json")
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
-    ] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    ] = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     db_pool_min: int = Field(2, ge=1, le=1000, description="asyncpg pool minimum per process")
     db_pool_max: int = Field(20, ge=1, le=1000, description="asyncpg pool maximum per process")
     fail_teams_cron_seconds: CronSeconds = Field(
@@ -231,6 +231,4 @@ def describe(exc: ValidationError) -> str:
 def require(settings: Settings, *names: str) -> None:
     missing = [f"{ENV_PREFIX}{n.upper()}" for n in names if not getattr(settings, n)]
     if missing:
-        raise SettingsError(
-            f"{', '.join(missing)} must be set (or run `python -m groupbuy_async dev`)"
-        )
+        raise SettingsError(f"{', '.join(missing)} must be set (or run `groupbuy-async dev`)")

@@ -33,13 +33,13 @@ import asyncpg
 from aiohttp import web
 from arq import cron
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker
-from prometheus_client import Gauge
 
 from . import bootstrap
-from .callbacks.drain import DRAIN_SECONDS
 from .callbacks.metrics import Metrics
-from .lifecycle import StartupError, _reason, server_address
+from .lifecycle import StartupError
+from .liveness import Liveness
 from .settings import Settings
 from .trade import expiry, orders
 
@@ -66,98 +66,6 @@ DB_DOWN: tuple[type[BaseException], ...] = (
 class PostgresLost(Exception):
     """PostgreSQL stayed out of reach longer than GROUPBUY_WORKER_MAX_OUTAGE_SECONDS (said
     already, in one line): the worker exits 1."""
-
-
-class Liveness:
-    """When this worker last completed a drain and an expiry sweep, and since when PostgreSQL
-    is out of reach. The cron jobs report here; /metrics and the heartbeat read it."""
-
-    def __init__(self, settings: Settings) -> None:
-        now = time.time()  # a worker just started is not stale
-        self.last_drain = self.last_sweep = now
-        # Stale when older than three cron periods plus the job's time limit: a drain's is
-        # DRAIN_SECONDS and a last round of sends; a sweep is a few short statements, one
-        # period is plenty.
-        self.drain_stale_after = (
-            3 * settings.notify_cron_seconds + DRAIN_SECONDS + settings.notify_timeout_seconds
-        )
-        self.sweep_stale_after = 4.0 * settings.fail_teams_cron_seconds
-        self.max_outage = settings.worker_max_outage_seconds
-        self.where = server_address(settings.database_url or "")
-        self.down_since: float | None = None  # time.monotonic()
-        self.gave_up = False
-        self.changed = True  # since the heartbeat last carried it
-        self.drains = 0  # running now
-
-    def drained(self) -> None:
-        self.last_drain = time.time()
-        self._reached()
-
-    def swept(self) -> None:
-        self.last_sweep = time.time()
-        self._reached()
-
-    def _reached(self) -> None:
-        self.changed = True
-        if self.down_since is not None:
-            took = time.monotonic() - self.down_since
-            self.down_since = None
-            log.info("PostgreSQL at %s back after %.0f s", self.where, took)
-
-    def lost(self, exc: BaseException) -> None:
-        """A cron job could not reach PostgreSQL: one line when that starts, one when it has
-        lasted too long (the worker then exits), nothing in between."""
-        now = time.monotonic()
-        if self.down_since is None:
-            self.down_since = now
-            log.warning(
-                "lost PostgreSQL at %s: %s; retrying at every cron tick, exiting after %d s",
-                self.where, _reason(exc), self.max_outage,
-            )  # fmt: skip
-        elif now - self.down_since >= self.max_outage and not self.gave_up:
-            self.gave_up = True
-            log.error(
-                "worker stopped: PostgreSQL at %s unreachable for %.0f s"
-                " (GROUPBUY_WORKER_MAX_OUTAGE_SECONDS=%d): %s",
-                self.where, now - self.down_since, self.max_outage, _reason(exc),
-            )  # fmt: skip
-
-    def as_record(self) -> dict[str, Any]:
-        """What the heartbeat carries, for `health worker`."""
-        return {
-            "last_drain": self.last_drain,
-            "last_sweep": self.last_sweep,
-            "drain_stale_after": self.drain_stale_after,
-            "sweep_stale_after": self.sweep_stale_after,
-            "postgres_down_since": None
-            if self.down_since is None
-            else time.time() - (time.monotonic() - self.down_since),
-        }
-
-    def expose(self, metrics: Metrics) -> None:
-        Gauge(
-            "groupbuy_worker_last_drain_timestamp_seconds",
-            "Unix time this worker last completed a callback drain", registry=metrics.registry,
-        ).set_function(lambda: self.last_drain)  # fmt: skip
-        Gauge(
-            "groupbuy_worker_last_expiry_sweep_timestamp_seconds",
-            "Unix time this worker last completed a team expiry sweep",
-            registry=metrics.registry,
-        ).set_function(lambda: self.last_sweep)
-
-
-def stale(record: dict[str, Any], now: float) -> list[str]:
-    """What is stale in a heartbeat's record, in words; empty when nothing is."""
-    found = []
-    for what, stamp, limit in (
-        ("drain", "last_drain", "drain_stale_after"),
-        ("expiry sweep", "last_sweep", "sweep_stale_after"),
-    ):
-        if stamp in record and limit in record and now - record[stamp] > record[limit]:
-            found.append(
-                f"last {what} {now - record[stamp]:.0f} s ago (stale after {record[limit]:.0f} s)"
-            )
-    return found
 
 
 class _QuietPoolFloor(logging.Filter):
@@ -365,10 +273,37 @@ class GroupbuyWorker(Worker):
         ttl_ms = int((self.health_check_interval + 1) * 1000)
         await self.pool.set(self.health_check_key, json.dumps(record), px=ttl_ms)
 
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq keeps a cron job's in-progress key for a minute after the job, so that the same
+        tick (a unique job id) cannot run twice; each tick here has an id of its own
+        (unique=False), so the key goes with the job."""
+        await super().finish_job(
+            job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, None
+        )
+
     async def close(self) -> None:
+        if not self._handle_signals:
+            # arq's close() would call handle_sig(SIGUSR1) to stop a worker that handles no
+            # signals itself (under `dev`, in tests), logging a "shutdown on SIGUSR1" that
+            # nobody sent. The same stop, without that line:
+            self._handle_signals = True
+            self._stop_ordered = True
+            for task in self.tasks.values():
+                task.cancel()
+            if self.main_task is not None:
+                self.main_task.cancel()
         if self._pool is not None:
-            # Its queue holds only its own next ticks, which nothing else will run.
-            await self.pool.delete(self.queue_name)
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            await forget_queue(self.pool, self.queue_name)
         await super().close()
 
 
@@ -377,13 +312,20 @@ async def _startup(ctx: dict[str, Any]) -> None:
     await forget_dead_workers(ctx["redis"], ctx["settings"].queue_name)
 
 
+async def forget_queue(redis: ArqRedis, queue: str) -> None:
+    """Delete a worker's queue and its jobs' keys (job, retry, in progress): it holds only
+    that worker's own next ticks, which no other worker would run."""
+    ids = [raw.decode() for raw in await redis.zrange(queue, 0, -1)]
+    prefixes = (job_key_prefix, retry_key_prefix, in_progress_key_prefix)
+    await redis.delete(queue, *(prefix + job_id for job_id in ids for prefix in prefixes))
+
+
 async def forget_dead_workers(redis: ArqRedis, queue_name: str) -> None:
-    """Delete the queues of workers whose heartbeat has lapsed (killed without closing): they
-    hold a tick or two that no worker would ever run."""
+    """Forget the queues of workers whose heartbeat has lapsed (killed without closing)."""
     async for raw in redis.scan_iter(match=key_pattern(queue_name, "jobs"), count=1000):
         key = raw.decode()
         if not await redis.exists(alive_key(queue_name, key_worker(queue_name, "jobs", key))):
-            await redis.delete(key)
+            await forget_queue(redis, key)
 
 
 def build_worker(settings: Settings, **overrides: Any) -> GroupbuyWorker:

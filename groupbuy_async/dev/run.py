@@ -2,19 +2,30 @@
 the API and the worker in one process, and curl lines to try it."""
 
 import asyncio
+import base64
 import logging
 import os
+import secrets
 import signal
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from ..bootstrap import Services
 from ..db import create_pool, migrate
 from ..http.app import create_app
 from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
-from ..lifecycle import Stop, run_until_signalled, server_address, start_api
+from ..lifecycle import (
+    StartupError,
+    Stop,
+    finish_jobs,
+    quietly,
+    run_until_signalled,
+    server_address,
+    start_api,
+)
 from ..settings import Settings
 from ..trade import catalog
-from ..worker import build_worker
+from ..worker import build_worker, shutdown
 
 log = logging.getLogger("groupbuy_async.dev")
 
@@ -99,12 +110,29 @@ def curl_lines(base: str, token: str) -> str:
 
 
 async def run_dev(settings: Settings) -> None:
+    """`dev` until SIGINT/SIGTERM. An embedded server that cannot start is a StartupError (a
+    missing `embedded` extra one line naming it, a failed start the server's log tail)."""
+    from .embedded import EmbeddedServerError
+
+    try:
+        await _run_dev(settings)
+    except EmbeddedServerError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def new_notify_secret() -> str:
+    """A Standard Webhooks secret: whsec_ + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def _run_dev(settings: Settings) -> None:
     from .embedded import servers_or_embedded
 
-    with servers_or_embedded(settings.database_url, settings.redis_url, settings.data_dir) as (
-        database_url,
-        redis_url,
-    ):
+    secret_given = settings.notify_secret is not None
+    # Servers a killed earlier run left are reused, and stopped with this run (adopt).
+    with servers_or_embedded(
+        settings.database_url, settings.redis_url, settings.data_dir, adopt=True
+    ) as (database_url, redis_url):
         log.info(
             "PostgreSQL at %s, Redis at %s",
             server_address(database_url), server_address(redis_url),
@@ -112,12 +140,15 @@ async def run_dev(settings: Settings) -> None:
         settings = settings.model_copy(update={
             "database_url": database_url, "redis_url": redis_url,
             "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
+            "notify_secret": settings.notify_secret or new_notify_secret(),
             "mock_merchant": True, "notify_block_private": False,
         })  # fmt: skip
         log.warning(
-            "dev mode: mock merchant served, private callback targets allowed, admin token"
-            " %r; never run `dev` in production",
+            "dev mode: mock merchant served (it verifies callback signatures), private callback"
+            " targets allowed, admin token %r, callbacks signed with %s; never run `dev` in"
+            " production",
             settings.admin_secret,
+            "GROUPBUY_NOTIFY_SECRET" if secret_given else "a secret generated for this run",
         )
         await migrate(database_url)
         await load_demo(database_url)
@@ -149,7 +180,16 @@ async def _start(settings: Settings, worker_died: list[BaseException]) -> Stop:
 
     async def stop() -> None:
         worker_task.remove_done_callback(worker_ended)
-        await worker.close()
+        # As the worker process does on SIGTERM: no new job, and a drain's sends in flight
+        # finish and are recorded, what it claimed but did not send handed back due now.
+        worker.allow_pick_jobs = False
+        services: Services | None = worker.ctx.get("services")
+        if services is not None:
+            services.dispatcher.stop()
+        await finish_jobs(worker, settings.notify_timeout_seconds + 5)
+        # Closing talks to Redis, which may be what the worker lost (said already).
+        await quietly(worker.close())
+        await shutdown(worker.ctx)  # a no-op when close() got to run it
         worker_task.cancel()
         await asyncio.gather(worker_task, return_exceptions=True)
         await stop_api()

@@ -139,4 +139,4 @@ async def test_a_startup_failure_is_one_line_and_its_exit_code(settings: Setting
         code = await group.exit_code()
     assert code == 2, group.log()
     assert len(group.raw) == 1, group.log()
-    assert group.raw[0].startswith(f"groupbuy_async api: cannot listen on 127.0.0.1:{port} ")
+    assert group.raw[0].startswith(f"groupbuy-async api: cannot listen on 127.0.0.1:{port} ")

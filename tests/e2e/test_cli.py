@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
+from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.lifecycle import server_address
 from groupbuy_async.settings import Settings
 
-from ..conftest import ADMIN_TOKEN, make_tasks, new_id, now_iso
+from ..conftest import ADMIN_TOKEN, exited, make_tasks, new_id, now_iso, wait_ready
 from ..merchant import Merchant
 
 
@@ -81,15 +80,7 @@ async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
     )  # fmt: skip
     try:
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        async with http.get(f"{base}/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    await asyncio.sleep(0.1)
+            await wait_ready(http, base, proc)
             out = new_id()
             notify = f"{base}/api/v1/test/group_buy_notify"
             lock = {**act, "userId": "cli", "outTradeNo": out, "notifyUrl": notify}
@@ -173,7 +164,7 @@ async def test_a_bad_setting_is_one_line_naming_it(
     code, out = await _run("api", env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith(f"groupbuy_async api: GROUPBUY_{name}: "), line
+    assert line.startswith(f"groupbuy-async api: GROUPBUY_{name}: "), line
     assert expected in line and "(expected: " in line
     if hidden:
         assert hidden not in line
@@ -195,7 +186,7 @@ async def test_an_unreachable_database_is_one_line(settings: Settings, verb: str
     code, out = await _run(verb, env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith(f"groupbuy_async {verb}: cannot reach PostgreSQL at 127.0.0.1:1: ")
+    assert line.startswith(f"groupbuy-async {verb}: cannot reach PostgreSQL at 127.0.0.1:1: ")
 
 
 async def test_a_missing_database_is_one_line(settings: Settings) -> None:
@@ -214,7 +205,7 @@ async def test_an_unreachable_redis_stops_the_worker_in_one_line(settings: Setti
     code, out = await _run("worker", env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith("groupbuy_async worker: cannot reach Redis at 127.0.0.1:1: "), line
+    assert line.startswith("groupbuy-async worker: cannot reach Redis at 127.0.0.1:1: "), line
 
 
 async def test_a_taken_port_is_one_line_and_closes_cleanly(settings: Settings) -> None:
@@ -227,7 +218,7 @@ async def test_a_taken_port_is_one_line_and_closes_cleanly(settings: Settings) -
         code, out = await _run("api", env=env)
     line = _one_line(out)
     assert code == 2
-    assert line.startswith(f"groupbuy_async api: cannot listen on 127.0.0.1:{port} "), line
+    assert line.startswith(f"groupbuy-async api: cannot listen on 127.0.0.1:{port} "), line
 
 
 async def test_migration_failures_are_one_line_errors(
@@ -290,15 +281,31 @@ async def test_api_without_admin_token_warns_once_and_health_follows_it(
     assert code == 1
 
 
+@pytest.mark.parametrize(("processes", "serving"), [("1", "API listening on"), ("2", "API: 2")])
+async def test_api_with_private_callback_targets_allowed_warns_once(
+    settings: Settings, processes: str, serving: str
+) -> None:
+    env = _env(settings, GROUPBUY_PORT=str(_free_port()))  # admin token set, blocking off
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "groupbuy_async", "api", "--processes", processes, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not lines or serving not in lines[-1]:
+                line = await proc.stdout.readline()
+                assert line, "\n".join(lines)
+                lines.append(line.decode())
+    finally:
+        lines.append(await _stop(proc))
+    warnings = [line for line in "".join(lines).splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, lines
+    assert "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in warnings[0], warnings
+
+
 # --- The worker on a Redis of its own: health, and never idle after losing it -----------------
-
-
-@pytest.fixture
-async def own_redis(server_dir: Path) -> AsyncIterator[EmbeddedServer]:
-    """A Redis server only this test uses (and may stop), never the shared one."""
-    server = await asyncio.to_thread(start_redis, server_dir)
-    yield server
-    await asyncio.to_thread(server.stop)
 
 
 async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(
@@ -311,7 +318,10 @@ async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(
     try:
         await _wait_healthy("worker", env)
     finally:
-        await _stop(proc)
+        log = await _stop(proc)
+    # The session's database may hold due tasks to dead merchants: their breaker warns too.
+    said = [line for line in log.splitlines() if "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in line]
+    assert len(said) == 1 and "WARNING" in said[0], log
     # Straight away: closing deletes the heartbeat, it does not wait for its TTL to lapse.
     code, _ = await _run("health", "worker", env=env)
     assert code == 1
@@ -339,14 +349,10 @@ async def test_worker_that_loses_redis_exits_non_zero_instead_of_idling(
     proc = await _start("worker", _env(settings, GROUPBUY_REDIS_URL=own_redis.url))
     try:
         await merchant.wait_for(1, seconds=20)  # the job is running, its send in flight
-        await asyncio.to_thread(own_redis.stop)
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = out.decode()
-    assert proc.returncode == 1, log[-2000:]
+        await asyncio.to_thread(own_redis.stop)
+        code, log = await exited(proc)
+    assert code == 1, log[-2000:]
     lost = [line for line in log.splitlines() if "worker stopped: lost Redis at" in line]
     assert len(lost) == 1 and server_address(own_redis.url) in lost[0], log[-2000:]
     assert not any(noise in log for noise in NOISE), log[-2000:]

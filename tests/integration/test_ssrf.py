@@ -113,7 +113,7 @@ async def test_blocked_literals_are_refused_at_lock_time_when_blocking(
         for host in CANONICAL_BLOCKED + LOOPBACK_NAMES:
             status, env = await _lock(client, act, f"http://{host}:8080/notify")
             assert (status, env["code"]) == (400, "0002"), (host, env)
-            assert "blocked" in env["info"]
+            assert "blocked" in env["info"] and "GROUPBUY_NOTIFY_BLOCK_PRIVATE" in env["info"]
         assert (
             await pool.fetchval(
                 "SELECT count(*) FROM group_buy_order WHERE activity_id = $1", act["activityId"]

@@ -15,7 +15,14 @@ SOURCE = Path(groupbuy_async.__file__).parent
 # top to bottom. A part imports its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
     {"cli", "__main__"},  # entry points
-    {"http", "worker", "lifecycle", "processes", "dev"},  # what a process serves or runs
+    {
+        "http",
+        "worker",
+        "liveness",
+        "lifecycle",
+        "processes",
+        "dev",
+    },  # what a process serves or runs
     {"bootstrap"},  # builds the shared objects (pool, sender, dispatcher, metrics)
     {"trade", "callbacks"},  # the domain: the trade half and the callback half
     {"db", "settings", "errors", "logs", ""},
@@ -30,7 +37,8 @@ KNOWN_VIOLATIONS = {
     "groupbuy_async.trade.orders -> groupbuy_async.http.schemas",
     "groupbuy_async.trade.queries -> groupbuy_async.http.schemas",
     "groupbuy_async.trade.refunds -> groupbuy_async.http.schemas",
-    "cycle: groupbuy_async.lifecycle <-> groupbuy_async.processes <-> groupbuy_async.worker",
+    "cycle: groupbuy_async.lifecycle <-> groupbuy_async.liveness <-> groupbuy_async.processes"
+    " <-> groupbuy_async.worker",
     "groupbuy_async.http.app -> groupbuy_async.dev.mock_merchant",
 }
 

@@ -1,0 +1,153 @@
+"""`groupbuy-async dev` (what `make run` runs) as a process, on the tests' PostgreSQL and a Redis
+of its own: the demo's callback arrives signed and verified, and Ctrl-C stops it cleanly (no
+send cut short, nothing left in Redis)."""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import uuid
+from asyncio.subprocess import Process
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.dev.embedded import EmbeddedServer
+from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
+
+from ..conftest import exited, keys_left, make_tasks, now_iso, wait_ready
+from ..merchant import Merchant
+
+NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
+    async with http.post(url, json=body) as resp:
+        envelope = await resp.json()
+    assert envelope["code"] == "0000", envelope
+    return envelope["data"]
+
+
+async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str) -> str:
+    """Three shoppers lock and pay, as the printed curl lines do; the team's id."""
+    trade = f"{base}/api/v1/gbm/trade"
+    run, team_id = uuid.uuid4().hex[:8], None
+    for i in (1, 2, 3):
+        lock = {
+            "userId": f"u{i}-{run}", "outTradeNo": f"o{i}-{run}", "activityId": DEMO_ACTIVITY,
+            "goodsId": DEMO_GOODS, "source": "s01", "channel": "c01",
+            "notifyUrl": f"{base}/api/v1/test/group_buy_notify",
+            **({"teamId": team_id} if team_id else {}),
+        }  # fmt: skip
+        team_id = (await _post(http, f"{trade}/lock_market_pay_order", lock))["teamId"]
+    for i in (1, 2, 3):
+        settle = {"source": "s01", "channel": "c01", "userId": f"u{i}-{run}",
+                  "outTradeNo": f"o{i}-{run}", "outTradeTime": now_iso()}  # fmt: skip
+        await _post(http, f"{trade}/settlement_market_pay_order", settle)
+    assert team_id is not None
+    return str(team_id)
+
+
+async def _start_dev(database_url: str, redis_url: str, data_dir: Path) -> tuple[Process, str]:
+    """`python -m groupbuy_async dev` on those servers, once it serves; its base URL."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
+    env.update(
+        GROUPBUY_DATABASE_URL=database_url, GROUPBUY_REDIS_URL=redis_url,
+        GROUPBUY_PORT=str(port), GROUPBUY_DATA_DIR=str(data_dir),
+    )  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "groupbuy_async", "dev", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_ready(http, base, proc)
+    except BaseException:
+        proc.kill()
+        await proc.communicate()
+        raise
+    return proc, base
+
+
+async def _ctrl_c(proc: Process) -> str:
+    """SIGINT, as Ctrl-C sends it; dev's output once it exited 0, cleanly."""
+    proc.send_signal(signal.SIGINT)
+    code, log = await exited(proc)
+    assert code == 0, log[-3000:]
+    assert "SIGUSR1" not in log, log[-3000:]  # arq's close() stood in for a signal
+    assert not any(noise in log for noise in NOISE), log[-3000:]
+    return log
+
+
+async def test_dev_shows_a_verified_callback_and_ctrl_c_leaves_nothing_behind(
+    database_url: str, own_redis: EmbeddedServer, tmp_path: Path
+) -> None:
+    proc, base = await _start_dev(database_url, own_redis.url, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            team_id = await _complete_a_demo_team(http, base)
+            async with asyncio.timeout(20):
+                while True:
+                    async with http.get(f"{base}/api/v1/test/group_buy_notify") as r:
+                        received = (await r.json())["data"]
+                    ours = [c for c in received if c["payload"]["data"]["teamId"] == team_id]
+                    if ours:
+                        break
+                    await asyncio.sleep(0.1)
+        assert [c["signatureVerified"] for c in ours] == [True], ours
+    finally:
+        await _ctrl_c(proc)
+    assert await keys_left(own_redis.url) == {}
+
+
+async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
+    server_urls: tuple[str, str], own_redis: EmbeddedServer, merchant: Merchant, tmp_path: Path
+) -> None:
+    """As the worker process on SIGTERM: a drain sending when Ctrl-C comes is not cut short."""
+
+    async def slow(_: int) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="success")
+
+    merchant.behaviour = slow
+    async with temporary_database(server_urls[0], "groupbuy_test_dev") as url:
+        pool = await create_pool(url, 1, 2)
+        try:
+            (team_id,) = await make_tasks(pool, 1, merchant.url)
+            proc, _ = await _start_dev(url, own_redis.url, tmp_path)
+            try:
+                async with asyncio.timeout(30):
+                    while not merchant.requests:  # until the worker's first drain sends
+                        assert proc.returncode is None, f"dev exited {proc.returncode}"
+                        await asyncio.sleep(0.05)
+            finally:
+                await _ctrl_c(proc)
+            status = "SELECT notify_status FROM notify_task WHERE team_id = $1"
+            assert await pool.fetchval(status, team_id) == 1
+            assert len(merchant.requests) == 1
+        finally:
+            await pool.close()
+
+
+async def test_dev_whose_redis_stops_says_so_in_one_line_and_exits_1(
+    database_url: str, own_redis: EmbeddedServer, tmp_path: Path
+) -> None:
+    """As when `make stop` stops the servers under a running `make run`."""
+    proc, _ = await _start_dev(database_url, own_redis.url, tmp_path)
+    await asyncio.to_thread(own_redis.stop)
+    code, log = await exited(proc)
+    assert code == 1, log[-3000:]
+    assert len([line for line in log.splitlines() if "worker stopped: " in line]) == 1, log
+    assert not any(noise in log for noise in NOISE), log[-3000:]
