@@ -153,6 +153,39 @@ async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
     )
 
 
+# What each shop-front call can be refused for, beyond bad input (declared in OpenAPI).
+_ACTIVITY_CLOSED = (
+    errors.NoActivityForGoods,
+    errors.ActivityNotEffective,
+    errors.OutsideActivityTime,
+)
+_LOCK_REFUSALS = (
+    errors.BadInput("notifyUrl points at a blocked address (GROUPBUY_NOTIFY_BLOCK_PRIVATE)"),
+    errors.ActivityNotFound,
+    *_ACTIVITY_CLOSED,
+    errors.TeamNotFound,
+    errors.TakeLimitReached,
+    errors.TeamFull,
+    errors.TeamClosed,
+    errors.OutTradeNoConflict,
+    errors.TeamActivityMismatch,
+)
+_SETTLE_REFUSALS = (
+    errors.BadInput("outTradeTime is before the order was locked (beyond the clock skew allowed)"),
+    errors.UnknownOutTradeNo,
+    errors.ChannelBlacklisted,
+    errors.TradeTimeOutsideWindow,
+    errors.OrderClosed,
+    errors.TeamFailed,
+    errors.OrderRefunded,
+)
+# A config body is checked against what it names when it is stored.
+_PUT_ACTIVITY_REFUSALS = (
+    errors.BadInput("discountId does not exist"),
+    errors.BadInput("goods: a goodsId has no SKU under the given source and channel"),
+    errors.UniqueConflict("goods: a goods item is already in another activity"),
+)
+
 TRADE_ROUTES: list[Route] = [
     Route(
         "PUT",
@@ -173,6 +206,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         DiscountOut,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "GET",
@@ -194,6 +228,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         DiscountOut,
         admin=True,
+        raises=(errors.NotFound, errors.StillReferenced),
     ),
     Route(
         "PUT",
@@ -204,6 +239,7 @@ TRADE_ROUTES: list[Route] = [
         SkuIn,
         SkuOut,
         admin=True,
+        raises=(errors.StillReferenced,),
     ),
     Route(
         "GET",
@@ -214,6 +250,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         SkuOut,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "GET",
@@ -235,6 +272,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         SkuOut,
         admin=True,
+        raises=(errors.NotFound, errors.StillReferenced),
     ),
     Route(
         "PUT",
@@ -245,6 +283,7 @@ TRADE_ROUTES: list[Route] = [
         ActivityIn,
         ActivityOut,
         admin=True,
+        raises=_PUT_ACTIVITY_REFUSALS,
     ),
     Route(
         "GET",
@@ -255,6 +294,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         ActivityOut,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "GET",
@@ -276,6 +316,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         ActivityOut,
         admin=True,
+        raises=(errors.NotFound, errors.StillReferenced),
     ),
     Route(
         "POST",
@@ -285,6 +326,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         MarketConfigQuery,
         MarketConfig,
+        raises=_ACTIVITY_CLOSED,
     ),
     Route(
         "POST",
@@ -294,6 +336,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         LockIn,
         LockOut,
+        raises=_LOCK_REFUSALS,
     ),
     Route(
         "POST",
@@ -303,6 +346,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         SettleIn,
         SettleOut,
+        raises=_SETTLE_REFUSALS,
     ),
     Route(
         "POST",
@@ -312,8 +356,18 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         RefundIn,
         RefundOut,
+        raises=(errors.UnknownOutTradeNo,),
     ),
-    Route("GET", "/api/v1/gbm/teams/{teamId}", get_team, "A team's state", "shop", None, TeamOut),
+    Route(
+        "GET",
+        "/api/v1/gbm/teams/{teamId}",
+        get_team,
+        "A team's state",
+        "shop",
+        None,
+        TeamOut,
+        raises=(errors.TeamNotFound,),
+    ),
     Route(
         "GET",
         "/api/v1/gbm/orders/{outTradeNo}",
@@ -323,5 +377,6 @@ TRADE_ROUTES: list[Route] = [
         None,
         OrderOut,
         query=OrderQuery,
+        raises=(errors.UnknownOutTradeNo,),
     ),
 ]
