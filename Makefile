@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run stop test faults lint format bench-trade bench-notify bench-lifecycle bench-workers reset-data clean
+.PHONY: install run stop test faults fuzz lint format bench-trade bench-notify bench-lifecycle bench-workers reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: install
 ## processes, on PostgreSQL and Redis of their own; a table, exit 1 if any scenario fails.
 faults: install
 	$(BIN)/python -m tests.faults $(FAULTS_ARGS)
+
+## make fuzz: schemathesis over every operation of a real API process (tests/fuzz), positive
+## and negative data, every check; exit 1 on any failure. FUZZ_ARGS="--max-examples 300 --seed 7".
+fuzz: install
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

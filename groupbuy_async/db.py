@@ -44,9 +44,12 @@ class MigrationError(RuntimeError):
 # for a pooled connection, or a statement), a refused, reset or lost connection, and the
 # server's own "not now": too many connections or out of resources (53xxx), starting up,
 # shutting down or a cancelled statement (57xxx). The API answers these 503 (code 0503).
+# asyncpg's InternalClientError ("cannot switch to state …", "not connected") is a
+# connection whose protocol broke with the server gone mid-statement: the same outage.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError, OSError, asyncpg.PostgresConnectionError,
     asyncpg.InsufficientResourcesError, asyncpg.OperatorInterventionError,
+    asyncpg.InternalClientError,
 )  # fmt: skip
 
 # After these, what a connection was doing is unknown (a statement may still run, a reply
@@ -55,7 +58,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 # whatever the dropped connection had not committed.
 _IN_DOUBT: tuple[type[BaseException], ...] = (
     TimeoutError, asyncio.CancelledError, OSError, asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.PostgresConnectionError, asyncpg.InternalClientError,
 )  # fmt: skip
 
 

@@ -24,6 +24,12 @@ class BadInput(ServiceError):
     code, info, http_status = "0002", "illegal parameter", 400
 
 
+class BodyTooLarge(BadInput):
+    """A request body over the API's limit (256 KiB): bad input, answered before it is read."""
+
+    code, info, http_status = "0002", "request body too large", 413
+
+
 class Unauthorized(ServiceError):
     code, info, http_status = "0401", "missing or wrong admin token", 401
 
@@ -38,6 +44,12 @@ class NotFound(ServiceError):
     """What the request names and looks up does not exist: always 404, each with its code."""
 
     code, info, http_status = "0404", "not found", 404
+
+
+class MethodNotAllowed(ServiceError):
+    """A path the API has, with a method it does not (the Allow header lists those it has)."""
+
+    code, info, http_status = "0405", "method not allowed", 405
 
 
 class UniqueConflict(ServiceError):
@@ -133,7 +145,8 @@ class StillReferenced(Rejected):
 
 # Listed in the README; tests check the table stays complete.
 ALL_ERRORS: tuple[type[ServiceError], ...] = (
-    ServiceError, BadInput, UniqueConflict, Unauthorized, Forbidden, NotFound,
+    ServiceError, BadInput, BodyTooLarge, UniqueConflict, Unauthorized, Forbidden, NotFound,
+    MethodNotAllowed,
     NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
     TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
     TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,

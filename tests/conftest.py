@@ -23,6 +23,8 @@ from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
 from groupbuy_async.http.app import create_app
 from groupbuy_async.settings import Settings
 
+from . import contract
+
 ADMIN_TOKEN = "test-admin-token"
 METRICS_TOKEN = "test-metrics-token"
 METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}  # what Prometheus sends
@@ -103,9 +105,20 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def start_client(settings: Settings) -> TestClient[Any, Any]:
-    client = TestClient(TestServer(create_app(settings)))
+    app = create_app(settings)
+    contract.watch(app)
+    client = TestClient(TestServer(app))
     await client.start_server()
     return client
+
+
+@pytest.fixture(autouse=True)
+def answers_keep_the_contract() -> Iterator[None]:
+    """Fails a test that got an answer its operation's OpenAPI does not declare."""
+    contract.VIOLATIONS.clear()
+    yield
+    found, contract.VIOLATIONS[:] = list(contract.VIOLATIONS), []
+    assert not found, "answers outside the OpenAPI contract:\n" + "\n".join(found)
 
 
 @pytest.fixture(scope="session")

@@ -115,19 +115,24 @@ def _event_out(row: Any) -> EventOut:
     )
 
 
+_AFTER_UNKNOWN = "after: no event with this id"
+
+
 async def list_events(request: web.Request, query: EventPageQuery) -> EventPage:
     pool = request.app[SERVICES].pool
     after = feed.FEED_START
     if query.after is not None:
         found = await feed.feed_position(pool, query.after)
         if found is None:
-            raise errors.BadInput("after: no event with this id")
+            raise errors.BadInput(_AFTER_UNKNOWN)
         after = found
     rows = await feed.list_events(pool, after, query.limit + 1, query.type, query.team_id)
     page = rows[: query.limit]
     cursor = str(page[-1]["event_id"]) if len(rows) > query.limit else None
     return EventPage(items=[_event_out(r) for r in page], next_cursor=cursor)
 
+
+_REPLAY_REFUSALS = (errors.NotFound, errors.NotifyTaskNotReplayable)
 
 CALLBACK_ROUTES: list[Route] = [
     Route(
@@ -160,6 +165,7 @@ CALLBACK_ROUTES: list[Route] = [
         None,
         NotifyTaskDetail,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "POST",
@@ -170,6 +176,7 @@ CALLBACK_ROUTES: list[Route] = [
         None,
         NotifyTaskOut,
         admin=True,
+        raises=_REPLAY_REFUSALS,
     ),
     Route(
         "GET",
@@ -181,6 +188,7 @@ CALLBACK_ROUTES: list[Route] = [
         EventPage,
         admin=True,
         query=EventPageQuery,
+        raises=(errors.BadInput(_AFTER_UNKNOWN),),
     ),
     Route(
         "GET",
@@ -191,6 +199,7 @@ CALLBACK_ROUTES: list[Route] = [
         None,
         EventDetail,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "POST",
@@ -201,5 +210,6 @@ CALLBACK_ROUTES: list[Route] = [
         None,
         NotifyTaskOut,
         admin=True,
+        raises=_REPLAY_REFUSALS,
     ),
 ]

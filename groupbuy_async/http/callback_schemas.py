@@ -8,12 +8,13 @@ from pydantic import Field
 
 from .catalog_schemas import PageLimit
 from .schemas import ACTIVITY_ID, NOTIFY_STATUS, TEAM_ID, UPDATED, Body, TeamId
+from .wire import NotifyStatusValue
 
 # --- callbacks -----------------------------------------------------------------------
 
 
 class NotifyTaskQuery(Body):
-    status: Annotated[int, Field(ge=0, le=3)] | None = Field(
+    status: NotifyStatusValue | None = Field(
         None, description=f"Only tasks in this status. {NOTIFY_STATUS}"
     )
     team_id: TeamId | None = Field(None, description=f"Only this team's task. {TEAM_ID}")
@@ -27,6 +28,7 @@ class NotifyRunIn(Body):
 
 
 EVENT_TYPES = "team.completed, team.failed, order.closed or order.refunded"
+EventTypeName = Literal["team.completed", "team.failed", "order.closed", "order.refunded"]
 
 
 class TypeCounts(Body):
@@ -44,7 +46,7 @@ class NotifyCounts(TypeCounts):
 
 
 class NotifyTaskOut(Body):
-    type: str = Field(description=f"The event type: {EVENT_TYPES}")
+    type: EventTypeName = Field(description=f"The event type: {EVENT_TYPES}")
     team_id: str = Field(description=TEAM_ID)
     order_id: str | None = Field(description="The order an order.* event is about; null else")
     activity_id: int = Field(description=ACTIVITY_ID)
@@ -54,7 +56,7 @@ class NotifyTaskOut(Body):
     )
     notify_url: str = Field(description="Where the callback is POSTed (the team opener's)")
     notify_count: int = Field(description="Attempts made so far, replays included")
-    notify_status: int = Field(description=NOTIFY_STATUS)
+    notify_status: NotifyStatusValue = Field(description=NOTIFY_STATUS)
     # Only pending tasks (0, 2) have a next attempt.
     next_attempt_at: datetime | None = Field(
         description="When the next attempt falls due; null once finished (status 1 or 3)"
@@ -90,7 +92,6 @@ class NotifyTaskDetail(NotifyTaskOut):
 
 # --- events ----------------------------------------------------------------------------
 
-EventTypeName = Literal["team.completed", "team.failed", "order.closed", "order.refunded"]
 DATA_SENT = (
     "The data the callback carried (the body's `data`; see webhooks for each type's fields)."
     " Events written before callbacks were typed: their flat body"
@@ -125,7 +126,7 @@ class EventOut(Body):
     type: EventTypeName = Field(description="The event type")
     team_id: str = Field(description=TEAM_ID)
     order_id: str | None = Field(description="The order an order.* event is about; null else")
-    notify_status: int = Field(description=NOTIFY_STATUS)
+    notify_status: NotifyStatusValue = Field(description=NOTIFY_STATUS)
     create_time: datetime = Field(
         description="When the event was written (with the state change it reports)"
     )

@@ -1,11 +1,11 @@
 """Operator configuration bodies: discounts, goods, activities, and their pages."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from ..trade.rules import parse_market_expr
+from ..trade.rules import MARKET_EXPRS, check_market_expr
 from .schemas import (
     CHANNEL,
     CREATED,
@@ -21,31 +21,58 @@ from .schemas import (
     Name,
     Text,
 )
+from .wire import TIME_RULE, ApiTime, WholeNumber
 
 # --- admin -----------------------------------------------------------------------------
 
 
-class DiscountIn(Body):
+_PLAN = (
+    "How the pay price is computed (marketExpr is its parameter): ZJ a fixed amount off, MJ an"
+    " amount off from a threshold, ZK a rate, N a fixed price"
+)
+_EXPR = (
+    'The plan\'s parameter: ZJ "20" pays 20.00 less; MJ "100,10" pays 10.00 less when the'
+    ' original price is at least 100.00; ZK "0.8" pays 0.8 x the original, rounded half-up to'
+    ' the cent; N "1.99" pays 1.99 (never more than the original). ZJ, MJ and ZK never go below'
+    " 0.01; deductionPrice = originalPrice - payPrice"
+)
+MarketPlan = Literal["ZJ", "MJ", "ZK", "N"]
+
+
+def _expr_per_plan(schema: dict[str, Any]) -> None:
+    """marketExpr's pattern for each marketPlan, as the server checks it (trade.rules)."""
+    schema["oneOf"] = [
+        {
+            "properties": {
+                "marketPlan": {"const": plan, "description": f"Plan {plan}"},
+                "marketExpr": {"pattern": pattern, "description": f"For {plan}: {what}"},
+            }
+        }
+        for plan, (pattern, what) in MARKET_EXPRS.items()
+    ]
+
+
+class DiscountFields(Body):
     discount_name: Name = Field(description="Display name")
     discount_desc: Text = Field("", description="Free-text description")
-    market_plan: Literal["ZJ", "MJ", "ZK", "N"] = Field(
-        description="How the pay price is computed (marketExpr is its parameter): ZJ a fixed"
-        " amount off, MJ an amount off from a threshold, ZK a rate, N a fixed price"
-    )
+    market_plan: MarketPlan = Field(description=_PLAN)
     market_expr: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
-        description='The plan\'s parameter: ZJ "20" pays 20.00 less; MJ "100,10" pays 10.00 less'
-        ' when the original price is at least 100.00; ZK "0.8" pays 0.8 x the original, rounded'
-        ' half-up to the cent; N "1.99" pays 1.99 (never more than the original). ZJ, MJ and ZK'
-        " never go below 0.01; deductionPrice = originalPrice - payPrice"
+        description=_EXPR
     )
+
+
+class DiscountIn(DiscountFields):
+    """A discount to store: marketExpr is written as its marketPlan's pattern says."""
+
+    model_config = ConfigDict(json_schema_extra=_expr_per_plan)
 
     @model_validator(mode="after")
     def _expr_fits_plan(self) -> "DiscountIn":
-        parse_market_expr(self.market_plan, self.market_expr)
+        check_market_expr(self.market_plan, self.market_expr)
         return self
 
 
-class DiscountOut(DiscountIn):
+class DiscountOut(DiscountFields):
     discount_id: Code = Field(description="Discount id (the path's discountId)")
     create_time: datetime = Field(description=CREATED)
     update_time: datetime = Field(description=UPDATED)
@@ -71,9 +98,13 @@ class GoodsRef(Body):
 
 
 class ActivityIn(Body):
+    """An activity to store. Two rules span fields, which JSON Schema cannot state (the server
+    refuses either with 400): endTime is after startTime, and goods names each (source,
+    channel, goodsId) once."""
+
     activity_name: Name = Field(description="Display name")
     discount_id: Code = Field(description="The discount that prices this activity's goods")
-    group_type: Literal[0, 1] = Field(
+    group_type: Annotated[Literal[0, 1], WholeNumber] = Field(
         0,
         description="How a team forms (the original's group_type): 0 automatically, 1 on"
         " reaching the target. Stored and returned as given: here a team completes when"
@@ -84,28 +115,31 @@ class ActivityIn(Body):
         description="Most live orders (locked or paid) one user may hold in this activity;"
         " a closed or refunded order gives its take back",
     )
-    target: Annotated[int, Field(ge=1, le=1000)] = Field(
+    target: Annotated[int, Field(ge=1, le=1000), WholeNumber] = Field(
         1, description="Team size: members who must pay for a team to complete"
     )
-    valid_time: Annotated[int, Field(ge=1, le=60 * 24 * 30)] = Field(
+    valid_time: Annotated[int, Field(ge=1, le=60 * 24 * 30), WholeNumber] = Field(
         15, description="How long a team may take to fill, in minutes from its opening"
     )
-    pay_timeout_seconds: Annotated[int, Field(ge=1, le=86400 * 30)] = Field(
+    pay_timeout_seconds: Annotated[int, Field(ge=1, le=86400 * 30), WholeNumber] = Field(
         900,
         description="How long a locked order may stay unpaid, in seconds from its lock (never"
         " past its team's window): then the worker closes it, frees its slot and gives the"
         " user's take back. Keep the merchant's own payment timeout shorter, and this shorter"
         " than validTime",
     )
-    status: Literal[0, 1, 2, 3] = Field(
+    status: Annotated[Literal[0, 1, 2, 3], WholeNumber] = Field(
         0,
         description="Activity status: 0 created, 1 effective, 2 expired, 3 abandoned."
         " Orders lock only while it is 1 (effective) and between startTime and endTime",
     )
-    start_time: AwareDatetime = Field(description="When orders may start locking (with offset)")
-    end_time: AwareDatetime = Field(description="When locking ends; after startTime")
+    start_time: ApiTime = Field(description=f"When orders may start locking: {TIME_RULE}")
+    end_time: ApiTime = Field(description=f"When locking ends, after startTime: {TIME_RULE}")
     goods: Annotated[list[GoodsRef], Field(max_length=1000)] = Field(
-        [], description="Goods sold in this activity; a goods item belongs to one activity"
+        [],
+        description="Goods sold in this activity, each (source, channel, goodsId) once and a SKU"
+        " stored under that source and channel; a goods item belongs to one activity",
+        json_schema_extra={"uniqueItems": True},
     )
 
     @model_validator(mode="after")
@@ -119,6 +153,9 @@ class ActivityIn(Body):
 
 
 class ActivityOut(ActivityIn):
+    # As stored: what an older version took is answered as it is.
+    start_time: datetime = Field(description="When orders may start locking")
+    end_time: datetime = Field(description="When locking ends; after startTime")
     activity_id: ActivityId = Field(description="Activity id (the path's activityId)")
     create_time: datetime = Field(description=CREATED)
     update_time: datetime = Field(description=UPDATED)

@@ -136,7 +136,11 @@ def translate(exc: Exception) -> errors.ServiceError | None:
     return None
 
 
-_HTTP_CODES = {401: "0401", 404: "0404", 405: "0405", 413: "0002"}
+# What aiohttp itself answers (no route, a method the path lacks, a body over the limit).
+_HTTP_ERRORS: dict[int, type[errors.ServiceError]] = {
+    e.http_status: e
+    for e in (errors.Unauthorized, errors.NotFound, errors.MethodNotAllowed, errors.BodyTooLarge)
+}
 
 
 @web.middleware
@@ -164,9 +168,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:
-    response = envelope(
-        None, code=_HTTP_CODES.get(exc.status, "0002"), info=exc.reason, status=exc.status
-    )
+    code = _HTTP_ERRORS.get(exc.status, errors.BadInput).code
+    response = envelope(None, code=code, info=exc.reason, status=exc.status)
     if "Allow" in exc.headers:
         response.headers["Allow"] = exc.headers["Allow"]
     return response

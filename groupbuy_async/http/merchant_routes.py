@@ -99,8 +99,12 @@ MERCHANT_ROUTES: list[Route] = [
     Route(
         "PUT", _MERCHANT, put_merchant, "Create or replace a merchant and its source+channel pairs",
         "merchants", MerchantIn, MerchantOut, admin=True,
+        raises=(errors.UniqueConflict, errors.ActivitySpansMerchants),
     ),
-    Route("GET", _MERCHANT, get_merchant, "A merchant", "merchants", None, MerchantOut, admin=True),
+    Route(
+        "GET", _MERCHANT, get_merchant, "A merchant", "merchants", None, MerchantOut,
+        admin=True, raises=(_MerchantNotFound,),
+    ),
     Route(
         "GET", "/api/v1/admin/merchants", list_merchants,
         "Merchants in merchantId order, one keyset page", "merchants", None, MerchantPage,
@@ -109,15 +113,15 @@ MERCHANT_ROUTES: list[Route] = [
     Route(
         "POST", f"{_MERCHANT}/keys", create_key,
         "A new API key for the merchant (the key is shown only in this answer)", "merchants",
-        None, KeyCreated, admin=True,
+        None, KeyCreated, admin=True, raises=(_MerchantNotFound,),
     ),
     Route(
         "GET", f"{_MERCHANT}/keys", list_keys, "The merchant's API keys (never the keys)",
-        "merchants", None, list[KeyOut], admin=True,
+        "merchants", None, list[KeyOut], admin=True, raises=(_MerchantNotFound,),
     ),
     Route(
         "DELETE", f"{_MERCHANT}/keys/{{keyId}}", revoke_key,
         "Revoke an API key: every API process refuses it within seconds", "merchants", None,
-        KeyOut, admin=True,
+        KeyOut, admin=True, raises=(_KeyNotFound,),
     ),
 ]  # fmt: skip

@@ -2,7 +2,7 @@
 
 import re
 from functools import cache
-from typing import TYPE_CHECKING, Any, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
@@ -10,16 +10,14 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__, errors
 from ..settings import DEFAULT_SCHEDULE
 from .event_schemas import WEBHOOKS
+from .routing import Answer, Route, declared_errors
 from .schemas import PATH_PARAMS
-
-if TYPE_CHECKING:
-    from .routing import Route
 
 _REF = "#/components/schemas/{model}"
 _PATH_SCHEMAS = {name: TypeAdapter(kind).json_schema() for name, kind in PATH_PARAMS.items()}
 
 
-def _models(routes: "list[Route]") -> list[type[BaseModel]]:
+def _models(routes: list[Route]) -> list[type[BaseModel]]:
     found: list[type[BaseModel]] = list(WEBHOOKS.values())
     for route in routes:
         for model in (route.body, _inner(route.response)):
@@ -34,19 +32,62 @@ def _inner(response: Any) -> type[BaseModel] | None:
     return response if isinstance(response, type) and issubclass(response, BaseModel) else None
 
 
-def _envelope(data: dict[str, Any]) -> dict[str, Any]:
+def _envelope(data: dict[str, Any], codes: list[str]) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["code", "info", "data"],
         "properties": {
-            "code": {"type": "string", "description": '"0000" on success'},
+            "code": {
+                "type": "string",
+                "enum": codes,
+                "description": '"0000" on success, else the error code (see the API\'s codes)',
+            },
             "info": {"type": "string", "description": '"success", or what went wrong'},
             "data": {**data, "description": "The answer; null on error"},
         },
     }
 
 
-def _data_schema(route: "Route") -> dict[str, Any]:
+_HEADERS = "#/components/headers/{name}"
+_COMPONENT_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-Id": {
+        "description": "The request's X-Request-Id if it sent one, else a new id: every log line"
+        " of the request carries it (its first 64 characters)",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+}
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    return {name: {"$ref": _HEADERS.format(name=name)} for name in ("X-Request-Id", *names)}
+
+
+def _errors(route: Route) -> dict[str, Any]:
+    """A response per HTTP status the route can answer an error with, its codes an enum."""
+    by_status: dict[int, list[Answer]] = {}
+    for answer in declared_errors(route):
+        by_status.setdefault(answer.http_status, []).append(answer)
+    responses: dict[str, Any] = {}
+    for status, answers in sorted(by_status.items()):
+        data = _data_schema(route) if status == 503 and route.degraded else {"type": "null"}
+        meanings: dict[str, list[str]] = {}
+        for a in answers:
+            meanings.setdefault(a.code, []).append(a.info)
+        responses[str(status)] = {
+            "description": "; ".join(f"{c}: {', or '.join(m)}" for c, m in meanings.items()),
+            "headers": _headers("Retry-After") if status == 503 else _headers(),
+            "content": {"application/json": {"schema": _envelope(data, list(meanings))}},
+        }
+    return responses
+
+
+def _data_schema(route: Route) -> dict[str, Any]:
     model = _inner(route.response)
     if model is None:
         return {}
@@ -66,7 +107,7 @@ def _parameter(name: str, where: str, required: bool, schema: dict[str, Any]) ->
     }
 
 
-def _operation(route: "Route") -> dict[str, Any]:
+def _operation(route: Route) -> dict[str, Any]:
     params = [
         _parameter(name, "path", True, _PATH_SCHEMAS[name])
         for name in re.findall(r"{(\w+)}", route.path)
@@ -78,15 +119,14 @@ def _operation(route: "Route") -> dict[str, Any]:
             _parameter(name, "query", name in required, prop)
             for name, prop in schema["properties"].items()
         ]
-    error = {"content": {"application/json": {"schema": _envelope({"type": "null"})}}}
     success = (
-        {"application/json": {"schema": _envelope(_data_schema(route))}}
+        {"application/json": {"schema": _envelope(_data_schema(route), ["0000"])}}
         if route.raw is None
         else {route.raw: {"schema": {"type": "string" if route.raw == "text/plain" else "object"}}}
     )
     responses: dict[str, Any] = {
-        "200": {"description": "success", "content": success},
-        "500": {"description": 'unexpected error (code "0001")', **error},
+        "200": {"description": "success", "headers": _headers(), "content": success},
+        **_errors(route),
     }
     op: dict[str, Any] = {
         "operationId": route.view.__name__,
@@ -95,23 +135,16 @@ def _operation(route: "Route") -> dict[str, Any]:
         "parameters": params,
         "responses": responses,
     }
-    if params or route.body is not None:
-        responses["400"] = {"description": 'bad input (code "0002")', **error}
     if route.body is not None:
+        # No body at all is read as {}: optional when every field is (routing._endpoint).
         op["requestBody"] = {
-            "required": True,
+            "required": any(f.is_required() for f in route.body.model_fields.values()),
             "content": {
                 "application/json": {"schema": {"$ref": _REF.format(model=route.body.__name__)}}
             },
         }
     if route.admin:
         op["security"] = [{"adminToken": []}]
-        responses["401"] = {"description": "missing or wrong admin token", **error}
-    if route.method != "GET" or params:
-        responses["404"] = {"description": "unknown resource", **error}
-        responses["409"] = {"description": "business rule rejection (E-codes)", **error}
-    if route.path == "/readyz":
-        responses["503"] = {"description": "a dependency is unreachable", **error}
     return op
 
 
@@ -196,7 +229,7 @@ _EVERY_EVENT: dict[str, Any] = {
 
 
 @cache
-def _build(routes: "tuple[Route, ...]") -> dict[str, Any]:
+def _build(routes: tuple[Route, ...]) -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation") for m in _models(list(routes))], ref_template=_REF
     )
@@ -204,21 +237,26 @@ def _build(routes: "tuple[Route, ...]") -> dict[str, Any]:
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     codes = "; ".join(f"{e.code} {e.info}" for e in errors.ALL_ERRORS)
+    unrouted = (
+        f"A path the API does not have answers 404 ({errors.NotFound.code}); a method a path"
+        f" lacks, 405 ({errors.MethodNotAllowed.code}) with Allow."
+    )
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "groupbuy-async",
             "version": __version__,
-            "description": f"Group-buy trading with merchant callbacks. Codes: {codes}.",
+            "description": f"Group-buy trading with merchant callbacks. Codes: {codes}. {unrouted}",
         },
         "paths": paths,
         "webhooks": {name: {"post": _webhook(name, model)} for name, model in WEBHOOKS.items()},
         "components": {
             "schemas": schemas.get("$defs", {}),
+            "headers": _COMPONENT_HEADERS,
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }
 
 
-def build_openapi(routes: "list[Route]") -> dict[str, Any]:
+def build_openapi(routes: list[Route]) -> dict[str, Any]:
     return _build(tuple(routes))

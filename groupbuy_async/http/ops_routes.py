@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import errors
 from ..bootstrap import SERVICES
 from ..db import one_line
 from ..errors import DatabaseUnavailable
@@ -61,8 +62,34 @@ async def metrics(request: web.Request, _: None) -> web.Response:
 
 
 OPS_ROUTES: list[Route] = [
-    Route("GET", "/healthz", healthz, "Process is up", "ops", None, Health),
-    Route("GET", "/readyz", readyz, "PostgreSQL reachable (503 otherwise)", "ops", None, Health),
-    Route("GET", "/openapi.json", openapi, "This OpenAPI document", "ops", raw="application/json"),
-    Route("GET", "/metrics", metrics, "Prometheus metrics", "ops", raw="text/plain"),
+    Route("GET", "/healthz", healthz, "Process is up", "ops", None, Health, database=False),
+    Route(
+        "GET",
+        "/readyz",
+        readyz,
+        "PostgreSQL reachable (503 otherwise)",
+        "ops",
+        None,
+        Health,
+        database=False,
+        degraded=True,
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        openapi,
+        "This OpenAPI document",
+        "ops",
+        raw="application/json",
+        database=False,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics (Authorization: Bearer <METRICS_TOKEN>)",
+        "ops",
+        raw="text/plain",
+        raises=(errors.Unauthorized,),
+    ),
 ]

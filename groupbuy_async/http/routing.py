@@ -34,6 +34,41 @@ class Route:
     query: type[BaseModel] | None = None
     # Raw views build their own web.Response (not enveloped), of this content type.
     raw: str | None = None
+    # What its view can raise (a class, or an instance whose info is a refusal worth naming);
+    # declared_errors() adds what every route of its kind can answer. OpenAPI lists them all.
+    raises: tuple[type[errors.ServiceError] | errors.ServiceError, ...] = ()
+    # Reads PostgreSQL: answers 503 (0503, Retry-After) while it is unavailable.
+    database: bool = True
+    # Answers 503 (0503) itself, with its data (not null), when a dependency is down.
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One error a route can answer: its status, code and what it means."""
+
+    http_status: int
+    code: str
+    info: str
+
+
+def declared_errors(route: Route) -> list[Answer]:
+    """Every error the route can answer: status, code and meaning, without repeats."""
+    kinds: list[type[errors.ServiceError] | errors.ServiceError] = [errors.ServiceError]
+    if route.body is not None or route.query is not None or "{" in route.path:
+        kinds.append(errors.BadInput)
+    if route.body is not None:
+        kinds.append(errors.BodyTooLarge)
+    if route.admin or route.merchant:
+        kinds.append(errors.Unauthorized)
+    if route.database or route.degraded:
+        kinds.append(errors.DatabaseUnavailable)
+    answers: list[Answer] = []
+    for kind in (*kinds, *route.raises):
+        answer = Answer(kind.http_status, kind.code, kind.info)
+        if answer not in answers:
+            answers.append(answer)
+    return answers
 
 
 _PATH_ADAPTERS = {name: TypeAdapter(kind) for name, kind in PATH_PARAMS.items()}

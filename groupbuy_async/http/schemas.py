@@ -6,8 +6,6 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -16,8 +14,16 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ..callbacks.rules import url_problem
-from ..trade.rules import RefundType
+from ..trade.rules import CLOCK_SKEW, RefundType
+from .wire import (
+    TIME_RULE,
+    URL_RULE,
+    ApiTime,
+    HttpUrlText,
+    OrderStatusValue,
+    TeamStatusValue,
+    WholeNumber,
+)
 
 Code = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
@@ -34,23 +40,9 @@ Money = Annotated[
 ]
 # Amounts the service computes: written as JSON numbers with two decimals.
 Amount = Annotated[Decimal, WithJsonSchema({"type": "number", "multipleOf": 0.01})]
-Count = Annotated[int, Field(ge=1, le=100_000)]
+Count = Annotated[int, Field(ge=1, le=100_000), WholeNumber]
 TeamId = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9]+$")]
-ActivityId = Annotated[int, Field(ge=1, le=2**62)]
-
-
-def _absolute_http_url(url: str) -> str:
-    problem = url_problem(url)
-    if problem:
-        raise ValueError(problem.removeprefix("invalid notifyUrl: "))
-    return url
-
-
-HttpUrlText = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=2048, pattern=r"^[^\x00-\x20\x7f]+$"),
-    AfterValidator(_absolute_http_url),
-]
+ActivityId = Annotated[int, Field(ge=1, le=2**62), WholeNumber]
 
 
 # Descriptions shared by several models.
@@ -77,6 +69,7 @@ NOTIFY_STATUS = (
     " another is scheduled), 3 error (given up; an operator may replay it)"
 )
 PRICE = "in currency units, a JSON number with two decimals"
+_SKEW = int(CLOCK_SKEW.total_seconds() // 60)
 
 # Every path parameter of the API, validated (and documented) by these types.
 PATH_PARAMS: dict[str, Any] = {
@@ -165,8 +158,9 @@ class LockIn(Body):
         " again returns the same order"
     )
     notify_url: HttpUrlText = Field(
-        description="Absolute http(s) URL called back (see webhooks: teamCompleted) when the"
-        " team completes. Kept from the order that opens the team; ignored when joining"
+        description="Where callbacks are POSTed (see webhooks) about the team and its orders."
+        " Kept from the order that opens the team; ignored when joining (but still checked)."
+        f" {URL_RULE[0].upper()}{URL_RULE[1:]}"
     )
 
 
@@ -176,7 +170,7 @@ class LockOut(Body):
     original_price: Amount = Field(description=f"Price before discount, {PRICE}")
     deduction_price: Amount = Field(description=f"originalPrice - payPrice, {PRICE}")
     pay_price: Amount = Field(description=f"What the shopper pays, {PRICE}")
-    trade_order_status: int = Field(
+    trade_order_status: OrderStatusValue = Field(
         description=f"{ORDER_STATUS}. A repeated lock answers the order as it is now: a closed"
         " or refunded one is never reopened, lock again with a new outTradeNo"
     )
@@ -187,8 +181,10 @@ class SettleIn(Body):
     channel: Code = Field(description=CHANNEL)
     user_id: Code = Field(description=USER_ID)
     out_trade_no: Code = Field(description="The merchant's order number given at lock")
-    out_trade_time: AwareDatetime = Field(
-        description="When the shopper paid (with offset); not after the team's validEndTime"
+    out_trade_time: ApiTime = Field(
+        description="When the shopper paid, by the merchant's clock: not before the order's"
+        f" lock (createTime) nor after the team's validEndTime, each with {_SKEW} minutes'"
+        f" allowance for clock skew; {TIME_RULE}"
     )
 
 
@@ -225,8 +221,8 @@ class RefundOut(Body):
         " instruction to return the money; recorded as refunded (3), no order.refunded is"
         " written. A repeated refund answers the same and changes nothing"
     )
-    trade_order_status: int = Field(description=ORDER_STATUS)
-    team_status: int = Field(description=f"{TEAM_STATUS}; as it is now")
+    trade_order_status: OrderStatusValue = Field(description=ORDER_STATUS)
+    team_status: TeamStatusValue = Field(description=f"{TEAM_STATUS}; as it is now")
 
 
 class TeamOut(Body):
@@ -235,7 +231,7 @@ class TeamOut(Body):
     target_count: int = Field(description="Team size: members needed to complete")
     lock_count: int = Field(description="Members who have locked an order (paid or not)")
     complete_count: int = Field(description="Members who have paid")
-    status: int = Field(description=TEAM_STATUS)
+    status: TeamStatusValue = Field(description=TEAM_STATUS)
     valid_start_time: datetime = Field(description="When the team opened")
     valid_end_time: datetime = Field(
         description="When the team's window ends: opening + the activity's validTime minutes"
@@ -256,8 +252,8 @@ class OrderOut(Body):
     goods_id: str = Field(description=GOODS_ID)
     user_id: str = Field(description=USER_ID)
     out_trade_no: str = Field(description="The merchant's order number")
-    trade_order_status: int = Field(description=ORDER_STATUS)
-    team_status: int = Field(description=f"The order's team: {TEAM_STATUS}")
+    trade_order_status: OrderStatusValue = Field(description=ORDER_STATUS)
+    team_status: TeamStatusValue = Field(description=f"The order's team: {TEAM_STATUS}")
     original_price: Amount = Field(description=f"Price before discount, {PRICE}")
     deduction_price: Amount = Field(description=f"originalPrice - payPrice, {PRICE}")
     pay_price: Amount = Field(description=f"What the shopper pays, {PRICE}")

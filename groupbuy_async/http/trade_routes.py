@@ -160,6 +160,40 @@ async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
     )
 
 
+# What each shop-front call can be refused for, beyond bad input (declared in OpenAPI).
+_ACTIVITY_CLOSED = (
+    errors.NoActivityForGoods,
+    errors.ActivityNotEffective,
+    errors.OutsideActivityTime,
+)
+_LOCK_REFUSALS = (
+    errors.BadInput("notifyUrl points at a blocked address (GROUPBUY_NOTIFY_BLOCK_PRIVATE)"),
+    errors.ActivityNotFound,
+    *_ACTIVITY_CLOSED,
+    errors.TeamNotFound,
+    errors.TakeLimitReached,
+    errors.TeamFull,
+    errors.TeamClosed,
+    errors.OutTradeNoConflict,
+    errors.TeamActivityMismatch,
+)
+_SETTLE_REFUSALS = (
+    errors.BadInput("outTradeTime is before the order was locked (beyond the clock skew allowed)"),
+    errors.UnknownOutTradeNo,
+    errors.ChannelBlacklisted,
+    errors.TradeTimeOutsideWindow,
+    errors.OrderClosed,
+    errors.TeamFailed,
+    errors.OrderRefunded,
+)
+# A config body is checked against what it names when it is stored.
+_PUT_ACTIVITY_REFUSALS = (
+    errors.BadInput("discountId does not exist"),
+    errors.BadInput("goods: a goodsId has no SKU under the given source and channel"),
+    errors.UniqueConflict("goods: a goods item is already in another activity"),
+    errors.ActivitySpansMerchants,
+)
+
 TRADE_ROUTES: list[Route] = [
     Route(
         "PUT",
@@ -180,6 +214,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         DiscountOut,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "GET",
@@ -201,6 +236,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         DiscountOut,
         admin=True,
+        raises=(errors.NotFound, errors.StillReferenced),
     ),
     Route(
         "PUT",
@@ -211,6 +247,7 @@ TRADE_ROUTES: list[Route] = [
         SkuIn,
         SkuOut,
         admin=True,
+        raises=(errors.StillReferenced,),
     ),
     Route(
         "GET",
@@ -221,6 +258,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         SkuOut,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "GET",
@@ -242,6 +280,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         SkuOut,
         admin=True,
+        raises=(errors.NotFound, errors.StillReferenced),
     ),
     Route(
         "PUT",
@@ -252,6 +291,7 @@ TRADE_ROUTES: list[Route] = [
         ActivityIn,
         ActivityOut,
         admin=True,
+        raises=_PUT_ACTIVITY_REFUSALS,
     ),
     Route(
         "GET",
@@ -262,6 +302,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         ActivityOut,
         admin=True,
+        raises=(errors.NotFound,),
     ),
     Route(
         "GET",
@@ -283,6 +324,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         ActivityOut,
         admin=True,
+        raises=(errors.NotFound, errors.StillReferenced),
     ),
     Route(
         "POST",
@@ -292,6 +334,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         MarketConfigQuery,
         MarketConfig,
+        raises=(errors.Forbidden, *_ACTIVITY_CLOSED),
         merchant=True,
     ),
     Route(
@@ -302,6 +345,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         LockIn,
         LockOut,
+        raises=(errors.Forbidden, *_LOCK_REFUSALS),
         merchant=True,
     ),
     Route(
@@ -312,6 +356,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         SettleIn,
         SettleOut,
+        raises=(errors.Forbidden, *_SETTLE_REFUSALS),
         merchant=True,
     ),
     Route(
@@ -322,6 +367,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         RefundIn,
         RefundOut,
+        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
         merchant=True,
     ),
     Route(
@@ -332,6 +378,7 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         None,
         TeamOut,
+        raises=(errors.TeamNotFound,),
         merchant=True,
     ),
     Route(
@@ -343,6 +390,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         OrderOut,
         query=OrderQuery,
+        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
         merchant=True,
     ),
 ]

@@ -20,6 +20,7 @@ from .rules import (
     Pairs,
     TeamStatus,
     check_activity_open,
+    check_paid_after_lock,
     check_trade_time,
     is_blacklisted,
     order_event,
@@ -326,13 +327,16 @@ async def _pay(
     conn: Conn, req: SettleIn, order: asyncpg.Record, team: asyncpg.Record
 ) -> Settlement:
     completed = team["status"] == TeamStatus.COMPLETE
-    await conn.execute(
+    locked_at = await conn.fetchval(
         "UPDATE group_buy_order_list SET status = 1, out_trade_time = $2,"
-        " completed_team = $3, update_time = now() WHERE order_id = $1",
+        " completed_team = $3, update_time = now() WHERE order_id = $1 RETURNING create_time",
         order["order_id"],
         req.out_trade_time,
         completed,
     )
+    # A payment time before the lock is bad input: raised here, it rolls the transaction back
+    # (the team's count too), so nothing is written.
+    check_paid_after_lock(req.out_trade_time, locked_at)
     if completed:
         out_trade_nos = await conn.fetchval(_PAID_OUT_TRADE_NOS, order["team_id"])
         await outbox.enqueue_team_completed(

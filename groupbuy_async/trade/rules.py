@@ -1,6 +1,7 @@
 """Pure decisions of the trade core: prices, eligibility, states and the events they send.
 No I/O here."""
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -110,6 +111,30 @@ def _number(text: str, places: Decimal = CENT) -> Decimal:
     return value
 
 
+# How a discount's marketExpr is written, by plan: what the API accepts when a discount is
+# stored (OpenAPI states the same patterns). An amount fits numeric(12,2); a rate is in (0, 1].
+_AMOUNT = r"(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?"
+_RATE = r"0\.([1-9][0-9]{0,3}|0[1-9][0-9]{0,2}|00[1-9][0-9]?|000[1-9])|1(\.0{1,4})?"
+MARKET_EXPRS: dict[str, tuple[str, str]] = {
+    "ZJ": (f"^{_AMOUNT}$", 'an amount off, up to 2 decimals, e.g. "20" or "19.99"'),
+    "MJ": (f"^{_AMOUNT},{_AMOUNT}$", '"threshold,minus", two amounts, e.g. "100,10"'),
+    "ZK": (f"^({_RATE})$", 'a rate in (0, 1], up to 4 decimals, e.g. "0.8"'),
+    "N": (f"^{_AMOUNT}$", 'the price to pay, up to 2 decimals, e.g. "1.99"'),
+}
+
+
+def check_market_expr(plan: str, expr: str) -> None:
+    """A new discount's expression, as its plan's pattern says; raises ValueError if not.
+    (Stored ones are read with parse_market_expr, which also takes what older versions
+    stored, e.g. " 20".)"""
+    pattern, what = MARKET_EXPRS.get(plan, ("", ""))
+    if not pattern:
+        raise ValueError(f"unknown market plan {plan!r}")
+    if not re.fullmatch(pattern, expr):
+        raise ValueError(f"{plan} expects {what}")
+    parse_market_expr(plan, expr)
+
+
 def parse_market_expr(plan: str, expr: str) -> tuple[Decimal, ...]:
     """Validate a discount expression for its plan; raises ValueError when it is malformed."""
     if plan == "MJ":
@@ -151,11 +176,29 @@ def check_activity_open(status: int, start: datetime, end: datetime, now: dateti
         raise errors.OutsideActivityTime()
 
 
+# outTradeTime is stamped by the merchant's clock, which may drift from ours: a payment time
+# is judged with this allowance on both sides. Whether a payment is in time is decided by the
+# database's clock when it arrives (the order's deadline, the team's window); the stamp only
+# has to be plausible.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def check_trade_time(out_trade_time: datetime, valid_end: datetime) -> None:
-    # Only the end bounds it, as in the original: merchants stamp payments to the second
-    # and their clocks drift, so a lower bound would refuse genuine early payments.
-    if out_trade_time > valid_end:
+    """E0106 for a payment stamped after the team's window (beyond the skew allowance)."""
+    if out_trade_time > valid_end + CLOCK_SKEW:
         raise errors.TradeTimeOutsideWindow()
+
+
+def check_paid_after_lock(out_trade_time: datetime, lock_time: datetime) -> None:
+    """Bad input (400) for a payment stamped before its order was locked (beyond the skew
+    allowance): no shopper pays for an order that does not exist yet."""
+    if out_trade_time < lock_time - CLOCK_SKEW:
+        minutes = int(CLOCK_SKEW.total_seconds() // 60)
+        raise errors.BadInput(
+            f"outTradeTime {out_trade_time.isoformat()} is before the order was locked"
+            f" ({lock_time.isoformat()}) by more than the {minutes} minutes allowed for clock"
+            " skew"
+        )
 
 
 def is_blacklisted(source: str, channel: str, blacklist: frozenset[str]) -> bool:

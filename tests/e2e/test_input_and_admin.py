@@ -214,6 +214,26 @@ async def test_unexpected_error_is_500_without_stack_trace(
     assert any("secret internals" in (r.exc_text or str(r.exc_info)) for r in caplog.records)
 
 
+async def test_a_connection_whose_protocol_broke_is_503_not_500(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg's own state errors on a connection cut mid-statement (PostgreSQL stopped under
+    load) are the outage they come from: 503 with Retry-After, never 500."""
+    import asyncpg
+
+    from groupbuy_async.trade import orders
+
+    async def broken(*args: Any) -> None:
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 15; another operation is in progress"
+        )
+
+    monkeypatch.setattr(orders, "lock_order", broken)
+    act = await api.new_activity()
+    status, env = await api.lock(**act, userId="u", outTradeNo=new_id())
+    assert (status, env["code"]) == (503, "0503"), env
+
+
 async def test_health_and_readiness(api: Api) -> None:
     assert (await api.call("GET", "/healthz"))[0] == 200
     status, env = await api.call("GET", "/readyz")

@@ -9,7 +9,10 @@ from groupbuy_async import errors
 from groupbuy_async.http.jsonenc import dumps
 from groupbuy_async.settings import parse_schedule
 from groupbuy_async.trade.rules import (
+    CLOCK_SKEW,
     check_activity_open,
+    check_market_expr,
+    check_paid_after_lock,
     check_trade_time,
     countdown,
     is_blacklisted,
@@ -66,6 +69,51 @@ def test_trial_price(original: str, plan: str, expr: str, pay: str) -> None:
 def test_malformed_market_expr_is_refused(plan: str, expr: str) -> None:
     with pytest.raises(ValueError):
         parse_market_expr(plan, expr)
+    with pytest.raises(ValueError):
+        check_market_expr(plan, expr)
+
+
+@pytest.mark.parametrize(
+    ("plan", "expr"),
+    [
+        ("ZJ", " 20"),
+        ("ZJ", "20.000"),
+        ("ZJ", "+5"),
+        ("ZJ", "1e1"),
+        ("ZJ", "020"),
+        ("ZJ", "1_000"),
+        ("N", ".5"),
+        ("MJ", "100, 10"),
+        ("ZK", ".5"),
+        ("ZK", "01"),
+        ("ZK", "0.80000"),
+    ],
+)
+def test_a_new_expression_is_written_as_its_pattern_says(plan: str, expr: str) -> None:
+    """Decimal reads these, but OpenAPI's pattern for the plan refuses them: so does the API
+    (the patterns are what a generated client checks). Stored ones still price."""
+    parse_market_expr(plan, expr)
+    with pytest.raises(ValueError, match=f"{plan} expects"):
+        check_market_expr(plan, expr)
+
+
+@pytest.mark.parametrize(
+    ("plan", "expr"),
+    [
+        ("ZJ", "0"),
+        ("ZJ", "9999999999.99"),
+        ("N", "1.9"),
+        ("MJ", "100,10"),
+        ("MJ", "0.01,0"),
+        ("ZK", "1"),
+        ("ZK", "1.0000"),
+        ("ZK", "0.0001"),
+        ("ZK", "0.8"),
+        ("ZK", "0.085"),
+    ],
+)
+def test_expressions_the_pattern_allows_are_accepted(plan: str, expr: str) -> None:
+    check_market_expr(plan, expr)
 
 
 def test_activity_must_be_effective_and_in_time() -> None:
@@ -80,12 +128,23 @@ def test_activity_must_be_effective_and_in_time() -> None:
         check_activity_open(1, now - day, now - timedelta(seconds=1), now)
 
 
-def test_trade_time_must_not_be_after_the_team_window() -> None:
+def test_trade_time_must_not_be_after_the_team_window_beyond_the_clock_skew() -> None:
     end = datetime(2026, 1, 1, tzinfo=UTC)
     check_trade_time(end - timedelta(minutes=5), end)
     check_trade_time(end, end)
+    check_trade_time(end + CLOCK_SKEW, end)  # the merchant's clock may run ahead of ours
     with pytest.raises(errors.TradeTimeOutsideWindow):
-        check_trade_time(end + timedelta(seconds=1), end)
+        check_trade_time(end + CLOCK_SKEW + timedelta(seconds=1), end)
+
+
+def test_trade_time_must_not_be_before_the_lock_beyond_the_clock_skew() -> None:
+    locked = datetime(2026, 1, 1, tzinfo=UTC)
+    assert timedelta(minutes=5) == CLOCK_SKEW
+    check_paid_after_lock(locked, locked)
+    check_paid_after_lock(locked - CLOCK_SKEW, locked)  # the merchant's clock may lag
+    for early in (locked - CLOCK_SKEW - timedelta(seconds=1), datetime(1970, 1, 1, tzinfo=UTC)):
+        with pytest.raises(errors.BadInput, match="before the order was locked"):
+            check_paid_after_lock(early, locked)
 
 
 def test_countdown_formats_remaining_time() -> None:
