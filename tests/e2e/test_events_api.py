@@ -573,7 +573,9 @@ async def test_openapi_describes_the_order_pull(api: Api) -> None:
         "outTradeNo": ("path", True), "source": ("query", True), "channel": ("query", True),
         "userId": ("query", True),
     }  # fmt: skip
-    assert "security" not in operation and "404" in operation["responses"]
+    assert operation["security"] == [{"merchantKey": []}] and "404" in operation["responses"]
+    assert {"401", "403"} <= set(operation["responses"])
+    assert doc["components"]["securitySchemes"]["merchantKey"]["scheme"] == "bearer"
     status = doc["components"]["schemas"]["OrderOut"]["properties"]["tradeOrderStatus"]
     assert "3 refunded" in status["description"]
     # Optional query parameters stay optional.
