@@ -26,6 +26,7 @@ class MerchantIn(Body):
     bindings: list[Binding] = Field(
         [],
         max_length=1000,
+        json_schema_extra={"uniqueItems": True},
         description="The source+channel pairs (shops) this merchant trades under; each pair"
         " belongs to at most one merchant. Teams, orders and events under a pair are its"
         " merchant's; goods under a pair no merchant holds cannot be traded",

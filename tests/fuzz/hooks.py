@@ -100,7 +100,8 @@ def _pin_path(case: "Case[Any]") -> None:
     if not params:
         return
     if case.method.upper() == "PUT":
-        seeded = {str(SEED[k]) for k in ("discountId", "activityId")} | {SEED["goods"]["goodsId"]}
+        seeded = {str(SEED[k]) for k in ("discountId", "activityId", "merchantId")}
+        seeded |= {SEED["goods"]["goodsId"], SEED["otherMerchantId"]}
         for name, value in params.items():
             if str(value) in seeded:
                 params[name] = 1 if name == "activityId" else f"not-{value}"
@@ -115,6 +116,9 @@ def _pin_path(case: "Case[Any]") -> None:
         "eventId": SEED["eventId"],
         "teamId": order["teamId"],
         "outTradeNo": order["outTradeNo"],
+        # The merchant whose key trades stays as it is: reads and key changes name another.
+        "merchantId": SEED["otherMerchantId"],
+        "keyId": SEED["otherKeyId"],
     }
     for name in params:
         params[name] = seeds[name]
