@@ -16,7 +16,7 @@ import time
 
 import asyncpg
 
-import groupbuy_async.worker  # noqa: F401 -- the worker's modules, for a comparable RSS
+import groupbuy_async.worker.run  # noqa: F401 -- the worker's modules, for a comparable RSS
 from groupbuy_async.db import create_pool
 from groupbuy_async.settings import Settings
 from groupbuy_async.trade import expiry

@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from .errors import TeamNotFound
-from .lifecycle import StartupError
 from .logs import setup_logging
+from .process.startup import StartupError
 from .settings import ENV_PREFIX, Settings, SettingsError, load_settings, require
 
 log = logging.getLogger("groupbuy_async")
@@ -166,15 +166,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "api":
-        from .lifecycle import serve_api
-        from .processes import run_with_loop, supervise
+        from .http.server import serve_api
+        from .http.supervisor import supervise
+        from .process.loop import run_with_loop
 
         require(settings, "database_url")
         if args.processes > 1:
             sys.exit(asyncio.run(supervise(settings, args.processes)))
         run_with_loop(serve_api(settings, args.ready_fd), settings.api_event_loop)
     elif args.command == "worker":
-        from .lifecycle import run_worker
+        from .worker.run import run_worker
 
         require(settings, "database_url", "redis_url")
         asyncio.run(run_worker(settings))
@@ -186,11 +187,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         require(settings, "database_url")
         print(json.dumps(asyncio.run(notify(settings, args.team_id))))
     elif args.command == "health":
-        from .lifecycle import check_health
-
         if args.process == "worker":
             require(settings, "redis_url")
-        sys.exit(asyncio.run(check_health(settings, args.process)))
+        sys.exit(asyncio.run(_health(args.process, settings)))
     elif args.command == "dev":
         _dev(args, settings)
 
@@ -206,11 +205,21 @@ def _dev(args: argparse.Namespace, settings: Settings) -> None:
     asyncio.run(run_dev(settings))
 
 
+async def _health(process: str, settings: Settings) -> int:
+    if process == "worker":
+        from .worker.health import check_workers
+
+        return await check_workers(settings.redis_url or "", settings.queue_name)
+    from .http.server import check_api
+
+    return await check_api(settings)
+
+
 async def _migrate(settings: Settings) -> list[str]:
     import asyncpg
 
     from .db import MigrationError, apply_migrations
-    from .lifecycle import reaching
+    from .process.startup import reaching
 
     dsn = settings.database_url or ""
     with reaching("PostgreSQL", dsn):
@@ -227,7 +236,7 @@ async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
     """The original's execSettlementNotifyJob([teamId]) as a one-shot command; TeamNotFound
     when `team_id` names no team (rather than counts of zero, as for a team with none due)."""
     from .bootstrap import services
-    from .lifecycle import reaching
+    from .process.startup import reaching
     from .trade.queries import get_team
 
     async with contextlib.AsyncExitStack() as stack:

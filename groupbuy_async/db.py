@@ -45,9 +45,15 @@ class MigrationError(RuntimeError):
 # server's own "not now": too many connections or out of resources (53xxx), starting up,
 # shutting down or a cancelled statement (57xxx). The API answers these 503 (code 0503).
 UNAVAILABLE: tuple[type[BaseException], ...] = (
-    TimeoutError, OSError, asyncpg.PostgresConnectionError,
-    asyncpg.InsufficientResourcesError, asyncpg.OperatorInterventionError,
-)  # fmt: skip
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+)
+# The same for a process that rides an outage out on its pool (the worker): a connection
+# dropped in doubt and then used again also raises asyncpg's InterfaceError.
+DOWN: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.InterfaceError)
 
 # After these, what a connection was doing is unknown (a statement may still run, a reply
 # may still come): it is dropped, never asked to cancel or roll back first, since a server

@@ -4,7 +4,7 @@ earlier `dev` left running on GROUPBUY_DATA_DIR, and the data it stored there.""
 import shutil
 from pathlib import Path
 
-from ..lifecycle import StartupError
+from ..process.startup import StartupError
 from .embedded import RunningServer, left_running
 
 # What `dev`, and the tests and benchmarks beside it, write into the data dir; a data dir

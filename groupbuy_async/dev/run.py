@@ -14,18 +14,15 @@ from ..bootstrap import Services
 from ..db import create_pool, migrate
 from ..http.app import create_app
 from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
-from ..lifecycle import (
-    StartupError,
-    Stop,
-    finish_jobs,
-    quietly,
-    run_until_signalled,
-    server_address,
-    start_api,
-)
+from ..http.server import start_api
+from ..process.reasons import server_address
+from ..process.signals import Stop, run_until_signalled
+from ..process.startup import StartupError
 from ..settings import Settings
 from ..trade import catalog
-from ..worker import build_worker, shutdown
+from ..worker.arq_worker import build_worker
+from ..worker.context import shutdown
+from ..worker.run import finish_jobs, quietly
 
 log = logging.getLogger("groupbuy_async.dev")
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from groupbuy_async.settings import Settings
-from groupbuy_async.worker import build_worker
+from groupbuy_async.worker.arq_worker import build_worker
 
 from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
 from ..merchant import Merchant
@@ -289,7 +289,8 @@ async def test_worker_serves_its_own_metrics(
 
     import aiohttp
 
-    from groupbuy_async.worker import deliver_callbacks, shutdown, startup
+    from groupbuy_async.worker.context import shutdown, startup
+    from groupbuy_async.worker.jobs import deliver_callbacks
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

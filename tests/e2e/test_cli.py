@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from groupbuy_async.dev.embedded import EmbeddedServer
-from groupbuy_async.lifecycle import server_address
+from groupbuy_async.process.reasons import server_address
 from groupbuy_async.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, exited, make_tasks, new_id, now_iso, wait_ready
