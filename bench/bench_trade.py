@@ -106,7 +106,7 @@ async def http_path(
         ) as api,
     ):
         self_url = f"{api.base}/api/v1/test/group_buy_notify"
-        notify_url = self_url if args.notify == "self" else merchant.url
+        notify_url = self_url if args.notify == "self" else merchant.url()
         cpu = {
             "bench": combined(this_process, processes(merchant.pid)),
             "api": process_tree(api.proc.pid),

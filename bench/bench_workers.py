@@ -164,7 +164,7 @@ async def run(
     await receiver.reset()
     async with fresh_database(admin_dsn) as dsn:
         # Due in an hour: nothing drains before both workers are up (ticks aligned).
-        await insert_tasks(dsn, args.tasks, receiver.url, due_in=timedelta(hours=1))
+        await insert_tasks(dsn, args.tasks, receiver.url(), due_in=timedelta(hours=1))
         procs: list[WorkerProcess] = []
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         assert pool is not None

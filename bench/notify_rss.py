@@ -65,7 +65,7 @@ async def drain_all(dsn: str, bound: int) -> None:
 
 async def run_rss(admin_dsn: str, receiver: Receiver, count: int, bound: int) -> RssRun:
     async with fresh_database(admin_dsn) as dsn:
-        await insert_tasks(dsn, count, receiver.url)
+        await insert_tasks(dsn, count, receiver.url())
         await receiver.reset()
         # Through `sh` so the child is forked from a small process: Linux carries a process's
         # ru_maxrss across fork+exec, so a child spawned straight from this (larger) process

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "api":
+        from .http.routing import Route
         from .http.server import serve_api
         from .http.supervisor import supervise
         from .process.loop import run_with_loop
@@ -173,7 +174,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         require(settings, "database_url")
         if args.processes > 1:
             sys.exit(asyncio.run(supervise(settings, args.processes)))
-        run_with_loop(serve_api(settings, args.ready_fd), settings.api_event_loop)
+        routes: list[Route] = []
+        if settings.mock_merchant:  # dev/ is loaded only then
+            from .dev.merchant import mock_merchant_routes
+
+            routes = mock_merchant_routes(settings)
+        run_with_loop(serve_api(settings, args.ready_fd, routes), settings.api_event_loop)
     elif args.command == "worker":
         from .worker.run import run_worker
 

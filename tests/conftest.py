@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from groupbuy_async.db import create_pool, temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
+from groupbuy_async.dev.merchant import mock_merchant_routes
 from groupbuy_async.http.app import create_app
 from groupbuy_async.settings import Settings
 
@@ -97,7 +98,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def start_client(settings: Settings) -> TestClient[Any, Any]:
-    client = TestClient(TestServer(create_app(settings)))
+    """The API as `api` serves it (with the mock merchant: the tests' settings ask for it)."""
+    client = TestClient(TestServer(create_app(settings, mock_merchant_routes(settings))))
     await client.start_server()
     return client
 

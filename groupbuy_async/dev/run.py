@@ -23,6 +23,7 @@ from ..trade import catalog
 from ..worker.arq_worker import build_worker
 from ..worker.context import shutdown
 from ..worker.run import finish_jobs, quietly
+from .merchant import mock_merchant_routes
 
 log = logging.getLogger("groupbuy_async.dev")
 
@@ -156,7 +157,7 @@ async def _run_dev(settings: Settings) -> None:
 
 
 async def _start(settings: Settings, worker_died: list[BaseException]) -> Stop:
-    stop_api = await start_api(create_app(settings), settings)
+    stop_api = await start_api(create_app(settings, mock_merchant_routes(settings)), settings)
     worker = build_worker(settings)
     worker_task = asyncio.create_task(worker.async_run())
 

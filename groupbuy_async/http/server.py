@@ -2,6 +2,7 @@
 
 import logging
 import os
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
@@ -12,6 +13,7 @@ from ..process.signals import Stop, run_until_signalled
 from ..process.startup import StartupError, reaching, warn_unsafe
 from ..settings import Settings
 from .app import create_app
+from .routing import Route
 
 log = logging.getLogger("groupbuy_async")
 
@@ -44,12 +46,16 @@ async def start_api(app: web.Application, settings: Settings, reuse_port: bool =
     return runner.cleanup
 
 
-async def serve_api(settings: Settings, ready_fd: int | None = None) -> None:
-    """One API process until SIGTERM/SIGINT. With `ready_fd` it is one of `api --processes
-    N`: it shares the port and writes a byte to that pipe once it listens."""
+async def serve_api(
+    settings: Settings, ready_fd: int | None = None, extra_routes: Sequence[Route] = ()
+) -> None:
+    """One API process until SIGTERM/SIGINT, serving `extra_routes` too. With `ready_fd` it
+    is one of `api --processes N`: it shares the port and writes a byte to that pipe once it
+    listens."""
 
     async def start() -> Stop:
-        stop = await start_api(create_app(settings), settings, reuse_port=ready_fd is not None)
+        app = create_app(settings, extra_routes)
+        stop = await start_api(app, settings, reuse_port=ready_fd is not None)
         # Said once it is up, so that a startup failure stays the only line printed (with
         # several processes, by their parent).
         if ready_fd is None:

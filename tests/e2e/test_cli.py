@@ -11,14 +11,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
 from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.process.reasons import server_address
 from groupbuy_async.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, exited, make_tasks, new_id, now_iso, wait_ready
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -105,7 +104,7 @@ async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
 
 
 async def test_worker_process_delivers_due_callbacks(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     team_ids = await make_tasks(pool, 3, merchant.url)
     proc = await asyncio.create_subprocess_exec(
@@ -335,16 +334,12 @@ async def test_health_worker_without_redis_is_1_in_one_line() -> None:
 
 
 async def test_worker_that_loses_redis_exits_non_zero_instead_of_idling(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant, own_redis: EmbeddedServer
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant, own_redis: EmbeddedServer
 ) -> None:
     """Redis stops while a delivery job is in flight: the send still completes (PostgreSQL is
     fine), then the worker says once that it lost Redis and exits 1 for its supervisor."""
 
-    async def slow(_: int) -> web.Response:
-        await asyncio.sleep(2)
-        return web.Response(text="success")
-
-    merchant.behaviour = slow
+    merchant.delay = 2
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     proc = await _start("worker", _env(settings, GROUPBUY_REDIS_URL=own_redis.url))
     try:

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from groupbuy_async.db import create_pool, temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
 
 from ..conftest import exited, keys_left, make_tasks, now_iso, wait_ready
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
 
@@ -113,15 +112,11 @@ async def test_dev_shows_a_verified_callback_and_ctrl_c_leaves_nothing_behind(
 
 
 async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
-    server_urls: tuple[str, str], own_redis: EmbeddedServer, merchant: Merchant, tmp_path: Path
+    server_urls: tuple[str, str], own_redis: EmbeddedServer, merchant: LocalMerchant, tmp_path: Path
 ) -> None:
     """As the worker process on SIGTERM: a drain sending when Ctrl-C comes is not cut short."""
 
-    async def slow(_: int) -> web.Response:
-        await asyncio.sleep(2)
-        return web.Response(text="success")
-
-    merchant.behaviour = slow
+    merchant.delay = 2
     async with temporary_database(server_urls[0], "groupbuy_test_dev") as url:
         pool = await create_pool(url, 1, 2)
         try:
@@ -136,7 +131,7 @@ async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
                 await _ctrl_c(proc)
             status = "SELECT notify_status FROM notify_task WHERE team_id = $1"
             assert await pool.fetchval(status, team_id) == 1
-            assert len(merchant.requests) == 1
+            assert merchant.requests == 1
         finally:
             await pool.close()
 

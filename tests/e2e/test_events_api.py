@@ -18,7 +18,7 @@ from groupbuy_async.callbacks.feed import _HORIZON
 from groupbuy_async.settings import Settings
 
 from ..conftest import Api, make_tasks
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 NO_COUNTS = {"waitCount": 0, "successCount": 0, "retryCount": 0, "errorCount": 0}
 TYPES = [str(t) for t in EventType]
@@ -98,7 +98,7 @@ def sample(text: str, name: str) -> float:
 
 
 async def test_run_counts_and_metrics_carry_the_event_type(
-    api: Api, pool: asyncpg.Pool, merchant: Merchant
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     success = 'groupbuy_notify_attempts_total{outcome="success",type="order.closed"}'
     before = sample(await scrape(api), success)
@@ -110,7 +110,7 @@ async def test_run_counts_and_metrics_carry_the_event_type(
     )
     one = {"waitCount": 1, "successCount": 1, "retryCount": 0, "errorCount": 0}
     assert (status, env["data"]) == (200, {**one, "byType": by_type({"order.closed": one})})
-    assert merchant.requests and '"type":"order.closed"' in merchant.requests[0][1]
+    assert merchant.received and '"type":"order.closed"' in merchant.received[0].body
 
     text = await scrape(api)
     assert sample(text, success) == before + 1
@@ -125,14 +125,14 @@ async def test_run_counts_and_metrics_carry_the_event_type(
 
 
 async def test_notify_cli_counts_by_type(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     from groupbuy_async.cli import notify
 
     async def busy(_: int) -> web.Response:
         return web.Response(status=503, text="busy")
 
-    merchant.behaviour = busy
+    merchant.answer = busy
     team_id = await bare_team(pool)
     await enqueue(pool, event(EventType.TEAM_FAILED, team_id, merchant.url))
     counts = await notify(settings, team_id)
@@ -143,11 +143,13 @@ async def test_notify_cli_counts_by_type(
 # --- one event: view and replay ---------------------------------------------------------
 
 
-async def test_event_detail_and_replay(api: Api, pool: asyncpg.Pool, merchant: Merchant) -> None:
+async def test_event_detail_and_replay(
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
+) -> None:
     async def gone(_: int) -> web.Response:
         return web.Response(status=410, text="gone")
 
-    merchant.behaviour = gone
+    merchant.answer = gone
     team_id = await bare_team(pool)
     order_id = f"{team_id}7"
     (event_id,) = await enqueue(
@@ -167,14 +169,15 @@ async def test_event_detail_and_replay(api: Api, pool: asyncpg.Pool, merchant: M
     )  # fmt: skip
     assert detail["notifyStatus"] == 3 and detail["nextAttemptAt"] is None
     assert [a["httpStatus"] for a in detail["attempts"]] == [410]
-    ((_, sent_body),) = merchant.requests
+    (sent,) = merchant.received
+    sent_body = sent.body
     assert detail["data"] == json.loads(sent_body)["data"]  # what was sent
     assert detail["data"]["orderId"] == order_id and detail["data"]["eventId"] == event_id
     _, team_view = await api.call("GET", "/api/v1/admin/notify_tasks?teamId=" + team_id, admin=True)
     (task,) = team_view["data"]
     assert set(detail) == set(task) | {"attempts", "data"}
 
-    merchant.behaviour = Merchant.behaviour
+    merchant.answer = None
     status, env = await api.call("POST", f"{path}/replay", admin=True)
     assert status == 200 and env["data"]["notifyStatus"] == 2 and env["data"]["nextAttemptAt"]
     assert env["data"]["eventId"] == event_id

@@ -26,7 +26,7 @@ from yarl import URL
 from groupbuy_async.db import create_pool
 
 from ..conftest import ROOT, make_tasks
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 MIGRATIONS = sorted((ROOT / "sql").glob("*.sql"))
 PACKAGED = "groupbuy_async/migrations/"
@@ -165,7 +165,7 @@ async def test_the_installed_wheel_migrates_a_new_database_from_elsewhere(
 
 
 async def test_the_installed_notify_prints_one_json_document(
-    installed: Installed, empty_database: str, merchant: Merchant
+    installed: Installed, empty_database: str, merchant: LocalMerchant
 ) -> None:
     env = _clean_env(GROUPBUY_DATABASE_URL=empty_database, GROUPBUY_NOTIFY_BLOCK_PRIVATE="false")
     await _check(installed.cli, "migrate", cwd=installed.elsewhere, env=env)
@@ -183,7 +183,7 @@ async def test_the_installed_notify_prints_one_json_document(
         installed.cli, "notify", "--team-id", team_id, cwd=installed.elsewhere, env=env
     )
     assert code == 0 and json.loads(out)["successCount"] == 1, out + err
-    assert len(merchant.requests) == 1
+    assert merchant.requests == 1
 
     code, out, err = await _run(
         installed.cli, "notify", "--team-id", "no-such-team", cwd=installed.elsewhere, env=env

@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from groupbuy_async.dev.merchant_process import Tallied
+
 from .harness import IN_FLIGHT, LEASE, NOTIFY_TIMEOUT, Outcome, Run, Stage, latency_note
 from .merchant import HOSTILE_PATHS, Merchant
 from .shop import SETTLE, Call, Team, drive, steady_load
@@ -89,7 +91,7 @@ async def baseline(run: Run, number: str, name: str) -> Outcome:
 async def _backlog(s: Stage, merchant: Merchant, count: int) -> None:
     """`count` completed teams whose first (immediate) attempt failed, so that only the
     worker, not yet running, delivers them; then the merchant answers, slowly."""
-    await merchant.set_mode("error")
+    await merchant.set_mode("fail")
     teams = [s.shop.new_team(merchant.url(), 2) for _ in range(count)]
     await drive(teams, 6, s.shop.trade)
     deadline = time.monotonic() + 20
@@ -442,7 +444,7 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _oks(receipts: list[tuple[str, float, bool, str, bool | None]]) -> int:
+def _oks(receipts: list[Tallied]) -> int:
     return sum(1 for r in receipts if r[2])
 
 
