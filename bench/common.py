@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 from yarl import URL
 
-from groupbuy_async.db import temporary_database
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import servers_or_embedded
 
 ROOT = Path(__file__).resolve().parent.parent

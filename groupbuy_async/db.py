@@ -5,16 +5,13 @@ import contextlib
 import logging
 import re
 import sys
-import uuid
-from collections.abc import AsyncIterator, Generator
-from contextlib import asynccontextmanager
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 from asyncpg.transaction import Transaction
-from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -277,24 +274,3 @@ async def apply_migrations(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) ->
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
     return applied
-
-
-@asynccontextmanager
-async def temporary_database(admin_dsn: str, prefix: str) -> AsyncIterator[str]:
-    """A new, migrated database on the server of `admin_dsn`; dropped on exit (tests, bench)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = str(URL(admin_dsn).with_path(f"/{name}"))
-    try:
-        await migrate(url)
-        yield url
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()

@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
 from groupbuy_async.dev.merchant import mock_merchant_routes
 from groupbuy_async.http.app import create_app

@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
 

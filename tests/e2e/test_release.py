@@ -21,9 +21,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from yarl import URL
 
 from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 
 from ..conftest import ROOT, make_tasks
 from ..merchant import LocalMerchant
@@ -99,21 +99,8 @@ async def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> In
 @pytest.fixture
 async def empty_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
     """A new database with nothing in it, on the tests' PostgreSQL server; dropped after."""
-    admin = server_urls[0]
-    name = f"groupbuy_release_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield str(URL(admin).with_path(f"/{name}"))
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with temporary_database(server_urls[0], "groupbuy_release", migrated=False) as url:
+        yield url
 
 
 def test_the_wheel_carries_the_migrations_as_in_sql(wheel: Path) -> None:

@@ -22,7 +22,8 @@ from groupbuy_async.bootstrap import build_dispatcher
 from groupbuy_async.callbacks.dispatch import Dispatcher
 from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import Admission, Breaker, BreakerChange, BreakerPolicy
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.settings import Settings
 
 from ..conftest import SECRET, make_tasks

@@ -1,7 +1,8 @@
 """What a worker leaves in Redis once it stopped cleanly: nothing. Not its queue or heartbeat,
 nor arq's job, retry and in-progress keys of the cron ticks it ran or had queued."""
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.settings import Settings
 

@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 from yarl import URL
 
-from groupbuy_async.db import create_pool, migrate, temporary_database
+from groupbuy_async.db import create_pool, migrate
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
 from groupbuy_async.settings import Settings
 

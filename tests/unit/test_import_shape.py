@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
 ]
 # Parts that only these others may import: dev/ is never loaded by `api` or `worker`, only
 # by the `dev` verb (and, with GROUPBUY_MOCK_MERCHANT, `api` for its mock merchant). Tests and
-# benchmarks, outside the package, use its embedded servers and its merchant too.
+# benchmarks, outside the package, use its embedded servers, databases and merchant too.
 IMPORTED_ONLY_BY: dict[str, set[str]] = {"dev": {"cli"}}
 
 # Being removed (issue 13). Each entry must still be true: once fixed, it leaves the list.
