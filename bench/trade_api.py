@@ -4,7 +4,6 @@ the callbacks it sends."""
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -13,6 +12,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import asyncpg
+
+from groupbuy_async.dev.embedded import free_port
 
 from .common import ROOT, BenchFailure, stop_process
 
@@ -32,12 +33,6 @@ class ApiProcess:
             return self.final_log
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read().splitlines()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

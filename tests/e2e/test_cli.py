@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from groupbuy_async.dev.embedded import EmbeddedServer
+from groupbuy_async.dev.embedded import EmbeddedServer, free_port
 from groupbuy_async.process.reasons import server_address
 from groupbuy_async.settings import Settings
 
@@ -49,12 +49,6 @@ async def _stop(proc: asyncio.subprocess.Process) -> str:
     return out.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_migrate_command_is_idempotent(settings: Settings) -> None:
     code, out = await _run("migrate", env=_env(settings))
     assert code == 0 and "applied 0 migration(s): none pending" in out
@@ -69,7 +63,7 @@ async def test_commands_refuse_to_start_without_servers(settings: Settings) -> N
 async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
     settings: Settings, api: Any
 ) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     act = await api.new_activity(target=1)
     proc = await asyncio.create_subprocess_exec(
@@ -265,7 +259,7 @@ async def test_api_without_admin_token_warns_once_and_health_follows_it(
     settings: Settings,
 ) -> None:
     assert settings.database_url
-    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_PORT=str(_free_port()))
+    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_PORT=str(free_port()))
     code, out = await _run("health", "api", env=env)
     assert code == 1 and _one_line(out)  # nothing listens yet
     proc = await _start("api", env)
@@ -284,7 +278,7 @@ async def test_api_without_admin_token_warns_once_and_health_follows_it(
 async def test_api_with_private_callback_targets_allowed_warns_once(
     settings: Settings, processes: str, serving: str
 ) -> None:
-    env = _env(settings, GROUPBUY_PORT=str(_free_port()))  # admin token set, blocking off
+    env = _env(settings, GROUPBUY_PORT=str(free_port()))  # admin token set, blocking off
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "groupbuy_async", "api", "--processes", processes, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -5,7 +5,6 @@ send cut short, nothing left in Redis)."""
 import asyncio
 import os
 import signal
-import socket
 import sys
 import uuid
 from asyncio.subprocess import Process
@@ -16,19 +15,13 @@ import aiohttp
 
 from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
-from groupbuy_async.dev.embedded import EmbeddedServer
+from groupbuy_async.dev.embedded import EmbeddedServer, free_port
 from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
 
 from ..conftest import exited, keys_left, make_tasks, now_iso, wait_ready
 from ..merchant import LocalMerchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
@@ -60,7 +53,7 @@ async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str) -> str:
 
 async def _start_dev(database_url: str, redis_url: str, data_dir: Path) -> tuple[Process, str]:
     """`python -m groupbuy_async dev` on those servers, once it serves; its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
     env.update(
         GROUPBUY_DATABASE_URL=database_url, GROUPBUY_REDIS_URL=redis_url,

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -24,6 +23,7 @@ import pytest
 
 from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
+from groupbuy_async.dev.embedded import free_port
 
 from ..conftest import ROOT, make_tasks
 from ..merchant import LocalMerchant
@@ -179,12 +179,6 @@ async def test_the_installed_notify_prints_one_json_document(
     assert err == "groupbuy-async notify: team no-such-team does not exist\n", err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 STOP_SECONDS = 10  # "within seconds of one SIGTERM", with slack for a busy machine
 
 
@@ -216,7 +210,7 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 async def test_the_installed_api_and_worker_stop_on_one_sigterm(
     installed: Installed, empty_database: str, server_urls: tuple[str, str]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = _clean_env(
         GROUPBUY_DATABASE_URL=empty_database, GROUPBUY_REDIS_URL=server_urls[1],
         GROUPBUY_PORT=str(port), GROUPBUY_QUEUE_NAME=f"release:{uuid.uuid4().hex}",

@@ -21,9 +21,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from groupbuy_async.dev.embedded import free_port
+
 from .merchant import Merchant
 from .procs import ROOT, Child, clean_env, run_once
-from .servers import Postgres, Redis, clean_stale_runs, free_port, start_watchdog
+from .servers import Postgres, Redis, clean_stale_runs, start_watchdog
 from .shop import ADMIN_TOKEN, Shop
 
 # The service's settings in every stage (see README "Settings").

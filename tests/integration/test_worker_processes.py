@@ -22,7 +22,7 @@ from yarl import URL
 
 from groupbuy_async.db import create_pool, migrate
 from groupbuy_async.dev.databases import temporary_database
-from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
+from groupbuy_async.dev.embedded import EmbeddedServer, free_port, start_postgres
 from groupbuy_async.settings import Settings
 
 from ..conftest import make_tasks
@@ -252,14 +252,6 @@ def _sample(text: str, name: str) -> float:
     return float(line.split()[-1])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_worker_rides_out_a_postgresql_restart_in_two_lines(
     settings: Settings,
     own_postgres: EmbeddedServer,
@@ -267,7 +259,7 @@ async def test_worker_rides_out_a_postgresql_restart_in_two_lines(
     workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
     pg_dir: Path,
 ) -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     env = worker_env(
         settings.model_copy(update={"database_url": own_postgres.url}),
         FAIL_TEAMS_CRON_SECONDS=1,
