@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -18,6 +19,32 @@ from groupbuy_async.dev.embedded import free_port
 from .common import ROOT, BenchFailure, stop_process
 
 ADMIN_TOKEN = "bench-admin-token"
+
+
+class ApiClient:
+    """Calls to the API at `base` over one session: each answers its envelope's data, or
+    raises a BenchFailure."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(self.base + path, json=body) as resp:
+            envelope: dict[str, Any] = await resp.json()
+            if resp.status != 200 or envelope.get("code") != "0000":
+                raise BenchFailure(f"POST {path} {body} -> HTTP {resp.status} {envelope}")
+            return envelope["data"]  # type: ignore[no-any-return]
+
+    async def warm_up(self, concurrency: int) -> None:
+        """Opens the client's keep-alive connections and grows the API's pool."""
+
+        async def probe() -> None:
+            async with self.session.get(f"{self.base}/api/v1/gbm/teams/0") as resp:
+                await resp.read()
+
+        for _ in range(3):
+            await asyncio.gather(*(probe() for _ in range(concurrency)))
 
 
 @dataclass
