@@ -42,7 +42,7 @@ from groupbuy_async.http.schemas import RefundIn
 from groupbuy_async.trade import refunds
 
 from . import lifecycle_data as data
-from .bench_trade import command_line, cpu_lines
+from .bench_trade import cpu_lines, verdict
 from .common import (
     BenchFailure,
     Options,
@@ -240,18 +240,12 @@ def report(
         *cpu_lines(phases, notes),
         "",
         f"ratio http/direct, refund throughput: {ratio:.2f}",
-        *(f"note: {note}" for note in notes),
     ]
-    if problems:
-        lines += ["", *(f"FAILED: {problem}" for problem in problems)]
-    else:
-        lines.append(
-            f"checks: OK — {args.locks} locks closed (slots freed, one order.closed each);"
-            f" per path {args.refunds} refunds answered and applied as their type says,"
-            " one event each"
-        )
-    lines += ["", f"command: {command_line()}"]
-    print("\n".join(lines))
+    checked = (
+        f"{args.locks} locks closed (slots freed, one order.closed each); per path"
+        f" {args.refunds} refunds answered and applied as their type says, one event each"
+    )
+    print("\n".join(lines + verdict(notes, problems, checked)))
 
 
 def main(argv: list[str] | None = None) -> None:

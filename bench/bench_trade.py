@@ -289,17 +289,23 @@ def report(
         *ratio_lines(http, direct),
         "(direct = the SQL alone: its settlements write notify tasks but send no callbacks;"
         " http settle also claims, POSTs and records one callback per team)",
-        *(f"note: {note}" for note in notes),
     ]
+    checked = (
+        f"per path {args.teams}/{args.teams} teams complete (status 1, 3/3),"
+        f" {args.teams * TARGET} orders paid, {args.teams} notify tasks"
+    )
+    print("\n".join(lines + verdict(notes, problems, checked)))
+
+
+def verdict(notes: list[str], problems: list[str], checked: str) -> list[str]:
+    """A report's last lines: its notes, then what failed or what was checked, then the
+    command to repeat the run."""
+    lines = [f"note: {note}" for note in notes]
     if problems:
         lines += ["", *(f"FAILED: {problem}" for problem in problems)]
     else:
-        lines.append(
-            f"checks: OK — per path {args.teams}/{args.teams} teams complete (status 1, 3/3),"
-            f" {args.teams * TARGET} orders paid, {args.teams} notify tasks"
-        )
-    lines += ["", f"command: {command_line()}"]
-    print("\n".join(lines))
+        lines.append(f"checks: OK — {checked}")
+    return [*lines, "", f"command: {command_line()}"]
 
 
 def _counts(text: str) -> list[int]:

@@ -4,6 +4,7 @@ local server."""
 import asyncio
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from groupbuy_async.dev.merchant import Answer, Merchant
@@ -30,3 +31,22 @@ async def start_merchant(answer: Answer | None = None, **kwargs: Any) -> LocalMe
     merchant.answer = answer
     await merchant.server.start_server()
     return merchant
+
+
+def answering(status: int, text: str = "", headers: dict[str, str] | None = None) -> Answer:
+    """Every callback answered so."""
+
+    async def answer(_: int) -> web.Response:
+        return web.Response(status=status, text=text, headers=headers)
+
+    return answer
+
+
+def success_once(event: asyncio.Event) -> Answer:
+    """Every callback answered `success` once `event` is set."""
+
+    async def answer(_: int) -> web.Response:
+        await event.wait()
+        return web.Response(text="success")
+
+    return answer

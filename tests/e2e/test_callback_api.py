@@ -1,29 +1,24 @@
 """Operator and merchant-facing callback endpoints, the worker's compensation cron, the CLI."""
 
 import json
-import re
 import time
 import uuid
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from groupbuy_async.settings import Settings
 from groupbuy_async.worker.arq_worker import build_worker
 
-from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
-from ..merchant import LocalMerchant
+from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, sample, start_client
+from ..merchant import LocalMerchant, answering
 
 
 async def test_run_list_inspect_and_replay(
     api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
-    async def gone(_: int) -> web.Response:
-        return web.Response(status=410, text="gone")
-
-    merchant.answer = gone
+    merchant.answer = answering(410, "gone")
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     status, env = await api.call(
         "POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True
@@ -65,10 +60,7 @@ async def test_run_list_inspect_and_replay(
 async def test_attempts_show_the_merchants_response_body(
     api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
-    async def busy(_: int) -> web.Response:
-        return web.Response(status=500, text="busy, try later: 商户繁忙 #7f3a")
-
-    merchant.answer = busy
+    merchant.answer = answering(500, "busy, try later: 商户繁忙 #7f3a")
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     run = "/api/v1/admin/notify/run"
     await api.call("POST", run, {"teamId": team_id}, admin=True)
@@ -217,36 +209,25 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
     assert "success" in json.dumps(webhook["responses"])
 
 
-async def _scrape(api: Api) -> str:
-    async with api.client.get("/metrics") as resp:
-        assert resp.status == 200 and resp.content_type == "text/plain"
-        return await resp.text()
-
-
-def _sample(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 async def test_metrics_are_prometheus_text(
     api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     success = 'groupbuy_notify_attempts_total{outcome="success",type="team.completed"}'
-    before = _sample(await _scrape(api), success)
+    before = sample(await api.metrics(), success)
     team_id, _waiting = await make_tasks(pool, 2, merchant.url)
     await api.call("POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True)
-    text = await _scrape(api)
+    text = await api.metrics()
     team_completed = "event_type = 'team.completed'"
     due = await pool.fetchval(
         "SELECT count(*) FROM notify_task WHERE notify_status IN (0, 2)"
         f" AND next_attempt_at <= now() AND {team_completed}"
     )
-    assert _sample(text, 'groupbuy_notify_due{type="team.completed"}') == due >= 1
-    assert _sample(text, success) == before + 1
+    assert sample(text, 'groupbuy_notify_due{type="team.completed"}') == due >= 1
+    assert sample(text, success) == before + 1
     done = await pool.fetchval(
         f"SELECT count(*) FROM notify_task WHERE notify_status = 1 AND {team_completed}"
     )
-    assert _sample(text, 'groupbuy_notify_tasks{status="1",type="team.completed"}') == done
+    assert sample(text, 'groupbuy_notify_tasks{status="1",type="team.completed"}') == done
 
     assert "groupbuy_notify_delivery_seconds_bucket" in text
     assert "groupbuy_notify_in_flight 0.0" in text
@@ -306,6 +287,6 @@ async def test_worker_serves_its_own_metrics(
         ):
             text = await r.text()
         success = 'groupbuy_notify_attempts_total{outcome="success",type="team.completed"}'
-        assert _sample(text, success) >= 2
+        assert sample(text, success) >= 2
     finally:
         await shutdown(ctx)

@@ -255,23 +255,30 @@ async def _wait_healthy(process: str, env: dict[str, str], seconds: float = 20) 
             await asyncio.sleep(0.2)
 
 
+async def _healthy_while_it_runs(verb: str, env: dict[str, str]) -> str:
+    """`health VERB` is 1 (in one line) before VERB starts, 0 once it runs, 1 again as soon as
+    it stopped; VERB's log."""
+    code, out = await _run("health", verb, env=env)
+    assert code == 1 and _one_line(out)
+    proc = await _start(verb, env)
+    try:
+        await _wait_healthy(verb, env)
+    finally:
+        log = await _stop(proc)
+    code, _ = await _run("health", verb, env=env)
+    assert code == 1
+    return log
+
+
 async def test_api_without_admin_token_warns_once_and_health_follows_it(
     settings: Settings,
 ) -> None:
     assert settings.database_url
     env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_PORT=str(free_port()))
-    code, out = await _run("health", "api", env=env)
-    assert code == 1 and _one_line(out)  # nothing listens yet
-    proc = await _start("api", env)
-    try:
-        await _wait_healthy("api", env)
-    finally:
-        log = await _stop(proc)
+    log = await _healthy_while_it_runs("api", env)
     warnings = [line for line in log.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, log
     assert "GROUPBUY_ADMIN_TOKEN is not set" in warnings[0] and "refused" in warnings[0]
-    code, _ = await _run("health", "api", env=env)
-    assert code == 1
 
 
 @pytest.mark.parametrize(("processes", "serving"), [("1", "API listening on"), ("2", "API: 2")])
@@ -305,19 +312,11 @@ async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(
     settings: Settings, own_redis: EmbeddedServer
 ) -> None:
     env = _env(settings, GROUPBUY_REDIS_URL=own_redis.url)
-    code, _ = await _run("health", "worker", env=env)
-    assert code == 1
-    proc = await _start("worker", env)
-    try:
-        await _wait_healthy("worker", env)
-    finally:
-        log = await _stop(proc)
+    # 1 straight after it stopped: closing deletes the heartbeat, it does not wait for its TTL.
+    log = await _healthy_while_it_runs("worker", env)
     # The session's database may hold due tasks to dead merchants: their breaker warns too.
     said = [line for line in log.splitlines() if "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in line]
     assert len(said) == 1 and "WARNING" in said[0], log
-    # Straight away: closing deletes the heartbeat, it does not wait for its TTL to lapse.
-    code, _ = await _run("health", "worker", env=env)
-    assert code == 1
 
 
 async def test_health_worker_without_redis_is_1_in_one_line() -> None:

@@ -3,22 +3,20 @@ pull merchants reconcile with."""
 
 import asyncio
 import json
-import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
-from aiohttp import web
 
 from groupbuy_async.callbacks import outbox
 from groupbuy_async.callbacks.events import Event, EventType
 from groupbuy_async.callbacks.feed import _HORIZON
 from groupbuy_async.settings import Settings
 
-from ..conftest import Api, make_tasks
-from ..merchant import LocalMerchant
+from ..conftest import Api, make_tasks, sample
+from ..merchant import LocalMerchant, answering
 
 NO_COUNTS = {"waitCount": 0, "successCount": 0, "retryCount": 0, "errorCount": 0}
 TYPES = [str(t) for t in EventType]
@@ -83,17 +81,6 @@ def by_type(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return {t: counts.get(t, NO_COUNTS) for t in TYPES}
 
 
-async def scrape(api: Api) -> str:
-    async with api.client.get("/metrics") as resp:
-        assert resp.status == 200
-        return await resp.text()
-
-
-def sample(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 # --- per-type counts and metrics -----------------------------------------------------------
 
 
@@ -101,7 +88,7 @@ async def test_run_counts_and_metrics_carry_the_event_type(
     api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     success = 'groupbuy_notify_attempts_total{outcome="success",type="order.closed"}'
-    before = sample(await scrape(api), success)
+    before = sample(await api.metrics(), success)
     team_id = await bare_team(pool)
     await enqueue(pool, event(EventType.ORDER_CLOSED, team_id, merchant.url, f"{team_id}1"))
 
@@ -112,7 +99,7 @@ async def test_run_counts_and_metrics_carry_the_event_type(
     assert (status, env["data"]) == (200, {**one, "byType": by_type({"order.closed": one})})
     assert merchant.received and '"type":"order.closed"' in merchant.received[0].body
 
-    text = await scrape(api)
+    text = await api.metrics()
     assert sample(text, success) == before + 1
     for kind in TYPES:  # every type and status is exposed, zeros included
         for status_code in range(4):
@@ -129,10 +116,7 @@ async def test_notify_cli_counts_by_type(
 ) -> None:
     from groupbuy_async.cli import notify
 
-    async def busy(_: int) -> web.Response:
-        return web.Response(status=503, text="busy")
-
-    merchant.answer = busy
+    merchant.answer = answering(503, "busy")
     team_id = await bare_team(pool)
     await enqueue(pool, event(EventType.TEAM_FAILED, team_id, merchant.url))
     counts = await notify(settings, team_id)
@@ -146,10 +130,7 @@ async def test_notify_cli_counts_by_type(
 async def test_event_detail_and_replay(
     api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
-    async def gone(_: int) -> web.Response:
-        return web.Response(status=410, text="gone")
-
-    merchant.answer = gone
+    merchant.answer = answering(410, "gone")
     team_id = await bare_team(pool)
     order_id = f"{team_id}7"
     (event_id,) = await enqueue(

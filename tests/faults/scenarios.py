@@ -103,15 +103,21 @@ async def _backlog(s: Stage, merchant: Merchant, count: int) -> None:
     await merchant.set_mode("success", delay=0.3)
 
 
+async def _mid_drain(s: Stage) -> Merchant:
+    """A slow merchant's backlog of 120 callbacks, the worker draining it: 30 delivered."""
+    m = await s.merchant("slow")
+    await _backlog(s, m, 120)
+    await s.worker.start()
+    await s.worker_ready()
+    if not await s.wait_for_receipts(m, 30, 30):
+        s.outcome.problems.append("the worker delivered under 30 callbacks in 30 s")
+    return m
+
+
 async def worker_kill9(run: Run, number: str, name: str) -> Outcome:
     # Four sends per host in flight: the drain of 120 slow callbacks takes ~9 s.
     async with Stage(run, number, name, settings={"notify_per_host": "4"}) as s:
-        m = await s.merchant("slow")
-        await _backlog(s, m, 120)
-        await s.worker.start()
-        await s.worker_ready()
-        if not await s.wait_for_receipts(m, 30, 30):
-            s.outcome.problems.append("the worker delivered under 30 callbacks in 30 s")
+        m = await _mid_drain(s)
         killed = await s.worker.kill9()
         s.outcome.notes.append(f"kill -9 after {_oks(await m.receipts())} delivered")
         await asyncio.sleep(0.5)
@@ -125,12 +131,7 @@ async def worker_kill9(run: Run, number: str, name: str) -> Outcome:
 
 async def worker_sigterm(run: Run, number: str, name: str) -> Outcome:
     async with Stage(run, number, name, settings={"notify_per_host": "4"}) as s:
-        m = await s.merchant("slow")
-        await _backlog(s, m, 120)
-        await s.worker.start()
-        await s.worker_ready()
-        if not await s.wait_for_receipts(m, 30, 30):
-            s.outcome.problems.append("the worker delivered under 30 callbacks in 30 s")
+        m = await _mid_drain(s)
         sent = await s.worker.signal(signal.SIGTERM)
         code = await s.worker.wait(WORKER_GRACE + 10)
         took = time.time() - sent

@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from groupbuy_async.callbacks import claims
 
 from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
-from ..merchant import LocalMerchant, start_merchant
+from ..merchant import LocalMerchant, answering, start_merchant, success_once
 
 
 async def task_row(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record:
@@ -163,10 +163,7 @@ async def test_connection_refused_is_a_counted_failed_attempt(
 async def test_gone_stops_at_once(
     pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    async def gone(_: int) -> web.Response:
-        return web.Response(status=410)
-
-    merchant.answer = gone
+    merchant.answer = answering(410)
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     assert (await make_dispatcher().drain(team_id)).error_count == 1
     task = await task_row(pool, team_id)
@@ -176,10 +173,7 @@ async def test_gone_stops_at_once(
 async def test_retry_after_is_honoured(
     pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    async def limited(_: int) -> web.Response:
-        return web.Response(status=429, headers={"Retry-After": "120"})
-
-    merchant.answer = limited
+    merchant.answer = answering(429, headers={"Retry-After": "120"})
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     await make_dispatcher().drain(team_id)
     task = await task_row(pool, team_id)
@@ -332,11 +326,7 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
     given_back = asyncio.Event()  # the first claim's rest is due again
     b_settled = asyncio.Event()  # B holds what it claimed, or stopped without claiming
 
-    async def answer(_: int) -> web.Response:
-        await b_settled.wait()
-        return web.Response(text="success")
-
-    merchant = await start_merchant(answer=answer)
+    merchant = await start_merchant(answer=success_once(b_settled))
     try:
         team_ids = await make_tasks(pool, 60, merchant.url)
         got = scope_claims(monkeypatch, team_ids)
@@ -396,11 +386,7 @@ async def test_a_drain_delivers_what_it_finds_while_another_drain_fills_its_host
     # no more, so they would wait for the next cron tick.
     answer = asyncio.Event()
 
-    async def held(_: int) -> web.Response:
-        await answer.wait()
-        return web.Response(text="success")
-
-    merchant = await start_merchant(answer=held)
+    merchant = await start_merchant(answer=success_once(answer))
     try:
         team_ids = await make_tasks(pool, 8, merchant.url)
         got = scope_claims(monkeypatch, team_ids)

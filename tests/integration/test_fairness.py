@@ -27,7 +27,7 @@ from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.settings import Settings
 
 from ..conftest import SECRET, make_tasks
-from ..merchant import LocalMerchant, start_merchant
+from ..merchant import LocalMerchant, start_merchant, success_once
 
 # An attempt's time limit here; the hanging merchant never answers within it.
 TIMEOUT = 0.5
@@ -79,11 +79,7 @@ async def hanging() -> AsyncIterator[LocalMerchant]:
     """A merchant that never answers (until the test is over)."""
     over = asyncio.Event()
 
-    async def never(_: int) -> web.Response:
-        await over.wait()
-        return web.Response(text="success")
-
-    m = await start_merchant(answer=never)
+    m = await start_merchant(answer=success_once(over))
     yield m
     over.set()
     await m.server.close()
