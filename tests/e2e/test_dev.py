@@ -15,7 +15,8 @@ import aiohttp
 
 from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
-from groupbuy_async.dev.embedded import EmbeddedServer, free_port
+from groupbuy_async.dev.embedded import EmbeddedServer
+from groupbuy_async.dev.host import free_port
 from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
 
 from ..conftest import exited, keys_left, make_tasks, now_iso, wait_ready

@@ -23,7 +23,7 @@ import pytest
 
 from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
-from groupbuy_async.dev.embedded import free_port
+from groupbuy_async.dev.host import free_port
 
 from ..conftest import ROOT, make_tasks
 from ..merchant import LocalMerchant

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from groupbuy_async.dev.embedded import free_port
+from groupbuy_async.dev.host import free_port
 
 from .merchant import Merchant
 from .procs import ROOT, Child, clean_env, run_once

@@ -24,17 +24,15 @@ import asyncpg
 from yarl import URL
 
 from groupbuy_async.dev.embedded import (
-    HOST,
     EmbeddedServer,
     postgres_bin_dir,
     postgres_command,
     redis_binary,
     redis_command,
-    service_user,
-    spawn,
     start_postgres,
     start_redis,
 )
+from groupbuy_async.dev.host import HOST, service_user, spawn
 
 SHARED_PORTS = (5432, 6379)  # the machine's own servers: never ours
 READY_SECONDS = 30.0

@@ -13,7 +13,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from groupbuy_async.dev.embedded import free_port, start_postgres, start_redis
+from groupbuy_async.dev.embedded import start_postgres, start_redis
+from groupbuy_async.dev.host import free_port
 
 from ..conftest import ROOT, wait_ready
 

@@ -22,7 +22,8 @@ from yarl import URL
 
 from groupbuy_async.db import create_pool, migrate
 from groupbuy_async.dev.databases import temporary_database
-from groupbuy_async.dev.embedded import EmbeddedServer, free_port, start_postgres
+from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
+from groupbuy_async.dev.host import free_port
 from groupbuy_async.settings import Settings
 
 from ..conftest import make_tasks
