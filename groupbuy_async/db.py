@@ -82,8 +82,6 @@ class _OneLine(logging.Filter):
         return True
 
 
-logging.getLogger("asyncpg.pool").addFilter(_OneLine())
-
 DEFAULT_ACQUIRE_TIMEOUT = 3.0
 DEFAULT_COMMAND_TIMEOUT = 5.0
 
@@ -205,6 +203,9 @@ async def create_pool(
 ) -> BoundedPool:
     """A pool whose waits are all bounded: a connection within `acquire_timeout` (also the
     limit on opening one), each statement within `command_timeout`."""
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())
     pool = BoundedPool(
         dsn,
         min_size=min_size,
