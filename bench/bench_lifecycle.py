@@ -42,11 +42,13 @@ from groupbuy_async.http.schemas import RefundIn
 from groupbuy_async.trade import refunds
 
 from . import lifecycle_data as data
-from .bench_trade import command_line, cpu_lines
+from .bench_trade import cpu_lines, verdict
 from .common import (
     BenchFailure,
+    Options,
     database_name,
     fresh_database,
+    positive,
     run_bench,
     servers,
     shop_headers,
@@ -54,7 +56,7 @@ from .common import (
     timed,
 )
 from .cpu import MACHINE, Source, machine, measure, postgres, processes, this_process
-from .trade_api import api_process
+from .trade_api import ApiClient, api_process
 from .trade_paths import PHASE_COLUMNS, Phase, drive
 
 REFUND_PATH = "/api/v1/gbm/trade/refund_market_pay_order"
@@ -111,26 +113,11 @@ async def close_part(admin_dsn: str, locks: int, workers: int) -> tuple[CloseRun
         return run, version
 
 
-class HttpRefunder:
+class HttpRefunder(ApiClient):
     path = "http"
 
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session, self.base = session, base
-
     async def refund(self, body: dict[str, str]) -> str:
-        async with self.session.post(self.base + REFUND_PATH, json=body) as resp:
-            envelope = await resp.json()
-            if resp.status != 200 or envelope.get("code") != "0000":
-                raise BenchFailure(f"POST {REFUND_PATH} {body} -> HTTP {resp.status} {envelope}")
-            return envelope["data"]["refundType"]  # type: ignore[no-any-return]
-
-    async def warm_up(self, concurrency: int) -> None:
-        async def probe() -> None:
-            async with self.session.get(f"{self.base}/api/v1/gbm/teams/0") as resp:
-                await resp.read()
-
-        for _ in range(3):
-            await asyncio.gather(*(probe() for _ in range(concurrency)))
+        return (await self.post(REFUND_PATH, body))["refundType"]  # type: ignore[no-any-return]
 
 
 class DirectRefunder:
@@ -257,34 +244,25 @@ def report(
         *cpu_lines(phases, notes),
         "",
         f"ratio http/direct, refund throughput: {ratio:.2f}",
-        *(f"note: {note}" for note in notes),
     ]
-    if problems:
-        lines += ["", *(f"FAILED: {problem}" for problem in problems)]
-    else:
-        lines.append(
-            f"checks: OK — {args.locks} locks closed (slots freed, one order.closed each);"
-            f" per path {args.refunds} refunds answered and applied as their type says,"
-            " one event each"
-        )
-    lines += ["", f"command: {command_line()}"]
-    print("\n".join(lines))
+    checked = (
+        f"{args.locks} locks closed (slots freed, one order.closed each); per path"
+        f" {args.refunds} refunds answered and applied as their type says, one event each"
+    )
+    print("\n".join(lines + verdict(notes, problems, checked)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_lifecycle", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--locks", type=int, default=100_000, help="due locks to close (100000)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes closing (1)")
+    parser = Options("bench.bench_lifecycle", __doc__, pool=True)
+    parser.add_argument(
+        "--locks", type=positive, default=100_000, help="due locks to close (100000)"
+    )
+    parser.add_argument("--workers", type=positive, default=1, help="worker processes closing (1)")
     parser.add_argument("--refunds", type=int, default=10_000, help="orders to refund (10000)")
-    parser.add_argument("--concurrency", type=int, default=64, help="refunds in flight (64)")
-    parser.add_argument("--pool-min", type=int, default=2, help="DB pool min per side (2)")
-    parser.add_argument("--pool-max", type=int, default=20, help="DB pool max per side (20)")
-    args = parser.parse_args(argv)
-    if min(args.locks, args.workers, args.concurrency) < 1 or args.refunds < 4:
-        parser.error("need --locks, --workers, --concurrency >= 1 and --refunds >= 4")
-    if not 1 <= args.pool_min <= args.pool_max:
-        parser.error("need 1 <= --pool-min <= --pool-max")
+    parser.add_argument("--concurrency", type=positive, default=64, help="refunds in flight (64)")
+    args = parser.parse(argv)
+    if args.refunds < 4:
+        parser.error("need --refunds >= 4")
     args.refunds -= args.refunds % 4  # whole teams of each kind
     run_bench(bench(args))
 

@@ -23,14 +23,13 @@ embedded ones (see bench/common.py). Exits 1 if any delivery check fails.
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 
 import aiohttp
 import asyncpg
 
-from .common import percentile, run_bench, servers, table
+from .common import Options, percentile, run_bench, servers, table
 from .notify_rss import run_rss
 from .notify_scenarios import Run, run_ceiling, run_original, run_ours
 from .receiver import Receiver
@@ -177,27 +176,23 @@ async def bench(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_notify", description=__doc__.splitlines()[0]
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = Options("bench.bench_notify", __doc__)
     p.add_argument("--tasks", type=int, default=10_000, help="due tasks for ours and (b)")
     p.add_argument("--concurrency", type=int, default=200, help="the bound (in-flight sends)")
     p.add_argument("--slow-ms", type=int, default=50, help="the slow receiver's delay")
     p.add_argument("--original-fast", type=int, default=2_000, help="(a) sample at 0 ms")
     p.add_argument("--original-slow", type=int, default=300, help="(a) sample at the slow delay")
     p.add_argument("--repeat", type=int, default=2, help="runs of ours and (b); best reported")
-    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True,
-                   help="peak RSS of a draining worker, small vs large backlog (default on)")  # fmt: skip
+    p.add_argument(
+        "--rss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="peak RSS of a draining worker, small vs large backlog (default on)",
+    )
     p.add_argument("--rss-small", type=int, default=1_000)
     p.add_argument("--rss-large", type=int, default=100_000)
-    return p.parse_args(argv)
-
-
-def main() -> None:
-    args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_bench(bench(args))
+    run_bench(bench(p.parse(argv)))
 
 
 if __name__ == "__main__":

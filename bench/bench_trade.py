@@ -59,7 +59,16 @@ import asyncpg
 
 from groupbuy_async.db import create_pool
 
-from .common import database_name, fresh_database, run_bench, servers, shop_headers, table
+from .common import (
+    Options,
+    database_name,
+    fresh_database,
+    positive,
+    run_bench,
+    servers,
+    shop_headers,
+    table,
+)
 from .cpu import MACHINE, combined, machine, postgres, process_tree, processes, this_process
 from .receiver import Receiver
 from .trade_api import Delivery, api_process, await_callbacks
@@ -108,7 +117,7 @@ async def http_path(
         ) as api,
     ):
         self_url = f"{api.base}/api/v1/test/group_buy_notify"
-        notify_url = self_url if args.notify == "self" else merchant.url
+        notify_url = self_url if args.notify == "self" else merchant.url()
         cpu = {
             "bench": combined(this_process, processes(merchant.pid)),
             "api": process_tree(api.proc.pid),
@@ -294,17 +303,23 @@ def report(
         *ratio_lines(http, direct),
         "(direct = the SQL alone: its settlements write notify tasks but send no callbacks;"
         " http settle also claims, POSTs and records one callback per team)",
-        *(f"note: {note}" for note in notes),
     ]
+    checked = (
+        f"per path {args.teams}/{args.teams} teams complete (status 1, 3/3),"
+        f" {args.teams * TARGET} orders paid, {args.teams} notify tasks"
+    )
+    print("\n".join(lines + verdict(notes, problems, checked)))
+
+
+def verdict(notes: list[str], problems: list[str], checked: str) -> list[str]:
+    """A report's last lines: its notes, then what failed or what was checked, then the
+    command to repeat the run."""
+    lines = [f"note: {note}" for note in notes]
     if problems:
         lines += ["", *(f"FAILED: {problem}" for problem in problems)]
     else:
-        lines.append(
-            f"checks: OK — per path {args.teams}/{args.teams} teams complete (status 1, 3/3),"
-            f" {args.teams * TARGET} orders paid, {args.teams} notify tasks"
-        )
-    lines += ["", f"command: {command_line()}"]
-    print("\n".join(lines))
+        lines.append(f"checks: OK — {checked}")
+    return [*lines, "", f"command: {command_line()}"]
 
 
 def _counts(text: str) -> list[int]:
@@ -315,16 +330,15 @@ def _counts(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_trade", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--teams", type=int, default=2000, help="teams per path (default 2000)")
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
-    parser.add_argument("--pool-min", type=int, default=2, help="DB pool min per side (2)")
-    parser.add_argument("--pool-max", type=int, default=20, help="DB pool max per side (20)")
+    parser = Options("bench.bench_trade", __doc__, pool=True)
+    parser.add_argument("--teams", type=positive, default=2000, help="teams per path (2000)")
+    parser.add_argument("--concurrency", type=positive, default=64, help="requests in flight (64)")
     parser.add_argument(
-        "--notify", choices=("local", "self"), default="local",
+        "--notify",
+        choices=("local", "self"),
+        default="local",
         help="callback target: a receiver process, or the API's mock merchant",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--direct-first", action="store_true", help="run the direct path before the HTTP one"
     )
@@ -337,17 +351,18 @@ def main(argv: list[str] | None = None) -> None:
         "--callback-timeout", type=float, default=60, help="seconds to wait for callbacks (60)"
     )
     parser.add_argument(
-        "--api-processes", type=_counts, default=[1, 2],
+        "--api-processes",
+        type=_counts,
+        default=[1, 2],
         help="run the HTTP path once per count of API processes, e.g. 1,2 (default) or 1",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
         help="the API's event loop (GROUPBUY_API_EVENT_LOOP; auto = uvloop when installed)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.teams < 1 or args.concurrency < 1 or not 1 <= args.pool_min <= args.pool_max:
-        parser.error("need --teams >= 1, --concurrency >= 1, 1 <= --pool-min <= --pool-max")
-    run_bench(bench(args))
+    )
+    run_bench(bench(parser.parse(argv)))
 
 
 if __name__ == "__main__":

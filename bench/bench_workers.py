@@ -22,7 +22,6 @@ fails. Servers: as bench/common.py says (GROUPBUY_BENCH_*, GROUPBUY_TEST_*, else
 import argparse
 import ast
 import asyncio
-import logging
 import os
 import sys
 import uuid
@@ -32,7 +31,15 @@ from typing import Any
 
 import asyncpg
 
-from .common import BenchFailure, database_name, fresh_database, run_bench, servers, stop_process
+from .common import (
+    BenchFailure,
+    Options,
+    database_name,
+    fresh_database,
+    run_bench,
+    servers,
+    stop_process,
+)
 from .cpu import MACHINE, Section, machine, measure, postgres, processes
 from .notify_scenarios import SECRET, check_delivery, insert_tasks
 from .receiver import Receiver
@@ -164,7 +171,7 @@ async def run(
     await receiver.reset()
     async with fresh_database(admin_dsn) as dsn:
         # Due in an hour: nothing drains before both workers are up (ticks aligned).
-        await insert_tasks(dsn, args.tasks, receiver.url, due_in=timedelta(hours=1))
+        await insert_tasks(dsn, args.tasks, receiver.url(), due_in=timedelta(hours=1))
         procs: list[WorkerProcess] = []
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         assert pool is not None
@@ -241,22 +248,14 @@ async def bench(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_workers", description=__doc__.splitlines()[0]
-    )
+def main(argv: list[str] | None = None) -> None:
+    p = Options("bench.bench_workers", __doc__)
     p.add_argument("--tasks", type=int, default=10_000, help="due tasks per run")
     p.add_argument("--delay-ms", type=int, default=50, help="the receiver's delay")
     p.add_argument("--concurrency", type=int, default=50, help="per worker: sends in flight")
     p.add_argument("--workers", default="1,2", help="worker counts to compare, the first the base")
     p.add_argument("--repeat", type=int, default=2, help="runs per worker count; best reported")
-    return p.parse_args(argv)
-
-
-def main() -> None:
-    args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_bench(bench(args))
+    run_bench(bench(p.parse(argv)))
 
 
 if __name__ == "__main__":

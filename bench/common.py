@@ -1,7 +1,9 @@
 """Plumbing both benchmarks share: servers, a fresh database per run, child processes,
 latency samples and result tables."""
 
+import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -13,7 +15,8 @@ from typing import Any, NoReturn, TypeVar
 
 from yarl import URL
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import servers_or_embedded
 from groupbuy_async.merchants import accounts, keys
 
@@ -109,9 +112,48 @@ def table(
     return [head, "-" * len(head), *body, "-" * len(head)]
 
 
+class Options(argparse.ArgumentParser):
+    """A benchmark's command line, `python -m {module}`, its doc the description; with `pool`,
+    the bounds of the database pools (per side: the API's or the worker's, and the
+    benchmark's)."""
+
+    def __init__(self, module: str, doc: str | None, pool: bool = False) -> None:
+        super().__init__(
+            prog=f"python -m {module}",
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if pool:
+            self.add_argument(
+                "--pool-min", type=positive, default=2, help="DB pool min per side (2)"
+            )
+            self.add_argument(
+                "--pool-max", type=positive, default=20, help="DB pool max per side (20)"
+            )
+
+    def parse(self, argv: list[str] | None) -> argparse.Namespace:
+        args = self.parse_args(argv)
+        if "pool_min" in args and args.pool_min > args.pool_max:
+            self.error("need --pool-min <= --pool-max")
+        return args
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def log_warnings() -> None:
+    """Warnings and errors only, each with its logger's name."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
 def run_bench(main: Coroutine[Any, Any, int]) -> NoReturn:
     """Exit with the benchmark's status; a BenchFailure (numbers that cannot be trusted)
     is one line on stderr and status 1, not a traceback."""
+    log_warnings()
     try:
         status = asyncio.run(main)
     except BenchFailure as exc:

@@ -11,16 +11,16 @@ time, its memory, and the CPU it and the database's backends used (PostgreSQL on
 import argparse
 import asyncio
 import json
-import logging
 import time
 
 import asyncpg
 
-import groupbuy_async.worker  # noqa: F401 -- the worker's modules, for a comparable RSS
+import groupbuy_async.worker.run  # noqa: F401 -- the worker's modules, for a comparable RSS
 from groupbuy_async.db import create_pool
 from groupbuy_async.settings import Settings
 from groupbuy_async.trade import expiry
 
+from .common import log_warnings
 from .cpu import processes
 from .notify_rss import memory_kb
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("dsn")
     parser.add_argument("--batch", type=int, default=expiry.CLOSE_BATCH)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log_warnings()
     asyncio.run(close_all(args.dsn, args.batch))
 
 

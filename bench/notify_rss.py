@@ -8,7 +8,6 @@ The child drains every due task in DSN as the worker would and prints one JSON l
 import argparse
 import asyncio
 import json
-import logging
 import resource
 import sys
 import time
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 
 from groupbuy_async.db import create_pool
 
-from .common import BenchFailure, fresh_database
+from .common import BenchFailure, fresh_database, log_warnings
 from .notify_scenarios import bench_settings, check_delivery, insert_tasks, make_dispatcher
 from .receiver import Receiver
 
@@ -65,7 +64,7 @@ async def drain_all(dsn: str, bound: int) -> None:
 
 async def run_rss(admin_dsn: str, receiver: Receiver, count: int, bound: int) -> RssRun:
     async with fresh_database(admin_dsn) as dsn:
-        await insert_tasks(dsn, count, receiver.url)
+        await insert_tasks(dsn, count, receiver.url())
         await receiver.reset()
         # Through `sh` so the child is forked from a small process: Linux carries a process's
         # ru_maxrss across fork+exec, so a child spawned straight from this (larger) process
@@ -95,7 +94,7 @@ def main() -> None:
     parser.add_argument("dsn")
     parser.add_argument("--concurrency", type=int, required=True, help="the bound")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log_warnings()
     asyncio.run(drain_all(args.dsn, args.concurrency))
 
 

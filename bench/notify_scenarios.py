@@ -170,7 +170,7 @@ async def backlog(
 ) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
     """A fresh database holding `count` due tasks for `receiver`, and a pool on it."""
     async with fresh_database(admin_dsn) as dsn:
-        await insert_tasks(dsn, count, receiver.url)
+        await insert_tasks(dsn, count, receiver.url())
         await receiver.reset()
         pool = await create_pool(dsn, 1, pool_max)
         try:
@@ -257,7 +257,7 @@ async def run_ceiling(receiver: Receiver, count: int, bound: int) -> Run:
 
     async def exchange(event_id: str, body: str) -> tuple[int, bytes]:
         async with session.post(
-            receiver.url, data=body.encode(), headers=signer.headers(event_id, body),
+            receiver.url(), data=body.encode(), headers=signer.headers(event_id, body),
             allow_redirects=False,
         ) as resp:  # fmt: skip
             return resp.status, await resp.content.read(BODY_CAP)

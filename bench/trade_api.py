@@ -4,19 +4,47 @@ the callbacks it sends."""
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import asyncpg
 
+from groupbuy_async.dev.host import free_port
+
 from .common import ROOT, BenchFailure, stop_process
 
 ADMIN_TOKEN = "bench-admin-token"
+
+
+class ApiClient:
+    """Calls to the API at `base` over one session: each answers its envelope's data, or
+    raises a BenchFailure."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(self.base + path, json=body) as resp:
+            envelope: dict[str, Any] = await resp.json()
+            if resp.status != 200 or envelope.get("code") != "0000":
+                raise BenchFailure(f"POST {path} {body} -> HTTP {resp.status} {envelope}")
+            return envelope["data"]  # type: ignore[no-any-return]
+
+    async def warm_up(self, concurrency: int) -> None:
+        """Opens the client's keep-alive connections and grows the API's pool."""
+
+        async def probe() -> None:
+            async with self.session.get(f"{self.base}/api/v1/gbm/teams/0") as resp:
+                await resp.read()
+
+        for _ in range(3):
+            await asyncio.gather(*(probe() for _ in range(concurrency)))
 
 
 @dataclass
@@ -32,12 +60,6 @@ class ApiProcess:
             return self.final_log
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read().splitlines()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

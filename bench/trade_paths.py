@@ -19,6 +19,7 @@ from groupbuy_async.trade import catalog, orders
 
 from .common import BenchFailure, percentile, timed
 from .cpu import Section, Source, measure
+from .trade_api import ApiClient
 
 ACTIVITY_ID, GOODS_ID, DISCOUNT_ID = 7_000_001, "bench-goods", "bench-20-off"
 SOURCE, CHANNEL = "s01", "c01"
@@ -86,38 +87,20 @@ class Trader(Protocol):
     async def warm_up(self, concurrency: int) -> None: ...
 
 
-class HttpTrader:
+class HttpTrader(ApiClient):
     def __init__(
         self, session: aiohttp.ClientSession, base: str, path: str = "http", prefix: str = "h"
     ) -> None:
-        self.session = session
-        self.base = base
+        super().__init__(session, base)
         self.path = path
         self.prefix = prefix
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.session.post(self.base + path, json=body) as resp:
-            envelope: dict[str, Any] = await resp.json()
-            if resp.status != 200 or envelope.get("code") != "0000":
-                raise BenchFailure(f"POST {path} {body} -> HTTP {resp.status} {envelope}")
-            return envelope["data"]  # type: ignore[no-any-return]
-
     async def lock(self, body: dict[str, Any]) -> str:
-        return (await self._post(LOCK_PATH, body))["teamId"]  # type: ignore[no-any-return]
+        return (await self.post(LOCK_PATH, body))["teamId"]  # type: ignore[no-any-return]
 
     async def settle(self, body: dict[str, Any]) -> bool:
         body = {**body, "outTradeTime": datetime.now(UTC).isoformat()}
-        return (await self._post(SETTLE_PATH, body))["teamCompleted"]  # type: ignore[no-any-return]
-
-    async def warm_up(self, concurrency: int) -> None:
-        """Opens the client's keep-alive connections and grows the API's pool."""
-
-        async def probe() -> None:
-            async with self.session.get(f"{self.base}/api/v1/gbm/teams/0") as resp:
-                await resp.read()
-
-        for _ in range(3):
-            await asyncio.gather(*(probe() for _ in range(concurrency)))
+        return (await self.post(SETTLE_PATH, body))["teamCompleted"]  # type: ignore[no-any-return]
 
 
 class DirectTrader:

@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from .errors import TeamNotFound
-from .lifecycle import StartupError
 from .logs import setup_logging
+from .process.startup import StartupError
 from .settings import ENV_PREFIX, Settings, SettingsError, load_settings, require
 
 log = logging.getLogger("groupbuy_async")
@@ -24,9 +24,15 @@ PROG = "groupbuy-async"
 
 _LOGS = ("log_format", "log_level")
 _NOTIFY = (
-    "notify_secret", "notify_accept_any_2xx", "notify_retry_schedule", "notify_timeout_seconds",
-    "notify_concurrency", "notify_per_host", "notify_batch_size", "notify_block_private",
-)  # fmt: skip
+    "notify_secret",
+    "notify_accept_any_2xx",
+    "notify_retry_schedule",
+    "notify_timeout_seconds",
+    "notify_concurrency",
+    "notify_per_host",
+    "notify_batch_size",
+    "notify_block_private",
+)
 _POOL = ("db_pool_min", "db_pool_max", "db_acquire_timeout_seconds", "db_command_timeout_seconds")
 VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "api": (
@@ -111,15 +117,19 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__,
+        prog=PROG,
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for verb, (summary, names) in VERBS.items():
         p = sub.add_parser(
-            verb, help=summary, description=summary, epilog=settings_help(names),
+            verb,
+            help=summary,
+            description=summary,
+            epilog=settings_help(names),
             formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
+        )
         if verb == "notify":
             p.add_argument(
                 "--team-id", help="only this team's callbacks (exit code 1: no such team)"
@@ -129,20 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "dev":
             once = p.add_mutually_exclusive_group()
             once.add_argument(
-                "--stop", action="store_true",
+                "--stop",
+                action="store_true",
                 help="stop the embedded servers running on GROUPBUY_DATA_DIR (left by a killed"
                 " dev; make stop), then exit",
-            )  # fmt: skip
+            )
             once.add_argument(
-                "--reset", action="store_true",
+                "--reset",
+                action="store_true",
                 help="delete GROUPBUY_DATA_DIR (make reset-data); refused while its servers run",
-            )  # fmt: skip
+            )
         if verb == "api":
             p.add_argument(
-                "--processes", type=_positive, default=1, metavar="N",
+                "--processes",
+                type=_positive,
+                default=1,
+                metavar="N",
                 help="N API processes sharing the port (SO_REUSEPORT) under one supervising"
                 " parent (default 1: this process serves)",
-            )  # fmt: skip
+            )
             # Set by that parent for each of its processes: signal readiness on this pipe.
             p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -166,15 +181,22 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "api":
-        from .lifecycle import serve_api
-        from .processes import run_with_loop, supervise
+        from .http.routing import Route
+        from .http.server import serve_api
+        from .http.supervisor import supervise
+        from .process.loop import run_with_loop
 
         require(settings, "database_url")
         if args.processes > 1:
             sys.exit(asyncio.run(supervise(settings, args.processes)))
-        run_with_loop(serve_api(settings, args.ready_fd), settings.api_event_loop)
+        routes: list[Route] = []
+        if settings.mock_merchant:  # dev/ is loaded only then
+            from .dev.merchant import mock_merchant_routes
+
+            routes = mock_merchant_routes(settings)
+        run_with_loop(serve_api(settings, args.ready_fd, routes), settings.api_event_loop)
     elif args.command == "worker":
-        from .lifecycle import run_worker
+        from .worker.run import run_worker
 
         require(settings, "database_url", "redis_url")
         asyncio.run(run_worker(settings))
@@ -186,11 +208,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         require(settings, "database_url")
         print(json.dumps(asyncio.run(notify(settings, args.team_id))))
     elif args.command == "health":
-        from .lifecycle import check_health
-
         if args.process == "worker":
             require(settings, "redis_url")
-        sys.exit(asyncio.run(check_health(settings, args.process)))
+        sys.exit(asyncio.run(_health(args.process, settings)))
     elif args.command == "dev":
         _dev(args, settings)
 
@@ -206,11 +226,21 @@ def _dev(args: argparse.Namespace, settings: Settings) -> None:
     asyncio.run(run_dev(settings))
 
 
+async def _health(process: str, settings: Settings) -> int:
+    if process == "worker":
+        from .worker.health import check_workers
+
+        return await check_workers(settings.redis_url or "", settings.queue_name)
+    from .http.server import check_api
+
+    return await check_api(settings)
+
+
 async def _migrate(settings: Settings) -> list[str]:
     import asyncpg
 
     from .db import MigrationError, apply_migrations
-    from .lifecycle import reaching
+    from .process.startup import reaching
 
     dsn = settings.database_url or ""
     with reaching("PostgreSQL", dsn):
@@ -227,7 +257,7 @@ async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
     """The original's execSettlementNotifyJob([teamId]) as a one-shot command; TeamNotFound
     when `team_id` names no team (rather than counts of zero, as for a team with none due)."""
     from .bootstrap import services
-    from .lifecycle import reaching
+    from .process.startup import reaching
     from .trade.queries import get_team
 
     async with contextlib.AsyncExitStack() as stack:

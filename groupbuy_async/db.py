@@ -5,16 +5,13 @@ import contextlib
 import logging
 import re
 import sys
-import uuid
-from collections.abc import AsyncIterator, Generator
-from contextlib import asynccontextmanager
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 from asyncpg.transaction import Transaction
-from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +44,29 @@ class MigrationError(RuntimeError):
 # asyncpg's InternalClientError ("cannot switch to state …", "not connected") is a
 # connection whose protocol broke with the server gone mid-statement: the same outage.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
-    TimeoutError, OSError, asyncpg.PostgresConnectionError,
-    asyncpg.InsufficientResourcesError, asyncpg.OperatorInterventionError,
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
     asyncpg.InternalClientError,
-)  # fmt: skip
+)
+# The same for a process that rides an outage out on its pool (the worker): a connection
+# dropped in doubt and then used again also raises asyncpg's InterfaceError.
+DOWN: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.InterfaceError)
 
 # After these, what a connection was doing is unknown (a statement may still run, a reply
 # may still come): it is dropped, never asked to cancel or roll back first, since a server
 # that does not answer would hold the caller for another time-out. PostgreSQL rolls back
 # whatever the dropped connection had not committed.
 _IN_DOUBT: tuple[type[BaseException], ...] = (
-    TimeoutError, asyncio.CancelledError, OSError, asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError, asyncpg.InternalClientError,
-)  # fmt: skip
+    TimeoutError,
+    asyncio.CancelledError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InternalClientError,
+)
 
 
 def one_line(exc: BaseException) -> str:
@@ -78,8 +85,6 @@ class _OneLine(logging.Filter):
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
-
-logging.getLogger("asyncpg.pool").addFilter(_OneLine())
 
 DEFAULT_ACQUIRE_TIMEOUT = 3.0
 DEFAULT_COMMAND_TIMEOUT = 5.0
@@ -108,9 +113,12 @@ class _Transaction(Transaction):
     __slots__ = ("_owner",)
 
     def __init__(
-        self, connection: asyncpg.Connection, isolation: IsolationLevel | None, readonly: bool,
+        self,
+        connection: asyncpg.Connection,
+        isolation: IsolationLevel | None,
+        readonly: bool,
         deferrable: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(connection, isolation, readonly, deferrable)
         self._owner = connection
 
@@ -199,12 +207,22 @@ async def create_pool(
 ) -> BoundedPool:
     """A pool whose waits are all bounded: a connection within `acquire_timeout` (also the
     limit on opening one), each statement within `command_timeout`."""
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())
     pool = BoundedPool(
-        dsn, min_size=min_size, max_size=max_size, max_queries=50_000,
-        max_inactive_connection_lifetime=300.0, loop=None, connection_class=_Connection,
-        record_class=asyncpg.Record, command_timeout=command_timeout, timeout=acquire_timeout,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=_Connection,
+        record_class=asyncpg.Record,
+        command_timeout=command_timeout,
+        timeout=acquire_timeout,
         reset=_keep_session,
-    )  # fmt: skip
+    )
     pool.acquire_timeout = acquire_timeout
     await pool
     return pool
@@ -274,24 +292,3 @@ async def apply_migrations(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) ->
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATE_LOCK)
     return applied
-
-
-@asynccontextmanager
-async def temporary_database(admin_dsn: str, prefix: str) -> AsyncIterator[str]:
-    """A new, migrated database on the server of `admin_dsn`; dropped on exit (tests, bench)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = str(URL(admin_dsn).with_path(f"/{name}"))
-    try:
-        await migrate(url)
-        yield url
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()

@@ -5,6 +5,7 @@ Each test session gets a fresh database (dropped at the end) and its own arq que
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -18,8 +19,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
+from groupbuy_async.dev.merchant import mock_merchant_routes
 from groupbuy_async.http.app import create_app
 from groupbuy_async.settings import Settings
 
@@ -105,7 +108,8 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def start_client(settings: Settings) -> TestClient[Any, Any]:
-    app = create_app(settings)
+    """The API as `api` serves it (with the mock merchant: the tests' settings ask for it)."""
+    app = create_app(settings, mock_merchant_routes(settings))
     contract.watch(app)
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -201,6 +205,17 @@ class Api:
         assert status == 200, env
         return env["data"]  # type: ignore[no-any-return]
 
+    async def market_config(self, user: str, act: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The price trial and joinable teams `user` is offered for the goods of `act`."""
+        goods = {k: act[k] for k in ("source", "channel", "goodsId")}
+        path = "/api/v1/gbm/index/query_group_buy_market_config"
+        return await self.call("POST", path, {"userId": user, **goods})
+
+    async def metrics(self) -> str:
+        async with self.client.get("/metrics", headers=METRICS) as resp:
+            assert resp.status == 200 and resp.content_type == "text/plain"
+            return await resp.text()
+
     async def new_activity(self, **overrides: Any) -> dict[str, Any]:
         """A fresh discount, goods and effective activity; returns ids for lock requests."""
         tag = uuid.uuid4().hex[:10]
@@ -274,6 +289,12 @@ async def exited(proc: asyncio.subprocess.Process, seconds: float = 30) -> tuple
         raise AssertionError(f"still running after {seconds}s:\n{out.decode()[-3000:]}") from None
     assert proc.returncode is not None
     return proc.returncode, out.decode()
+
+
+def sample(text: str, name: str) -> float:
+    """The value of the Prometheus sample `name` (with its labels) in `text`; 0 without it."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 def new_id(prefix: str = "o") -> str:

@@ -4,14 +4,14 @@ earlier `dev` left running on GROUPBUY_DATA_DIR, and the data it stored there.""
 import shutil
 from pathlib import Path
 
-from ..lifecycle import StartupError
+from ..process.startup import StartupError
 from .embedded import RunningServer, left_running
 
 # What `dev`, and the tests and benchmarks beside it, write into the data dir; a data dir
 # holding anything else is not deleted (GROUPBUY_DATA_DIR might name a folder of the user's).
-DEV_ENTRIES = frozenset({
-    "postgres", "postgres.initdb", "postgres.log", "redis", "redis.log", "test", "faults", "bench",
-})  # fmt: skip
+DEV_ENTRIES = frozenset(
+    {"postgres", "postgres.initdb", "postgres.log", "redis", "redis.log", "test", "faults", "bench"}
+)
 
 
 def stop_servers(data_dir: Path) -> None:

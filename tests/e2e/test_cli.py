@@ -11,14 +11,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 
 from groupbuy_async.dev.embedded import EmbeddedServer
-from groupbuy_async.lifecycle import server_address
+from groupbuy_async.dev.host import free_port
+from groupbuy_async.process.reasons import server_address
 from groupbuy_async.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, exited, make_tasks, new_id, now_iso, wait_ready
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -50,12 +50,6 @@ async def _stop(proc: asyncio.subprocess.Process) -> str:
     return out.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_migrate_command_is_idempotent(settings: Settings) -> None:
     code, out = await _run("migrate", env=_env(settings))
     assert code == 0 and "applied 0 migration(s): none pending" in out
@@ -70,7 +64,7 @@ async def test_commands_refuse_to_start_without_servers(settings: Settings) -> N
 async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
     settings: Settings, api: Any
 ) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     act = await api.new_activity(target=1)
     proc = await asyncio.create_subprocess_exec(
@@ -108,7 +102,7 @@ async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
 
 
 async def test_worker_process_delivers_due_callbacks(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     team_ids = await make_tasks(pool, 3, merchant.url)
     proc = await asyncio.create_subprocess_exec(
@@ -265,30 +259,37 @@ async def _wait_healthy(process: str, env: dict[str, str], seconds: float = 20) 
             await asyncio.sleep(0.2)
 
 
+async def _healthy_while_it_runs(verb: str, env: dict[str, str]) -> str:
+    """`health VERB` is 1 (in one line) before VERB starts, 0 once it runs, 1 again as soon as
+    it stopped; VERB's log."""
+    code, out = await _run("health", verb, env=env)
+    assert code == 1 and _one_line(out)
+    proc = await _start(verb, env)
+    try:
+        await _wait_healthy(verb, env)
+    finally:
+        log = await _stop(proc)
+    code, _ = await _run("health", verb, env=env)
+    assert code == 1
+    return log
+
+
 async def test_api_without_admin_token_warns_once_and_health_follows_it(
     settings: Settings,
 ) -> None:
     assert settings.database_url
-    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_PORT=str(_free_port()))
-    code, out = await _run("health", "api", env=env)
-    assert code == 1 and _one_line(out)  # nothing listens yet
-    proc = await _start("api", env)
-    try:
-        await _wait_healthy("api", env)
-    finally:
-        log = await _stop(proc)
+    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_PORT=str(free_port()))
+    log = await _healthy_while_it_runs("api", env)
     warnings = [line for line in log.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, log
     assert "GROUPBUY_ADMIN_TOKEN is not set" in warnings[0] and "refused" in warnings[0]
-    code, _ = await _run("health", "api", env=env)
-    assert code == 1
 
 
 @pytest.mark.parametrize(("processes", "serving"), [("1", "API listening on"), ("2", "API: 2")])
 async def test_api_with_private_callback_targets_allowed_warns_once(
     settings: Settings, processes: str, serving: str
 ) -> None:
-    env = _env(settings, GROUPBUY_PORT=str(_free_port()))  # admin token set, blocking off
+    env = _env(settings, GROUPBUY_PORT=str(free_port()))  # admin token set, blocking off
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "groupbuy_async", "api", "--processes", processes, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -315,19 +316,11 @@ async def test_health_worker_is_0_while_it_runs_and_1_once_it_stopped(
     settings: Settings, own_redis: EmbeddedServer
 ) -> None:
     env = _env(settings, GROUPBUY_REDIS_URL=own_redis.url)
-    code, _ = await _run("health", "worker", env=env)
-    assert code == 1
-    proc = await _start("worker", env)
-    try:
-        await _wait_healthy("worker", env)
-    finally:
-        log = await _stop(proc)
+    # 1 straight after it stopped: closing deletes the heartbeat, it does not wait for its TTL.
+    log = await _healthy_while_it_runs("worker", env)
     # The session's database may hold due tasks to dead merchants: their breaker warns too.
     said = [line for line in log.splitlines() if "GROUPBUY_NOTIFY_BLOCK_PRIVATE is false" in line]
     assert len(said) == 1 and "WARNING" in said[0], log
-    # Straight away: closing deletes the heartbeat, it does not wait for its TTL to lapse.
-    code, _ = await _run("health", "worker", env=env)
-    assert code == 1
 
 
 async def test_health_worker_without_redis_is_1_in_one_line() -> None:
@@ -338,16 +331,12 @@ async def test_health_worker_without_redis_is_1_in_one_line() -> None:
 
 
 async def test_worker_that_loses_redis_exits_non_zero_instead_of_idling(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant, own_redis: EmbeddedServer
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant, own_redis: EmbeddedServer
 ) -> None:
     """Redis stops while a delivery job is in flight: the send still completes (PostgreSQL is
     fine), then the worker says once that it lost Redis and exits 1 for its supervisor."""
 
-    async def slow(_: int) -> web.Response:
-        await asyncio.sleep(2)
-        return web.Response(text="success")
-
-    merchant.behaviour = slow
+    merchant.delay = 2
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     proc = await _start("worker", _env(settings, GROUPBUY_REDIS_URL=own_redis.url))
     try:

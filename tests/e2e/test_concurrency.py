@@ -4,6 +4,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import pytest
 
 from ..conftest import Api, new_id, now_iso
 
@@ -27,39 +28,25 @@ async def test_twenty_concurrent_joins_to_a_team_of_five(api: Api) -> None:
     assert team["lockCount"] == 5
 
 
-async def test_ten_identical_locks_make_one_order(api: Api, pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("joining", [True, False], ids=["joining", "opening"])
+async def test_ten_identical_locks_make_one_order(
+    api: Api, pool: asyncpg.Pool, joining: bool
+) -> None:
     act = await api.new_activity(target=2)
-    team_id = await _open_team(api, act)
-    out = new_id()
     # Joining the last slot: the losers would see a full team, yet must get the same order.
-    results = await asyncio.gather(
-        *(api.lock(**act, userId="same", teamId=team_id, outTradeNo=out) for _ in range(10))
-    )
-    assert all(status == 200 for status, _ in results), results
-    assert len({env["data"]["orderId"] for _, env in results}) == 1
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM group_buy_order_list WHERE out_trade_no = $1", out
-        )
-        == 1
-    )
-    assert (await api.team(team_id))["lockCount"] == 2
-
-
-async def test_ten_identical_team_openings_make_one_team(api: Api, pool: asyncpg.Pool) -> None:
-    act = await api.new_activity()
+    team = {"teamId": await _open_team(api, act)} if joining else {}
     out = new_id()
     results = await asyncio.gather(
-        *(api.lock(**act, userId="same", outTradeNo=out) for _ in range(10))
+        *(api.lock(**act, **team, userId="same", outTradeNo=out) for _ in range(10))
     )
     assert all(status == 200 for status, _ in results), results
     assert len({env["data"]["orderId"] for _, env in results}) == 1
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM group_buy_order WHERE activity_id = $1", act["activityId"]
-        )
-        == 1
-    )
+    orders = "SELECT count(*) FROM group_buy_order_list WHERE out_trade_no = $1"
+    assert await pool.fetchval(orders, out) == 1
+    teams = "SELECT count(*) FROM group_buy_order WHERE activity_id = $1"
+    assert await pool.fetchval(teams, act["activityId"]) == 1
+    if joining:
+        assert (await api.team(team["teamId"]))["lockCount"] == 2
 
 
 async def test_take_limit_holds_under_concurrent_locks(api: Api, pool: asyncpg.Pool) -> None:

@@ -5,7 +5,6 @@ send cut short, nothing left in Redis)."""
 import asyncio
 import os
 import signal
-import socket
 import sys
 import uuid
 from asyncio.subprocess import Process
@@ -13,22 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer
+from groupbuy_async.dev.host import free_port
 from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
 
 from ..conftest import exited, keys_left, make_tasks, now_iso, wait_ready
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any], key: str) -> Any:
@@ -60,7 +54,7 @@ async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str, key: str
 
 async def _start_dev(database_url: str, redis_url: str, data_dir: Path) -> tuple[Process, str]:
     """`python -m groupbuy_async dev` on those servers, once it serves; its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
     env.update(
         GROUPBUY_DATABASE_URL=database_url, GROUPBUY_REDIS_URL=redis_url,
@@ -132,15 +126,11 @@ async def _verified_demo_callback(
 
 
 async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
-    server_urls: tuple[str, str], own_redis: EmbeddedServer, merchant: Merchant, tmp_path: Path
+    server_urls: tuple[str, str], own_redis: EmbeddedServer, merchant: LocalMerchant, tmp_path: Path
 ) -> None:
     """As the worker process on SIGTERM: a drain sending when Ctrl-C comes is not cut short."""
 
-    async def slow(_: int) -> web.Response:
-        await asyncio.sleep(2)
-        return web.Response(text="success")
-
-    merchant.behaviour = slow
+    merchant.delay = 2
     async with temporary_database(server_urls[0], "groupbuy_test_dev") as url:
         pool = await create_pool(url, 1, 2)
         try:
@@ -155,7 +145,7 @@ async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
                 await _ctrl_c(proc)
             status = "SELECT notify_status FROM notify_task WHERE team_id = $1"
             assert await pool.fetchval(status, team_id) == 1
-            assert len(merchant.requests) == 1
+            assert merchant.requests == 1
         finally:
             await pool.close()
 

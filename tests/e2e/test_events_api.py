@@ -3,22 +3,20 @@ pull merchants reconcile with."""
 
 import asyncio
 import json
-import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
 import asyncpg
-from aiohttp import web
 
 from groupbuy_async.callbacks import outbox
 from groupbuy_async.callbacks.events import Event, EventType
 from groupbuy_async.callbacks.feed import _HORIZON
 from groupbuy_async.settings import Settings
 
-from ..conftest import METRICS, Api, make_tasks
-from ..merchant import Merchant
+from ..conftest import Api, make_tasks, sample
+from ..merchant import LocalMerchant, answering
 
 NO_COUNTS = {"waitCount": 0, "successCount": 0, "retryCount": 0, "errorCount": 0}
 TYPES = [str(t) for t in EventType]
@@ -83,25 +81,14 @@ def by_type(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return {t: counts.get(t, NO_COUNTS) for t in TYPES}
 
 
-async def scrape(api: Api) -> str:
-    async with api.client.get("/metrics", headers=METRICS) as resp:
-        assert resp.status == 200
-        return await resp.text()
-
-
-def sample(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 # --- per-type counts and metrics -----------------------------------------------------------
 
 
 async def test_run_counts_and_metrics_carry_the_event_type(
-    api: Api, pool: asyncpg.Pool, merchant: Merchant
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     success = 'groupbuy_notify_attempts_total{outcome="success",type="order.closed"}'
-    before = sample(await scrape(api), success)
+    before = sample(await api.metrics(), success)
     team_id = await bare_team(pool)
     await enqueue(pool, event(EventType.ORDER_CLOSED, team_id, merchant.url, f"{team_id}1"))
 
@@ -110,9 +97,9 @@ async def test_run_counts_and_metrics_carry_the_event_type(
     )
     one = {"waitCount": 1, "successCount": 1, "retryCount": 0, "errorCount": 0}
     assert (status, env["data"]) == (200, {**one, "byType": by_type({"order.closed": one})})
-    assert merchant.requests and '"type":"order.closed"' in merchant.requests[0][1]
+    assert merchant.received and '"type":"order.closed"' in merchant.received[0].body
 
-    text = await scrape(api)
+    text = await api.metrics()
     assert sample(text, success) == before + 1
     for kind in TYPES:  # every type and status is exposed, zeros included
         for status_code in range(4):
@@ -125,14 +112,11 @@ async def test_run_counts_and_metrics_carry_the_event_type(
 
 
 async def test_notify_cli_counts_by_type(
-    settings: Settings, pool: asyncpg.Pool, merchant: Merchant
+    settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     from groupbuy_async.cli import notify
 
-    async def busy(_: int) -> web.Response:
-        return web.Response(status=503, text="busy")
-
-    merchant.behaviour = busy
+    merchant.answer = answering(503, "busy")
     team_id = await bare_team(pool)
     await enqueue(pool, event(EventType.TEAM_FAILED, team_id, merchant.url))
     counts = await notify(settings, team_id)
@@ -143,11 +127,10 @@ async def test_notify_cli_counts_by_type(
 # --- one event: view and replay ---------------------------------------------------------
 
 
-async def test_event_detail_and_replay(api: Api, pool: asyncpg.Pool, merchant: Merchant) -> None:
-    async def gone(_: int) -> web.Response:
-        return web.Response(status=410, text="gone")
-
-    merchant.behaviour = gone
+async def test_event_detail_and_replay(
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant
+) -> None:
+    merchant.answer = answering(410, "gone")
     team_id = await bare_team(pool)
     order_id = f"{team_id}7"
     (event_id,) = await enqueue(
@@ -167,14 +150,15 @@ async def test_event_detail_and_replay(api: Api, pool: asyncpg.Pool, merchant: M
     )  # fmt: skip
     assert detail["notifyStatus"] == 3 and detail["nextAttemptAt"] is None
     assert [a["httpStatus"] for a in detail["attempts"]] == [410]
-    ((_, sent_body),) = merchant.requests
+    (sent,) = merchant.received
+    sent_body = sent.body
     assert detail["data"] == json.loads(sent_body)["data"]  # what was sent
     assert detail["data"]["orderId"] == order_id and detail["data"]["eventId"] == event_id
     _, team_view = await api.call("GET", "/api/v1/admin/notify_tasks?teamId=" + team_id, admin=True)
     (task,) = team_view["data"]
     assert set(detail) == set(task) | {"attempts", "data"}
 
-    merchant.behaviour = Merchant.behaviour
+    merchant.answer = None
     status, env = await api.call("POST", f"{path}/replay", admin=True)
     assert status == 200 and env["data"]["notifyStatus"] == 2 and env["data"]["nextAttemptAt"]
     assert env["data"]["eventId"] == event_id

@@ -3,6 +3,7 @@
 from typing import Any
 
 import asyncpg
+import pytest
 
 from groupbuy_async.trade import expiry
 
@@ -167,24 +168,22 @@ async def test_an_unpaid_lock_past_its_timeout_is_closed_by_the_cron(
     await assert_consistent(pool, [team.team_id])
 
 
+@pytest.mark.parametrize(("pay_timeout", "at_window_end"), [(120, False), (3600, True)])
 async def test_pay_deadline_is_the_activitys_timeout_never_past_the_window(
-    api: Api, pool: asyncpg.Pool
+    api: Api, pool: asyncpg.Pool, pay_timeout: int, at_window_end: bool
 ) -> None:
-    deadline = (
+    act = await api.new_activity(payTimeoutSeconds=pay_timeout, validTime=15)  # window: 15 min
+    status, env, out = await lock(api, act, "u1")
+    assert status == 200, env
+    row = await pool.fetchrow(
         "SELECT extract(epoch FROM o.pay_deadline - o.create_time)::int AS after_lock,"
         " o.pay_deadline = t.valid_end_time AS at_window_end"
         " FROM group_buy_order_list o JOIN group_buy_order t USING (team_id)"
-        " WHERE o.out_trade_no = $1"
+        " WHERE o.out_trade_no = $1",
+        out,
     )
-    act = await api.new_activity(payTimeoutSeconds=120, validTime=15)
-    status, env, out = await lock(api, act, "u1")
-    assert status == 200, env
-    row = await pool.fetchrow(deadline, out)
-    assert row is not None and row["after_lock"] == 120 and not row["at_window_end"]
-    act = await api.new_activity(payTimeoutSeconds=3600, validTime=15)
-    status, env, out = await lock(api, act, "u1")
-    row = await pool.fetchrow(deadline, out)
-    assert row is not None and row["at_window_end"]
+    assert row is not None and row["at_window_end"] == at_window_end
+    assert at_window_end or row["after_lock"] == pay_timeout
 
 
 async def test_pay_timeout_is_part_of_the_activity(api: Api) -> None:
@@ -307,13 +306,10 @@ async def test_the_users_team_is_one_with_a_live_order(api: Api) -> None:
     act = await api.new_activity(target=3)
     other = await team_of(api, act, locked=1, paid=0)  # ends first
     mine = await team_of(api, act, locked=1, paid=0, tag="me")
-    query = {"userId": "me-u0", "source": act["source"], "channel": act["channel"],
-             "goodsId": act["goodsId"]}  # fmt: skip
-    trial = "/api/v1/gbm/index/query_group_buy_market_config"
-    _, env = await api.call("POST", trial, query)
+    _, env = await api.market_config("me-u0", act)
     # The user's own team first, then the others by window end.
     assert [t["teamId"] for t in env["data"]["teamList"]] == [mine.team_id, other.team_id]
     assert (await refund(api, act, *mine.members[0]))[0] == 200
-    _, env = await api.call("POST", trial, query)
+    _, env = await api.market_config("me-u0", act)
     # Cancelled: nobody is in it any more, so it is not offered.
     assert [t["teamId"] for t in env["data"]["teamList"]] == [other.team_id]

@@ -13,7 +13,7 @@ import asyncpg
 
 from groupbuy_async.settings import Settings
 from groupbuy_async.trade import expiry
-from groupbuy_async.worker import build_worker
+from groupbuy_async.worker.arq_worker import build_worker
 
 from ..conftest import Api
 from .lifecycle_checks import (
@@ -235,11 +235,7 @@ async def test_a_team_nobody_is_in_is_not_offered(api: Api) -> None:
     status, env, _ = await lock(api, act, "someone")
     assert status == 200, env
     joinable = env["data"]["teamId"]
-    status, env = await api.call(
-        "POST", "/api/v1/gbm/index/query_group_buy_market_config",
-        {"userId": "shopper", "source": act["source"], "channel": act["channel"],
-         "goodsId": act["goodsId"]},
-    )  # fmt: skip
+    status, env = await api.market_config("shopper", act)
     assert status == 200, env
     offered = env["data"]["teamList"]
     assert [t["teamId"] for t in offered] == [joinable], (empty, offered)

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -21,12 +20,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from yarl import URL
 
 from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
+from groupbuy_async.dev.host import free_port
 
 from ..conftest import ROOT, make_tasks
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 MIGRATIONS = sorted((ROOT / "sql").glob("*.sql"))
 PACKAGED = "groupbuy_async/migrations/"
@@ -99,21 +99,8 @@ async def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> In
 @pytest.fixture
 async def empty_database(server_urls: tuple[str, str]) -> AsyncIterator[str]:
     """A new database with nothing in it, on the tests' PostgreSQL server; dropped after."""
-    admin = server_urls[0]
-    name = f"groupbuy_release_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield str(URL(admin).with_path(f"/{name}"))
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with temporary_database(server_urls[0], "groupbuy_release", migrated=False) as url:
+        yield url
 
 
 def test_the_wheel_carries_the_migrations_as_in_sql(wheel: Path) -> None:
@@ -165,7 +152,7 @@ async def test_the_installed_wheel_migrates_a_new_database_from_elsewhere(
 
 
 async def test_the_installed_notify_prints_one_json_document(
-    installed: Installed, empty_database: str, merchant: Merchant
+    installed: Installed, empty_database: str, merchant: LocalMerchant
 ) -> None:
     env = _clean_env(GROUPBUY_DATABASE_URL=empty_database, GROUPBUY_NOTIFY_BLOCK_PRIVATE="false")
     await _check(installed.cli, "migrate", cwd=installed.elsewhere, env=env)
@@ -183,19 +170,13 @@ async def test_the_installed_notify_prints_one_json_document(
         installed.cli, "notify", "--team-id", team_id, cwd=installed.elsewhere, env=env
     )
     assert code == 0 and json.loads(out)["successCount"] == 1, out + err
-    assert len(merchant.requests) == 1
+    assert merchant.requests == 1
 
     code, out, err = await _run(
         installed.cli, "notify", "--team-id", "no-such-team", cwd=installed.elsewhere, env=env
     )
     assert (code, out) == (1, ""), out + err
     assert err == "groupbuy-async notify: team no-such-team does not exist\n", err
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 STOP_SECONDS = 10  # "within seconds of one SIGTERM", with slack for a busy machine
@@ -229,7 +210,7 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 async def test_the_installed_api_and_worker_stop_on_one_sigterm(
     installed: Installed, empty_database: str, server_urls: tuple[str, str]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = _clean_env(
         GROUPBUY_DATABASE_URL=empty_database, GROUPBUY_REDIS_URL=server_urls[1],
         GROUPBUY_PORT=str(port), GROUPBUY_QUEUE_NAME=f"release:{uuid.uuid4().hex}",

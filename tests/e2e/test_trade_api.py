@@ -26,6 +26,15 @@ async def settle(api: Api, act: dict[str, Any], user: str, out_trade_no: str) ->
     )  # fmt: skip
 
 
+async def _locked_by_a_and_b(api: Api, act: dict[str, Any]) -> tuple[str, str, str]:
+    """A team of two that users a and b locked: its id, their outTradeNos."""
+    out_a, out_b = new_id(), new_id()
+    _, env = await lock(api, act, "a", out_trade_no=out_a)
+    team_id = env["data"]["teamId"]
+    await lock(api, act, "b", team=team_id, out_trade_no=out_b)
+    return team_id, out_a, out_b
+
+
 async def test_open_team_prices_order_and_starts_window(api: Api) -> None:
     act = await api.new_activity()
     status, env = await lock(api, act, "u1", out_trade_no="otn-open-1")
@@ -113,10 +122,7 @@ async def test_callback_is_written_in_the_settlement_transaction_or_nothing_is(
     api: Api, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     act = await api.new_activity(target=2)
-    out_a, out_b = new_id(), new_id()
-    _, env = await lock(api, act, "a", out_trade_no=out_a)
-    team_id = env["data"]["teamId"]
-    await lock(api, act, "b", team=team_id, out_trade_no=out_b)
+    team_id, out_a, out_b = await _locked_by_a_and_b(api, act)
     status, env = await settle(api, act, "a", out_a)
     assert status == 200 and env["data"]["teamCompleted"] is False, env
 
@@ -156,10 +162,7 @@ async def test_settling_again_returns_the_same_data_and_changes_nothing(
     api: Api, pool: asyncpg.Pool
 ) -> None:
     act = await api.new_activity(target=2)
-    out_a, out_b = new_id(), new_id()
-    _, env = await lock(api, act, "a", out_trade_no=out_a)
-    team_id = env["data"]["teamId"]
-    await lock(api, act, "b", team=team_id, out_trade_no=out_b)
+    team_id, out_a, out_b = await _locked_by_a_and_b(api, act)
     first_a = await settle(api, act, "a", out_a)
     first_b = await settle(api, act, "b", out_b)
     before = await pool.fetchrow("SELECT * FROM group_buy_order WHERE team_id = $1", team_id)
@@ -278,11 +281,7 @@ async def test_market_config_lists_trial_and_joinable_teams(api: Api) -> None:
     _, open_team = await lock(api, act, "other1")
     _, full = await lock(api, act, "other2")
     await lock(api, act, "other3", team=full["data"]["teamId"])
-    status, env = await api.call(
-        "POST", "/api/v1/gbm/index/query_group_buy_market_config",
-        {"userId": "me", "source": act["source"], "channel": act["channel"],
-         "goodsId": act["goodsId"]},
-    )  # fmt: skip
+    status, env = await api.market_config("me", act)
     assert status == 200, env
     data = env["data"]
     assert data["activityId"] == act["activityId"]
@@ -300,19 +299,14 @@ async def test_market_config_lists_trial_and_joinable_teams(api: Api) -> None:
 
 
 async def test_market_config_for_unknown_goods(api: Api) -> None:
-    status, env = await api.call(
-        "POST", "/api/v1/gbm/index/query_group_buy_market_config",
-        {"userId": "me", "source": "s01", "channel": "c01", "goodsId": "nope"},
-    )  # fmt: skip
+    unknown = {"source": "s01", "channel": "c01", "goodsId": "nope"}
+    status, env = await api.market_config("me", unknown)
     assert (status, env["code"], env["data"]) == (404, "E0002", None)
 
 
 async def test_unknown_team_is_404(api: Api) -> None:
     status, env = await api.call("GET", "/api/v1/gbm/teams/12345678901")
     assert (status, env["code"]) == (404, "E0107")
-
-
-TRIAL = "/api/v1/gbm/index/query_group_buy_market_config"
 
 
 async def test_market_config_refuses_a_closed_activity_as_lock_does(api: Api) -> None:
@@ -326,9 +320,7 @@ async def test_market_config_refuses_a_closed_activity_as_lock_does(api: Api) ->
     ]  # fmt: skip
     for overrides, code in cases:
         act = await api.new_activity(**overrides)
-        query = {"userId": "u1", "source": act["source"], "channel": act["channel"],
-                 "goodsId": act["goodsId"]}  # fmt: skip
-        trial = await api.call("POST", TRIAL, query)
+        trial = await api.market_config("u1", act)
         locked = await lock(api, act, "u1")
         assert trial[0] == locked[0] == 409, (overrides, trial, locked)
         assert trial[1]["code"] == locked[1]["code"] == code, (overrides, trial, locked)

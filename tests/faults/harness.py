@@ -21,9 +21,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from .merchant import Merchant, Receipt
+from groupbuy_async.dev.host import free_port
+
+from .merchant import Merchant
 from .procs import ROOT, Child, clean_env, run_once
-from .servers import Postgres, Redis, clean_stale_runs, free_port, start_watchdog
+from .servers import Postgres, Redis, clean_stale_runs, start_watchdog
 from .shop import ADMIN_TOKEN, Shop
 
 # The service's settings in every stage (see README "Settings").
@@ -441,4 +443,4 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
-__all__ = ["IN_FLIGHT", "LEASE", "Outcome", "Receipt", "Run", "Stage"]
+__all__ = ["IN_FLIGHT", "LEASE", "Outcome", "Run", "Stage"]

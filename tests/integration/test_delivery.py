@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook
 from groupbuy_async.callbacks import claims
 
 from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, start_client
-from ..merchant import Merchant, start_merchant
+from ..merchant import LocalMerchant, answering, start_merchant, success_once
 
 
 async def task_row(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record:
@@ -46,7 +46,7 @@ async def complete_team(api: Api, act: dict[str, Any], size: int) -> tuple[str, 
 
 
 async def test_completed_team_is_called_back_at_once_and_signed(
-    api: Api, settings: Any, pool: asyncpg.Pool, merchant: Merchant
+    api: Api, settings: Any, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
     client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
     try:
@@ -54,7 +54,7 @@ async def test_completed_team_is_called_back_at_once_and_signed(
         act = {**await signed_api.new_activity(target=2), "notifyUrl": merchant.url}
         team_id, outs = await complete_team(signed_api, act, 2)
         await merchant.wait_for(1)
-        headers, body = merchant.requests[0]
+        headers, body = merchant.received[0].headers, merchant.received[0].body
         envelope = Webhook(SECRET).verify(body, headers)  # raises on a bad signature
         assert envelope["type"] == "team.completed"
         payload = envelope["data"]
@@ -75,11 +75,7 @@ async def test_completed_team_is_called_back_at_once_and_signed(
 async def test_settle_returns_before_a_slow_merchant_answers(
     settings: Any, pool: asyncpg.Pool
 ) -> None:
-    async def slow(_: int) -> web.Response:
-        await asyncio.sleep(5)
-        return web.Response(text="success")
-
-    merchant = await start_merchant(behaviour=slow)
+    merchant = await start_merchant(delay=5)
     client = await start_client(settings)
     try:
         api = await Api.for_client(client)
@@ -101,12 +97,12 @@ async def test_settle_returns_before_a_slow_merchant_answers(
 
 
 async def test_failing_twice_then_succeeding_takes_three_attempts_with_one_webhook_id(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
     async def flaky(n: int) -> web.Response:
         return web.Response(status=500, text="oops") if n <= 2 else web.Response(text="success")
 
-    merchant.behaviour = flaky
+    merchant.answer = flaky
     dispatcher = make_dispatcher(notify_retry_schedule="0s,0s,0s")
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     statuses = []
@@ -115,7 +111,7 @@ async def test_failing_twice_then_succeeding_takes_three_attempts_with_one_webho
         statuses.append((await task_row(pool, team_id))["notify_status"])
         assert counts.wait_count == 1
     assert statuses == [2, 2, 1]
-    assert len(merchant.requests) == 3 and len(merchant.ids) == 1
+    assert merchant.requests == 3 and len(merchant.ids) == 1
     logged = await attempts(pool, team_id)
     assert [(a["attempt"], a["http_status"]) for a in logged] == [(1, 500), (2, 500), (3, 200)]
     assert logged[0]["response_body"] == "oops"
@@ -123,12 +119,9 @@ async def test_failing_twice_then_succeeding_takes_three_attempts_with_one_webho
 
 
 async def test_always_failing_ends_in_error_after_the_schedule(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    async def refuse(_: int) -> web.Response:
-        return web.Response(text="error")
-
-    merchant.behaviour = refuse
+    merchant.mode = "garbage"
     dispatcher = make_dispatcher(notify_retry_schedule="0,0")
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     results = [(await dispatcher.drain(team_id)).as_dict() for _ in range(4)]
@@ -141,13 +134,9 @@ async def test_always_failing_ends_in_error_after_the_schedule(
 
 
 async def test_timeout_is_a_counted_failed_attempt(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    async def hang(_: int) -> web.Response:
-        await asyncio.sleep(3)
-        return web.Response(text="success")
-
-    merchant.behaviour = hang
+    merchant.delay = 3
     dispatcher = make_dispatcher(notify_timeout_seconds=0.3)
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     counts = await dispatcher.drain(team_id)
@@ -172,12 +161,9 @@ async def test_connection_refused_is_a_counted_failed_attempt(
 
 
 async def test_gone_stops_at_once(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    async def gone(_: int) -> web.Response:
-        return web.Response(status=410)
-
-    merchant.behaviour = gone
+    merchant.answer = answering(410)
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     assert (await make_dispatcher().drain(team_id)).error_count == 1
     task = await task_row(pool, team_id)
@@ -185,12 +171,9 @@ async def test_gone_stops_at_once(
 
 
 async def test_retry_after_is_honoured(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    async def limited(_: int) -> web.Response:
-        return web.Response(status=429, headers={"Retry-After": "120"})
-
-    merchant.behaviour = limited
+    merchant.answer = answering(429, headers={"Retry-After": "120"})
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     await make_dispatcher().drain(team_id)
     task = await task_row(pool, team_id)
@@ -200,7 +183,7 @@ async def test_retry_after_is_honoured(
 
 
 async def test_blocked_private_address_is_refused(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
     dispatcher = make_dispatcher(notify_block_private=True)
     by_ip, by_name = await make_tasks(pool, 2, merchant.url)
@@ -213,17 +196,17 @@ async def test_blocked_private_address_is_refused(
         assert (await dispatcher.drain(team_id)).error_count == 1
         task = await task_row(pool, team_id)
         assert task["notify_status"] == 3 and "blocked" in task["last_error"]
-    assert merchant.requests == []
+    assert merchant.requests == 0
 
 
 async def test_two_dispatchers_racing_deliver_each_task_exactly_once(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
     team_ids = await make_tasks(pool, 1000, merchant.url)
     first = make_dispatcher(notify_concurrency=50, notify_per_host=50, notify_batch_size=100)
     second = make_dispatcher(notify_concurrency=50, notify_per_host=50, notify_batch_size=100)
     await asyncio.gather(first.drain(), second.drain())
-    assert len(merchant.requests) == 1000
+    assert merchant.requests == 1000
     assert len(merchant.ids) == 1000 and max(merchant.ids.values()) == 1
     statuses = await pool.fetch(
         "SELECT notify_status, notify_count FROM notify_task WHERE team_id = ANY($1::text[])",
@@ -233,7 +216,7 @@ async def test_two_dispatchers_racing_deliver_each_task_exactly_once(
 
 
 async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwrite(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     # A process claims the task, then "crashes" before sending.
@@ -252,7 +235,7 @@ async def test_abandoned_claim_is_redelivered_and_the_stale_holder_cannot_overwr
     assert await claims.record(pool, [failure]) == set()
     task = await task_row(pool, team_id)
     assert (task["notify_status"], task["notify_count"], task["last_error"]) == (1, 1, None)
-    assert len(await attempts(pool, team_id)) == 1 and len(merchant.requests) == 1
+    assert len(await attempts(pool, team_id)) == 1 and merchant.requests == 1
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["as-timed", "second-claim-late"])
@@ -290,7 +273,7 @@ async def test_per_host_cap_bounds_concurrent_requests(
         in_flight -= 1
         return web.Response(text="success")
 
-    merchant = await start_merchant(behaviour=slow)
+    merchant = await start_merchant(answer=slow)
     try:
         team_ids = await make_tasks(pool, 60, merchant.url)
         dispatcher = make_dispatcher(notify_concurrency=100, notify_per_host=4)
@@ -343,11 +326,7 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
     given_back = asyncio.Event()  # the first claim's rest is due again
     b_settled = asyncio.Event()  # B holds what it claimed, or stopped without claiming
 
-    async def answer(_: int) -> web.Response:
-        await b_settled.wait()
-        return web.Response(text="success")
-
-    merchant = await start_merchant(behaviour=answer)
+    merchant = await start_merchant(answer=success_once(b_settled))
     try:
         team_ids = await make_tasks(pool, 60, merchant.url)
         got = scope_claims(monkeypatch, team_ids)
@@ -407,11 +386,7 @@ async def test_a_drain_delivers_what_it_finds_while_another_drain_fills_its_host
     # no more, so they would wait for the next cron tick.
     answer = asyncio.Event()
 
-    async def held(_: int) -> web.Response:
-        await answer.wait()
-        return web.Response(text="success")
-
-    merchant = await start_merchant(behaviour=held)
+    merchant = await start_merchant(answer=success_once(answer))
     try:
         team_ids = await make_tasks(pool, 8, merchant.url)
         got = scope_claims(monkeypatch, team_ids)
@@ -464,7 +439,7 @@ async def test_invalid_notify_url_is_an_error_at_once(
 
 
 async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
     dispatcher = make_dispatcher(notify_immediate_limit=4)
     team_ids = await make_tasks(pool, 5, merchant.url)
@@ -476,7 +451,7 @@ async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
     )
     statuses = {r["team_id"]: r["notify_status"] for r in rows}
     assert [statuses[t] for t in team_ids] == [1, 1, 1, 1, 0]
-    assert len(merchant.requests) == 4
+    assert merchant.requests == 4
     assert dispatcher.fire(team_ids[4])  # room again once the batch is done
     await dispatcher.close(grace_seconds=5)
     assert (await task_row(pool, team_ids[4]))["notify_status"] == 1
@@ -484,15 +459,16 @@ async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
 
 
 async def test_success_body_split_across_chunks_is_read_whole(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    (team_id,) = await make_tasks(pool, 1, merchant.chunked_url)
+    merchant.mode = "chunked"
+    (team_id,) = await make_tasks(pool, 1, merchant.url)
     assert (await make_dispatcher().drain(team_id)).success_count == 1
 
 
 @pytest.mark.parametrize("status", [302, 307])
 async def test_redirect_saying_success_is_a_retry_and_is_not_followed(
-    pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any, status: int
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any, status: int
 ) -> None:
     async def redirect_once(n: int) -> web.Response:
         # Followed, the redirect would reach this same endpoint (a 307 keeps the POST) and
@@ -501,7 +477,7 @@ async def test_redirect_saying_success_is_a_retry_and_is_not_followed(
             return web.Response(status=status, headers={"Location": merchant.url}, text="success")
         return web.Response(text="success")
 
-    merchant.behaviour = redirect_once
+    merchant.answer = redirect_once
     (team_id,) = await make_tasks(pool, 1, merchant.url)
     counts = await make_dispatcher().drain(team_id)
     assert (counts.success_count, counts.retry_count) == (0, 1)
@@ -511,16 +487,13 @@ async def test_redirect_saying_success_is_a_retry_and_is_not_followed(
     assert task["next_attempt_at"] > datetime.now(UTC)
     (logged,) = await attempts(pool, team_id)
     assert (logged["http_status"], logged["response_body"]) == (status, "success")
-    assert len(merchant.requests) == 1
+    assert merchant.requests == 1
 
 
 async def test_replay_restarts_the_retry_schedule_and_attempt_numbers_go_on(
-    api: Api, pool: asyncpg.Pool, merchant: Merchant, make_dispatcher: Any
+    api: Api, pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
-    async def refuse(_: int) -> web.Response:
-        return web.Response(text="error")
-
-    merchant.behaviour = refuse
+    merchant.mode = "garbage"
     # The first delay stands out: a retry scheduled with it is told apart from the others.
     dispatcher = make_dispatcher(notify_retry_schedule="10m,0s,0s")
     (team_id,) = await make_tasks(pool, 1, merchant.url)
@@ -556,7 +529,7 @@ async def test_replay_restarts_the_retry_schedule_and_attempt_numbers_go_on(
     task = await task_row(pool, team_id)
     assert (task["notify_status"], task["notify_count"]) == (3, 8)
     assert [a["attempt"] for a in await attempts(pool, team_id)] == list(range(1, 9))
-    assert len(merchant.requests) == 8 and len(merchant.ids) == 1
+    assert merchant.requests == 8 and len(merchant.ids) == 1
 
 
 async def test_a_database_outage_in_the_immediate_path_is_one_log_line(

@@ -4,7 +4,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -15,14 +14,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from groupbuy_async.dev.embedded import start_postgres, start_redis
+from groupbuy_async.dev.host import free_port
 
 from ..conftest import ROOT, wait_ready
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_embedded_postgres_and_redis_start_answer_and_stop(
@@ -128,7 +122,7 @@ async def test_make_stop_stops_what_a_killed_run_left_and_reset_data_refuses_unt
 
 async def test_ctrl_c_on_dev_stops_the_servers_it_reused(server_dir: Path) -> None:
     urls = await _left_running(server_dir)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
     env.update(GROUPBUY_DATA_DIR=str(server_dir), GROUPBUY_PORT=str(port))
     proc = await asyncio.create_subprocess_exec(

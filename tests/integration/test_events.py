@@ -11,7 +11,7 @@ from groupbuy_async.callbacks import outbox
 from groupbuy_async.callbacks.events import Event, EventType
 
 from ..conftest import make_tasks
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 
 async def _team(pool: asyncpg.Pool) -> str:
@@ -86,7 +86,7 @@ async def test_the_database_refuses_an_order_event_without_its_order(pool: async
 
 
 async def test_a_fired_team_sends_its_completion_and_a_team_run_sends_all_its_events(
-    pool: asyncpg.Pool, make_dispatcher: Any, merchant: Merchant
+    pool: asyncpg.Pool, make_dispatcher: Any, merchant: LocalMerchant
 ) -> None:
     """The immediate path after a settlement sends the team.completed event, not another
     event of the team that happens to be due earlier; an operator's one-team run sends
@@ -108,7 +108,7 @@ async def test_a_fired_team_sends_its_completion_and_a_team_run_sends_all_its_ev
     await dispatcher.wait_background(grace_seconds=5)
 
     def sent() -> list[str]:  # make_tasks writes the completion in the old flat form
-        return [json.loads(body).get("type", "team.completed") for _, body in merchant.requests]
+        return [json.loads(r.body).get("type", "team.completed") for r in merchant.received]
 
     assert sent() == ["team.completed"]
     counts = await dispatcher.drain(team_id)

@@ -22,11 +22,12 @@ from groupbuy_async.bootstrap import build_dispatcher
 from groupbuy_async.callbacks.dispatch import Dispatcher
 from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import Admission, Breaker, BreakerChange, BreakerPolicy
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.settings import Settings
 
 from ..conftest import SECRET, make_tasks
-from ..merchant import Merchant, start_merchant
+from ..merchant import LocalMerchant, start_merchant, success_once
 
 # An attempt's time limit here; the hanging merchant never answers within it.
 TIMEOUT = 0.5
@@ -74,15 +75,11 @@ async def dispatchers(db: asyncpg.Pool, settings: Settings) -> AsyncIterator[Mak
 
 
 @pytest.fixture
-async def hanging() -> AsyncIterator[Merchant]:
+async def hanging() -> AsyncIterator[LocalMerchant]:
     """A merchant that never answers (until the test is over)."""
     over = asyncio.Event()
 
-    async def never(_: int) -> web.Response:
-        await over.wait()
-        return web.Response(text="success")
-
-    m = await start_merchant(behaviour=never)
+    m = await start_merchant(answer=success_once(over))
     yield m
     over.set()
     await m.server.close()
@@ -142,7 +139,7 @@ async def test_each_task_stores_the_host_its_bounds_count_by(db: asyncpg.Pool) -
 
 
 async def test_a_hanging_merchant_does_not_starve_a_healthy_one_in_a_drain(
-    db: asyncpg.Pool, dispatchers: Make, hanging: Merchant, merchant: Merchant
+    db: asyncpg.Pool, dispatchers: Make, hanging: LocalMerchant, merchant: LocalMerchant
 ) -> None:
     # The hanging merchant's backlog fell due a minute ago; the healthy one's falls due now.
     slow = await make_tasks(db, 600, hanging.url)
@@ -166,12 +163,12 @@ async def test_a_hanging_merchant_does_not_starve_a_healthy_one_in_a_drain(
     finally:
         drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
-    assert len(merchant.requests) == 20 and len(hanging.requests) >= dispatcher.delivery.per_host
+    assert merchant.requests == 20 and hanging.requests >= dispatcher.delivery.per_host
     assert len(slow) == 600
 
 
 async def test_a_hanging_merchant_does_not_starve_a_healthy_one_on_the_immediate_path(
-    db: asyncpg.Pool, dispatchers: Make, hanging: Merchant, merchant: Merchant
+    db: asyncpg.Pool, dispatchers: Make, hanging: LocalMerchant, merchant: LocalMerchant
 ) -> None:
     slow = await make_tasks(db, 300, hanging.url)
     healthy = await make_tasks(db, 20, merchant.url)
@@ -201,7 +198,7 @@ async def test_a_hanging_merchant_does_not_starve_a_healthy_one_on_the_immediate
     # The hanging merchant's immediate sends are bounded by its in-hand cap: the rest are
     # left to the worker, not held in the API.
     assert slow_fired == 256 - 10
-    assert len(hanging.requests) <= 2 * dispatcher.delivery.per_host
+    assert hanging.requests <= 2 * dispatcher.delivery.per_host
     await dispatcher.wait_background(grace_seconds=5)
     left = [r for r in await rows(db, slow) if r["notify_count"] == 0]
     assert len(left) >= 300 - 2 * dispatcher.delivery.per_host
@@ -233,8 +230,8 @@ def counts_by_team(state: list[asyncpg.Record]) -> dict[str, int]:
 async def test_breaker_postpones_a_hanging_hosts_due_tasks_without_counting_attempts(
     db: asyncpg.Pool,
     dispatchers: Make,
-    hanging: Merchant,
-    merchant: Merchant,
+    hanging: LocalMerchant,
+    merchant: LocalMerchant,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -249,7 +246,7 @@ async def test_breaker_postpones_a_hanging_hosts_due_tasks_without_counting_atte
     # breaker (sends that took a slot freed by the first K - 1 went out too), and nothing
     # more was sent to the host.
     per_host, k = dispatcher.delivery.per_host, dispatcher.delivery.breakers.policy.failures
-    tried = len(hanging.requests)
+    tried = hanging.requests
     assert per_host <= tried < per_host + k, tried
     assert counts.retry_count == tried
     state = await rows(db, slow)
@@ -268,7 +265,7 @@ async def test_breaker_postpones_a_hanging_hosts_due_tasks_without_counting_atte
     (healthy,) = await make_tasks(db, 1, merchant.url)
     assert (await dispatcher.drain()).success_count == 1
     assert (await rows(db, [healthy]))[0]["notify_status"] == 1
-    assert len(hanging.requests) == tried
+    assert hanging.requests == tried
 
 
 async def test_breaker_probes_once_after_the_pause_and_closes_when_answered(
@@ -287,14 +284,14 @@ async def test_breaker_probes_once_after_the_pause_and_closes_when_answered(
         spans.append((began, asyncio.get_running_loop().time()))
         return web.Response(text="success")
 
-    m = await start_merchant(behaviour=behaviour)
+    m = await start_merchant(answer=behaviour)
     try:
         team_ids = await make_tasks(db, 40, m.url)
         dispatcher = dispatchers(notify_retry_schedule="0s,0s,0s")
         pause_for(dispatcher, 0.5)
         async with asyncio.timeout(10):
             await dispatcher.drain()  # opens the breaker: then nothing is due for the host
-        first_round = len(m.requests)
+        first_round = m.requests
         before = await rows(db, team_ids)
         first = max(r["next_attempt_at"] for r in before)
         await asyncio.sleep((first - datetime.now(UTC)).total_seconds() + 0.05)
@@ -302,7 +299,7 @@ async def test_breaker_probes_once_after_the_pause_and_closes_when_answered(
         # The pause is over: one probe, still unanswered. Paused again, twice as long.
         async with asyncio.timeout(10):
             await dispatcher.drain()
-        assert len(m.requests) == first_round + 1
+        assert m.requests == first_round + 1
         state = await rows(db, team_ids)
         was = counts_by_team(before)
         (probe,) = [r for r in state if r["notify_count"] != was[r["team_id"]]]

@@ -13,7 +13,7 @@ from yarl import URL
 from groupbuy_async.db import SQL_DIR, create_pool, migrate
 from groupbuy_async.settings import Settings
 from groupbuy_async.trade import expiry
-from groupbuy_async.worker import build_worker
+from groupbuy_async.worker.arq_worker import build_worker
 
 from ..conftest import Api, new_id
 

@@ -13,7 +13,7 @@ from groupbuy_async.callbacks.sender import BlockedAddress, Sender, create_sessi
 from groupbuy_async.settings import Settings
 
 from ..conftest import Api, new_id, start_client
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 # Each reached a loopback receiver through the old guard: aiohttp passes digit-and-dot hosts
 # to connect() unresolved, and the C library reads them as IPv4 ("127.1" is 127.0.0.1).
@@ -42,12 +42,12 @@ async def guarded() -> AsyncIterator[Sender]:
 
 @pytest.mark.parametrize("host", NON_CANONICAL + CANONICAL_BLOCKED + ["localhost"])
 async def test_sender_never_reaches_a_loopback_receiver(
-    host: str, guarded: Sender, merchant: Merchant
+    host: str, guarded: Sender, merchant: LocalMerchant
 ) -> None:
     url = f"http://{host}:{merchant.server.port}/notify"
     outcome = await guarded.send(url, "evt", "{}")
     assert outcome.http_status is None and outcome.permanent, outcome
-    assert merchant.requests == []
+    assert merchant.requests == 0
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_the_socket_factory_refuses_every_spelling_of_loopback(host: str) -> Non
 
 
 async def test_the_connection_itself_is_refused_whatever_the_url_check_says(
-    merchant: Merchant,
+    merchant: LocalMerchant,
 ) -> None:
     """A URL no check saw: without the guard it reaches the receiver, with it no socket is
     ever connected."""
@@ -75,11 +75,11 @@ async def test_the_connection_itself_is_refused_whatever_the_url_check_says(
         open_session.post(url, data=b"{}") as resp,
     ):
         assert resp.status == 200
-    assert len(merchant.requests) == 1
+    assert merchant.requests == 1
     async with create_session(10, block_private=True) as guarded_session:
         with pytest.raises(aiohttp.ClientConnectorError, match="blocked"):
             await guarded_session.post(url, data=b"{}")
-    assert len(merchant.requests) == 1
+    assert merchant.requests == 1
 
 
 async def _lock(

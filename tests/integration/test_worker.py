@@ -6,7 +6,8 @@ from typing import Any
 import asyncpg
 
 from groupbuy_async.settings import Settings
-from groupbuy_async.worker import build_worker, every
+from groupbuy_async.worker.arq_worker import build_worker
+from groupbuy_async.worker.jobs import every
 
 from ..conftest import Api, new_id
 
@@ -50,11 +51,10 @@ async def test_health_worker_checks_the_workers_on_its_own_host(settings: Settin
     worker healthy; a queue name of its own is another deployment."""
     import socket
 
-    from groupbuy_async.lifecycle import check_health, connect_redis
-    from groupbuy_async.worker import alive_key
+    from groupbuy_async.worker.health import check_workers
+    from groupbuy_async.worker.keys import alive_key, connect_redis
 
     queue = f"test:{uuid.uuid4().hex}[*]"  # glob characters are taken literally
-    mine = settings.model_copy(update={"queue_name": queue})
     assert settings.redis_url
     keys = [
         alive_key(queue, "elsewhere.example:7:abcd1234"),
@@ -65,17 +65,21 @@ async def test_health_worker_checks_the_workers_on_its_own_host(settings: Settin
     try:
         for key in keys[:2]:
             await redis.set(key, b"up", ex=30)
-        assert await check_health(mine, "worker") == 1
+        assert await check_workers(settings.redis_url, queue) == 1
         await redis.set(keys[2], b"up", ex=30)
-        assert await check_health(mine, "worker") == 0
+        assert await check_workers(settings.redis_url, queue) == 0
     finally:
         await redis.delete(*keys)
         await redis.aclose()
 
 
 async def test_queues_of_workers_gone_without_closing_are_deleted(settings: Settings) -> None:
-    from groupbuy_async.lifecycle import connect_redis
-    from groupbuy_async.worker import alive_key, forget_dead_workers, queue_key
+    from groupbuy_async.worker.keys import (
+        alive_key,
+        connect_redis,
+        forget_dead_workers,
+        queue_key,
+    )
 
     queue = f"test:{uuid.uuid4().hex}"
     assert settings.redis_url
@@ -97,7 +101,8 @@ async def test_drains_beyond_max_drains_skip_their_tick(
 ) -> None:
     """A long backlog keeps each drain busy for DRAIN_SECONDS; past MAX_DRAINS of them a
     tick is skipped (not counted as a drain), so team expiry always finds an arq job slot."""
-    from groupbuy_async.worker import MAX_DRAINS, MAX_JOBS, deliver_callbacks, shutdown, startup
+    from groupbuy_async.worker.context import shutdown, startup
+    from groupbuy_async.worker.jobs import MAX_DRAINS, MAX_JOBS, deliver_callbacks
 
     from ..conftest import make_tasks
 
@@ -129,7 +134,7 @@ async def test_a_stop_arq_ordered_ends_the_loop_even_if_its_cancellation_was_los
 
     import pytest
 
-    from groupbuy_async.lifecycle import connect_redis
+    from groupbuy_async.worker.keys import connect_redis
 
     assert settings.redis_url
     redis = await connect_redis(settings.redis_url)

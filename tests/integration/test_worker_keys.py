@@ -1,19 +1,20 @@
 """What a worker leaves in Redis once it stopped cleanly: nothing. Not its queue or heartbeat,
 nor arq's job, retry and in-progress keys of the cron ticks it ran or had queued."""
 
-from groupbuy_async.db import create_pool, temporary_database
+from groupbuy_async.db import create_pool
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.settings import Settings
 
 from ..conftest import keys_left, make_tasks
-from ..merchant import Merchant
-from .test_worker_processes import NOISE, WorkerProcess, answer_after, worker_env
+from ..merchant import LocalMerchant
+from .test_worker_processes import NOISE, WorkerProcess, worker_env
 
 
 async def test_a_worker_stopped_while_a_drain_sends_leaves_no_key_in_redis(
     settings: Settings,
     server_urls: tuple[str, str],
-    merchant: Merchant,
+    merchant: LocalMerchant,
     own_redis: EmbeddedServer,
 ) -> None:
     """SIGTERM while a send is in flight: the worker waits for it over several ticks of its
@@ -21,7 +22,7 @@ async def test_a_worker_stopped_while_a_drain_sends_leaves_no_key_in_redis(
     async with temporary_database(server_urls[0], "groupbuy_test_keys") as url:
         pool = await create_pool(url, 1, 2)
         try:
-            merchant.behaviour = answer_after(3.0)
+            merchant.delay = 3.0
             await make_tasks(pool, 1, merchant.url)
         finally:
             await pool.close()

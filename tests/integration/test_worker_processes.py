@@ -18,15 +18,16 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 from yarl import URL
 
-from groupbuy_async.db import create_pool, migrate, temporary_database
+from groupbuy_async.db import create_pool, migrate
+from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
+from groupbuy_async.dev.host import free_port
 from groupbuy_async.settings import Settings
 
 from ..conftest import make_tasks
-from ..merchant import Merchant
+from ..merchant import LocalMerchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
 
@@ -162,24 +163,16 @@ async def wait_delivered(pool: asyncpg.Pool, team_ids: list[str], seconds: float
             await asyncio.sleep(0.1)
 
 
-def answer_after(seconds: float) -> Callable[[int], Awaitable[web.Response]]:
-    async def slow(_: int) -> web.Response:
-        await asyncio.sleep(seconds)
-        return web.Response(text="success")
-
-    return slow
-
-
 # --- SIGTERM: in-flight sends finish and are recorded, the rest is handed back due now ------
 
 
 async def test_sigterm_lets_in_flight_sends_finish_and_hands_back_the_rest(
     own_db: tuple[Settings, asyncpg.Pool],
-    merchant: Merchant,
+    merchant: LocalMerchant,
     workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
 ) -> None:
     settings, pool = own_db
-    merchant.behaviour = answer_after(1.0)
+    merchant.delay = 1.0
     team_ids = await make_tasks(pool, 200, merchant.url)
     timeout = 3
     env = worker_env(
@@ -260,22 +253,14 @@ def _sample(text: str, name: str) -> float:
     return float(line.split()[-1])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_worker_rides_out_a_postgresql_restart_in_two_lines(
     settings: Settings,
     own_postgres: EmbeddedServer,
-    merchant: Merchant,
+    merchant: LocalMerchant,
     workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
     pg_dir: Path,
 ) -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     env = worker_env(
         settings.model_copy(update={"database_url": own_postgres.url}),
         FAIL_TEAMS_CRON_SECONDS=1,
@@ -359,14 +344,14 @@ def _delivered_by(worker: WorkerProcess) -> int:
 
 async def test_two_workers_both_drain_one_backlog_and_never_send_a_task_twice(
     own_db: tuple[Settings, asyncpg.Pool],
-    merchant: Merchant,
+    merchant: LocalMerchant,
     workers: Callable[[dict[str, str]], Awaitable[WorkerProcess]],
 ) -> None:
     # A tick every 5 s; one worker at 10 sends in flight drains the backlog in ~4 s, so
     # unless each worker drains at each tick, one worker would deliver everything (and a
     # worker starting its drain a second or two after the other still gets a share).
     settings, pool = own_db
-    merchant.behaviour = answer_after(0.1)
+    merchant.delay = 0.1
     env = worker_env(settings, NOTIFY_CRON_SECONDS=5, NOTIFY_CONCURRENCY=10, NOTIFY_PER_HOST=10)
     pair = [await workers(env), await workers(env)]
     for w in pair:

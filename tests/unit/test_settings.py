@@ -138,6 +138,6 @@ def test_server_urls_are_checked_by_scheme(monkeypatch: pytest.MonkeyPatch) -> N
     ],
 )
 def test_startup_errors_name_a_server_without_its_credentials(url: str, shown: str) -> None:
-    from groupbuy_async.lifecycle import server_address
+    from groupbuy_async.process.reasons import server_address
 
     assert server_address(url) == shown

@@ -1,4 +1,4 @@
-"""The API on more than one core: `api --processes N`, and the event loop each process runs.
+"""The API on more than one core: `api --processes N`.
 
 The parent starts N API processes (`api --ready-fd FD`, each a whole API: its own pool,
 session and dispatcher) one after another, each once the previous one listens. They share
@@ -21,83 +21,39 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
 
-from .lifecycle import StartupError, warn_unsafe
-from .settings import Settings
+from ..process.signals import on_stop_signals
+from ..process.startup import warn_unsafe
+from ..settings import Settings
 
 log = logging.getLogger("groupbuy_async")
 
-T = TypeVar("T")
 # Seconds a stopping child may take on top of its background callbacks' time limit.
 STOP_GRACE_SECONDS = 15.0
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop for "uvloop", and for "auto" when it is installed; None: asyncio's."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise StartupError(
-                "GROUPBUY_API_EVENT_LOOP is uvloop but uvloop is not installed (pip install uvloop)"
-            ) from None
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def run_with_loop(main: Coroutine[Any, Any, T], choice: str) -> T:
-    """asyncio.run(main) on the event loop `choice` names (see loop_factory)."""
-    try:
-        factory = loop_factory(choice)
-    except StartupError:
-        main.close()
-        raise
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
-def loop_name() -> str:
-    """The running event loop, for the log: "uvloop 0.23.0" or "asyncio"."""
-    module = type(asyncio.get_running_loop()).__module__
-    if module.startswith("uvloop"):
-        from importlib.metadata import version
-
-        return f"uvloop {version('uvloop')}"
-    return "asyncio"
 
 
 async def supervise(settings: Settings, processes: int) -> int:
     """Run `processes` API processes until SIGTERM/SIGINT or one of them dies; the exit code."""
     children: list[asyncio.subprocess.Process] = []
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     grace = settings.notify_timeout_seconds + STOP_GRACE_SECONDS
     try:
-        for _ in range(processes):
-            failed = await _start_child(children)
-            if failed is not None:  # it said why in one line; stop what was started
-                await _stop_all(children, grace)
-                return failed
-            if stop.is_set():
-                break
-        else:
-            pids = ", ".join(str(c.pid) for c in children)
-            log.info(
-                "API: %d processes (%s) serving http://%s:%d",
-                processes, pids, settings.host, settings.port,
-            )  # fmt: skip
-            warn_unsafe(settings, api=True)
-        return await _watch(children, stop, grace)
+        with on_stop_signals(stop.set):
+            for _ in range(processes):
+                failed = await _start_child(children)
+                if failed is not None:  # it said why in one line; stop what was started
+                    await _stop_all(children, grace)
+                    return failed
+                if stop.is_set():
+                    break
+            else:
+                pids = ", ".join(str(c.pid) for c in children)
+                where = f"http://{settings.host}:{settings.port}"
+                log.info("API: %d processes (%s) serving %s", processes, pids, where)
+                warn_unsafe(settings, api=True)
+            return await _watch(children, stop, grace)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         for child in children:
             if child.returncode is None:
                 child.kill()
@@ -109,10 +65,10 @@ async def _start_child(children: list[asyncio.subprocess.Process]) -> int | None
     read_end, write_end = os.pipe()
     try:
         try:
+            command = ("-m", "groupbuy_async", "api", "--ready-fd", str(write_end))
             child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "groupbuy_async", "api", "--ready-fd", str(write_end),
-                stdin=asyncio.subprocess.DEVNULL, pass_fds=(write_end,),
-            )  # fmt: skip
+                sys.executable, *command, stdin=asyncio.subprocess.DEVNULL, pass_fds=(write_end,)
+            )
         finally:
             os.close(write_end)
         children.append(child)
@@ -140,8 +96,10 @@ async def _watch(
         if child.returncode is not None:
             log.error(
                 "API process %d exited with code %d while serving: stopping the other %d",
-                child.pid, child.returncode, len(children) - 1,
-            )  # fmt: skip
+                child.pid,
+                child.returncode,
+                len(children) - 1,
+            )
             break
     await _stop_all(children, grace)
     return 1

@@ -8,12 +8,17 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from .callbacks.drain import DRAIN_SECONDS
-from .callbacks.metrics import Metrics
-from .lifecycle import _reason, server_address
-from .settings import Settings
+from ..callbacks.drain import DRAIN_SECONDS
+from ..callbacks.metrics import Metrics
+from ..process.reasons import reason, server_address
+from ..settings import Settings
 
 log = logging.getLogger("groupbuy_async.worker")
+
+
+class PostgresLost(Exception):
+    """PostgreSQL stayed out of reach longer than GROUPBUY_WORKER_MAX_OUTAGE_SECONDS (said
+    already, in one line): the worker exits 1."""
 
 
 class Liveness:
@@ -60,15 +65,20 @@ class Liveness:
             self.down_since = now
             log.warning(
                 "lost PostgreSQL at %s: %s; retrying at every cron tick, exiting after %d s",
-                self.where, _reason(exc), self.max_outage,
-            )  # fmt: skip
+                self.where,
+                reason(exc),
+                self.max_outage,
+            )
         elif now - self.down_since >= self.max_outage and not self.gave_up:
             self.gave_up = True
             log.error(
                 "worker stopped: PostgreSQL at %s unreachable for %.0f s"
                 " (GROUPBUY_WORKER_MAX_OUTAGE_SECONDS=%d): %s",
-                self.where, now - self.down_since, self.max_outage, _reason(exc),
-            )  # fmt: skip
+                self.where,
+                now - self.down_since,
+                self.max_outage,
+                reason(exc),
+            )
 
     def as_record(self) -> dict[str, Any]:
         """What the heartbeat carries, for `health worker`."""
@@ -85,8 +95,9 @@ class Liveness:
     def expose(self, metrics: Metrics) -> None:
         Gauge(
             "groupbuy_worker_last_drain_timestamp_seconds",
-            "Unix time this worker last completed a callback drain", registry=metrics.registry,
-        ).set_function(lambda: self.last_drain)  # fmt: skip
+            "Unix time this worker last completed a callback drain",
+            registry=metrics.registry,
+        ).set_function(lambda: self.last_drain)
         Gauge(
             "groupbuy_worker_last_expiry_sweep_timestamp_seconds",
             "Unix time this worker last completed a team expiry sweep",
