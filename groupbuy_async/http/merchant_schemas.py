@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
 from .catalog_schemas import PageLimit
 from .schemas import CHANNEL, CREATED, SOURCE, UPDATED, Body, Code, Name
@@ -17,6 +17,8 @@ KEY_ID = "API key id (key_ + 16 hex digits): names a key without revealing it"
 
 
 class Binding(Body):
+    model_config = ConfigDict(extra="forbid")  # a pair is its two fields, nothing else
+
     source: Code = Field(description=SOURCE)
     channel: Code = Field(description=CHANNEL)
 
@@ -25,11 +27,12 @@ class MerchantIn(Body):
     name: Name = Field(description="Display name")
     bindings: list[Binding] = Field(
         [],
-        max_length=1000,
+        max_length=100,
         json_schema_extra={"uniqueItems": True},
-        description="The source+channel pairs (shops) this merchant trades under; each pair"
-        " belongs to at most one merchant. Teams, orders and events under a pair are its"
-        " merchant's; goods under a pair no merchant holds cannot be traded",
+        description="The source+channel pairs (shops) this merchant trades under (at most"
+        " 100), each listed once (400 otherwise); a pair belongs to at most one merchant."
+        " Teams, orders and events under a pair are its merchant's; goods under a pair no"
+        " merchant holds cannot be traded",
     )
 
     @field_validator("bindings")
