@@ -51,6 +51,7 @@ from .common import (
     positive,
     run_bench,
     servers,
+    shop_headers,
     table,
     timed,
 )
@@ -163,7 +164,10 @@ async def refund_part(
             async with api_process(db_url, redis_url, args.pool_min, args.pool_max) as api:
                 connector = aiohttp.TCPConnector(limit=args.concurrency)
                 timeout = aiohttp.ClientTimeout(total=60)
-                async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                headers = await shop_headers(db_url, data.SOURCE, data.CHANNEL)
+                async with aiohttp.ClientSession(
+                    connector=connector, timeout=timeout, headers=headers
+                ) as session:
                     cpu = {"bench": this_process, "api": processes(api.proc.pid),
                            "postgres": pg, MACHINE: machine}  # fmt: skip
                     phase, problems = await refund_all(

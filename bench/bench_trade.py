@@ -59,12 +59,23 @@ import asyncpg
 
 from groupbuy_async.db import create_pool
 
-from .common import Options, database_name, fresh_database, positive, run_bench, servers, table
+from .common import (
+    Options,
+    database_name,
+    fresh_database,
+    positive,
+    run_bench,
+    servers,
+    shop_headers,
+    table,
+)
 from .cpu import MACHINE, combined, machine, postgres, process_tree, processes, this_process
 from .receiver import Receiver
 from .trade_api import Delivery, api_process, await_callbacks
 from .trade_paths import (
+    CHANNEL,
     PHASE_COLUMNS,
+    SOURCE,
     TARGET,
     DirectTrader,
     HttpTrader,
@@ -115,7 +126,10 @@ async def http_path(
         }
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        headers = await shop_headers(db_url, SOURCE, CHANNEL)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=headers
+        ) as session:
             trader = HttpTrader(session, api.base, label, f"h{api_processes % 10}")
             run = await run_path(trader, args.teams, args.concurrency, notify_url, cpu)
             run.problems += await check_path(check, run, args.teams)

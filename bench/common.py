@@ -15,8 +15,10 @@ from typing import Any, NoReturn, TypeVar
 
 from yarl import URL
 
+from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import servers_or_embedded
+from groupbuy_async.merchants import accounts, keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +44,20 @@ def servers() -> AbstractContextManager[tuple[str, str]]:
 def fresh_database(admin_dsn: str) -> AbstractAsyncContextManager[str]:
     """A new, migrated database for one benchmark run; dropped afterwards."""
     return temporary_database(admin_dsn, "groupbuy_bench")
+
+
+async def shop_headers(db_url: str, source: str, channel: str) -> dict[str, str]:
+    """A bench merchant holding source+channel, and the Authorization header of a new key
+    of it: the shop API's requests carry it."""
+    pool = await create_pool(db_url, 1, 1)
+    try:
+        await accounts.put_merchant(pool, "bench", "bench merchant", [(source, channel)])
+        created = await keys.create_key(pool, "bench")
+    finally:
+        await pool.close()
+    if created is None:
+        raise BenchFailure("the bench merchant vanished")
+    return {"Authorization": f"Bearer {created.key}"}
 
 
 def database_name(url: str) -> str:

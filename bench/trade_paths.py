@@ -23,6 +23,7 @@ from .trade_api import ApiClient
 
 ACTIVITY_ID, GOODS_ID, DISCOUNT_ID = 7_000_001, "bench-goods", "bench-20-off"
 SOURCE, CHANNEL = "s01", "c01"
+_PAIRS = frozenset({(SOURCE, CHANNEL)})  # what the bench merchant's key holds
 TARGET = 3
 LOCK_PATH = "/api/v1/gbm/trade/lock_market_pay_order"
 SETTLE_PATH = "/api/v1/gbm/trade/settlement_market_pay_order"
@@ -112,7 +113,8 @@ class DirectTrader:
         self.pool = pool
 
     async def lock(self, body: dict[str, Any]) -> str:
-        return (await orders.lock_order(self.pool, LockIn.model_validate(body))).team_id
+        locked = await orders.lock_order(self.pool, LockIn.model_validate(body), _PAIRS)
+        return locked.team_id
 
     async def settle(self, body: dict[str, Any]) -> bool:
         req = SettleIn.model_validate({**body, "outTradeTime": datetime.now(UTC)})

@@ -12,6 +12,7 @@ from .callbacks.dispatch import Dispatcher
 from .callbacks.metrics import Metrics
 from .callbacks.sender import Sender
 from .db import close_pool, create_pool
+from .merchants.keys import KeyCheck
 from .settings import Settings
 
 
@@ -21,6 +22,7 @@ class Services:
     pool: asyncpg.Pool
     dispatcher: Dispatcher
     metrics: Metrics
+    keys: KeyCheck
 
 
 SERVICES = web.AppKey("services", Services)
@@ -45,7 +47,7 @@ async def services(settings: Settings, pool_min: int | None = None) -> AsyncIter
         metrics = Metrics()
         dispatcher = build_dispatcher(pool, settings, metrics)
         try:
-            yield Services(settings, pool, dispatcher, metrics)
+            yield Services(settings, pool, dispatcher, metrics, KeyCheck(pool))
         finally:
             await dispatcher.close(grace_seconds=settings.notify_timeout_seconds)
     finally:

@@ -264,5 +264,5 @@ async def notify(settings: Settings, team_id: str | None) -> dict[str, Any]:
         with reaching("PostgreSQL", settings.database_url or ""):
             shared = await stack.enter_async_context(services(settings, pool_min=1))
         if team_id is not None:
-            await get_team(shared.pool, team_id)
+            await get_team(shared.pool, team_id, pairs=None)
         return (await shared.dispatcher.drain(team_id)).report()

@@ -34,6 +34,12 @@ class Unauthorized(ServiceError):
     code, info, http_status = "0401", "missing or wrong admin token", 401
 
 
+class Forbidden(ServiceError):
+    """A merchant's key asked for what its merchant does not hold (a source+channel pair)."""
+
+    code, info, http_status = "0403", "source+channel not held by this API key's merchant", 403
+
+
 class NotFound(ServiceError):
     """What the request names and looks up does not exist: always 404, each with its code."""
 
@@ -129,16 +135,21 @@ class NotifyTaskNotReplayable(Rejected):
     code, info = "E0201", "only a notify task in error status (3) can be replayed"
 
 
+class ActivitySpansMerchants(Rejected):
+    code, info = "E0302", "an activity's goods must all be sold under one merchant's source+channel"
+
+
 class StillReferenced(Rejected):
     code, info = "E0301", "still referenced: change or delete what refers to it first"
 
 
 # Listed in the README; tests check the table stays complete.
 ALL_ERRORS: tuple[type[ServiceError], ...] = (
-    ServiceError, BadInput, BodyTooLarge, UniqueConflict, Unauthorized, NotFound, MethodNotAllowed,
+    ServiceError, BadInput, BodyTooLarge, UniqueConflict, Unauthorized, Forbidden, NotFound,
+    MethodNotAllowed,
     NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
     TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
     TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,
     OrderClosed, TeamFailed, OrderRefunded, NotifyTaskNotReplayable, StillReferenced,
-    DatabaseUnavailable,
+    ActivitySpansMerchants, DatabaseUnavailable,
 )  # fmt: skip

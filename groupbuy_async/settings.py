@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /api/v1/admin/*; unset = admin refused"
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="bearer token Prometheus sends for /metrics (API and worker); unset ="
+        " /metrics refused",
+    )
     sc_blacklist: Annotated[frozenset[str], NoDecode, BeforeValidator(_comma_set)] = Field(
         frozenset(), description="source+channel pairs refused at settlement, e.g. s02c02,s03c01"
     )
@@ -191,6 +196,10 @@ class Settings(BaseSettings):
     @property
     def admin_secret(self) -> str | None:
         return None if self.admin_token is None else self.admin_token.get_secret_value()
+
+    @property
+    def metrics_secret(self) -> str | None:
+        return None if self.metrics_token is None else self.metrics_token.get_secret_value()
 
     @property
     def notify_lease(self) -> timedelta:

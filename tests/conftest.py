@@ -29,6 +29,11 @@ from groupbuy_async.settings import Settings
 from . import contract
 
 ADMIN_TOKEN = "test-admin-token"
+METRICS_TOKEN = "test-metrics-token"
+METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}  # what Prometheus sends
+# The merchant the tests trade as, and the pairs it holds (every pair the tests lock under).
+SHOP_MERCHANT = "test-shop"
+SHOP_PAIRS = [("s01", "c01"), ("s02", "c02"), ("s09", "c09"), ("s99", "c01")]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,6 +91,7 @@ def settings(database_url: str, server_urls: tuple[str, str]) -> Settings:
         database_url=database_url,
         redis_url=server_urls[1],
         admin_token=ADMIN_TOKEN,
+        metrics_token=METRICS_TOKEN,
         sc_blacklist="s02c02",
         db_pool_max=40,
         # Merchants in tests are local servers, and some tests call the mock merchant.
@@ -126,16 +132,57 @@ async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     await c.close()
 
 
-class Api:
-    """Calls the service as a client would; returns (HTTP status, envelope)."""
+async def merchant_key(
+    client: TestClient[Any, Any], merchant_id: str, pairs: list[tuple[str, str]]
+) -> str:
+    """Create (or replace) a merchant holding `pairs` and return a new API key of it."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    body = {"name": merchant_id, "bindings": [{"source": s, "channel": c} for s, c in pairs]}
+    async with client.put(f"/api/v1/admin/merchants/{merchant_id}", json=body, headers=admin) as r:
+        assert r.status == 200, await r.text()
+    async with client.post(f"/api/v1/admin/merchants/{merchant_id}/keys", headers=admin) as r:
+        assert r.status == 200, await r.text()
+        return str((await r.json())["data"]["key"])
 
-    def __init__(self, client: TestClient[Any, Any]) -> None:
+
+@pytest.fixture(scope="session")
+async def shop_key(client: TestClient[Any, Any]) -> str:
+    """The API key of the merchant the tests trade as."""
+    return await merchant_key(client, SHOP_MERCHANT, SHOP_PAIRS)
+
+
+def shop_headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+class Api:
+    """Calls the service as a client would; returns (HTTP status, envelope). Shop calls
+    (/api/v1/gbm/*) carry the test merchant's key unless `key` says otherwise ("" for none)."""
+
+    def __init__(self, client: TestClient[Any, Any], key: str) -> None:
         self.client = client
+        self.key = key
+        self.shop = shop_headers(key)  # for requests made with the client directly
+
+    @classmethod
+    async def for_client(cls, client: TestClient[Any, Any]) -> "Api":
+        """An Api on another app (its own settings or database), with a key of the test
+        merchant in that app's database."""
+        return cls(client, await merchant_key(client, SHOP_MERCHANT, SHOP_PAIRS))
 
     async def call(
-        self, method: str, path: str, body: Any = None, admin: bool = False, raw: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        admin: bool = False,
+        raw: str | None = None,
+        key: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
+        key = self.key if key is None else key
+        if path.startswith("/api/v1/gbm/") and key:
+            headers = shop_headers(key)
         kwargs: dict[str, Any] = {"headers": headers}
         if raw is not None:
             kwargs["data"] = raw
@@ -165,7 +212,7 @@ class Api:
         return await self.call("POST", path, {"userId": user, **goods})
 
     async def metrics(self) -> str:
-        async with self.client.get("/metrics") as resp:
+        async with self.client.get("/metrics", headers=METRICS) as resp:
             assert resp.status == 200 and resp.content_type == "text/plain"
             return await resp.text()
 
@@ -211,8 +258,8 @@ class Api:
 
 
 @pytest.fixture
-def api(client: TestClient[Any, Any]) -> Api:
-    return Api(client)
+def api(client: TestClient[Any, Any], shop_key: str) -> Api:
+    return Api(client, shop_key)
 
 
 async def wait_ready(

@@ -15,6 +15,7 @@ from ..db import create_pool, migrate
 from ..http.app import create_app
 from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
 from ..http.server import start_api
+from ..merchants import accounts, keys
 from ..process.reasons import server_address
 from ..process.signals import Stop, run_until_signalled
 from ..process.startup import StartupError
@@ -82,21 +83,45 @@ async def load_demo(dsn: str) -> None:
         await pool.close()
 
 
-def curl_lines(base: str, token: str) -> str:
+DEMO_MERCHANT = "demo"
+
+
+async def demo_key(dsn: str) -> str:
+    """The demo merchant (holding the demo's s01/c01; made once) and a new API key of it for
+    this run: the previous runs' keys are revoked."""
+    pool = await create_pool(dsn, 1, 2)
+    try:
+        if await accounts.get_merchant(pool, DEMO_MERCHANT) is None:
+            await accounts.put_merchant(pool, DEMO_MERCHANT, "demo shop", [("s01", "c01")])
+        for old in await keys.list_keys(pool, DEMO_MERCHANT):
+            if not old.revoked:
+                await keys.revoke_key(pool, DEMO_MERCHANT, old.key_id)
+        created = await keys.create_key(pool, DEMO_MERCHANT)
+    finally:
+        await pool.close()
+    if created is None:
+        raise LookupError("the demo merchant vanished")
+    return created.key
+
+
+def curl_lines(base: str, token: str, key: str) -> str:
+    """Ready-to-paste curl lines: the shop's with the merchant's API key, the operator's
+    with the admin token."""
     notify = f"{base}/api/v1/test/group_buy_notify"
+    shop = f"-H 'Authorization: Bearer {key}'"
     lock = (
-        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/lock_market_pay_order"
+        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/lock_market_pay_order {shop}"
         " -H 'Content-Type: application/json'"
         ' -d \'{"userId":"USER","activityId":%d,"goodsId":"%s","source":"s01","channel":"c01",'
         '"outTradeNo":"OTN",%s"notifyUrl":"%s"}\''
     )
     settle = (
-        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/settlement_market_pay_order"
+        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/settlement_market_pay_order {shop}"
         ' -H \'Content-Type: application/json\' -d \'{"source":"s01","channel":"c01",'
         '"userId":"USER","outTradeNo":"OTN","outTradeTime":"\'$(date -Iseconds)\'"}\''
     )
     refund = (
-        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/refund_market_pay_order"
+        f"curl -s -w '\\n' {base}/api/v1/gbm/trade/refund_market_pay_order {shop}"
         ' -H \'Content-Type: application/json\' -d \'{"source":"s01","channel":"c01",'
         '"userId":"USER","outTradeNo":"OTN"}\''
     )
@@ -105,7 +130,7 @@ def curl_lines(base: str, token: str) -> str:
     run = "$(date +%s)"
     lines = [
         "# price trial and joinable teams",
-        f"curl -s -w '\\n' {base}/api/v1/gbm/index/query_group_buy_market_config"
+        f"curl -s -w '\\n' {base}/api/v1/gbm/index/query_group_buy_market_config {shop}"
         " -H 'Content-Type: application/json'"
         f' -d \'{{"userId":"u1","source":"s01","channel":"c01","goodsId":"{DEMO_GOODS}"}}\'',
         "# three shoppers: the first opens a team, two join it (RUN keeps ids fresh per try)",
@@ -118,7 +143,7 @@ def curl_lines(base: str, token: str) -> str:
         join.replace("USER", "u3-'$RUN'").replace("OTN", "o3-'$RUN'"),
         "# all three pay; the third settlement completes the team and fires the callback",
         *(settle.replace("USER", f"u{i}-'$RUN'").replace("OTN", f"o{i}-'$RUN'") for i in (1, 2, 3)),
-        f"curl -s -w '\\n' {base}/api/v1/gbm/teams/$TEAM",
+        f"curl -s -w '\\n' {shop} {base}/api/v1/gbm/teams/$TEAM",
         "# u1 returns the goods: refundType paid_team, the team becomes 3 (complete with"
         " refunds); the merchant gets an order.refunded event with the worker's next drain",
         refund.replace("USER", "u1-'$RUN'").replace("OTN", "o1-'$RUN'"),
@@ -176,13 +201,14 @@ async def _run_dev(settings: Settings) -> None:
         )
         await migrate(database_url)
         await load_demo(database_url)
+        key = await demo_key(database_url)
         worker_died: list[BaseException] = []
-        await run_until_signalled(lambda: _start(settings, worker_died))
+        await run_until_signalled(lambda: _start(settings, key, worker_died))
         if worker_died:
             raise SystemExit(1)
 
 
-async def _start(settings: Settings, worker_died: list[BaseException]) -> Stop:
+async def _start(settings: Settings, key: str, worker_died: list[BaseException]) -> Stop:
     stop_api = await start_api(create_app(settings, mock_merchant_routes(settings)), settings)
     worker = build_worker(settings)
     worker_task = asyncio.create_task(worker.async_run())
@@ -199,8 +225,9 @@ async def _start(settings: Settings, worker_died: list[BaseException]) -> Stop:
     worker_task.add_done_callback(worker_ended)
     base = f"http://{settings.host}:{settings.port}"
     print(f"\ngroupbuy-async is up at {base}  (admin token: {settings.admin_secret})")
+    print(f"demo merchant {DEMO_MERCHANT!r} (s01/c01), API key for this run: {key}")
     print(f"OpenAPI: {base}/openapi.json   Ctrl-C stops everything.\n")
-    print(curl_lines(base, settings.admin_secret or ""), flush=True)
+    print(curl_lines(base, settings.admin_secret or "", key), flush=True)
 
     async def stop() -> None:
         worker_task.remove_done_callback(worker_ended)

@@ -8,6 +8,7 @@ from ..bootstrap import SERVICES, services
 from ..settings import Settings
 from .callback_routes import CALLBACK_ROUTES
 from .envelope import envelope_middleware
+from .merchant_routes import MERCHANT_ROUTES
 from .ops_routes import OPS_ROUTES
 from .routing import ROUTE_TABLE, Route, add_routes
 from .trade_routes import TRADE_ROUTES
@@ -18,7 +19,13 @@ MAX_BODY = 256 * 1024
 def create_app(settings: Settings, extra_routes: Sequence[Route] = ()) -> web.Application:
     """The API; `extra_routes` are served beside it (e.g. `dev`'s mock merchant)."""
     app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY)
-    routes: list[Route] = [*TRADE_ROUTES, *CALLBACK_ROUTES, *OPS_ROUTES, *extra_routes]
+    routes: list[Route] = [
+        *TRADE_ROUTES,
+        *MERCHANT_ROUTES,
+        *CALLBACK_ROUTES,
+        *OPS_ROUTES,
+        *extra_routes,
+    ]
     app[ROUTE_TABLE] = routes
 
     async def shared(app: web.Application) -> AsyncIterator[None]:

@@ -145,6 +145,10 @@ def _operation(route: Route) -> dict[str, Any]:
         }
     if route.admin:
         op["security"] = [{"adminToken": []}]
+    elif route.merchant:
+        op["security"] = [{"merchantKey": []}]
+    elif route.path == "/metrics":
+        op["security"] = [{"metricsToken": []}]
     return op
 
 
@@ -253,7 +257,25 @@ def _build(routes: tuple[Route, ...]) -> dict[str, Any]:
         "components": {
             "schemas": schemas.get("$defs", {}),
             "headers": _COMPONENT_HEADERS,
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The operator: GROUPBUY_ADMIN_TOKEN",
+                },
+                "merchantKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "gbk_ + 43 characters",
+                    "description": "A merchant's API key (POST /api/v1/admin/merchants/"
+                    "{merchantId}/keys): the requests of the shop API",
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "What Prometheus sends for /metrics: GROUPBUY_METRICS_TOKEN",
+                },
+            },
         },
     }
 

@@ -6,11 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import errors
 from ..bootstrap import SERVICES
 from ..db import one_line
 from ..errors import DatabaseUnavailable
 from .envelope import UNAVAILABLE, envelope
-from .routing import ROUTE_TABLE, Route
+from .routing import ROUTE_TABLE, Route, require_bearer
 from .schemas import Health
 
 
@@ -54,6 +55,8 @@ async def openapi(request: web.Request, _: None) -> web.Response:
 
 async def metrics(request: web.Request, _: None) -> web.Response:
     services = request.app[SERVICES]
+    # Business volume (completions, refunds by type): for Prometheus, not for anyone.
+    require_bearer(request, services.settings.metrics_secret, "/metrics", "METRICS_TOKEN")
     body = await services.metrics.scrape(services.pool)
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
@@ -80,5 +83,13 @@ OPS_ROUTES: list[Route] = [
         raw="application/json",
         database=False,
     ),
-    Route("GET", "/metrics", metrics, "Prometheus metrics", "ops", raw="text/plain"),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics (Authorization: Bearer <METRICS_TOKEN>)",
+        "ops",
+        raw="text/plain",
+        raises=(errors.Unauthorized,),
+    ),
 ]

@@ -11,6 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .. import errors
 from ..bootstrap import SERVICES
+from ..merchants.keys import Principal
 from .envelope import Handler, envelope
 from .schemas import PATH_PARAMS
 
@@ -27,6 +28,8 @@ class Route:
     body: type[BaseModel] | None = None
     response: Any = None
     admin: bool = False
+    # Shop API: a merchant's key (Authorization: Bearer gbk_…); the view reads principal().
+    merchant: bool = False
     # A query-string model (GET routes): validated and handed to the view like a body.
     query: type[BaseModel] | None = None
     # Raw views build their own web.Response (not enveloped), of this content type.
@@ -56,7 +59,7 @@ def declared_errors(route: Route) -> list[Answer]:
         kinds.append(errors.BadInput)
     if route.body is not None:
         kinds.append(errors.BodyTooLarge)
-    if route.admin:
+    if route.admin or route.merchant:
         kinds.append(errors.Unauthorized)
     if route.database or route.degraded:
         kinds.append(errors.DatabaseUnavailable)
@@ -79,9 +82,14 @@ def path_param(request: web.Request, name: str) -> Any:
 
 
 def require_admin(request: web.Request) -> None:
-    expected = request.app[SERVICES].settings.admin_secret
+    require_bearer(request, request.app[SERVICES].settings.admin_secret, "admin", "ADMIN_TOKEN")
+
+
+def require_bearer(request: web.Request, expected: str | None, what: str, setting: str) -> None:
+    """The request's Authorization must be `Bearer <expected>` (compared in constant time);
+    with no `expected` configured, what it guards is refused."""
     if not expected:
-        raise errors.Unauthorized("admin is disabled: GROUPBUY_ADMIN_TOKEN is not set")
+        raise errors.Unauthorized(f"{what} is disabled: GROUPBUY_{setting} is not set")
     given = request.headers.get("Authorization", "")
     try:
         given_bytes = given.encode()
@@ -91,10 +99,31 @@ def require_admin(request: web.Request) -> None:
         raise errors.Unauthorized()
 
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def principal(request: web.Request) -> Principal:
+    """The merchant of the request's API key (routes with merchant=True)."""
+    return request[PRINCIPAL]
+
+
+def require_pair(request: web.Request, source: str, channel: str) -> Principal:
+    """The request's merchant, which must hold source+channel: 403 (0403) otherwise."""
+    who = request[PRINCIPAL]
+    if (source, channel) not in who.pairs:
+        raise errors.Forbidden(
+            f"source+channel {source}/{channel} is not held by merchant {who.merchant_id}"
+        )
+    return who
+
+
 def _endpoint(route: Route) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         if route.admin:
             require_admin(request)
+        if route.merchant:
+            keys = request.app[SERVICES].keys
+            request[PRINCIPAL] = await keys.principal(request.headers.get("Authorization"))
         body: BaseModel | None = None
         if route.body is not None:
             # No body at all is an empty object: a model whose fields are optional accepts it,

@@ -81,6 +81,16 @@ PATH_PARAMS: dict[str, Any] = {
         uuid.UUID, Field(description="Event id (UUID): the callback's webhook-id and eventId")
     ],
     "outTradeNo": Annotated[Code, Field(description="The merchant's order number given at lock")],
+    "merchantId": Annotated[
+        str,
+        StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$"),
+        Field(description="Merchant id: 1-32 of A-Z a-z 0-9 _ -"),
+    ],
+    "keyId": Annotated[
+        str,
+        StringConstraints(pattern=r"^key_[0-9a-f]{16}$"),
+        Field(description="API key id (key_ + 16 hex digits)"),
+    ],
 }
 
 

@@ -21,7 +21,7 @@ from .catalog_schemas import (
     SkuOut,
     SkuPage,
 )
-from .routing import Route, path_param
+from .routing import Route, path_param, principal, require_pair
 from .schemas import (
     LockIn,
     LockOut,
@@ -112,19 +112,22 @@ async def delete_activity(request: web.Request, _: None) -> ActivityOut:
 
 
 async def query_market_config(request: web.Request, body: MarketConfigQuery) -> MarketConfig:
-    return await queries.market_config(request.app[SERVICES].pool, body)
+    who = require_pair(request, body.source, body.channel)
+    return await queries.market_config(request.app[SERVICES].pool, body, who.pairs)
 
 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
+    who = require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     if services.settings.notify_block_private:
         problem = url_problem(body.notify_url, block_private=True)
         if problem:  # an address literal callbacks may never reach: refused before any write
             raise errors.BadInput(problem)
-    return await orders.lock_order(services.pool, body)
+    return await orders.lock_order(services.pool, body, who.pairs)
 
 
 async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
+    require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     settlement = await orders.settle_order(services.pool, body, services.settings.sc_blacklist)
     if settlement.notify_team_id is not None:
@@ -136,14 +139,18 @@ async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
 async def refund_order(request: web.Request, body: RefundIn) -> RefundOut:
     # Its order.closed / order.refunded event goes out with the worker's next drain: the
     # merchant asked for the refund and has the answer already.
+    require_pair(request, body.source, body.channel)
     return await refunds.refund_order(request.app[SERVICES].pool, body)
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
-    return await queries.get_team(request.app[SERVICES].pool, path_param(request, "teamId"))
+    return await queries.get_team(
+        request.app[SERVICES].pool, path_param(request, "teamId"), principal(request).pairs
+    )
 
 
 async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
+    require_pair(request, query.source, query.channel)
     return await queries.get_order(
         request.app[SERVICES].pool,
         query.source,
@@ -184,6 +191,7 @@ _PUT_ACTIVITY_REFUSALS = (
     errors.BadInput("discountId does not exist"),
     errors.BadInput("goods: a goodsId has no SKU under the given source and channel"),
     errors.UniqueConflict("goods: a goods item is already in another activity"),
+    errors.ActivitySpansMerchants,
 )
 
 TRADE_ROUTES: list[Route] = [
@@ -326,7 +334,8 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         MarketConfigQuery,
         MarketConfig,
-        raises=_ACTIVITY_CLOSED,
+        raises=(errors.Forbidden, *_ACTIVITY_CLOSED),
+        merchant=True,
     ),
     Route(
         "POST",
@@ -336,7 +345,8 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         LockIn,
         LockOut,
-        raises=_LOCK_REFUSALS,
+        raises=(errors.Forbidden, *_LOCK_REFUSALS),
+        merchant=True,
     ),
     Route(
         "POST",
@@ -346,7 +356,8 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         SettleIn,
         SettleOut,
-        raises=_SETTLE_REFUSALS,
+        raises=(errors.Forbidden, *_SETTLE_REFUSALS),
+        merchant=True,
     ),
     Route(
         "POST",
@@ -356,7 +367,8 @@ TRADE_ROUTES: list[Route] = [
         "shop",
         RefundIn,
         RefundOut,
-        raises=(errors.UnknownOutTradeNo,),
+        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
+        merchant=True,
     ),
     Route(
         "GET",
@@ -367,6 +379,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         TeamOut,
         raises=(errors.TeamNotFound,),
+        merchant=True,
     ),
     Route(
         "GET",
@@ -377,6 +390,7 @@ TRADE_ROUTES: list[Route] = [
         None,
         OrderOut,
         query=OrderQuery,
-        raises=(errors.UnknownOutTradeNo,),
+        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
+        merchant=True,
     ),
 ]

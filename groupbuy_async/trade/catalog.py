@@ -25,6 +25,8 @@ from ..http.catalog_schemas import (
 BINDING_SKU_FKEY = "binding_sku_fkey"
 ACTIVITY_DISCOUNT_FKEY = "activity_discount_fkey"
 TEAM_ACTIVITY_FKEY = "team_activity_fkey"
+# sql/009: an activity's goods never span two merchants' pairs.
+ACTIVITY_OF_ONE_MERCHANT = "activity_of_one_merchant"
 # A RESTRICT foreign key refusing a delete or key change: PostgreSQL up to 17 reports it as
 # foreign_key_violation (23503), 18 as restrict_violation (23001).
 REFERENCE_VIOLATIONS = (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError)
@@ -201,6 +203,18 @@ RETURNING {_ACTIVITY_COLUMNS}
 
 
 async def put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -> ActivityOut:
+    try:
+        return await _put_activity(pool, activity_id, body)
+    except asyncpg.CheckViolationError as exc:
+        if exc.constraint_name != ACTIVITY_OF_ONE_MERCHANT:
+            raise
+        raise errors.ActivitySpansMerchants(
+            f"activity {activity_id}: its goods are sold under source+channel pairs of two"
+            " merchants; an activity's goods must all be one merchant's"
+        ) from None
+
+
+async def _put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -> ActivityOut:
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             _PUT_ACTIVITY, activity_id, body.activity_name, body.discount_id, body.group_type,

@@ -17,12 +17,14 @@ from ..http.schemas import LockIn, LockOut, SettleIn, SettleOut
 from .expiry import fail_expired_teams as fail_expired_teams  # the worker's name for it
 from .rules import (
     OrderStatus,
+    Pairs,
     TeamStatus,
     check_activity_open,
     check_paid_after_lock,
     check_trade_time,
     is_blacklisted,
     order_event,
+    pair_arrays,
     take_key_prefix,
     trial_price,
 )
@@ -42,8 +44,10 @@ FROM group_buy_order_list WHERE source = $1 AND channel = $2 AND out_trade_no = 
 """
 
 
-async def lock_order(pool: asyncpg.Pool, req: LockIn) -> LockOut:
-    """Lock a discounted order, opening or joining a team. Idempotent on outTradeNo."""
+async def lock_order(pool: asyncpg.Pool, req: LockIn, pairs: Pairs) -> LockOut:
+    """Lock a discounted order, opening or joining a team. Idempotent on outTradeNo. Only a
+    team under one of `pairs` (the merchant's source+channel pairs) can be joined; any other
+    is not found."""
     existing = await pool.fetchrow(
         _ORDER_BY_OUT_TRADE_NO, req.source, req.channel, req.out_trade_no
     )
@@ -51,7 +55,7 @@ async def lock_order(pool: asyncpg.Pool, req: LockIn) -> LockOut:
         return _replay_lock(existing, req)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            return await _lock_in_transaction(conn, req)
+            return await _lock_in_transaction(conn, req, pairs)
     except (errors.Rejected, asyncpg.UniqueViolationError) as exc:
         if isinstance(exc, asyncpg.UniqueViolationError) and (
             exc.constraint_name != "order_list_out_trade_no_key"
@@ -112,6 +116,7 @@ _JOIN_TEAM = f"""
 UPDATE group_buy_order SET lock_count = lock_count + 1, update_time = now()
 WHERE {THE_TEAM} AND activity_id = $2 AND status = 0
   AND lock_count < target_count AND valid_end_time > clock_timestamp()
+  AND (source, channel) IN (SELECT * FROM unnest($3::text[], $4::text[]))
 RETURNING team_id, valid_end_time
 """
 
@@ -146,7 +151,7 @@ SELECT (SELECT biz_id FROM free) AS free_key, (SELECT order_id FROM inserted) AS
 """
 
 
-async def _lock_in_transaction(conn: Conn, req: LockIn) -> LockOut:
+async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut:
     act = await conn.fetchrow(
         _ACTIVITY_FOR_LOCK, req.activity_id, req.source, req.channel, req.goods_id
     )
@@ -170,9 +175,9 @@ async def _lock_in_transaction(conn: Conn, req: LockIn) -> LockOut:
                 act["valid_time"], req.notify_url,
             )  # fmt: skip
     else:
-        team = await conn.fetchrow(_JOIN_TEAM, req.team_id, req.activity_id)
+        team = await conn.fetchrow(_JOIN_TEAM, req.team_id, req.activity_id, *pair_arrays(pairs))
         if team is None:
-            await _explain_join_refusal(conn, req.team_id, req.activity_id)
+            await _explain_join_refusal(conn, req.team_id, req.activity_id, pairs)
     assert team is not None
     team_id = team["team_id"]
 
@@ -201,15 +206,15 @@ async def _lock_in_transaction(conn: Conn, req: LockIn) -> LockOut:
     raise errors.TakeLimitReached()
 
 
-async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int) -> None:
+async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int, pairs: Pairs) -> None:
     team = await conn.fetchrow(
-        "SELECT activity_id, status, lock_count, target_count,"
+        "SELECT activity_id, status, lock_count, target_count, source, channel,"
         " valid_end_time > clock_timestamp() AS open"
         " FROM group_buy_order WHERE team_id = $1",
         team_id,
     )
-    if team is None:
-        raise errors.TeamNotFound()
+    if team is None or (team["source"], team["channel"]) not in pairs:
+        raise errors.TeamNotFound()  # another merchant's team is as unknown as none
     if team["activity_id"] != activity_id:
         raise errors.TeamActivityMismatch()
     complete = (TeamStatus.COMPLETE, TeamStatus.COMPLETE_WITH_REFUNDS)

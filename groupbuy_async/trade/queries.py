@@ -13,7 +13,7 @@ from ..http.schemas import (
     TeamOut,
     TeamStatistic,
 )
-from .rules import check_activity_open, countdown, trial_price
+from .rules import Pairs, check_activity_open, countdown, pair_arrays, trial_price
 
 # The user's own forming teams first, then other joinable ones (as the original: 1 + 2). A
 # user's team is one where the user holds a live order (locked or paid). A team nobody is in
@@ -38,6 +38,7 @@ SELECT DISTINCT ON (t.valid_end_time, t.team_id) {_TEAM_COLUMNS}
 FROM group_buy_order t JOIN group_buy_order_list o ON o.team_id = t.team_id
 WHERE t.activity_id = $1 AND o.user_id = $2 AND o.status IN (0, 1) AND t.status = 0
   AND t.valid_end_time > now()
+  AND (t.source, t.channel) IN (SELECT * FROM unnest($4::text[], $5::text[]))
 ORDER BY t.valid_end_time, t.team_id LIMIT $3
 """
 
@@ -46,6 +47,7 @@ SELECT {_TEAM_COLUMNS}
 FROM group_buy_order t
 WHERE t.activity_id = $1 AND t.status = 0 AND t.lock_count BETWEEN 1 AND t.target_count - 1
   AND t.valid_end_time > now()
+  AND (t.source, t.channel) IN (SELECT * FROM unnest($4::text[], $5::text[]))
   AND NOT EXISTS (SELECT 1 FROM group_buy_order_list o
                   WHERE o.team_id = t.team_id AND o.user_id = $2 AND o.status IN (0, 1))
 ORDER BY t.valid_end_time LIMIT $3
@@ -55,11 +57,13 @@ _STATISTIC = """
 SELECT count(*) AS all_team_count,
        count(*) FILTER (WHERE status IN (1, 3)) AS all_team_complete_count,
        coalesce(sum(lock_count), 0) AS all_team_user_count
-FROM group_buy_order WHERE activity_id = $1
+FROM group_buy_order
+WHERE activity_id = $1 AND (source, channel) IN (SELECT * FROM unnest($2::text[], $3::text[]))
 """
 
 
-async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery) -> MarketConfig:
+async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery, pairs: Pairs) -> MarketConfig:
+    """The goods' price and the merchant's joinable teams (only teams under its `pairs`)."""
     async with pool.acquire() as conn:
         cfg = await conn.fetchrow(_CONFIG, query.source, query.channel, query.goods_id)
         if cfg is None:
@@ -67,9 +71,12 @@ async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery) -> MarketC
         # The same rules, on the same clock, as a lock: no price for what cannot be locked.
         check_activity_open(cfg["status"], cfg["start_time"], cfg["end_time"], cfg["db_now"])
         activity_id = cfg["activity_id"]
-        own = await conn.fetch(_OWN_TEAMS, activity_id, query.user_id, OWN_TEAMS)
-        others = await conn.fetch(_OTHER_TEAMS, activity_id, query.user_id, OTHER_TEAMS)
-        stats = await conn.fetchrow(_STATISTIC, activity_id)
+        sources, channels = pair_arrays(pairs)
+        own = await conn.fetch(_OWN_TEAMS, activity_id, query.user_id, OWN_TEAMS, sources, channels)
+        others = await conn.fetch(
+            _OTHER_TEAMS, activity_id, query.user_id, OTHER_TEAMS, sources, channels
+        )
+        stats = await conn.fetchrow(_STATISTIC, activity_id, sources, channels)
     assert stats is not None
     price = trial_price(cfg["original_price"], cfg["market_plan"], cfg["market_expr"])
     now = cfg["db_now"]
@@ -99,11 +106,18 @@ async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery) -> MarketC
     )
 
 
-async def get_team(pool: asyncpg.Pool, team_id: str) -> TeamOut:
+async def get_team(pool: asyncpg.Pool, team_id: str, pairs: Pairs | None) -> TeamOut:
+    """A team under one of the merchant's `pairs` (any team for an operator: None); any
+    other is not found."""
+    sources, channels = (None, None) if pairs is None else pair_arrays(pairs)
     row = await pool.fetchrow(
         "SELECT team_id, activity_id, target_count, lock_count, complete_count, status,"
-        " valid_start_time, valid_end_time FROM group_buy_order WHERE team_id = $1",
+        " valid_start_time, valid_end_time FROM group_buy_order WHERE team_id = $1"
+        " AND ($2::text[] IS NULL"
+        "      OR (source, channel) IN (SELECT * FROM unnest($2::text[], $3::text[])))",
         team_id,
+        sources,
+        channels,
     )
     if row is None:
         raise errors.TeamNotFound()

@@ -2,6 +2,7 @@
 No I/O here."""
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -40,6 +41,16 @@ class RefundType(StrEnum):
     # Paid in a team that failed: its team.failed listed it, which is its one refund
     # instruction; recording the refund writes no order.refunded.
     FAILED_TEAM = "failed_team"
+
+
+# A merchant's source+channel pairs: what its API key may trade under and see.
+Pairs = Collection[tuple[str, str]]
+
+
+def pair_arrays(pairs: Pairs) -> tuple[list[str], list[str]]:
+    """Pairs as two parallel arrays, for `(source, channel) IN (SELECT * FROM unnest(...))`."""
+    ordered = sorted(pairs)
+    return [p[0] for p in ordered], [p[1] for p in ordered]
 
 
 class Row(Protocol):

@@ -157,7 +157,7 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
     try:
         async with client.get("/openapi.json") as resp:
             doc = await resp.json()
-        api = Api(client)
+        api = await Api.for_client(client)
         act = {**await api.new_activity(target=2), "notifyUrl": merchant.url}
         outs = [new_id(), new_id()]
         _, env = await api.lock(**act, userId="w1", outTradeNo=outs[0])

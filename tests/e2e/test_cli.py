@@ -78,12 +78,15 @@ async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
             out = new_id()
             notify = f"{base}/api/v1/test/group_buy_notify"
             lock = {**act, "userId": "cli", "outTradeNo": out, "notifyUrl": notify}
-            async with http.post(f"{base}/api/v1/gbm/trade/lock_market_pay_order", json=lock) as r:
+            lock_path = f"{base}/api/v1/gbm/trade/lock_market_pay_order"
+            async with http.post(lock_path, json=lock, headers=api.shop) as r:
                 assert r.status == 200, await r.text()
             settle = {"source": act["source"], "channel": act["channel"], "userId": "cli",
                       "outTradeNo": out, "outTradeTime": now_iso()}  # fmt: skip
             async with http.post(
-                f"{base}/api/v1/gbm/trade/settlement_market_pay_order", json=settle
+                f"{base}/api/v1/gbm/trade/settlement_market_pay_order",
+                json=settle,
+                headers=api.shop,
             ) as r:
                 assert (await r.json())["data"]["teamCompleted"] is True
             async with asyncio.timeout(10):

@@ -16,12 +16,13 @@ from ..conftest import ADMIN_TOKEN
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 async def test_the_demo_lines_lock_pay_complete_and_refund(
-    client: TestClient[Any, Any], pool: asyncpg.Pool, database_url: str
+    client: TestClient[Any, Any], pool: asyncpg.Pool, database_url: str, shop_key: str
 ) -> None:
+    """(The test merchant holds the demo's s01/c01 here; `dev` makes a demo merchant.)"""
     await load_demo(database_url)
     base = str(client.make_url("")).rstrip("/")
     proc = await asyncio.create_subprocess_exec(
-        "bash", "-euo", "pipefail", "-c", curl_lines(base, ADMIN_TOKEN),
+        "bash", "-euo", "pipefail", "-c", curl_lines(base, ADMIN_TOKEN, shop_key),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 60)

@@ -25,14 +25,14 @@ from ..merchant import LocalMerchant
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
-    async with http.post(url, json=body) as resp:
+async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any], key: str) -> Any:
+    async with http.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
         envelope = await resp.json()
     assert envelope["code"] == "0000", envelope
     return envelope["data"]
 
 
-async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str) -> str:
+async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str, key: str) -> str:
     """Three shoppers lock and pay, as the printed curl lines do; the team's id."""
     trade = f"{base}/api/v1/gbm/trade"
     run, team_id = uuid.uuid4().hex[:8], None
@@ -43,11 +43,11 @@ async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str) -> str:
             "notifyUrl": f"{base}/api/v1/test/group_buy_notify",
             **({"teamId": team_id} if team_id else {}),
         }  # fmt: skip
-        team_id = (await _post(http, f"{trade}/lock_market_pay_order", lock))["teamId"]
+        team_id = (await _post(http, f"{trade}/lock_market_pay_order", lock, key))["teamId"]
     for i in (1, 2, 3):
         settle = {"source": "s01", "channel": "c01", "userId": f"u{i}-{run}",
                   "outTradeNo": f"o{i}-{run}", "outTradeTime": now_iso()}  # fmt: skip
-        await _post(http, f"{trade}/settlement_market_pay_order", settle)
+        await _post(http, f"{trade}/settlement_market_pay_order", settle, key)
     assert team_id is not None
     return str(team_id)
 
@@ -85,13 +85,32 @@ async def _ctrl_c(proc: Process) -> str:
     return log
 
 
+async def _demo_key(proc: Process) -> str:
+    """The API key dev printed for this run, from its output."""
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        while line := (await proc.stdout.readline()).decode():
+            if "API key for this run: " in line:
+                return line.rsplit(" ", 1)[1].strip()
+    raise AssertionError("dev printed no API key")
+
+
 async def test_dev_shows_a_verified_callback_and_ctrl_c_leaves_nothing_behind(
+    server_urls: tuple[str, str], own_redis: EmbeddedServer, tmp_path: Path
+) -> None:
+    async with temporary_database(server_urls[0], "groupbuy_test_dev") as database_url:
+        await _verified_demo_callback(database_url, own_redis, tmp_path)
+
+
+async def _verified_demo_callback(
     database_url: str, own_redis: EmbeddedServer, tmp_path: Path
 ) -> None:
     proc, base = await _start_dev(database_url, own_redis.url, tmp_path)
     try:
+        key = await _demo_key(proc)
+        assert key.startswith("gbk_")
         async with aiohttp.ClientSession() as http:
-            team_id = await _complete_a_demo_team(http, base)
+            team_id = await _complete_a_demo_team(http, base, key)
             async with asyncio.timeout(20):
                 while True:
                     async with http.get(f"{base}/api/v1/test/group_buy_notify") as r:
@@ -132,12 +151,14 @@ async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
 
 
 async def test_dev_whose_redis_stops_says_so_in_one_line_and_exits_1(
-    database_url: str, own_redis: EmbeddedServer, tmp_path: Path
+    server_urls: tuple[str, str], own_redis: EmbeddedServer, tmp_path: Path
 ) -> None:
-    """As when `make stop` stops the servers under a running `make run`."""
-    proc, _ = await _start_dev(database_url, own_redis.url, tmp_path)
-    await asyncio.to_thread(own_redis.stop)
-    code, log = await exited(proc)
+    """As when `make stop` stops the servers under a running `make run`. (Each dev run has a
+    database of its own: its demo merchant holds the demo's s01/c01.)"""
+    async with temporary_database(server_urls[0], "groupbuy_test_dev") as database_url:
+        proc, _ = await _start_dev(database_url, own_redis.url, tmp_path)
+        await asyncio.to_thread(own_redis.stop)
+        code, log = await exited(proc)
     assert code == 1, log[-3000:]
     assert len([line for line in log.splitlines() if "worker stopped: " in line]) == 1, log
     assert not any(noise in log for noise in NOISE), log[-3000:]

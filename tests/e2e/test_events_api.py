@@ -534,12 +534,13 @@ async def test_order_pull_finds_only_the_owners_order(api: Api) -> None:
     assert (await pull(out))[0] == 200
     for out_trade_no, params in (
         (out, {"userId": "someone-else"}),
-        (out, {"channel": "c99"}),
-        (out, {"source": "s99"}),
+        (out, {"source": "s99"}),  # another pair of the same merchant
         ("never-locked", {}),
     ):
         status, env = await pull(out_trade_no, **params)
         assert (status, env["code"]) == (404, "E0104"), (params, env)
+    status, env = await pull(out, channel="c99")  # a pair the merchant does not hold
+    assert (status, env["code"]) == (403, "0403"), env
     for missing in ("source", "channel", "userId"):
         status, env = await pull(out, **{missing: ""})
         assert (status, env["code"]) == (400, "0002") and missing in env["info"], env
@@ -556,7 +557,9 @@ async def test_openapi_describes_the_order_pull(api: Api) -> None:
         "outTradeNo": ("path", True), "source": ("query", True), "channel": ("query", True),
         "userId": ("query", True),
     }  # fmt: skip
-    assert "security" not in operation and "404" in operation["responses"]
+    assert operation["security"] == [{"merchantKey": []}] and "404" in operation["responses"]
+    assert {"401", "403"} <= set(operation["responses"])
+    assert doc["components"]["securitySchemes"]["merchantKey"]["scheme"] == "bearer"
     status = doc["components"]["schemas"]["OrderOut"]["properties"]["tradeOrderStatus"]
     assert "3 refunded" in status["description"]
     # Optional query parameters stay optional.

@@ -205,7 +205,8 @@ async def test_unexpected_error_is_500_without_stack_trace(
     monkeypatch.setattr(orders, "lock_order", explode)
     act = await api.new_activity()
     with caplog.at_level(logging.ERROR):
-        async with api.client.post(LOCK, json={**act, "userId": "u", "outTradeNo": new_id()}) as r:
+        body = {**act, "userId": "u", "outTradeNo": new_id()}
+        async with api.client.post(LOCK, json=body, headers=api.shop) as r:
             text = await r.text()
             assert r.status == 500 and r.headers["X-Request-Id"]
     assert '"code":"0001"' in text

@@ -134,10 +134,10 @@ async def test_refunding_an_unknown_order_is_e0104(api: Api) -> None:
     for who, what in (("someone-else", out), (user, "no-such-order")):
         status, env = await refund(api, act, who, what)
         assert (status, env["code"], env["data"]) == (404, "E0104", None), env
-    status, env = await api.refund(
-        source="s09", channel=act["channel"], userId=user, outTradeNo=out
-    )
-    assert (status, env["code"]) == (404, "E0104"), env
+    status, env = await api.refund(source="s99", channel="c01", userId=user, outTradeNo=out)
+    assert (status, env["code"]) == (404, "E0104"), env  # another pair of the merchant
+    status, env = await api.refund(source="s09", channel="c01", userId=user, outTradeNo=out)
+    assert (status, env["code"]) == (403, "0403"), env  # a pair it does not hold
 
 
 async def test_refund_input_is_validated(api: Api) -> None:

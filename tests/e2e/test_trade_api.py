@@ -56,6 +56,7 @@ async def test_money_is_written_with_two_decimals(api: Api) -> None:
     async with api.client.post(
         "/api/v1/gbm/trade/lock_market_pay_order",
         json={**act, "userId": "u1", "outTradeNo": new_id()},
+        headers=api.shop,
     ) as resp:
         text = await resp.text()
     assert '"originalPrice":10.01' in text and '"payPrice":8.51' in text
@@ -69,6 +70,7 @@ async def test_discount_tie_rounds_half_up_in_trial_and_lock(api: Api) -> None:
         "/api/v1/gbm/index/query_group_buy_market_config",
         json={"userId": "u1", "source": act["source"], "channel": act["channel"],
               "goodsId": act["goodsId"]},
+        headers=api.shop,
     ) as resp:  # fmt: skip
         trial = await resp.text()
     assert resp.status == 200, trial
@@ -77,6 +79,7 @@ async def test_discount_tie_rounds_half_up_in_trial_and_lock(api: Api) -> None:
     async with api.client.post(
         "/api/v1/gbm/trade/lock_market_pay_order",
         json={**act, "userId": "u1", "outTradeNo": new_id()},
+        headers=api.shop,
     ) as resp:
         locked = await resp.text()
     assert resp.status == 200, locked

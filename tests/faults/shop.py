@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 ADMIN_TOKEN = "faults-admin-token"
+MERCHANT_ID = "faults"
 ACTIVITY_ID = 9_000_001
 GOODS_ID, DISCOUNT_ID = "faults-goods", "faults-20-off"
 SOURCE, CHANNEL = "s01", "c01"
@@ -69,6 +70,7 @@ class Shop:
     teams: list[Team] = field(default_factory=list)
     in_flight: Counter[str] = field(default_factory=Counter)  # calls awaiting an answer, by path
     _counter: itertools.count[int] = field(default_factory=itertools.count)
+    key: str = ""  # the faults merchant's API key, made by set_up
 
     async def call(
         self, method: str, path: str, body: Any = None, deadline: float | None = None,
@@ -77,7 +79,7 @@ class Shop:
         """The envelope's data; retried (same body) on no answer or 5xx until `deadline`
         (time.monotonic(); default 60 s from now)."""
         deadline = deadline or time.monotonic() + 60
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN if admin else self.key}"}
         while True:
             started, began = time.time(), time.monotonic()
             status: int | None = None
@@ -104,8 +106,14 @@ class Shop:
             await asyncio.sleep(RETRY_PAUSE)
 
     async def set_up(self, target: int) -> None:
-        """The discount, goods and an effective activity with teams of `target`."""
+        """The discount, goods and an effective activity with teams of `target`, and the
+        merchant holding its source+channel, whose key the shop's requests carry."""
         now = datetime.now(UTC)
+        await self.call("PUT", f"/api/v1/admin/merchants/{MERCHANT_ID}", {
+            "name": "faults", "bindings": [{"source": SOURCE, "channel": CHANNEL}],
+        }, admin=True)  # fmt: skip
+        key = await self.call("POST", f"/api/v1/admin/merchants/{MERCHANT_ID}/keys", admin=True)
+        self.key = key["key"]
         await self.call("PUT", f"/api/v1/admin/discounts/{DISCOUNT_ID}", {
             "discountName": "20 off", "marketPlan": "ZJ", "marketExpr": "20",
         }, admin=True)  # fmt: skip

@@ -34,6 +34,7 @@ from groupbuy_async.dev.host import free_port
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".data" / "fuzz"
 TOKEN = f"fuzz-{uuid.uuid4().hex}"
+METRICS_TOKEN = "fuzz-metrics-token"
 SINK = "http://127.0.0.1:9"  # discard: nothing listens, a callback attempt fails at once
 BIN = Path(sys.executable).parent
 
@@ -45,6 +46,7 @@ def _api(database_url: str, redis_url: str, port: int) -> Iterator[None]:
         GROUPBUY_DATABASE_URL=database_url,
         GROUPBUY_REDIS_URL=redis_url,
         GROUPBUY_ADMIN_TOKEN=TOKEN,
+        GROUPBUY_METRICS_TOKEN=METRICS_TOKEN,
         GROUPBUY_PORT=str(port),
         # The hooks point every accepted notifyUrl at the loopback sink.
         GROUPBUY_NOTIFY_BLOCK_PRIVATE="false",
@@ -86,14 +88,23 @@ async def seed(base: str) -> dict[str, Any]:
     order = {**{k: goods[k] for k in ("source", "channel")}, "userId": "fuzz-user"}
     order["outTradeNo"] = f"fuzz-order-{tag}"
     now = datetime.now(UTC)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(base, headers=headers) as http:
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(base) as http:
+        key = ""
 
         async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-            async with http.request(method, path, json=body) as resp:
+            shop = path.startswith("/api/v1/gbm/")
+            headers = {"Authorization": f"Bearer {key}"} if shop else admin
+            async with http.request(method, path, json=body, headers=headers) as resp:
                 answer = await resp.json()
                 assert resp.status == 200, (path, answer)
                 return answer["data"]
+
+        await call("PUT", "/api/v1/admin/merchants/fuzz",
+                   {"name": "fuzz", "bindings": [{"source": "s01", "channel": "c01"}]})  # fmt: skip
+        key = (await call("POST", "/api/v1/admin/merchants/fuzz/keys"))["key"]
+        await call("PUT", "/api/v1/admin/merchants/fuzz-other", {"name": "another"})
+        other_key = await call("POST", "/api/v1/admin/merchants/fuzz-other/keys")
 
         discount_id = f"fuzz-discount-{tag}"
         await call("PUT", f"/api/v1/admin/discounts/{discount_id}",
@@ -120,14 +131,26 @@ async def seed(base: str) -> dict[str, Any]:
         "goods": goods,
         "order": {**order, "teamId": locked["teamId"]},
         "eventId": events["items"][0]["eventId"],
+        "merchantKey": key,
+        "merchantId": "fuzz",
+        "otherMerchantId": "fuzz-other",
+        "otherKeyId": other_key["keyId"],
     }
 
 
 def _schemathesis(base: str, seeds: dict[str, Any], args: argparse.Namespace) -> int:
     report = DATA / "report.ndjson"
+    # Each operation gets the credential of its security scheme (the OpenAPI document's
+    # securitySchemes), as a real client sends it; schemathesis' own checks of missing and
+    # wrong credentials still run against each.
+    config = DATA / "schemathesis.toml"
+    config.write_text(
+        f'[auth.openapi.adminToken]\nbearer = "{TOKEN}"\n'
+        f'[auth.openapi.merchantKey]\nbearer = "{seeds["merchantKey"]}"\n'
+        f'[auth.openapi.metricsToken]\nbearer = "{METRICS_TOKEN}"\n'
+    )
     command = [
-        str(BIN / "schemathesis"), "run", f"{base}/openapi.json",
-        "--header", f"Authorization: Bearer {TOKEN}",
+        str(BIN / "schemathesis"), "--config-file", str(config), "run", f"{base}/openapi.json",
         "--phases", "coverage,fuzzing", "--mode", "all", "--workers", "1",
         "--max-examples", str(args.max_examples), "--seed", str(args.seed),
         "--report", "ndjson", "--report-ndjson-path", str(report),

@@ -12,8 +12,9 @@ What they change, and why each is no hole in the check:
   Generated names are otherwise unknown, and their documented 404 teaches nothing; pinned,
   the success answers are checked against the response schemas. A PUT that names a seed
   (schemathesis reuses ids it has seen) stores a new one instead, so the seeds stay.
-- The one rule of schema-valid input that JSON Schema cannot state (ActivityIn's description
-  does): an activity's endTime is after its startTime. Positive cases that have them the other
+- The rules of schema-valid input that JSON Schema cannot state (the descriptions do): an
+  activity's endTime is after its startTime; a merchant's bindings name each pair once (the
+  schema's uniqueItems compares whole objects, with properties the server ignores). Positive cases that have them the other
   way round get them swapped; a refusal of equal ones is excused (filter_failure), and only
   when the case has them equal.
 Negative cases are left as generated (but for the notifyUrl above).
@@ -100,7 +101,8 @@ def _pin_path(case: "Case[Any]") -> None:
     if not params:
         return
     if case.method.upper() == "PUT":
-        seeded = {str(SEED[k]) for k in ("discountId", "activityId")} | {SEED["goods"]["goodsId"]}
+        seeded = {str(SEED[k]) for k in ("discountId", "activityId", "merchantId")}
+        seeded |= {SEED["goods"]["goodsId"], SEED["otherMerchantId"]}
         for name, value in params.items():
             if str(value) in seeded:
                 params[name] = 1 if name == "activityId" else f"not-{value}"
@@ -115,6 +117,9 @@ def _pin_path(case: "Case[Any]") -> None:
         "eventId": SEED["eventId"],
         "teamId": order["teamId"],
         "outTradeNo": order["outTradeNo"],
+        # The merchant whose key trades stays as it is: reads and key changes name another.
+        "merchantId": SEED["otherMerchantId"],
+        "keyId": SEED["otherKeyId"],
     }
     for name in params:
         params[name] = seeds[name]
@@ -152,6 +157,16 @@ def after_call(context: HookContext, case: "Case[Any]", response: Response) -> N
         (_to_settle if _half(order["outTradeNo"]) else _orders).append(order)
 
 
+def _pairs_repeat(body: dict[str, Any]) -> bool:
+    """Two bindings naming one source+channel (uniqueItems compares whole objects, and a
+    generated object may carry properties the server ignores)."""
+    bindings = body.get("bindings")
+    if not isinstance(bindings, list):
+        return False
+    pairs = [(b.get("source"), b.get("channel")) for b in bindings if isinstance(b, dict)]
+    return len(set(pairs)) < len(pairs)
+
+
 @schemathesis.hook
 def filter_failure(
     context: HookContext, failure: Failure, case: "Case[Any]", response: Response
@@ -160,7 +175,11 @@ def filter_failure(
     if type(failure).__name__ != "RejectedPositiveData" or response.status_code != 400:
         return True
     body = case.body
-    if case.operation.path != "/api/v1/admin/activities/{activityId}" or not isinstance(body, dict):
+    if not isinstance(body, dict):
+        return True
+    if case.operation.path == "/api/v1/admin/merchants/{merchantId}":
+        return not (_pairs_repeat(body) and "listed twice" in response.text)
+    if case.operation.path != "/api/v1/admin/activities/{activityId}":
         return True
     start, end = _time(body.get("startTime")), _time(body.get("endTime"))
     breaks_rule = start is not None and end is not None and end <= start

@@ -133,10 +133,17 @@ class Answer:
     request_id: str
 
 
-async def _call(client: TestClient[Any, Any], method: str, path: str, body: Any = None) -> Answer:
+async def _call(
+    client: TestClient[Any, Any],
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
     rid = uuid.uuid4().hex
     began = time.monotonic()
-    async with client.request(method, path, json=body, headers={"X-Request-Id": rid}) as resp:
+    headers = {**(headers or {}), "X-Request-Id": rid}
+    async with client.request(method, path, json=body, headers=headers) as resp:
         envelope = await resp.json()
         return Answer(resp.status, envelope, dict(resp.headers), time.monotonic() - began, rid)
 
@@ -174,7 +181,7 @@ async def _until_ready(client: TestClient[Any, Any], seconds: float = 20) -> Non
 async def test_a_frozen_database_is_503_within_the_limits_and_the_api_recovers(
     own_pg: OwnPostgres, own_client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    api = Api(own_client)
+    api = await Api.for_client(own_client)
     act = await api.new_activity()
     status, opened = await api.lock(**act, userId="u1", outTradeNo="o1")
     assert status == 200, opened
@@ -190,14 +197,14 @@ async def test_a_frozen_database_is_503_within_the_limits_and_the_api_recovers(
             with caplog.at_level(logging.INFO):
                 readyz, lock, settle, default_readyz = await asyncio.gather(
                     _call(own_client, "GET", "/readyz"),
-                    _call(own_client, "POST", LOCK, join),
-                    _call(own_client, "POST", SETTLE, _settle_body(act, "u1", "o1")),
+                    _call(own_client, "POST", LOCK, join, api.shop),
+                    _call(own_client, "POST", SETTLE, _settle_body(act, "u1", "o1"), api.shop),
                     _call(defaults, "GET", "/readyz"),
                 )
                 # Twice more at once, on what is left of the pool: one gets its last
                 # connection, the other must open one; each is bounded all the same.
                 again = await asyncio.gather(*(
-                    _call(own_client, "POST", SETTLE, _settle_body(act, "u1", "o1"))
+                    _call(own_client, "POST", SETTLE, _settle_body(act, "u1", "o1"), api.shop)
                     for _ in range(2)
                 ))  # fmt: skip
         finally:
@@ -224,14 +231,16 @@ async def test_a_frozen_database_is_503_within_the_limits_and_the_api_recovers(
 async def test_a_stopped_database_is_503_at_once_and_the_api_recovers_after_restart(
     own_pg: OwnPostgres, own_client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    api = Api(own_client)
+    api = await Api.for_client(own_client)
     act = await api.new_activity()
     await own_pg.stop()
     with caplog.at_level(logging.INFO):
         answers = [
             await _call(own_client, "GET", "/readyz"),
-            await _call(own_client, "POST", LOCK, {**act, "userId": "u1", "outTradeNo": "o1"}),
-            await _call(own_client, "POST", SETTLE, _settle_body(act, "u1", "o1")),
+            await _call(
+                own_client, "POST", LOCK, {**act, "userId": "u1", "outTradeNo": "o1"}, api.shop
+            ),
+            await _call(own_client, "POST", SETTLE, _settle_body(act, "u1", "o1"), api.shop),
         ]
     for answer in answers:
         _assert_unavailable(answer, 0.0)  # refused at once: within the margin
@@ -251,7 +260,7 @@ async def test_a_statement_over_the_command_timeout_is_503_and_rolls_back(
     insert: it answers 503 in time, and none of it is ever committed."""
     client = await start_client(_settings(database_url))
     try:
-        api = Api(client)
+        api = await Api.for_client(client)
         act = await api.new_activity(target=2)
         outs = [new_id(), new_id()]
         status, env = await api.lock(**act, userId="m0", outTradeNo=outs[0])
@@ -271,7 +280,9 @@ async def test_a_statement_over_the_command_timeout_is_503_and_rolls_back(
             )  # fmt: skip
             with caplog.at_level(logging.INFO):
                 async with asyncio.timeout(COMMAND + 5 * MARGIN):
-                    answer = await _call(client, "POST", SETTLE, _settle_body(act, "m1", outs[1]))
+                    answer = await _call(
+                        client, "POST", SETTLE, _settle_body(act, "m1", outs[1]), api.shop
+                    )
             await blocking.rollback()
         finally:
             await blocker.close()

@@ -50,7 +50,7 @@ async def test_completed_team_is_called_back_at_once_and_signed(
 ) -> None:
     client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
     try:
-        signed_api = Api(client)
+        signed_api = await Api.for_client(client)
         act = {**await signed_api.new_activity(target=2), "notifyUrl": merchant.url}
         team_id, outs = await complete_team(signed_api, act, 2)
         await merchant.wait_for(1)
@@ -78,7 +78,7 @@ async def test_settle_returns_before_a_slow_merchant_answers(
     merchant = await start_merchant(delay=5)
     client = await start_client(settings)
     try:
-        api = Api(client)
+        api = await Api.for_client(client)
         act = {**await api.new_activity(target=1), "notifyUrl": merchant.url}
         out = new_id()
         await api.lock(**act, userId="u", outTradeNo=out)

@@ -82,9 +82,12 @@ async def test_the_connection_itself_is_refused_whatever_the_url_check_says(
     assert merchant.requests == 1
 
 
-async def _lock(client: Any, act: dict[str, Any], url: str) -> tuple[int, dict[str, Any]]:
+async def _lock(
+    client: Any, act: dict[str, Any], url: str, headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
     body = {**act, "userId": new_id("u"), "outTradeNo": new_id(), "notifyUrl": url}
-    async with client.post("/api/v1/gbm/trade/lock_market_pay_order", json=body) as resp:
+    lock = "/api/v1/gbm/trade/lock_market_pay_order"
+    async with client.post(lock, json=body, headers=headers) as resp:
         return resp.status, await resp.json()
 
 
@@ -93,7 +96,7 @@ async def test_non_canonical_hosts_are_refused_at_lock_time_always(
     host: str, api: Api, pool: asyncpg.Pool
 ) -> None:
     act = await api.new_activity()
-    status, env = await _lock(api.client, act, f"http://{host}:8080/notify")
+    status, env = await _lock(api.client, act, f"http://{host}:8080/notify", api.shop)
     assert (status, env["code"]) == (400, "0002"), env
     assert "notifyUrl" in env["info"]
     assert (
@@ -111,7 +114,7 @@ async def test_blocked_literals_are_refused_at_lock_time_when_blocking(
     client = await start_client(settings.model_copy(update={"notify_block_private": True}))
     try:
         for host in CANONICAL_BLOCKED + LOOPBACK_NAMES:
-            status, env = await _lock(client, act, f"http://{host}:8080/notify")
+            status, env = await _lock(client, act, f"http://{host}:8080/notify", api.shop)
             assert (status, env["code"]) == (400, "0002"), (host, env)
             assert "blocked" in env["info"] and "GROUPBUY_NOTIFY_BLOCK_PRIVATE" in env["info"]
         assert (
@@ -125,7 +128,7 @@ async def test_blocked_literals_are_refused_at_lock_time_when_blocking(
             "https://merchant.example.com/notify",
             "https://localhost.example.com/notify",
         ):
-            status, env = await _lock(client, act, url)
+            status, env = await _lock(client, act, url, api.shop)
             assert status == 200, env
     finally:
         await client.close()

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"http", "worker"},  # what a process serves or runs
     {"process"},  # what every process shares: startup failures, signals, its event loop
     {"bootstrap"},  # builds the shared objects (pool, sender, dispatcher, metrics)
-    {"trade", "callbacks"},  # the domain: the trade half and the callback half
+    {"trade", "callbacks", "merchants"},  # the domain: trade, callbacks, merchants (tenants)
     {"db", "settings", "errors", "logs", ""},
 ]
 # Parts that only these others may import: dev/ is never loaded by `api` or `worker`, only
