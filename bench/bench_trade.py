@@ -126,7 +126,7 @@ async def http_path(
         }
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         timeout = aiohttp.ClientTimeout(total=60)
-        headers = await shop_headers(db_url, SOURCE, CHANNEL)
+        headers = await shop_headers(db_url, SOURCE, CHANNEL, notify_url)
         async with aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers=headers
         ) as session:

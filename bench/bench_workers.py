@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from .common import (
+    SECRETS_KEY,
     BenchFailure,
     Options,
     database_name,
@@ -41,7 +42,7 @@ from .common import (
     stop_process,
 )
 from .cpu import MACHINE, Section, machine, measure, postgres, processes
-from .notify_scenarios import SECRET, check_delivery, insert_tasks
+from .notify_scenarios import check_delivery, insert_tasks
 from .receiver import Receiver
 
 
@@ -103,7 +104,7 @@ def worker_env(dsn: str, redis_url: str, concurrency: int) -> dict[str, str]:
         "GROUPBUY_QUEUE_NAME": f"bench:{uuid.uuid4().hex}",  # this run's workers only
         "GROUPBUY_NOTIFY_CONCURRENCY": str(concurrency),
         "GROUPBUY_NOTIFY_PER_HOST": str(concurrency),  # one receiver host
-        "GROUPBUY_NOTIFY_SECRET": SECRET,
+        "GROUPBUY_SECRETS_KEY": SECRETS_KEY,
         "GROUPBUY_NOTIFY_BLOCK_PRIVATE": "false",  # the receiver is local
         "GROUPBUY_NOTIFY_CRON_SECONDS": "1",
         "GROUPBUY_DB_POOL_MAX": "10",  # the PostgreSQL server may be shared

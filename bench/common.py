@@ -18,7 +18,8 @@ from yarl import URL
 from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import servers_or_embedded
-from groupbuy_async.merchants import accounts, keys
+from groupbuy_async.merchants import accounts, endpoints, keys
+from groupbuy_async.merchants.secret_box import SecretBox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +28,10 @@ T = TypeVar("T")
 
 class BenchFailure(Exception):
     """A request or a check gave a wrong result: the numbers cannot be trusted."""
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the tests' signing secret
+SECRETS_KEY = "rA-FQVO3wigthyj2RDALcqgn3CmUErYPfktyHBrXbl0="  # seals it in the database
 
 
 def servers() -> AbstractContextManager[tuple[str, str]]:
@@ -46,12 +51,19 @@ def fresh_database(admin_dsn: str) -> AbstractAsyncContextManager[str]:
     return temporary_database(admin_dsn, "groupbuy_bench")
 
 
-async def shop_headers(db_url: str, source: str, channel: str) -> dict[str, str]:
-    """A bench merchant holding source+channel, and the Authorization header of a new key
-    of it: the shop API's requests carry it."""
+async def shop_headers(
+    db_url: str, source: str, channel: str, endpoint_url: str | None = None
+) -> dict[str, str]:
+    """A bench merchant holding source+channel (with an endpoint at `endpoint_url`, signed
+    with SECRET, when given), and the Authorization header of a new key of it: the shop
+    API's requests carry it."""
     pool = await create_pool(db_url, 1, 1)
     try:
         await accounts.put_merchant(pool, "bench", "bench merchant", [(source, channel)])
+        if endpoint_url is not None:
+            spec = endpoints.EndpointSpec(endpoint_url, secret=SECRET)
+            box = SecretBox(SECRETS_KEY)
+            await endpoints.put_endpoint(pool, box, "bench", "receiver", spec, False)
         created = await keys.create_key(pool, "bench")
     finally:
         await pool.close()

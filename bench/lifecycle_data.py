@@ -18,6 +18,12 @@ VALUES ({ACTIVITY_ID}, 'bench lifecycle', '{DISCOUNT_ID}', 3, 1440, 1, now() - i
     now() + interval '2 days');
 INSERT INTO sc_sku_activity (source, channel, goods_id, activity_id)
 VALUES ('{SOURCE}', '{CHANNEL}', '{GOODS_ID}', {ACTIVITY_ID});
+INSERT INTO merchant (merchant_id, name) VALUES ('bench', 'bench merchant');
+INSERT INTO merchant_binding (source, channel, merchant_id)
+VALUES ('{SOURCE}', '{CHANNEL}', 'bench');
+-- One endpoint: each event writes one delivery, as in production (its secret is never opened).
+INSERT INTO endpoint (merchant_id, endpoint_id, url, secret)
+VALUES ('bench', 'never-called', '{NOTIFY_URL}', '\\x00');
 """
 
 _TEAM_COLUMNS = """team_id, activity_id, source, channel, original_price, deduction_price,
@@ -49,7 +55,7 @@ async def setup(conn: asyncpg.Connection) -> str:
     """The activity; autovacuum off on the trade tables (an auto-ANALYZE at a random moment
     would change plans mid-run). Returns PostgreSQL's version."""
     await conn.execute(_CATALOG)
-    for table in ("group_buy_order", "group_buy_order_list", "notify_task"):
+    for table in ("group_buy_order", "group_buy_order_list", "event", "notify_task"):
         await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
     version: str = await conn.fetchval("SHOW server_version")
     return version.split()[0]
@@ -59,7 +65,7 @@ async def insert_due_locks(conn: asyncpg.Connection, count: int) -> None:
     """`count` unpaid locks past their payment deadline, three to a forming team."""
     async with conn.transaction():
         await conn.execute(_DUE_LOCKS.replace("$1", str(int(count))))
-    await conn.execute("VACUUM ANALYZE group_buy_order, group_buy_order_list, notify_task")
+    await conn.execute("VACUUM ANALYZE group_buy_order, group_buy_order_list, event, notify_task")
     await conn.execute("CHECKPOINT")
 
 
@@ -80,11 +86,15 @@ async def check_closed(conn: asyncpg.Connection, count: int) -> list[str]:
     if row["emptied"] != row["teams"]:
         problems.append(f"close: {row['emptied']}/{row['teams']} teams have every slot free")
     events = await conn.fetchval(
-        "SELECT count(DISTINCT order_id) FROM notify_task WHERE event_type = 'order.closed'"
+        "SELECT count(DISTINCT order_id) FROM event WHERE event_type = 'order.closed'"
     )
-    total = await conn.fetchval("SELECT count(*) FROM notify_task")
-    if (events, total) != (count, count):
-        problems.append(f"close: {events} orders with order.closed, {total} events; want {count}")
+    total = await conn.fetchval("SELECT count(*) FROM event")
+    deliveries = await conn.fetchval("SELECT count(*) FROM notify_task")
+    if (events, total, deliveries) != (count, count, count):
+        problems.append(
+            f"close: {events} orders with order.closed, {total} events, {deliveries}"
+            f" deliveries; want {count}"
+        )
     return problems
 
 
@@ -121,7 +131,7 @@ async def insert_refundable(conn: asyncpg.Connection, count: int) -> None:
     """`count` orders (count // 2 teams of two) to refund, as refund_bodies() lists them."""
     async with conn.transaction():
         await conn.execute(_REFUNDABLE.replace("$1", str(int(count) // 2)))
-    await conn.execute("VACUUM ANALYZE group_buy_order, group_buy_order_list, notify_task")
+    await conn.execute("VACUUM ANALYZE group_buy_order, group_buy_order_list, event, notify_task")
     await conn.execute("CHECKPOINT")
 
 
@@ -149,7 +159,7 @@ async def check_refunded(conn: asyncpg.Connection, count: int, label: str) -> li
         problems.append(f"{label}: teams {tuple(row)}, want {(teams // 2, teams - teams // 2)}")
     events = await conn.fetchrow(
         "SELECT count(*) FILTER (WHERE event_type = 'order.refunded') AS refunded,"
-        " count(*) FILTER (WHERE event_type = 'order.closed') AS closed FROM notify_task"
+        " count(*) FILTER (WHERE event_type = 'order.closed') AS closed FROM event"
     )
     assert events is not None
     if tuple(events) != (want[0] + want[1], want[2]):

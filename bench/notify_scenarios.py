@@ -17,14 +17,15 @@ from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import is_success
 from groupbuy_async.callbacks.sender import BODY_CAP, Sender, create_session
 from groupbuy_async.db import create_pool
+from groupbuy_async.dev.outbox_fill import completed_teams
+from groupbuy_async.merchants.secret_box import SecretBox
+from groupbuy_async.merchants.secret_box import signing_key as secret_key
 from groupbuy_async.settings import Settings
-from groupbuy_async.settings import decode_webhook_secret as secret_key
 
-from .common import database_name, fresh_database, timed
+from .common import SECRET, SECRETS_KEY, database_name, fresh_database, timed
 from .cpu import MACHINE, Section, Source, machine, measure, postgres, processes, this_process
 from .receiver import Receiver
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the tests' signing secret
 KEY = secret_key(SECRET)
 # The original's queryUnExecutedNotifyTaskList: pending or retrying, 50 at a time.
 ORIGINAL_BATCH = 50
@@ -102,7 +103,7 @@ def bench_settings(dsn: str, bound: int) -> Settings:
         database_url=dsn,
         notify_concurrency=bound,
         notify_per_host=bound,  # one receiver host
-        notify_secret=SECRET,
+        secrets_key=SECRETS_KEY,
         notify_block_private=False,  # the receiver is local
     )
 
@@ -114,36 +115,17 @@ def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> Dispatcher:
 
 
 async def insert_tasks(dsn: str, count: int, url: str, due_in: timedelta = timedelta(0)) -> None:
-    """`count` completed teams, each with its notify task due after `due_in` (tests/conftest.py
-    make_tasks), in two statements; then VACUUM ANALYZE, as autovacuum would have left a real
-    backlog, and a CHECKPOINT, so nothing of the insert is flushed while the bench drains."""
-    conn = await asyncpg.connect(dsn)
+    """`count` completed teams, each with its callback to the endpoint at `url` due after
+    `due_in` (dev/outbox_fill.py, as tests/conftest.py make_tasks); then VACUUM ANALYZE, as
+    autovacuum would have left a real backlog, and a CHECKPOINT, so nothing of the insert is
+    flushed while the bench drains."""
+    pool = await create_pool(dsn, 1, 2)
     try:
-        await conn.execute(
-            "INSERT INTO group_buy_discount (discount_id, discount_name, market_plan, market_expr)"
-            " VALUES ('bench', 'bench', 'ZJ', '1') ON CONFLICT DO NOTHING;"
-            " INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, start_time,"
-            " end_time) VALUES (1, 'bench', 'bench', now(), now() + interval '1 day')"
-            " ON CONFLICT DO NOTHING"
-        )
-        await conn.execute(
-            "WITH t AS (INSERT INTO group_buy_order (team_id, activity_id, source, channel,"
-            " original_price, deduction_price, pay_price, target_count, complete_count,"
-            " lock_count, status, valid_start_time, valid_end_time, notify_url)"
-            " SELECT $1 || lpad(g::text, 7, '0'), 1, 's01', 'c01', 100, 20, 80, 1, 1, 1, 1,"
-            " now(), now() + interval '15 minutes', $2 FROM generate_series(1, $3) g"
-            " RETURNING team_id, activity_id, notify_url)"
-            " INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json,"
-            " next_attempt_at)"
-            " SELECT activity_id, team_id, notify_url,"
-            " json_build_object('teamId', team_id, 'outTradeNoList', json_build_array())::text,"
-            " now() + $4::interval FROM t",
-            str(uuid.uuid4().int)[:14], url, count, due_in,
-        )  # fmt: skip
-        await conn.execute("VACUUM ANALYZE group_buy_order, notify_task")
-        await conn.execute("CHECKPOINT")
+        await completed_teams(pool, SecretBox(SECRETS_KEY), count, url, SECRET, due_in)
+        await pool.execute("VACUUM ANALYZE group_buy_order, event, notify_task")
+        await pool.execute("CHECKPOINT")
     finally:
-        await conn.close()
+        await pool.close()
 
 
 async def check_delivery(
@@ -205,20 +187,23 @@ async def run_ours(admin_dsn: str, receiver: Receiver, count: int, bound: int) -
 async def run_original(admin_dsn: str, receiver: Receiver, count: int, bound: int) -> Run:
     """The original's execSettlementNotifyJob, looped until nothing is pending."""
     async with backlog(admin_dsn, receiver, count, 2) as (dsn, pool):
-        session = create_session(bound, False)
-        sender = Sender(session, KEY, 10.0)
+        session = create_session(bound, bound, False)
+        sender = Sender(session, 10.0)
         latencies: list[float] = []
         try:
             with measure(cpu_sources(receiver, dsn)) as section:
                 while rows := await pool.fetch(
-                    "SELECT team_id, event_id, notify_url, parameter_json, notify_count"
-                    " FROM notify_task WHERE notify_status IN (0, 2) LIMIT $1",
+                    "SELECT t.team_id, t.event_id, t.notify_url, e.parameter_json, t.notify_count"
+                    " FROM notify_task t JOIN event e USING (event_id)"
+                    " WHERE t.notify_status IN (0, 2) LIMIT $1",
                     ORIGINAL_BATCH,
                 ):
                     for r in rows:
                         outcome = await timed(
                             latencies,
-                            sender.send(r["notify_url"], str(r["event_id"]), r["parameter_json"]),
+                            sender.send(
+                                r["notify_url"], str(r["event_id"]), r["parameter_json"], (KEY,)
+                            ),
                         )
                         if is_success(outcome, False):
                             status = 1
@@ -243,13 +228,19 @@ async def run_ceiling(receiver: Receiver, count: int, bound: int) -> Run:
     """The same signed POSTs (same body size and headers), one shared session, Semaphore(bound)."""
     await receiver.reset()
     prefix = str(uuid.uuid4().int)[:14]
-    # The body insert_tasks has PostgreSQL write (json_build_object(...)::text), byte for byte.
-    work = [
-        (str(uuid.uuid4()), f'{{"teamId" : "{prefix}{i:07d}", "outTradeNoList" : []}}')
-        for i in range(1, count + 1)
-    ]
-    session = create_session(bound, False)
-    signer = Sender(session, KEY, 10.0)  # only for its headers()
+    # The body insert_tasks has PostgreSQL write (json_build_object(...)::text), in form and size.
+    stamp = "2026-12-03T08:00:00.000000+00:00"
+    work = []
+    for i in range(1, count + 1):
+        event_id = str(uuid.uuid4())
+        data = (
+            f'{{"teamId" : "{prefix}{i:07d}", "outTradeNoList" : [], "activityId" : 1,'
+            f' "eventId" : "{event_id}"}}'
+        )
+        work.append(
+            (event_id, f'{{"type" : "team.completed", "timestamp" : "{stamp}", "data" : {data}}}')
+        )
+    session = create_session(bound, bound, False)
     sem = asyncio.Semaphore(bound)
     latencies: list[float] = []
     failures = 0
@@ -257,7 +248,7 @@ async def run_ceiling(receiver: Receiver, count: int, bound: int) -> Run:
 
     async def exchange(event_id: str, body: str) -> tuple[int, bytes]:
         async with session.post(
-            receiver.url(), data=body.encode(), headers=signer.headers(event_id, body),
+            receiver.url(), data=body.encode(), headers=Sender.headers(event_id, body, (KEY,)),
             allow_redirects=False,
         ) as resp:  # fmt: skip
             return resp.status, await resp.content.read(BODY_CAP)

@@ -16,7 +16,7 @@ import asyncpg
 
 from groupbuy_async.dev.host import free_port
 
-from .common import ROOT, BenchFailure, stop_process
+from .common import ROOT, SECRETS_KEY, BenchFailure, stop_process
 
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -78,6 +78,7 @@ async def api_process(
         "GROUPBUY_HOST": "127.0.0.1",
         "GROUPBUY_PORT": str(port),
         "GROUPBUY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GROUPBUY_SECRETS_KEY": SECRETS_KEY,
         "GROUPBUY_LOG_LEVEL": "WARNING",
         "GROUPBUY_DB_POOL_MIN": str(pool_min),
         "GROUPBUY_DB_POOL_MAX": str(pool_max),

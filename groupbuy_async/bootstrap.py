@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
+from .callbacks.delivery import Delivery
 from .callbacks.dispatch import Dispatcher
 from .callbacks.metrics import Metrics
 from .callbacks.sender import Sender
 from .db import close_pool, create_pool
 from .merchants.keys import KeyCheck
+from .merchants.secret_box import SecretBox
 from .settings import Settings
 
 
@@ -23,14 +25,24 @@ class Services:
     dispatcher: Dispatcher
     metrics: Metrics
     keys: KeyCheck
+    box: SecretBox
 
 
 SERVICES = web.AppKey("services", Services)
 
 
+def secret_box(settings: Settings) -> SecretBox:
+    """What seals and opens endpoints' secrets (GROUPBUY_SECRETS_KEY)."""
+    if not settings.sealing_key:
+        raise RuntimeError("GROUPBUY_SECRETS_KEY is not set")
+    return SecretBox(settings.sealing_key)
+
+
 def build_dispatcher(pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> Dispatcher:
     """A dispatcher with its own Sender (the process's one shared ClientSession)."""
-    return Dispatcher(pool, Sender.from_settings(settings), settings, metrics)
+    box = secret_box(settings)  # first: refused before any session is opened
+    delivery = Delivery(pool, Sender.from_settings(settings), box, settings, metrics)
+    return Dispatcher(delivery, settings.notify_immediate_limit)
 
 
 @contextlib.asynccontextmanager
@@ -47,7 +59,9 @@ async def services(settings: Settings, pool_min: int | None = None) -> AsyncIter
         metrics = Metrics()
         dispatcher = build_dispatcher(pool, settings, metrics)
         try:
-            yield Services(settings, pool, dispatcher, metrics, KeyCheck(pool))
+            yield Services(
+                settings, pool, dispatcher, metrics, KeyCheck(pool), dispatcher.delivery.box
+            )
         finally:
             await dispatcher.close(grace_seconds=settings.notify_timeout_seconds)
     finally:

@@ -24,7 +24,7 @@ PROG = "groupbuy-async"
 
 _LOGS = ("log_format", "log_level")
 _NOTIFY = (
-    "notify_secret",
+    "secrets_key",
     "notify_accept_any_2xx",
     "notify_retry_schedule",
     "notify_timeout_seconds",
@@ -72,7 +72,7 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "migrate": ("apply the schema migrations not yet applied", ("database_url", *_LOGS)),
     "dev": (
         "local demo: embedded servers when unset, migrations, demo data, API and worker;"
-        " callbacks signed with a secret generated per run unless GROUPBUY_NOTIFY_SECRET is set",
+        " GROUPBUY_SECRETS_KEY generated once and kept under GROUPBUY_DATA_DIR unless set",
         (
             "database_url",
             "redis_url",
@@ -80,7 +80,7 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
             "host",
             "port",
             "admin_token",
-            "notify_secret",
+            "secrets_key",
             *_LOGS,
         ),
     ),
@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         from .http.supervisor import supervise
         from .process.loop import run_with_loop
 
-        require(settings, "database_url")
+        require(settings, "database_url", "secrets_key")
         if args.processes > 1:
             sys.exit(asyncio.run(supervise(settings, args.processes)))
         routes: list[Route] = []
@@ -198,14 +198,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     elif args.command == "worker":
         from .worker.run import run_worker
 
-        require(settings, "database_url", "redis_url")
+        require(settings, "database_url", "redis_url", "secrets_key")
         asyncio.run(run_worker(settings))
     elif args.command == "migrate":
         require(settings, "database_url")
         applied = asyncio.run(_migrate(settings))
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
     elif args.command == "notify":
-        require(settings, "database_url")
+        require(settings, "database_url", "secrets_key")
         print(json.dumps(asyncio.run(notify(settings, args.team_id))))
     elif args.command == "health":
         if args.process == "worker":

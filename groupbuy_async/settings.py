@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretBytes, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
@@ -50,20 +50,19 @@ def _comma_set(value: Any) -> Any:
     return value
 
 
-def decode_webhook_secret(secret: str) -> bytes:
-    """Standard Webhooks secrets are 'whsec_' + base64 of 24 to 64 random bytes."""
-    try:
-        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("must be whsec_ followed by base64") from None
-    if not 24 <= len(key) <= 64:
-        raise ValueError("must encode 24 to 64 bytes (whsec_ + base64)")
-    return key
-
-
-def _signing_key(value: Any) -> Any:
+def _fernet_key(value: Any) -> Any:
+    """URL-safe base64 of 32 bytes (the Fernet key format); errors never echo it."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
     if isinstance(value, str):
-        return decode_webhook_secret(value) if value else None
+        if not value:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(value.encode())
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32 or len(value) != 44:
+            raise ValueError("must be URL-safe base64 of 32 bytes (a Fernet key)")
     return value
 
 
@@ -134,8 +133,10 @@ class Settings(BaseSettings):
     close_unpaid_cron_seconds: CronSeconds = Field(
         15, description="worker: how often locked orders past their payment timeout are closed"
     )
-    notify_secret: Annotated[SecretBytes | None, BeforeValidator(_signing_key)] = Field(
-        None, description="whsec_ + base64 (24-64 bytes): signs callbacks; unset = unsigned"
+    secrets_key: Annotated[SecretStr | None, BeforeValidator(_fernet_key)] = Field(
+        None,
+        description="URL-safe base64 of 32 bytes (a Fernet key): seals endpoints' signing"
+        " secrets in the database; required by api, worker and notify",
     )
     notify_accept_any_2xx: bool = Field(
         False, description="true: any 2xx is success (default: 2xx with body `success`)"
@@ -190,8 +191,8 @@ class Settings(BaseSettings):
     )
 
     @property
-    def signing_key(self) -> bytes | None:
-        return None if self.notify_secret is None else self.notify_secret.get_secret_value()
+    def sealing_key(self) -> str | None:
+        return None if self.secrets_key is None else self.secrets_key.get_secret_value()
 
     @property
     def admin_secret(self) -> str | None:

@@ -29,6 +29,8 @@ from groupbuy_async.settings import Settings
 from . import contract
 
 ADMIN_TOKEN = "test-admin-token"
+# Seals endpoints' secrets in the tests' databases (GROUPBUY_SECRETS_KEY).
+SECRETS_KEY = "rA-FQVO3wigthyj2RDALcqgn3CmUErYPfktyHBrXbl0="
 METRICS_TOKEN = "test-metrics-token"
 METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}  # what Prometheus sends
 # The merchant the tests trade as, and the pairs it holds (every pair the tests lock under).
@@ -92,6 +94,7 @@ def settings(database_url: str, server_urls: tuple[str, str]) -> Settings:
         redis_url=server_urls[1],
         admin_token=ADMIN_TOKEN,
         metrics_token=METRICS_TOKEN,
+        secrets_key=SECRETS_KEY,
         sc_blacklist="s02c02",
         db_pool_max=40,
         # Merchants in tests are local servers, and some tests call the mock merchant.
@@ -159,10 +162,14 @@ class Api:
     """Calls the service as a client would; returns (HTTP status, envelope). Shop calls
     (/api/v1/gbm/*) carry the test merchant's key unless `key` says otherwise ("" for none)."""
 
-    def __init__(self, client: TestClient[Any, Any], key: str) -> None:
+    def __init__(
+        self, client: TestClient[Any, Any], key: str, merchant_id: str = SHOP_MERCHANT
+    ) -> None:
         self.client = client
         self.key = key
+        self.merchant_id = merchant_id  # the key's
         self.shop = shop_headers(key)  # for requests made with the client directly
+        self.endpoints: set[str] = set()  # urls made endpoints of the test merchant
 
     @classmethod
     async def for_client(cls, client: TestClient[Any, Any]) -> "Api":
@@ -192,7 +199,25 @@ class Api:
             return resp.status, await resp.json()
 
     async def lock(self, **body: Any) -> tuple[int, dict[str, Any]]:
+        """A lock; its notifyUrl is made an endpoint of the test merchant first (signed with
+        SECRET), so that the team's events go there, as the original's notifyUrl did."""
+        url = body.get("notifyUrl")
+        if isinstance(url, str) and url not in self.endpoints:
+            await self.endpoint(url, self.merchant_id)
         return await self.call("POST", "/api/v1/gbm/trade/lock_market_pay_order", body)
+
+    async def endpoint(self, url: str, merchant_id: str = SHOP_MERCHANT, **spec: Any) -> str:
+        """An endpoint of the merchant at `url` (created signed with SECRET, else updated);
+        returns its endpointId."""
+        endpoint_id = "u" + uuid.uuid5(uuid.NAMESPACE_URL, url).hex[:16]
+        path = f"/api/v1/admin/merchants/{merchant_id}/endpoints/{endpoint_id}"
+        status, env = await self.call("GET", path, admin=True)
+        body = {"url": url, **spec} if status == 200 else {"url": url, "secret": SECRET, **spec}
+        status, env = await self.call("PUT", path, body, admin=True)
+        assert status == 200, env
+        if merchant_id == self.merchant_id:
+            self.endpoints.add(url)
+        return endpoint_id
 
     async def settle(self, **body: Any) -> tuple[int, dict[str, Any]]:
         return await self.call("POST", "/api/v1/gbm/trade/settlement_market_pay_order", body)
@@ -327,7 +352,7 @@ async def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> AsyncIterat
     made: list[Dispatcher] = []
 
     def make(**overrides: Any) -> Dispatcher:
-        s = settings.model_copy(update={"notify_secret": SECRET, **overrides})
+        s = settings.model_copy(update=overrides)
         made.append(build_dispatcher(pool, s, Metrics()))
         return made[-1]
 
@@ -337,27 +362,9 @@ async def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> AsyncIterat
 
 
 async def make_tasks(pool: asyncpg.Pool, count: int, url: str) -> list[str]:
-    """Completed teams with their due notify tasks, written straight to the outbox."""
-    await pool.execute(
-        "INSERT INTO group_buy_discount (discount_id, discount_name, market_plan, market_expr)"
-        " VALUES ('outbox-tests', 'outbox tests', 'ZJ', '1') ON CONFLICT DO NOTHING;"
-        " INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, start_time,"
-        " end_time) VALUES (1, 'outbox tests', 'outbox-tests', now(), now() + interval '1 day')"
-        " ON CONFLICT DO NOTHING"
-    )
-    activity_id = 1
-    prefix = str(uuid.uuid4().int)[:14]
-    rows = await pool.fetch(
-        "WITH t AS (INSERT INTO group_buy_order (team_id, activity_id, source, channel,"
-        " original_price, deduction_price, pay_price, target_count, complete_count, lock_count,"
-        " status, valid_start_time, valid_end_time, notify_url)"
-        " SELECT $1 || lpad(g::text, 6, '0'), $2, 's01', 'c01', 100, 20, 80, 1, 1, 1, 1,"
-        " now(), now() + interval '15 minutes', $3 FROM generate_series(1, $4) g"
-        " RETURNING team_id, activity_id, notify_url)"
-        " INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json)"
-        " SELECT activity_id, team_id, notify_url,"
-        " json_build_object('teamId', team_id, 'outTradeNoList', json_build_array())::text"
-        " FROM t RETURNING team_id",
-        prefix, activity_id, url, count,
-    )  # fmt: skip
-    return [r["team_id"] for r in rows]
+    """Completed teams with their due callbacks (to an endpoint at `url`, signed with SECRET),
+    written straight to the outbox."""
+    from groupbuy_async.dev.outbox_fill import completed_teams
+    from groupbuy_async.merchants.secret_box import SecretBox
+
+    return await completed_teams(pool, SecretBox(SECRETS_KEY), count, url, SECRET)

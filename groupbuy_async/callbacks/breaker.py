@@ -65,7 +65,7 @@ class HostBreakers:
             await send_ended.wait()
         if admission is Admission.PROBE:
             log.info(
-                "merchant host %s: pause over, probing it with the callback for team %s",
+                "endpoint %s: pause over, probing it with the callback for team %s",
                 task.host,
                 task.team_id,
             )
@@ -93,7 +93,7 @@ class HostBreakers:
         if breaker.until is None and breaker.failures == 0:
             del self._breakers[host]
         if change is BreakerChange.CLOSED:
-            log.info("merchant host %s answered the probe: callbacks to it resumed", host)
+            log.info("endpoint %s answered the probe: callbacks to it resumed", host)
         elif change is not None:
             await self._pause(host, breaker, change, outcome)
         return change
@@ -106,7 +106,7 @@ class HostBreakers:
             postponed = await claims.postpone(self.pool, host, breaker.until)
         except Exception:
             # Claims skip the host all the same; what falls due is given back when claimed.
-            log_failure(log, "postponing the callbacks to merchant host %s failed", host)
+            log_failure(log, "postponing the callbacks to endpoint %s failed", host)
             postponed = 0
         why = (
             f"{self.policy.failures} attempts in a row got no answer (last: {outcome.error})"
@@ -114,7 +114,7 @@ class HostBreakers:
             else f"the probe got no answer ({outcome.error})"
         )
         log.warning(
-            "merchant host %s: %s; callbacks to it paused for %gs, %d due ones postponed",
+            "endpoint %s: %s; callbacks to it paused for %gs, %d due ones postponed",
             host,
             why,
             breaker.pause.total_seconds(),

@@ -17,7 +17,7 @@ class Task:
     id: int
     event_id: str
     team_id: str
-    notify_url: str
+    url: str  # the endpoint's url now (an endpoint moved takes its deliveries along)
     body: str
     # Attempt number this delivery will be, counted since the last replay.
     attempt: int
@@ -25,6 +25,9 @@ class Task:
     claimed_at: float  # time.monotonic() at claim: the lease runs from here
     host: str  # what the per-host bounds count by (the stored host: host:port)
     type: str  # the event type (per-type counts and metrics are labelled by it)
+    # The endpoint's secrets, sealed: the current one, and the one before a rotation while
+    # its grace lasts (each signs every send).
+    secrets: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,17 @@ class Result:
 
 # Pushing next_attempt_at to the lease expiry takes claimed rows out of the due range, so
 # later claims do not rescan them; a crashed holder's rows fall due again when it lapses.
+# The body is the event's, the url and secrets the endpoint's as they are now.
 _CLAIM = """
 WITH {pick}
 UPDATE notify_task t
 SET claim_token = $2, locked_until = now() + $3::interval,
     next_attempt_at = now() + $3::interval, update_time = now()
-FROM picked WHERE t.id = picked.id
-RETURNING t.id, t.event_id, t.team_id, t.notify_url, t.parameter_json,
-          t.notify_count - t.schedule_offset + 1 AS attempt, t.host, t.event_type
+FROM picked, event e, endpoint ep
+WHERE t.id = picked.id AND e.event_id = t.event_id AND ep.id = t.endpoint
+RETURNING t.id, t.event_id, t.team_id, ep.url, e.parameter_json,
+          t.notify_count - t.schedule_offset + 1 AS attempt, t.host, t.event_type, ep.secret,
+          CASE WHEN ep.previous_until > now() THEN ep.previous_secret END AS previous_secret
 """
 # Fair across hosts: the hosts with open tasks are walked through the (host, due) index (a
 # skip scan: one probe per host, however long its backlog), each host gets a share of the
@@ -120,13 +126,14 @@ async def claim(
             r["id"],
             str(r["event_id"]),
             r["team_id"],
-            r["notify_url"],
+            r["url"],
             r["parameter_json"],
             r["attempt"],
             token,
             claimed_at,
             r["host"],
             r["event_type"],
+            (r["secret"],) if r["previous_secret"] is None else (r["secret"], r["previous_secret"]),
         )
         for r in rows
     ]
@@ -153,7 +160,9 @@ WITH r AS (
         AS r(token, id, status, next_at, http_status, error, body, started_at, duration_ms)
 ), updated AS (
     UPDATE notify_task t
-    SET notify_count = t.notify_count + 1, notify_status = r.status,
+    SET notify_count = t.notify_count + 1,
+        -- Held (4: its endpoint was disabled meanwhile) stays held, unless this one is done.
+        notify_status = CASE WHEN t.notify_status = 4 AND r.status = 2 THEN 4 ELSE r.status END,
         next_attempt_at = coalesce(r.next_at, t.next_attempt_at),
         last_http_status = r.http_status, last_error = r.error,
         locked_until = NULL, claim_token = NULL, update_time = now()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from ..merchants.secret_box import SecretBox
 from ..settings import Settings
 from . import claims
 from .breaker import HostBreakers
@@ -35,10 +36,16 @@ class _Host:
 
 class Delivery:
     def __init__(
-        self, pool: asyncpg.Pool, sender: Sender, settings: Settings, metrics: Metrics
+        self,
+        pool: asyncpg.Pool,
+        sender: Sender,
+        box: SecretBox,
+        settings: Settings,
+        metrics: Metrics,
     ) -> None:
         self.pool = pool
         self.sender = sender
+        self.box = box
         self.metrics = metrics
         self.concurrency = settings.notify_concurrency
         self.per_host = settings.notify_per_host
@@ -175,7 +182,7 @@ class Delivery:
             began = time.perf_counter()
             self.in_flight += 1
             try:
-                outcome = await self.sender.send(task.notify_url, task.event_id, task.body)
+                outcome = await self._send(task)
             finally:
                 self.in_flight -= 1
             elapsed = time.perf_counter() - began
@@ -183,6 +190,13 @@ class Delivery:
         ended_at = started_at + timedelta(seconds=elapsed)
         verdict = decide(outcome, task.attempt, self.schedule, ended_at, self.accept_any_2xx)
         return Result(task, outcome, verdict, started_at, int(elapsed * 1000))
+
+    async def _send(self, task: Task) -> AttemptOutcome:
+        try:
+            keys = tuple(self.box.open_key(sealed) for sealed in task.secrets)
+        except ValueError as exc:  # sealed under another GROUPBUY_SECRETS_KEY: fixable
+            return AttemptOutcome(None, error=f"signing secret: {exc}")
+        return await self.sender.send(task.url, task.event_id, task.body, keys)
 
     async def finish(self, done: list[Result | Task]) -> tuple[list[Result], set[int]]:
         """Write a batch back: results fenced by their claims, unattempted tasks released.

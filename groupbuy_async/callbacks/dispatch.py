@@ -5,22 +5,15 @@ so its bounds hold however many of them overlap."""
 
 import time
 
-import asyncpg
-
-from ..settings import Settings
 from .delivery import Delivery
 from .drain import DRAIN_SECONDS, Counts, Drain
 from .immediate import Immediate
-from .metrics import Metrics
-from .sender import Sender
 
 
 class Dispatcher:
-    def __init__(
-        self, pool: asyncpg.Pool, sender: Sender, settings: Settings, metrics: Metrics
-    ) -> None:
-        self.delivery = Delivery(pool, sender, settings, metrics)
-        self.immediate = Immediate(self.delivery, settings.notify_immediate_limit)
+    def __init__(self, delivery: Delivery, immediate_limit: int) -> None:
+        self.delivery = delivery
+        self.immediate = Immediate(delivery, immediate_limit)
 
     async def drain(self, team_id: str | None = None, seconds: float = DRAIN_SECONDS) -> Counts:
         """Deliver every due task (or one team's) until none is due or `seconds` pass."""

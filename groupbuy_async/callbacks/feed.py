@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# The feed is ordered by (xact_id, id): the writing transaction's id (sql/007), then the
+from .views import EVENT_STATUS
+
+# The feed is ordered by (xact_id, id): the writing transaction's id (sql/007, sql/010), then the
 # insert order within it. It lists only events written by transactions below the horizon:
 # the oldest transaction of this database still open when the statement's snapshot was
 # taken (or, with none open, the first not yet started). Every transaction below it has
@@ -23,8 +25,8 @@ SELECT least(pg_snapshot_xmax(s), (
                       WHERE a.backend_xid = xid(x) AND a.datname <> current_database())))
 FROM pg_current_snapshot() AS s
 """
-_EVENT_COLUMNS = """event_id, event_type, team_id, order_id, notify_status, create_time,
-    parameter_json"""
+_EVENT_COLUMNS = f"""e.event_id, e.event_type, e.team_id, e.order_id, e.create_time,
+    e.parameter_json, {EVENT_STATUS} AS notify_status"""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ FEED_START = FeedPosition(0, 0)
 
 async def feed_position(pool: asyncpg.Pool, event_id: uuid.UUID) -> FeedPosition | None:
     """Where an event stands in the feed; None if there is no such event."""
-    row = await pool.fetchrow("SELECT xact_id, id FROM notify_task WHERE event_id = $1", event_id)
+    row = await pool.fetchrow("SELECT xact_id, id FROM event WHERE event_id = $1", event_id)
     return None if row is None else FeedPosition(row["xact_id"], row["id"])
 
 
@@ -52,14 +54,14 @@ async def list_events(
     """Up to `limit` events past `after` in feed order, each with its body as sent."""
     args: list[object] = [after.xact_id, after.id, limit]
     where = ["xact_id < (SELECT * FROM horizon)", "(xact_id, id) > ($1::xid8, $2)"]
-    scope = "notify_task"
+    scope = "event e"
     if event_type is not None:
         args.append(event_type)
         where.append(f"event_type = ${len(args)}")
     if team_id is not None:
         # A team has a handful of events: found by the team index first, then ordered.
         args.append(team_id)
-        scope = f"(SELECT * FROM notify_task WHERE team_id = ${len(args)} OFFSET 0) AS t"
+        scope = f"(SELECT * FROM event WHERE team_id = ${len(args)} OFFSET 0) AS e"
     return await pool.fetch(
         f"WITH horizon AS ({_HORIZON}) SELECT {_EVENT_COLUMNS} FROM {scope}"
         f" WHERE {' AND '.join(where)} ORDER BY xact_id, id LIMIT $3",

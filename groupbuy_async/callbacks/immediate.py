@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 # Settlements completing within this share one claim and one write-back of their callbacks.
 FIRE_WINDOW = 0.002
+# A completed team's event has a delivery per endpoint that takes it; one immediate claim
+# takes up to this many per team (any more are the worker's).
+ENDPOINTS_PER_TEAM = 8
 TEAM_COMPLETED = str(EventType.TEAM_COMPLETED)
 
 
@@ -27,7 +30,7 @@ class Immediate:
         self._background: set[asyncio.Task[None]] = set()
 
     def fire(self, team_id: str) -> bool:
-        """Deliver a just-completed team's task in the background; False when saturated
+        """Deliver a just-completed team's deliveries in the background; False when saturated
         (the worker's compensation delivers it instead). Teams fired within FIRE_WINDOW
         share one claim; each holds its immediate slot until its own send ends, and a host
         at its cap of tasks in hand leaves the rest to the worker."""
@@ -56,8 +59,10 @@ class Immediate:
         try:
             # Capped: past its host's cap a task goes back, due, for the worker, rather
             # than wait in the API for that host's sends to end.
-            tasks, _ = await self.delivery.claim(len(team_ids), team_ids, event_type=TEAM_COMPLETED)
-            self._firing -= held - len(tasks)
+            tasks, _ = await self.delivery.claim(
+                len(team_ids) * ENDPOINTS_PER_TEAM, team_ids, event_type=TEAM_COMPLETED
+            )
+            self._firing += len(tasks) - held  # from here a slot per delivery
             held = len(tasks)
             sends = [asyncio.create_task(self.delivery.deliver(task)) for task in tasks]
             for send in sends:  # from here each send frees its own slot as it ends

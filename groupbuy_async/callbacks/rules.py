@@ -22,6 +22,7 @@ class NotifyStatus(IntEnum):
     SUCCESS = 1
     RETRY = 2
     ERROR = 3
+    HELD = 4  # its endpoint is disabled: kept, not sent, due again once it is enabled
 
 
 @dataclass(frozen=True)

@@ -88,10 +88,12 @@ class PublicOnlyResolver(AbstractResolver):
         await self._inner.close()
 
 
-def create_session(limit: int, block_private: bool) -> aiohttp.ClientSession:
+def create_session(limit: int, per_host: int, block_private: bool) -> aiohttp.ClientSession:
+    """Fairness and the breakers work per endpoint (delivery.py); the connector only caps the
+    connections to one host:port, which endpoints of many merchants may share."""
     connector = aiohttp.TCPConnector(
         limit=limit,
-        limit_per_host=0,
+        limit_per_host=per_host,
         resolver=PublicOnlyResolver() if block_private else None,
         socket_factory=public_socket if block_private else None,
         ttl_dns_cache=60,
@@ -106,7 +108,6 @@ def create_session(limit: int, block_private: bool) -> aiohttp.ClientSession:
 @dataclass
 class Sender:
     session: aiohttp.ClientSession
-    signing_key: bytes | None
     timeout: float
     block_private: bool = False
 
@@ -119,35 +120,40 @@ class Sender:
     @classmethod
     def from_settings(cls, settings: Settings) -> "Sender":
         """The process's sender, owning its one shared ClientSession (close() it at exit)."""
-        session = create_session(settings.notify_concurrency, settings.notify_block_private)
-        return cls(
-            session, settings.signing_key, settings.notify_timeout_seconds,
-            settings.notify_block_private,
-        )  # fmt: skip
+        session = create_session(
+            settings.notify_concurrency, 4 * settings.notify_per_host, settings.notify_block_private
+        )
+        return cls(session, settings.notify_timeout_seconds, settings.notify_block_private)
 
     async def close(self) -> None:
         await self.session.close()
 
-    def headers(self, event_id: str, body: str) -> dict[str, str]:
+    @staticmethod
+    def headers(event_id: str, body: str, keys: tuple[bytes, ...]) -> dict[str, str]:
+        """Standard Webhooks headers: one signature per key, space-separated (a receiver that
+        knows any one of the secrets verifies)."""
         timestamp = int(time.time())
-        headers = {
+        return {
             "Content-Type": "application/json",
             "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
+            "webhook-signature": " ".join(sign(k, event_id, timestamp, body) for k in keys),
         }
-        if self.signing_key is not None:
-            headers["webhook-signature"] = sign(self.signing_key, event_id, timestamp, body)
-        return headers
 
-    async def send(self, url: str, event_id: str, body: str) -> AttemptOutcome:
+    async def send(
+        self, url: str, event_id: str, body: str, keys: tuple[bytes, ...]
+    ) -> AttemptOutcome:
+        """One attempt, signed with each of `keys` (never unsigned: no key, no send)."""
         problem = url_problem(url, self.block_private)
         if problem:
             return AttemptOutcome(http_status=None, error=problem, permanent=True)
+        if not keys:
+            return AttemptOutcome(None, error="no signing secret", permanent=True)
         try:
             # One limit for the whole attempt: the first try, the retries after a failed
             # connect and the waits between them (each try alone has it too).
             async with asyncio.timeout(self.timeout):
-                return await self._post(url, self.headers(event_id, body), body)
+                return await self._post(url, self.headers(event_id, body, keys), body)
         except TimeoutError:
             return AttemptOutcome(None, error=f"timeout after {self.timeout:g}s")
         except aiohttp.ClientConnectorError as exc:

@@ -17,7 +17,8 @@ as its mode says, after its delay:
 
 (or as a test's own `answer` says), and records each as a Receipt: its webhook-id, when it
 came, whether it was answered success, its path, whether its Standard Webhooks signature
-verified (None without a secret), its headers and body. GET /_tally: the counts and the
+verified (None without a secret; the mock merchant verifies with the secrets of the
+endpoints whose url ends in its path), its headers and body. GET /_tally: the counts and the
 receipts (without headers and body); POST /_mode {"mode", "delay"} changes how later callbacks
 are answered; POST /_reset forgets what came.
 """
@@ -28,16 +29,18 @@ import base64
 import json
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from aiohttp import web
 
 from .. import errors
+from ..bootstrap import SERVICES
 from ..callbacks.rules import verify
 from ..http.callback_schemas import ReceivedCallback
 from ..http.routing import Route
+from ..merchants import endpoints
 from ..process.signals import on_stop_signals
 from ..settings import Settings
 
@@ -81,9 +84,11 @@ class Merchant:
         self.ids: Counter[str] = Counter()  # requests by webhook-id
         self.unsigned = 0
 
-    def signature_problem(self, headers: Mapping[str, str], body: str) -> str | None:
-        """Why the Standard Webhooks signature does not verify; None when it does."""
-        assert self.signing_key is not None
+    def signature_problem(
+        self, headers: Mapping[str, str], body: str, keys: Sequence[bytes]
+    ) -> str | None:
+        """Why the Standard Webhooks signature does not verify with any of `keys`; None when
+        it does."""
         try:
             msg_id = headers["webhook-id"]
             timestamp = int(headers["webhook-timestamp"])
@@ -92,23 +97,27 @@ class Merchant:
             return "missing webhook signature headers"
         if abs(time.time() - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
             return "webhook timestamp outside tolerance"
-        if not verify(self.signing_key, msg_id, timestamp, body, signature):
+        if not any(verify(key, msg_id, timestamp, body, signature) for key in keys):
             return "invalid webhook signature"
         return None
 
-    async def receive(self, request: web.Request) -> web.StreamResponse:
+    async def receive(
+        self, request: web.Request, keys: Sequence[bytes] | None = None
+    ) -> web.StreamResponse:
+        """Answer and record a callback, verified with `keys` when given (else with this
+        merchant's own key, if it has one)."""
         body = await request.text()
         webhook_id = request.headers.get("webhook-id", "")
         self.ids[webhook_id] += 1
         self.unsigned += "webhook-signature" not in request.headers
-        problem = None
-        if self.signing_key is not None:
-            problem = self.signature_problem(request.headers, body)
+        if keys is None and self.signing_key is not None:
+            keys = (self.signing_key,)
+        problem = None if keys is None else self.signature_problem(request.headers, body, keys)
         refused = problem is not None and self.refuse_bad_signatures
         mode, again = self.mode, self.ids[webhook_id] > 1
         ok = not refused and (mode in ("success", "chunked") or (mode == "fail-first" and again))
         if self.received.maxlen != 0:
-            signature = None if self.signing_key is None else problem is None
+            signature = None if keys is None else problem is None
             self.received.append(
                 Receipt(
                     webhook_id,
@@ -191,7 +200,10 @@ class Merchant:
         """This merchant as `dev`'s mock merchant, on the API's port."""
 
         async def receive(request: web.Request, _: None) -> web.StreamResponse:
-            answer = await self.receive(request)
+            # Verified with the secrets of the endpoints at this path (the demo's `mock`).
+            services = request.app[SERVICES]
+            keys = await endpoints.signing_keys_at(services.pool, services.box, request.path)
+            answer = await self.receive(request, keys)
             if answer.status == 401 and isinstance(answer, web.Response):
                 raise errors.Unauthorized(answer.text)  # in the envelope, as it is declared
             return answer
@@ -244,7 +256,7 @@ def mock_merchant_routes(settings: Settings) -> list[Route]:
     """The mock merchant's routes with GROUPBUY_MOCK_MERCHANT (as under `dev`), else none."""
     if not settings.mock_merchant:
         return []
-    merchant = Merchant(settings.signing_key, keep=MOCK_MERCHANT_KEEPS, refuse_bad_signatures=True)
+    merchant = Merchant(keep=MOCK_MERCHANT_KEEPS, refuse_bad_signatures=True)
     return merchant.routes()
 
 

@@ -2,20 +2,20 @@
 the API and the worker in one process, and curl lines to try it."""
 
 import asyncio
-import base64
 import logging
 import os
-import secrets
 import signal
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from ..bootstrap import Services
 from ..db import create_pool, migrate
 from ..http.app import create_app
 from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
 from ..http.server import start_api
-from ..merchants import accounts, keys
+from ..merchants import accounts, endpoints, keys
+from ..merchants.secret_box import SecretBox, new_sealing_key
 from ..process.reasons import server_address
 from ..process.signals import Stop, run_until_signalled
 from ..process.startup import StartupError
@@ -24,7 +24,7 @@ from ..trade import catalog
 from ..worker.arq_worker import build_worker
 from ..worker.context import shutdown
 from ..worker.run import finish_jobs, quietly
-from .merchant import mock_merchant_routes
+from .merchant import MOCK_MERCHANT_PATH, mock_merchant_routes
 
 log = logging.getLogger("groupbuy_async.dev")
 
@@ -84,6 +84,7 @@ async def load_demo(dsn: str) -> None:
 
 
 DEMO_MERCHANT = "demo"
+DEMO_ENDPOINT = "mock"
 
 
 async def demo_key(dsn: str) -> str:
@@ -113,7 +114,7 @@ def curl_lines(base: str, token: str, key: str) -> str:
         f"curl -s -w '\\n' {base}/api/v1/gbm/trade/lock_market_pay_order {shop}"
         " -H 'Content-Type: application/json'"
         ' -d \'{"userId":"USER","activityId":%d,"goodsId":"%s","source":"s01","channel":"c01",'
-        '"outTradeNo":"OTN",%s"notifyUrl":"%s"}\''
+        '"outTradeNo":"OTN"%s}\''
     )
     settle = (
         f"curl -s -w '\\n' {base}/api/v1/gbm/trade/settlement_market_pay_order {shop}"
@@ -125,15 +126,16 @@ def curl_lines(base: str, token: str, key: str) -> str:
         ' -H \'Content-Type: application/json\' -d \'{"source":"s01","channel":"c01",'
         '"userId":"USER","outTradeNo":"OTN"}\''
     )
-    first = lock % (DEMO_ACTIVITY, DEMO_GOODS, "", notify)
-    join = lock % (DEMO_ACTIVITY, DEMO_GOODS, '"teamId":"\'$TEAM\'",', notify)
+    first = lock % (DEMO_ACTIVITY, DEMO_GOODS, "")
+    join = lock % (DEMO_ACTIVITY, DEMO_GOODS, ',"teamId":"\'$TEAM\'"')
     run = "$(date +%s)"
     lines = [
         "# price trial and joinable teams",
         f"curl -s -w '\\n' {base}/api/v1/gbm/index/query_group_buy_market_config {shop}"
         " -H 'Content-Type: application/json'"
         f' -d \'{{"userId":"u1","source":"s01","channel":"c01","goodsId":"{DEMO_GOODS}"}}\'',
-        "# three shoppers: the first opens a team, two join it (RUN keeps ids fresh per try)",
+        "# three shoppers: the first opens a team, two join it (RUN keeps ids fresh per try);"
+        " the team's events go to the merchant's endpoints",
         f"RUN={run}",
         "TEAM=$("
         + first.replace("USER", "u1-'$RUN'").replace("OTN", "o1-'$RUN'")
@@ -147,7 +149,9 @@ def curl_lines(base: str, token: str, key: str) -> str:
         "# u1 returns the goods: refundType paid_team, the team becomes 3 (complete with"
         " refunds); the merchant gets an order.refunded event with the worker's next drain",
         refund.replace("USER", "u1-'$RUN'").replace("OTN", "o1-'$RUN'"),
-        f"curl -s -w '\\n' {notify}   # callbacks the mock merchant received",
+        f"curl -s -w '\\n' {notify}   # callbacks the mock merchant (endpoint mock) verified",
+        f"curl -s -w '\\n' -H 'Authorization: Bearer {token}'"
+        f" {base}/api/v1/admin/merchants/{DEMO_MERCHANT}/endpoints",
         f"curl -s -w '\\n' -H 'Authorization: Bearer {token}' {base}/api/v1/admin/notify_tasks",
     ]
     return "\n".join(lines) + "\n"
@@ -164,15 +168,39 @@ async def run_dev(settings: Settings) -> None:
         raise StartupError(str(exc)) from None
 
 
-def new_notify_secret() -> str:
-    """A Standard Webhooks secret: whsec_ + base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+def kept_secrets_key(data_dir: Path) -> str:
+    """dev's GROUPBUY_SECRETS_KEY: made on the first run and kept beside the servers' data
+    (the endpoints' secrets in that database are sealed with it)."""
+    path = data_dir / "secrets.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_sealing_key() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def demo_endpoint(dsn: str, settings: Settings) -> None:
+    """The demo merchant's endpoint `mock`: the mock merchant on the API's port (made once;
+    moved when the port changes)."""
+    url = f"http://{settings.host}:{settings.port}{MOCK_MERCHANT_PATH}"
+    pool = await create_pool(dsn, 1, 2)
+    try:
+        box = SecretBox(settings.sealing_key or "")
+        try:
+            current = await endpoints.get_endpoint(pool, DEMO_MERCHANT, DEMO_ENDPOINT)
+        except endpoints.EndpointNotFound:
+            current = None
+        if current is None or current.url != url or current.disabled:
+            spec = endpoints.EndpointSpec(url, description="the mock merchant of `make run`")
+            await endpoints.put_endpoint(pool, box, DEMO_MERCHANT, DEMO_ENDPOINT, spec, False)
+    finally:
+        await pool.close()
 
 
 async def _run_dev(settings: Settings) -> None:
     from .embedded import servers_or_embedded
 
-    secret_given = settings.notify_secret is not None
+    key_given = settings.secrets_key is not None
     # Servers a killed earlier run left are reused, and stopped with this run (adopt).
     with servers_or_embedded(
         settings.database_url, settings.redis_url, settings.data_dir, adopt=True
@@ -187,21 +215,22 @@ async def _run_dev(settings: Settings) -> None:
                 "database_url": database_url,
                 "redis_url": redis_url,
                 "admin_token": settings.admin_token or DEV_ADMIN_TOKEN,
-                "notify_secret": settings.notify_secret or new_notify_secret(),
+                "secrets_key": settings.sealing_key or kept_secrets_key(settings.data_dir),
                 "mock_merchant": True,
                 "notify_block_private": False,
             }
         )
         log.warning(
             "dev mode: mock merchant served (it verifies callback signatures), private callback"
-            " targets allowed, admin token %r, callbacks signed with %s; never run `dev` in"
-            " production",
+            " targets allowed, admin token %r, endpoint secrets sealed with %s; never run"
+            " `dev` in production",
             settings.admin_secret,
-            "GROUPBUY_NOTIFY_SECRET" if secret_given else "a secret generated for this run",
+            "GROUPBUY_SECRETS_KEY" if key_given else f"the key kept in {settings.data_dir}",
         )
         await migrate(database_url)
         await load_demo(database_url)
         key = await demo_key(database_url)
+        await demo_endpoint(database_url, settings)
         worker_died: list[BaseException] = []
         await run_until_signalled(lambda: _start(settings, key, worker_died))
         if worker_died:
@@ -226,6 +255,7 @@ async def _start(settings: Settings, key: str, worker_died: list[BaseException])
     base = f"http://{settings.host}:{settings.port}"
     print(f"\ngroupbuy-async is up at {base}  (admin token: {settings.admin_secret})")
     print(f"demo merchant {DEMO_MERCHANT!r} (s01/c01), API key for this run: {key}")
+    print(f"its endpoint {DEMO_ENDPOINT!r}: the mock merchant, which verifies each callback")
     print(f"OpenAPI: {base}/openapi.json   Ctrl-C stops everything.\n")
     print(curl_lines(base, settings.admin_secret or "", key), flush=True)
 

@@ -11,6 +11,7 @@ from ..bootstrap import SERVICES
 from ..callbacks import events, feed, views
 from ..callbacks.views import By
 from .callback_schemas import (
+    DeliveryOut,
     EventDetail,
     EventOut,
     EventPage,
@@ -24,14 +25,34 @@ from .callback_schemas import (
 )
 from .routing import Route, path_param
 
+_TASK_FIELDS = frozenset(NotifyTaskOut.model_fields) - {"type", "event_id"}
+
 
 def _task_out(row: Any) -> NotifyTaskOut:
-    fields = dict(row)
-    fields.pop("id", None)
-    fields["type"] = fields.pop("event_type")
+    fields = {name: row[name] for name in _TASK_FIELDS}
     if fields["notify_status"] not in (0, 2):
         fields["next_attempt_at"] = None
-    return NotifyTaskOut(**{**fields, "event_id": str(row["event_id"])})
+    return NotifyTaskOut(**fields, type=row["event_type"], event_id=str(row["event_id"]))
+
+
+def _detail(event: Any, deliveries: Any, attempts: Any) -> dict[str, Any]:
+    """The fields of a NotifyTaskDetail: the event, each delivery with its attempts."""
+    shown = event["delivery_id"]
+    return {
+        **_task_out(event).model_dump(),
+        "attempts": [NotifyAttemptOut(**_attempt(a)) for a in attempts.get(shown, [])],
+        "deliveries": [
+            DeliveryOut(
+                **_task_out(d).model_dump(),
+                attempts=[NotifyAttemptOut(**_attempt(a)) for a in attempts[d["id"]]],
+            )
+            for d in deliveries
+        ],
+    }
+
+
+def _attempt(row: Any) -> dict[str, Any]:
+    return {name: row[name] for name in NotifyAttemptOut.model_fields}
 
 
 async def run_notify(request: web.Request, body: NotifyRunIn) -> NotifyCounts:
@@ -47,15 +68,12 @@ async def list_notify_tasks(request: web.Request, query: NotifyTaskQuery) -> lis
 
 
 async def get_notify_task(request: web.Request, _: None) -> NotifyTaskDetail:
-    task, attempts = await views.get_task(
+    event, deliveries, attempts = await views.get_event(
         request.app[SERVICES].pool, By.TEAM, path_param(request, "teamId")
     )
-    if task is None:
+    if event is None:
         raise errors.NotFound("no notify task for this team")
-    return NotifyTaskDetail(
-        **_task_out(task).model_dump(),
-        attempts=[NotifyAttemptOut(**dict(a)) for a in attempts],
-    )
+    return NotifyTaskDetail(**_detail(event, deliveries, attempts))
 
 
 async def _replay(
@@ -66,11 +84,12 @@ async def _replay(
     row = await views.replay(pool, by, key)
     if row is not None:
         return _task_out(row)
-    task, _attempts = await views.get_task(pool, by, key)
-    if task is None:
+    event, _deliveries, _attempts = await views.get_event(pool, by, key)
+    if event is None:
         raise errors.NotFound(missing)
     raise errors.NotifyTaskNotReplayable(
-        f"notify task is in status {task['notify_status']}; only status 3 (error) replays"
+        f"notify task is in status {event['notify_status']}: no delivery of it is in status 3"
+        " (error)"
     )
 
 
@@ -83,18 +102,13 @@ async def replay_notify_task(request: web.Request, _: None) -> NotifyTaskOut:
 
 
 async def get_event(request: web.Request, _: None) -> EventDetail:
-    task, attempts = await views.get_task(
+    event, deliveries, attempts = await views.get_event(
         request.app[SERVICES].pool, By.EVENT, path_param(request, "eventId")
     )
-    if task is None:
+    if event is None:
         raise errors.NotFound("no event with this id")
-    fields = dict(task)
-    _kind, data = events.parse_body(fields.pop("parameter_json"))
-    return EventDetail(
-        **_task_out(fields).model_dump(),
-        attempts=[NotifyAttemptOut(**dict(a)) for a in attempts],
-        data=data,
-    )
+    _kind, data = events.parse_body(event["parameter_json"])
+    return EventDetail(**_detail(event, deliveries, attempts), data=data)
 
 
 async def replay_event(request: web.Request, _: None) -> NotifyTaskOut:

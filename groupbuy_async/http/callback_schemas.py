@@ -46,6 +46,10 @@ class NotifyCounts(TypeCounts):
 
 
 class NotifyTaskOut(Body):
+    """A delivery of an event to one endpoint; for an event as a whole (a team's task, an
+    event's detail) the fields are those of its delivery that most needs attention (one in
+    error first, then the oldest) and notifyStatus is the event's over all of them."""
+
     type: EventTypeName = Field(description=f"The event type: {EVENT_TYPES}")
     team_id: str = Field(description=TEAM_ID)
     order_id: str | None = Field(description="The order an order.* event is about; null else")
@@ -54,7 +58,14 @@ class NotifyTaskOut(Body):
         description="The event id (UUID): the callback's webhook-id and eventId, the same on"
         " every attempt"
     )
-    notify_url: str = Field(description="Where the callback is POSTed (the team opener's)")
+    notify_url: str = Field(
+        description="The endpoint's url when the delivery was made (sends go to its url now)"
+    )
+    endpoint_id: str | None = Field(
+        description="The endpoint this delivery goes to; null for deliveries written before"
+        " endpoints (or, for an event, when no endpoint took it)"
+    )
+    merchant_id: str | None = Field(description="The endpoint's merchant; null with it")
     notify_count: int = Field(description="Attempts made so far, replays included")
     notify_status: NotifyStatusValue = Field(description=NOTIFY_STATUS)
     # Only pending tasks (0, 2) have a next attempt.
@@ -86,8 +97,18 @@ class NotifyAttemptOut(Body):
     error: str | None = Field(description="Why the attempt failed; null on success")
 
 
-class NotifyTaskDetail(NotifyTaskOut):
+class DeliveryOut(NotifyTaskOut):
     attempts: list[NotifyAttemptOut] = Field(description="Every attempt, oldest first")
+
+
+class NotifyTaskDetail(NotifyTaskOut):
+    attempts: list[NotifyAttemptOut] = Field(
+        description="Every attempt of the delivery these fields describe, oldest first"
+    )
+    deliveries: list[DeliveryOut] = Field(
+        description="The event's deliveries, one per endpoint it went to, each with its"
+        " attempts; empty when no endpoint took it"
+    )
 
 
 # --- events ----------------------------------------------------------------------------
@@ -145,7 +166,7 @@ class ReceivedCallback(Body):
     webhook_id: str = Field(description="The webhook-id header (the event id)")
     received_at: datetime = Field(description="When the mock merchant first received it")
     signature_verified: bool = Field(
-        description="True when webhook-signature verified against GROUPBUY_NOTIFY_SECRET;"
-        " false when no secret is set"
+        description="True when webhook-signature verified with the secret of an endpoint at"
+        " the mock merchant's url (the demo's `mock`)"
     )
     payload: Any = Field(description="The body as received: JSON, or the text if not JSON")

@@ -1,12 +1,13 @@
 """Bodies of merchant administration: merchants, their source+channel pairs, their API keys."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
 from .catalog_schemas import PageLimit
-from .schemas import CHANNEL, CREATED, SOURCE, UPDATED, Body, Code, Name
+from .schemas import CHANNEL, CREATED, SOURCE, UPDATED, Body, Code, Name, Text
+from .wire import URL_RULE, HttpUrlText, WholeNumber
 
 MerchantId = Annotated[
     str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]{1,32}$")
@@ -77,3 +78,97 @@ class KeyCreated(Body):
     )
     prefix: str = Field(description="The key's first 12 characters, as key lists show them")
     create_time: datetime = Field(description=CREATED)
+
+
+EndpointId = Annotated[
+    str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+]
+ENDPOINT_ID = "Endpoint id, chosen by the operator: 1-32 of A-Z a-z 0-9 _ -"
+EventTypeName = Literal["team.completed", "team.failed", "order.closed", "order.refunded"]
+WebhookSecret = Annotated[
+    str, StringConstraints(min_length=38, max_length=100, pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")
+]
+_SECRET = (
+    "The endpoint's signing secret (whsec_ + base64 of 24-64 bytes): every callback carries"
+    " `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>` under it"
+)
+
+
+def _listed_once(items: list[Any], what: str) -> list[Any]:
+    if len(set(items)) != len(items):
+        raise ValueError(f"{what} listed twice")
+    return items
+
+
+class EndpointIn(Body):
+    url: HttpUrlText = Field(description=f"Where events are POSTed: {URL_RULE}")
+    event_types: list[EventTypeName] = Field(
+        [],
+        max_length=4,
+        json_schema_extra={"uniqueItems": True},
+        description="The event types delivered here, each listed once; empty = every type",
+    )
+    channels: list[Binding] = Field(
+        [],
+        max_length=100,
+        json_schema_extra={"uniqueItems": True},
+        description="The merchant's source+channel pairs whose events are delivered here, each"
+        " listed once and held by the merchant (400 otherwise); empty = all its pairs",
+    )
+    disabled: bool = Field(
+        False,
+        description="A disabled endpoint gets no new deliveries; its open ones are held (not"
+        " sent, not counted as attempts) and due again once it is enabled",
+    )
+    description: Text = Field("", description="Free text for the operator")
+    secret: WebhookSecret | None = Field(
+        None,
+        description=f"{_SECRET}. Only when creating the endpoint (400 on an existing one:"
+        " rotate instead): given, to move an existing receiver; omitted, one is generated",
+    )
+
+    @field_validator("event_types")
+    @classmethod
+    def _types_once(cls, types: list[str]) -> list[str]:
+        return _listed_once(types, "an event type is")
+
+    @field_validator("channels")
+    @classmethod
+    def _pairs_once(cls, channels: list[Binding]) -> list[Binding]:
+        _listed_once([(b.source, b.channel) for b in channels], "a pair is")
+        return channels
+
+
+class EndpointOut(Body):
+    merchant_id: MerchantId = Field(description=MERCHANT_ID)
+    endpoint_id: EndpointId = Field(description=ENDPOINT_ID)
+    url: str = Field(description="Where events are POSTed")
+    event_types: list[EventTypeName] = Field(description="Types delivered here; empty = all")
+    channels: list[Binding] = Field(description="Pairs delivered here; empty = all of its pairs")
+    disabled: bool = Field(description="Disabled: no new deliveries, open ones held")
+    description: str = Field(description="Free text for the operator")
+    create_time: datetime = Field(description=CREATED)
+    update_time: datetime = Field(description=UPDATED)
+    previous_secret_until: datetime | None = Field(
+        description="After a rotation: until when the secret before it still signs (beside the"
+        " new one); null when only one secret signs"
+    )
+    secret: str | None = Field(
+        None,
+        description=f"{_SECRET}. Only in the answer that creates the endpoint; stored sealed",
+    )
+
+
+class RotateIn(Body):
+    grace_seconds: Annotated[int, Field(ge=0, le=30 * 86400), WholeNumber] = Field(
+        86400,
+        description="How long the secret being replaced keeps signing beside the new one"
+        " (0-2592000 seconds; default one day): receivers switch within it",
+    )
+
+
+class RotateOut(Body):
+    secret: str = Field(description=f"The new secret. {_SECRET}. Shown only in this answer")
+    previous_secret_until: datetime | None = Field(
+        description="Until when the replaced secret still signs too (null: grace 0)"
+    )

@@ -17,7 +17,6 @@ from pydantic.alias_generators import to_camel
 from ..trade.rules import CLOCK_SKEW, RefundType
 from .wire import (
     TIME_RULE,
-    URL_RULE,
     ApiTime,
     HttpUrlText,
     OrderStatusValue,
@@ -66,7 +65,8 @@ ORDER_STATUS = (
 )
 NOTIFY_STATUS = (
     "Callback status: 0 initial (not yet attempted), 1 success, 2 retry (an attempt failed,"
-    " another is scheduled), 3 error (given up; an operator may replay it)"
+    " another is scheduled), 3 error (given up; an operator may replay it), 4 held (its"
+    " endpoint is disabled: kept, not attempted, due again once it is enabled)"
 )
 PRICE = "in currency units, a JSON number with two decimals"
 _SKEW = int(CLOCK_SKEW.total_seconds() // 60)
@@ -90,6 +90,11 @@ PATH_PARAMS: dict[str, Any] = {
         str,
         StringConstraints(pattern=r"^key_[0-9a-f]{16}$"),
         Field(description="API key id (key_ + 16 hex digits)"),
+    ],
+    "endpointId": Annotated[
+        str,
+        StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$"),
+        Field(description="Endpoint id: 1-32 of A-Z a-z 0-9 _ -"),
     ],
 }
 
@@ -157,10 +162,12 @@ class LockIn(Body):
         description="The merchant's order number, unique per source and channel: locking it"
         " again returns the same order"
     )
-    notify_url: HttpUrlText = Field(
-        description="Where callbacks are POSTed (see webhooks) about the team and its orders."
-        " Kept from the order that opens the team; ignored when joining (but still checked)."
-        f" {URL_RULE[0].upper()}{URL_RULE[1:]}"
+    notify_url: HttpUrlText | None = Field(
+        None,
+        description="Optional (the original's field): the url of one of the merchant's enabled"
+        " endpoints (400 otherwise); the team's events then go to the endpoint(s) at that url"
+        " only. Omitted, they go to every endpoint of the merchant that takes them. Kept from"
+        " the order that opens the team; ignored when joining (but still checked)",
     )
 
 

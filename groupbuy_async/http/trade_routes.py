@@ -6,7 +6,7 @@ from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
-from ..callbacks.rules import url_problem
+from ..merchants import endpoints
 from ..trade import catalog, orders, queries, refunds
 from .catalog_schemas import (
     ActivityIn,
@@ -119,10 +119,8 @@ async def query_market_config(request: web.Request, body: MarketConfigQuery) -> 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
     who = require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
-    if services.settings.notify_block_private:
-        problem = url_problem(body.notify_url, block_private=True)
-        if problem:  # an address literal callbacks may never reach: refused before any write
-            raise errors.BadInput(problem)
+    if body.notify_url is not None:  # events can go only where the merchant said
+        await endpoints.check_notify_url(services.pool, who.merchant_id, body.notify_url)
     return await orders.lock_order(services.pool, body, who.pairs)
 
 
@@ -167,7 +165,7 @@ _ACTIVITY_CLOSED = (
     errors.OutsideActivityTime,
 )
 _LOCK_REFUSALS = (
-    errors.BadInput("notifyUrl points at a blocked address (GROUPBUY_NOTIFY_BLOCK_PRIVATE)"),
+    errors.BadInput("notifyUrl: not the url of an enabled endpoint of the merchant"),
     errors.ActivityNotFound,
     *_ACTIVITY_CLOSED,
     errors.TeamNotFound,

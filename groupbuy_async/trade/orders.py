@@ -172,7 +172,7 @@ async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut
             team = await conn.fetchrow(
                 _OPEN_TEAM, f"{secrets.randbelow(10**8):08d}", req.activity_id, req.source,
                 req.channel, price.original, price.deduction, price.pay, act["target"],
-                act["valid_time"], req.notify_url,
+                act["valid_time"], req.notify_url or "",
             )  # fmt: skip
     else:
         team = await conn.fetchrow(_JOIN_TEAM, req.team_id, req.activity_id, *pair_arrays(pairs))

@@ -94,8 +94,7 @@ async def events(pool: asyncpg.Pool, team_id: str) -> list[dict[str, Any]]:
     """The team's events in the outbox, oldest first: {type, orderId?, data}. Each body is
     what OpenAPI's webhooks document for its type."""
     rows = await pool.fetch(
-        "SELECT event_type, order_id, parameter_json FROM notify_task WHERE team_id = $1"
-        " ORDER BY id",
+        "SELECT event_type, order_id, parameter_json FROM event WHERE team_id = $1 ORDER BY id",
         team_id,
     )
     for r in rows:

@@ -14,7 +14,7 @@ import aiohttp
 
 from groupbuy_async.settings import Settings
 
-from ..conftest import ADMIN_TOKEN
+from ..conftest import ADMIN_TOKEN, SECRETS_KEY
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
 
@@ -32,6 +32,7 @@ def _env(settings: Settings, port: int) -> dict[str, str]:
         **env,
         "GROUPBUY_DATABASE_URL": settings.database_url,
         "GROUPBUY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GROUPBUY_SECRETS_KEY": SECRETS_KEY,
         "GROUPBUY_PORT": str(port),
         "GROUPBUY_LOG_FORMAT": "json",
     }

@@ -126,6 +126,7 @@ async def test_admin_routes_refuse_no_and_wrong_tokens(
     path_values = {
         "{discountId}": "d1", "{goodsId}": "g1", "{activityId}": "1", "{teamId}": "12345678",
         "{eventId}": str(uuid.uuid4()), "{merchantId}": "m1", "{keyId}": "key_0123456789abcdef",
+        "{endpointId}": "e1",
     }  # fmt: skip
     for route in admin:
         path = route.path

@@ -36,7 +36,8 @@ async def test_run_list_inspect_and_replay(
     assert task["type"] == "team.completed" and task["orderId"] is None
     assert set(task) == {
         "type", "orderId", "teamId", "activityId", "eventId", "notifyUrl", "notifyCount", "notifyStatus",
-        "nextAttemptAt", "lastHttpStatus", "lastError", "createTime", "updateTime",
+        "nextAttemptAt", "lastHttpStatus", "lastError", "createTime", "updateTime", "endpointId",
+        "merchantId",
     }  # fmt: skip
 
     status, env = await api.call("GET", f"/api/v1/admin/notify_tasks/{team_id}", admin=True)
@@ -119,8 +120,12 @@ async def test_run_notify_body_is_optional(api: Api) -> None:
 
 
 async def test_mock_merchant_verifies_signatures_and_dedupes(settings: Settings) -> None:
-    client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
+    client = await start_client(settings)
     try:
+        # It verifies with the secrets of the endpoints at its url (as the demo's `mock`).
+        await (await Api.for_client(client)).endpoint(
+            "http://127.0.0.1:1/api/v1/test/group_buy_notify"
+        )
         body = '{"teamId":"12345678","outTradeNoList":["a","b"]}'
         msg_id = f"msg_{uuid.uuid4().hex}"
         headers = {
@@ -153,7 +158,7 @@ _JSON_TYPES = {"string": str, "integer": int, "array": list, "object": dict, "bo
 async def test_openapi_webhook_matches_the_callback_really_sent(
     settings: Settings, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
-    client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
+    client = await start_client(settings)
     try:
         async with client.get("/openapi.json") as resp:
             doc = await resp.json()
@@ -185,9 +190,7 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
     event = schemas[ref.rsplit("/", 1)[1]]
     data_schema = schemas[event["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
     headers, body = merchant.received[0].headers, merchant.received[0].body
-    stored = await pool.fetchval(
-        "SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id
-    )
+    stored = await pool.fetchval("SELECT parameter_json FROM event WHERE team_id = $1", team_id)
     assert body == stored  # what the merchant got is what the settlement wrote
     envelope = json.loads(body)
     assert set(envelope) == set(event["properties"]) == set(event["required"])

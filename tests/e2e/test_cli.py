@@ -17,7 +17,7 @@ from groupbuy_async.dev.host import free_port
 from groupbuy_async.process.reasons import server_address
 from groupbuy_async.settings import Settings
 
-from ..conftest import ADMIN_TOKEN, exited, make_tasks, new_id, now_iso, wait_ready
+from ..conftest import ADMIN_TOKEN, SECRETS_KEY, exited, make_tasks, new_id, now_iso, wait_ready
 from ..merchant import LocalMerchant
 
 
@@ -28,6 +28,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         "GROUPBUY_DATABASE_URL": settings.database_url,
         "GROUPBUY_REDIS_URL": settings.redis_url,
         "GROUPBUY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GROUPBUY_SECRETS_KEY": SECRETS_KEY,
         "GROUPBUY_NOTIFY_BLOCK_PRIVATE": "false",
         "GROUPBUY_MOCK_MERCHANT": "true",
         **extra,
@@ -77,6 +78,7 @@ async def test_api_process_serves_a_whole_trade_and_stops_cleanly(
             await wait_ready(http, base, proc)
             out = new_id()
             notify = f"{base}/api/v1/test/group_buy_notify"
+            await api.endpoint(notify)  # the mock merchant, as an endpoint of the merchant
             lock = {**act, "userId": "cli", "outTradeNo": out, "notifyUrl": notify}
             lock_path = f"{base}/api/v1/gbm/trade/lock_market_pay_order"
             async with http.post(lock_path, json=lock, headers=api.shop) as r:
@@ -132,9 +134,10 @@ NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
 
 
 def _bare_env(**groupbuy: str) -> dict[str, str]:
-    """The test's environment without any GROUPBUY_* setting, plus the ones given."""
+    """The test's environment without any GROUPBUY_* setting but the secrets key, plus the
+    ones given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
-    return {**env, **groupbuy}
+    return {**env, "GROUPBUY_SECRETS_KEY": SECRETS_KEY, **groupbuy}
 
 
 def _one_line(out: str) -> str:
@@ -167,13 +170,26 @@ async def test_a_bad_setting_is_one_line_naming_it(
         assert hidden not in line
 
 
-async def test_a_bad_secret_is_named_but_never_printed(settings: Settings) -> None:
+async def test_a_bad_secrets_key_is_named_but_never_printed(settings: Settings) -> None:
     assert settings.database_url
-    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_NOTIFY_SECRET="whsec_abc")
+    env = _bare_env(GROUPBUY_DATABASE_URL=settings.database_url, GROUPBUY_SECRETS_KEY="abc-key")
     code, out = await _run("api", env=env)
     line = _one_line(out)
-    assert code == 2 and "GROUPBUY_NOTIFY_SECRET" in line and "whsec_ followed by base64" in line
-    assert "abc" not in line
+    assert code == 2 and "GROUPBUY_SECRETS_KEY" in line and "a Fernet key" in line
+    assert "abc-key" not in line
+
+
+@pytest.mark.parametrize("verb", ["api", "worker", "notify"])
+async def test_a_missing_secrets_key_is_refused_at_start(settings: Settings, verb: str) -> None:
+    assert settings.database_url
+    env = _bare_env(
+        GROUPBUY_DATABASE_URL=settings.database_url,
+        GROUPBUY_REDIS_URL="redis://x:1",
+        GROUPBUY_SECRETS_KEY="",
+    )
+    code, out = await _run(verb, env=env)
+    line = _one_line(out)
+    assert code == 2 and "GROUPBUY_SECRETS_KEY" in line and "must be set" in line, line
 
 
 @pytest.mark.parametrize("verb", ["api", "migrate", "worker", "notify"])

@@ -14,7 +14,7 @@ from groupbuy_async.http.routing import ROUTE_TABLE, declared_errors
 from groupbuy_async.settings import Settings
 from groupbuy_async.trade.rules import MARKET_EXPRS
 
-from ..conftest import Api, new_id
+from ..conftest import Api, merchant_key, new_id
 
 LOCK = "/api/v1/gbm/trade/lock_market_pay_order"
 SETTLE = "/api/v1/gbm/trade/settlement_market_pay_order"
@@ -140,14 +140,23 @@ async def test_a_notify_url_is_refused_exactly_when_its_pattern_refuses_it(
     import re
 
     doc = await _openapi(api)
-    pattern = doc["components"]["schemas"]["LockIn"]["properties"]["notifyUrl"]["pattern"]
-    act = await api.new_activity()
-    status, env = await api.lock(**{**act, "notifyUrl": url}, userId="u1", outTradeNo=new_id())
+    pattern = doc["components"]["schemas"]["EndpointIn"]["properties"]["url"]["pattern"]
+    await merchant_key(api.client, "url-patterns", [])
+    path = "/api/v1/admin/merchants/url-patterns/endpoints/e1"
+    status, env = await api.call("PUT", path, {"url": url}, admin=True)
     if re.fullmatch(pattern, url):
         assert status == 200, env
     else:
         assert (status, env["code"]) == (400, "0002"), env
-        assert "notifyUrl" in env["info"]
+        assert "url" in env["info"]
+        lock = {
+            **await api.new_activity(),
+            "userId": "u1",
+            "outTradeNo": new_id(),
+            "notifyUrl": url,
+        }
+        status, env = await api.call("POST", "/api/v1/gbm/trade/lock_market_pay_order", lock)
+        assert (status, env["code"]) == (400, "0002") and "notifyUrl" in env["info"], env
 
 
 async def test_the_schema_states_the_input_rules(api: Api) -> None:
@@ -159,7 +168,7 @@ async def test_the_schema_states_the_input_rules(api: Api) -> None:
         for branch in discount["oneOf"]
     }
     assert by_plan == {plan: pattern for plan, (pattern, _) in MARKET_EXPRS.items()}
-    url = schemas["LockIn"]["properties"]["notifyUrl"]
+    url = schemas["EndpointIn"]["properties"]["url"]
     assert (url["format"], url["pattern"][:17]) == ("uri", "^[Hh][Tt][Tt][Pp]")
     for model, field in (("SettleIn", "outTradeTime"), ("ActivityIn", "startTime")):
         time = schemas[model]["properties"][field]
@@ -186,8 +195,9 @@ async def test_status_integers_are_enums(api: Api) -> None:
         ("TeamOut", "status"), ("NotifyTaskOut", "notifyStatus"), ("EventOut", "notifyStatus"),
     ]:  # fmt: skip
         prop = schemas[model]["properties"][field]
-        assert (prop["type"], prop["enum"]) == ("integer", [0, 1, 2, 3]), (model, field)
-        assert len(prop["x-enum-varnames"]) == 4
+        values = [0, 1, 2, 3, 4] if field == "notifyStatus" else [0, 1, 2, 3]  # 4: held
+        assert (prop["type"], prop["enum"]) == ("integer", values), (model, field)
+        assert len(prop["x-enum-varnames"]) == len(values)
         for value in prop["enum"]:
             assert f"{value} " in prop["description"], (model, field, value)
     assert schemas["NotifyTaskOut"]["properties"]["type"]["enum"] == [

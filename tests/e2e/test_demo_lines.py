@@ -28,7 +28,7 @@ async def test_the_demo_lines_lock_pay_complete_and_refund(
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode()
     answers = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    refunded = answers[-3]  # then the mock merchant's list and the notify tasks
+    refunded = answers[-4]  # then the mock merchant's list, the endpoints, the notify tasks
     assert refunded["code"] == "0000", refunded
     assert (refunded["data"]["refundType"], refunded["data"]["teamStatus"]) == ("paid_team", 3)
     team = await pool.fetchrow(

@@ -19,7 +19,7 @@ from groupbuy_async.dev.embedded import EmbeddedServer
 from groupbuy_async.dev.host import free_port
 from groupbuy_async.dev.run import DEMO_ACTIVITY, DEMO_GOODS
 
-from ..conftest import exited, keys_left, make_tasks, now_iso, wait_ready
+from ..conftest import SECRETS_KEY, exited, keys_left, make_tasks, now_iso, wait_ready
 from ..merchant import LocalMerchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
@@ -52,13 +52,15 @@ async def _complete_a_demo_team(http: aiohttp.ClientSession, base: str, key: str
     return str(team_id)
 
 
-async def _start_dev(database_url: str, redis_url: str, data_dir: Path) -> tuple[Process, str]:
+async def _start_dev(
+    database_url: str, redis_url: str, data_dir: Path, **groupbuy: str
+) -> tuple[Process, str]:
     """`python -m groupbuy_async dev` on those servers, once it serves; its base URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
     env.update(
         GROUPBUY_DATABASE_URL=database_url, GROUPBUY_REDIS_URL=redis_url,
-        GROUPBUY_PORT=str(port), GROUPBUY_DATA_DIR=str(data_dir),
+        GROUPBUY_PORT=str(port), GROUPBUY_DATA_DIR=str(data_dir), **groupbuy,
     )  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "groupbuy_async", "dev", env=env,
@@ -135,7 +137,10 @@ async def test_ctrl_c_lets_the_workers_send_in_flight_finish_and_records_it(
         pool = await create_pool(url, 1, 2)
         try:
             (team_id,) = await make_tasks(pool, 1, merchant.url)
-            proc, _ = await _start_dev(url, own_redis.url, tmp_path)
+            # The key the backlog's endpoint secret was sealed with (dev's own otherwise).
+            proc, _ = await _start_dev(
+                url, own_redis.url, tmp_path, GROUPBUY_SECRETS_KEY=SECRETS_KEY
+            )
             try:
                 async with asyncio.timeout(30):
                     while not merchant.requests:  # until the worker's first drain sends

@@ -13,9 +13,11 @@ import asyncpg
 from groupbuy_async.callbacks import outbox
 from groupbuy_async.callbacks.events import Event, EventType
 from groupbuy_async.callbacks.feed import _HORIZON
+from groupbuy_async.dev.outbox_fill import completed_teams
+from groupbuy_async.merchants.secret_box import SecretBox
 from groupbuy_async.settings import Settings
 
-from ..conftest import Api, make_tasks, sample
+from ..conftest import SECRET, SECRETS_KEY, Api, make_tasks, sample
 from ..merchant import LocalMerchant, answering
 
 NO_COUNTS = {"waitCount": 0, "successCount": 0, "retryCount": 0, "errorCount": 0}
@@ -29,7 +31,7 @@ async def bare_team(pool: asyncpg.Pool) -> str:
     await pool.execute(
         "INSERT INTO group_buy_order (team_id, activity_id, source, channel, original_price,"
         " deduction_price, pay_price, target_count, complete_count, lock_count, status,"
-        " valid_start_time, valid_end_time, notify_url) VALUES ($1, 1, 's01', 'c01', 100, 20,"
+        " valid_start_time, valid_end_time, notify_url) VALUES ($1, 1, 'fill', 'fill', 100, 20,"
         " 80, 1, 1, 1, 1, now(), now() + interval '15 minutes', 'http://127.0.0.1:9/unused')",
         team_id,
     )
@@ -46,6 +48,8 @@ def event(kind: EventType, team_id: str, url: str, order_id: str | None = None) 
 async def enqueue(pool: asyncpg.Pool, *events: Event, listed: bool = True) -> list[str]:
     """Write events as the state changes that report them do, in one transaction; then,
     unless told not to, wait until the feed lists them (see caught_up)."""
+    for url in {e.notify_url for e in events}:  # an endpoint of the team's merchant there
+        await completed_teams(pool, SecretBox(SECRETS_KEY), 0, url, SECRET)
     async with pool.acquire() as conn, conn.transaction():
         written = await outbox.enqueue(conn, list(events))
     if listed:
@@ -58,9 +62,7 @@ async def caught_up(pool: asyncpg.Pool) -> None:
     database that began before the last one's is still open. The tests' own have ended;
     this waits out whatever else holds one open for a moment (background sends of earlier
     tests, autovacuum's ANALYZE), and on failure says which were open."""
-    every_one_listed = (
-        f"SELECT (SELECT coalesce(max(xact_id), '0') FROM notify_task) < ({_HORIZON})"
-    )
+    every_one_listed = f"SELECT (SELECT coalesce(max(xact_id), '0') FROM event) < ({_HORIZON})"
     try:
         async with asyncio.timeout(30):  # generous: the suite may share a loaded server
             while not await pool.fetchval(every_one_listed):
@@ -71,7 +73,7 @@ async def caught_up(pool: asyncpg.Pool) -> None:
             " FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
         )
         horizon = await pool.fetchval(f"SELECT ({_HORIZON})::text")
-        last = await pool.fetchval("SELECT max(xact_id)::text FROM notify_task")
+        last = await pool.fetchval("SELECT max(xact_id)::text FROM event")
         raise AssertionError(
             f"feed horizon {horizon} <= {last}: {[dict(r) for r in holding]}"
         ) from None
@@ -156,7 +158,7 @@ async def test_event_detail_and_replay(
     assert detail["data"]["orderId"] == order_id and detail["data"]["eventId"] == event_id
     _, team_view = await api.call("GET", "/api/v1/admin/notify_tasks?teamId=" + team_id, admin=True)
     (task,) = team_view["data"]
-    assert set(detail) == set(task) | {"attempts", "data"}
+    assert set(detail) == set(task) | {"attempts", "deliveries", "data"}
 
     merchant.answer = None
     status, env = await api.call("POST", f"{path}/replay", admin=True)
@@ -240,7 +242,7 @@ def flat(pages: list[list[str]]) -> list[str]:
 
 async def last_event(pool: asyncpg.Pool) -> str | None:
     """Where the feed ends now: the cursor past every event already written."""
-    found = await pool.fetchval("SELECT event_id FROM notify_task ORDER BY xact_id DESC, id DESC")
+    found = await pool.fetchval("SELECT event_id FROM event ORDER BY xact_id DESC, id DESC")
     return None if found is None else str(found)
 
 
@@ -272,7 +274,9 @@ async def test_team_events_are_listed(api: Api, pool: asyncpg.Pool) -> None:
     assert items[1]["orderId"] == f"{team_id}1" and items[1]["data"]["orderId"] == f"{team_id}1"
     assert items[1]["data"]["eventId"] == items[1]["eventId"]
     # make_tasks writes the callback's flat form, as bodies before typed events were.
-    assert items[0]["data"] == {"teamId": team_id, "outTradeNoList": []}
+    assert items[0]["data"] == {
+        "teamId": team_id, "outTradeNoList": [], "activityId": 1, "eventId": items[0]["eventId"]
+    }  # fmt: skip
     assert [
         i["eventId"] for i in (await page(api, teamId=team_id, type="order.refunded"))["items"]
     ] == [later[1]]
@@ -369,7 +373,7 @@ async def test_feed_never_passes_an_event_committed_late(
         )
         (quick,) = await enqueue(pool, event(EventType.TEAM_FAILED, quick_team, url), listed=False)
         ids = await pool.fetch(
-            "SELECT id FROM notify_task WHERE team_id = ANY($1::text[]) ORDER BY id",
+            "SELECT id FROM event WHERE team_id = ANY($1::text[]) ORDER BY id",
             [slow_team, quick_team],
         )
         assert len(ids) == 1  # only the quick one is committed, with the larger id
@@ -411,7 +415,7 @@ async def test_feed_is_in_transaction_order_not_id_order(
     ids = {
         str(r["event_id"]): r["id"]
         for r in await pool.fetch(
-            "SELECT event_id, id FROM notify_task WHERE event_id = ANY($1::uuid[])",
+            "SELECT event_id, id FROM event WHERE event_id = ANY($1::uuid[])",
             [first, second],
         )
     }

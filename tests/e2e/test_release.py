@@ -25,7 +25,7 @@ from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.host import free_port
 
-from ..conftest import ROOT, make_tasks
+from ..conftest import ROOT, SECRETS_KEY, make_tasks
 from ..merchant import LocalMerchant
 
 MIGRATIONS = sorted((ROOT / "sql").glob("*.sql"))
@@ -35,12 +35,13 @@ _CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECA
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    """No GROUPBUY_* settings and nothing that would point Python at this checkout."""
+    """No GROUPBUY_* settings but the secrets key, and nothing that would point Python at this
+    checkout."""
     dropped = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_") and k not in dropped
     }
-    return {**env, **extra}
+    return {**env, "GROUPBUY_SECRETS_KEY": SECRETS_KEY, **extra}
 
 
 async def _run(*cmd: str | Path, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:

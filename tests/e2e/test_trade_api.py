@@ -108,7 +108,11 @@ async def test_three_members_settle_and_the_last_completes_the_team(
     assert completed == [False, False, True]
     team = await api.team(team_id)
     assert (team["status"], team["completeCount"]) == (1, 3)
-    task = await pool.fetchrow("SELECT * FROM notify_task WHERE team_id = $1", team_id)
+    task = await pool.fetchrow(
+        "SELECT t.*, e.parameter_json FROM notify_task t JOIN event e USING (event_id)"
+        " WHERE t.team_id = $1",
+        team_id,
+    )
     assert task is not None
     assert task["notify_url"] == act["notifyUrl"] and task["notify_status"] == 0
     payload = json.loads(task["parameter_json"])
@@ -153,7 +157,7 @@ async def test_callback_is_written_in_the_settlement_transaction_or_nothing_is(
     assert (team["status"], team["completeCount"]) == (1, 2)
     assert await pool.fetchval(tasks, team_id) == 1
     payload = json.loads(
-        await pool.fetchval("SELECT parameter_json FROM notify_task WHERE team_id = $1", team_id)
+        await pool.fetchval("SELECT parameter_json FROM event WHERE team_id = $1", team_id)
     )
     assert payload["data"]["outTradeNoList"] == [out_a, out_b]
 

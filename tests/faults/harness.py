@@ -32,6 +32,7 @@ from .shop import ADMIN_TOKEN, Shop
 NOTIFY_TIMEOUT = 1.0
 RETRY_SCHEDULE = "1s,1s,2s,2s,5s"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRETS_KEY = "rA-FQVO3wigthyj2RDALcqgn3CmUErYPfktyHBrXbl0="  # seals endpoint secrets
 # settings.notify_lease: a claim held by a process that died is due again after this.
 LEASE = NOTIFY_TIMEOUT * 3 + 30
 # A send is "in flight at a fault" when the merchant got it at most this long before it:
@@ -171,7 +172,7 @@ class Stage:
             "GROUPBUY_HOST": "127.0.0.1",
             "GROUPBUY_PORT": str(self.port),
             "GROUPBUY_NOTIFY_BLOCK_PRIVATE": "false",  # the merchants are local processes
-            "GROUPBUY_NOTIFY_SECRET": SECRET,
+            "GROUPBUY_SECRETS_KEY": SECRETS_KEY,
             "GROUPBUY_NOTIFY_RETRY_SCHEDULE": RETRY_SCHEDULE,
             "GROUPBUY_NOTIFY_TIMEOUT_SECONDS": f"{NOTIFY_TIMEOUT:g}",
             "GROUPBUY_NOTIFY_CRON_SECONDS": "1",

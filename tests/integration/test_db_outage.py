@@ -28,7 +28,7 @@ from groupbuy_async.db import migrate
 from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
 from groupbuy_async.settings import Settings
 
-from ..conftest import ADMIN_TOKEN, Api, new_id, now_iso, start_client
+from ..conftest import ADMIN_TOKEN, SECRETS_KEY, Api, new_id, now_iso, start_client
 
 ACQUIRE, COMMAND = 1.0, 1.0  # the pool's limits in these tests
 READYZ_LIMIT = 2.0  # /readyz's own probe limit
@@ -105,6 +105,7 @@ def _settings(database_url: str, **extra: Any) -> Settings:
     return Settings(**{
         "database_url": database_url,
         "admin_token": ADMIN_TOKEN,
+        "secrets_key": SECRETS_KEY,
         "notify_block_private": False,
         "db_pool_min": 1,
         "db_pool_max": 4,
@@ -189,7 +190,7 @@ async def test_a_frozen_database_is_503_within_the_limits_and_the_api_recovers(
     join = {**act, "userId": "u2", "outTradeNo": "o2", "teamId": team_id}
 
     # With the default limits (longer than its own 2 s), /readyz cuts its probe short.
-    defaults = await start_client(Settings(database_url=own_pg.url))
+    defaults = await start_client(Settings(database_url=own_pg.url, secrets_key=SECRETS_KEY))
     try:
         assert (await _call(defaults, "GET", "/readyz")).status == 200
         own_pg.freeze()
@@ -274,8 +275,8 @@ async def test_a_statement_over_the_command_timeout_is_503_and_rolls_back(
             blocking = blocker.transaction()
             await blocking.start()
             await blocker.execute(
-                "INSERT INTO notify_task (activity_id, team_id, notify_url, parameter_json)"
-                " VALUES ($1, $2, 'http://127.0.0.1:9/x', '{}')",
+                "INSERT INTO event (event_id, event_type, activity_id, team_id, parameter_json)"
+                " VALUES (gen_random_uuid(), 'team.completed', $1, $2, '{}')",
                 act["activityId"], team_id,
             )  # fmt: skip
             with caplog.at_level(logging.INFO):
@@ -301,7 +302,7 @@ async def test_a_statement_over_the_command_timeout_is_503_and_rolls_back(
         paid = await pool.fetchval(
             "SELECT status FROM group_buy_order_list WHERE out_trade_no = $1", outs[1]
         )
-        tasks = await pool.fetchval("SELECT count(*) FROM notify_task WHERE team_id = $1", team_id)
+        tasks = await pool.fetchval("SELECT count(*) FROM event WHERE team_id = $1", team_id)
         assert (paid, tasks) == (0, 0)
         status, env = await api.settle(**_settle_body(act, "m1", outs[1]))
         assert status == 200 and env["data"]["teamCompleted"] is True, env

@@ -19,7 +19,11 @@ from ..merchant import LocalMerchant, answering, start_merchant, success_once
 
 
 async def task_row(pool: asyncpg.Pool, team_id: str) -> asyncpg.Record:
-    row = await pool.fetchrow("SELECT * FROM notify_task WHERE team_id = $1", team_id)
+    row = await pool.fetchrow(
+        "SELECT t.*, e.parameter_json FROM notify_task t JOIN event e USING (event_id)"
+        " WHERE t.team_id = $1",
+        team_id,
+    )
     assert row is not None
     return row
 
@@ -48,7 +52,7 @@ async def complete_team(api: Api, act: dict[str, Any], size: int) -> tuple[str, 
 async def test_completed_team_is_called_back_at_once_and_signed(
     api: Api, settings: Any, pool: asyncpg.Pool, merchant: LocalMerchant
 ) -> None:
-    client = await start_client(settings.model_copy(update={"notify_secret": SECRET}))
+    client = await start_client(settings)
     try:
         signed_api = await Api.for_client(client)
         act = {**await signed_api.new_activity(target=2), "notifyUrl": merchant.url}

@@ -39,7 +39,7 @@ async def test_each_event_is_written_once_per_state_change(pool: asyncpg.Pool) -
         ])  # fmt: skip
     assert len(first) == 3 and again == []
     rows = await pool.fetch(
-        "SELECT event_type, order_id, event_id, parameter_json FROM notify_task"
+        "SELECT event_type, order_id, event_id, parameter_json FROM event"
         " WHERE team_id = $1 ORDER BY id",
         team_id,
     )
@@ -61,7 +61,7 @@ async def test_events_roll_back_with_the_state_change(pool: asyncpg.Pool) -> Non
             raise RuntimeError("the state change failed")
     assert (
         await pool.fetchval(
-            "SELECT count(*) FROM notify_task WHERE team_id = $1 AND event_type = 'team.failed'",
+            "SELECT count(*) FROM event WHERE team_id = $1 AND event_type = 'team.failed'",
             team_id,
         )
         == 0
@@ -79,8 +79,8 @@ async def test_the_database_refuses_an_order_event_without_its_order(pool: async
     team_id = await _team(pool)
     with pytest.raises(asyncpg.CheckViolationError):
         await pool.execute(
-            "INSERT INTO notify_task (event_type, activity_id, team_id, notify_url,"
-            " parameter_json) VALUES ('order.closed', 1, $1, 'http://x/', '{}')",
+            "INSERT INTO event (event_id, event_type, activity_id, team_id, parameter_json)"
+            " VALUES (gen_random_uuid(), 'order.closed', 1, $1, '{}')",
             team_id,
         )
 

@@ -24,9 +24,10 @@ from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import Admission, Breaker, BreakerChange, BreakerPolicy
 from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
+from groupbuy_async.dev.outbox_fill import FILL_MERCHANT, endpoint_id_for
 from groupbuy_async.settings import Settings
 
-from ..conftest import SECRET, make_tasks
+from ..conftest import make_tasks
 from ..merchant import LocalMerchant, start_merchant, success_once
 
 # An attempt's time limit here; the hanging merchant never answers within it.
@@ -63,9 +64,7 @@ async def dispatchers(db: asyncpg.Pool, settings: Settings) -> AsyncIterator[Mak
     made: list[Dispatcher] = []
 
     def make(**overrides: Any) -> Dispatcher:
-        s = settings.model_copy(
-            update={"notify_secret": SECRET, "notify_timeout_seconds": TIMEOUT, **overrides}
-        )
+        s = settings.model_copy(update={"notify_timeout_seconds": TIMEOUT, **overrides})
         made.append(build_dispatcher(db, s, Metrics()))
         return made[-1]
 
@@ -122,20 +121,16 @@ async def rows(db: asyncpg.Pool, team_ids: list[str]) -> list[asyncpg.Record]:
     )
 
 
-async def test_each_task_stores_the_host_its_bounds_count_by(db: asyncpg.Pool) -> None:
-    urls = {
-        "http://127.0.0.1:8080/notify": "127.0.0.1:8080",
-        "https://Merchant.Example/cb?x=1": "merchant.example:443",
-        "http://merchant.example/cb": "merchant.example:80",
-        "HTTP://merchant.example:80#f": "merchant.example:80",
-        "http://user:p@ss@merchant.example:81/x": "merchant.example:81",
-        "http://[::1]:9000/n": "[::1]:9000",
-        "not a url": "",
-    }
-    for url, host in urls.items():
+async def test_each_delivery_stores_the_endpoint_its_bounds_count_by(db: asyncpg.Pool) -> None:
+    """Fairness and the breaker count by endpoint: two on one host and port are two."""
+    urls = ["http://127.0.0.1:8080/a", "http://127.0.0.1:8080/b", "not a url"]
+    hosts = set()
+    for url in urls:
         (team_id,) = await make_tasks(db, 1, url)
         stored = await db.fetchval("SELECT host FROM notify_task WHERE team_id = $1", team_id)
-        assert stored == host, url
+        assert stored == f"{FILL_MERCHANT}/{endpoint_id_for(url)}", url
+        hosts.add(stored)
+    assert len(hosts) == len(urls)
 
 
 async def test_a_hanging_merchant_does_not_starve_a_healthy_one_in_a_drain(
@@ -210,7 +205,7 @@ def pauses(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name.endswith("breaker") and r.msg.startswith("merchant host")
+        if r.name.endswith("breaker") and r.msg.startswith("endpoint ")
     ]
 
 
@@ -260,7 +255,7 @@ async def test_breaker_postpones_a_hanging_hosts_due_tasks_without_counting_atte
     assert began + pause <= until <= after + pause
     assert paused_hosts(dispatcher) == 1
     (line,) = pauses(caplog)
-    assert "paused" in line and hanging.url.split("/")[2] in line, line
+    assert "paused" in line and endpoint_id_for(hanging.url) in line, line
     # Another merchant is not held up by it.
     (healthy,) = await make_tasks(db, 1, merchant.url)
     assert (await dispatcher.drain()).success_count == 1

@@ -139,7 +139,7 @@ async def test_migration_gives_waiting_locks_a_deadline_and_failed_teams_their_e
             finally:
                 await pool.close()
             events = await conn.fetch(
-                "SELECT team_id, parameter_json FROM notify_task WHERE event_type = 'team.failed'"
+                "SELECT team_id, parameter_json FROM event WHERE event_type = 'team.failed'"
             )
             assert [(e["team_id"], json.loads(e["parameter_json"])["data"]["outTradeNoList"])
                     for e in events] == [("10000003", ["stranded"])]  # fmt: skip

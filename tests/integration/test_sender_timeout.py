@@ -35,12 +35,12 @@ async def silent_merchant() -> AsyncIterator[str]:
 
 async def _timed_send(sender: Sender, url: str) -> tuple[float, str | None]:
     began = time.monotonic()
-    outcome = await sender.send(url, "evt-1", "{}")
+    outcome = await sender.send(url, "evt-1", "{}", (b"k" * 32,))
     return time.monotonic() - began, outcome.error
 
 
 async def test_a_merchant_that_never_answers_takes_the_timeout(silent_merchant: str) -> None:
-    sender = Sender(create_session(10, block_private=False), None, timeout=0.5)
+    sender = Sender(create_session(10, 10, block_private=False), timeout=0.5)
     try:
         seconds, error = await _timed_send(sender, silent_merchant)
     finally:
@@ -54,7 +54,7 @@ async def test_a_limit_above_five_seconds_is_not_rounded_up(silent_merchant: str
     next whole second: with the default 10 s an attempt lasted up to 11 s. The send starts
     where that rounding would add 0.95 s."""
     limit = 5.2
-    sender = Sender(create_session(10, block_private=False), None, timeout=limit)
+    sender = Sender(create_session(10, 10, block_private=False), timeout=limit)
     loop = asyncio.get_running_loop()
     try:
         await asyncio.sleep((1.05 - (loop.time() + limit) % 1) % 1)
@@ -83,7 +83,7 @@ async def test_connect_retries_share_the_attempts_limit() -> None:
     """Failures to connect are retried within the attempt (aiohttp-retry), and the waits
     and tries together stay within its limit: they took 3 x 0.4 s plus waits before."""
     connector = aiohttp.TCPConnector(resolver=_SlowlyFailingResolver())
-    sender = Sender(aiohttp.ClientSession(connector=connector), None, timeout=0.5)
+    sender = Sender(aiohttp.ClientSession(connector=connector), timeout=0.5)
     try:
         seconds, error = await _timed_send(sender, "http://merchant.test/notify")
     finally:

@@ -12,7 +12,7 @@ import pytest
 from groupbuy_async.callbacks.sender import BlockedAddress, Sender, create_session, public_socket
 from groupbuy_async.settings import Settings
 
-from ..conftest import Api, new_id, start_client
+from ..conftest import ADMIN_TOKEN, SHOP_MERCHANT, Api, new_id, start_client
 from ..merchant import LocalMerchant
 
 # Each reached a loopback receiver through the old guard: aiohttp passes digit-and-dot hosts
@@ -35,8 +35,8 @@ LOOPBACK_NAMES = ["localhost", "LocalHost", "shop.localhost"]
 
 @pytest.fixture
 async def guarded() -> AsyncIterator[Sender]:
-    session = create_session(10, block_private=True)
-    yield Sender(session, None, timeout=2.0, block_private=True)
+    session = create_session(10, 10, block_private=True)
+    yield Sender(session, timeout=2.0, block_private=True)
     await session.close()
 
 
@@ -45,7 +45,7 @@ async def test_sender_never_reaches_a_loopback_receiver(
     host: str, guarded: Sender, merchant: LocalMerchant
 ) -> None:
     url = f"http://{host}:{merchant.server.port}/notify"
-    outcome = await guarded.send(url, "evt", "{}")
+    outcome = await guarded.send(url, "evt", "{}", (b"k" * 32,))
     assert outcome.http_status is None and outcome.permanent, outcome
     assert merchant.requests == 0
 
@@ -71,12 +71,12 @@ async def test_the_connection_itself_is_refused_whatever_the_url_check_says(
     ever connected."""
     url = f"http://[::ffff:127.0.0.1]:{merchant.server.port}/notify"
     async with (
-        create_session(10, block_private=False) as open_session,
+        create_session(10, 10, block_private=False) as open_session,
         open_session.post(url, data=b"{}") as resp,
     ):
         assert resp.status == 200
     assert merchant.requests == 1
-    async with create_session(10, block_private=True) as guarded_session:
+    async with create_session(10, 10, block_private=True) as guarded_session:
         with pytest.raises(aiohttp.ClientConnectorError, match="blocked"):
             await guarded_session.post(url, data=b"{}")
     assert merchant.requests == 1
@@ -107,27 +107,39 @@ async def test_non_canonical_hosts_are_refused_at_lock_time_always(
     )
 
 
-async def test_blocked_literals_are_refused_at_lock_time_when_blocking(
+async def test_blocked_literals_are_refused_as_endpoints_when_blocking(
     settings: Settings, api: Api, pool: asyncpg.Pool
 ) -> None:
+    """With blocking on, an endpoint at a blocked address literal (or a loopback name) is
+    refused, so no lock can name one either; public ones are taken."""
     act = await api.new_activity()
     client = await start_client(settings.model_copy(update={"notify_block_private": True}))
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    path = f"/api/v1/admin/merchants/{SHOP_MERCHANT}/endpoints/ssrf"
     try:
         for host in CANONICAL_BLOCKED + LOOPBACK_NAMES:
-            status, env = await _lock(client, act, f"http://{host}:8080/notify", api.shop)
+            url = f"http://{host}:8080/notify"
+            async with client.put(path, json={"url": url}, headers=admin) as resp:
+                status, env = resp.status, await resp.json()
             assert (status, env["code"]) == (400, "0002"), (host, env)
             assert "blocked" in env["info"] and "GROUPBUY_NOTIFY_BLOCK_PRIVATE" in env["info"]
+            assert env["info"].startswith("url: "), env
+            status, env = await _lock(client, act, url, api.shop)
+            assert (status, env["code"]) == (400, "0002") and "notifyUrl" in env["info"], env
         assert (
             await pool.fetchval(
                 "SELECT count(*) FROM group_buy_order WHERE activity_id = $1", act["activityId"]
             )
             == 0
         )
+        assert not await pool.fetchval("SELECT count(*) FROM endpoint WHERE endpoint_id = 'ssrf'")
         for url in (
             "http://93.184.215.14/notify",
             "https://merchant.example.com/notify",
             "https://localhost.example.com/notify",
         ):
+            async with client.put(path, json={"url": url}, headers=admin) as resp:
+                assert resp.status == 200, await resp.text()
             status, env = await _lock(client, act, url, api.shop)
             assert status == 200, env
     finally:

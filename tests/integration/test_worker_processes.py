@@ -26,7 +26,7 @@ from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
 from groupbuy_async.dev.host import free_port
 from groupbuy_async.settings import Settings
 
-from ..conftest import make_tasks
+from ..conftest import SECRETS_KEY, make_tasks
 from ..merchant import LocalMerchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
@@ -42,6 +42,7 @@ def worker_env(settings: Settings, **groupbuy: object) -> dict[str, str]:
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "QUEUE_NAME": f"test:{uuid.uuid4().hex}",
+        "SECRETS_KEY": SECRETS_KEY,
         "NOTIFY_BLOCK_PRIVATE": "false",
         "NOTIFY_CRON_SECONDS": 1,
         **groupbuy,

@@ -15,7 +15,8 @@ from groupbuy_async.callbacks.rules import (
     sign,
     url_problem,
 )
-from groupbuy_async.settings import decode_webhook_secret, parse_schedule
+from groupbuy_async.merchants.secret_box import signing_key as decode_webhook_secret
+from groupbuy_async.settings import parse_schedule
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SCHEDULE = parse_schedule("15s,15s,30s")

@@ -12,17 +12,18 @@ from yarl import URL
 
 from groupbuy_async.callbacks.rules import is_blocked_ip, verify
 from groupbuy_async.callbacks.sender import Sender, create_session
-from groupbuy_async.settings import decode_webhook_secret as secret_key
+from groupbuy_async.merchants.secret_box import signing_key as secret_key
 
 from ..conftest import SECRET
 
 URL_ = "http://merchant.test/notify"
+KEYS = (secret_key(SECRET),)
 
 
 @pytest.fixture
 async def sender() -> AsyncIterator[Sender]:
-    session = create_session(10, block_private=False)
-    yield Sender(session, secret_key(SECRET), timeout=1.0)
+    session = create_session(10, 10, block_private=False)
+    yield Sender(session, timeout=1.0)
     await session.close()
 
 
@@ -39,7 +40,7 @@ def _refused() -> aiohttp.ClientConnectorError:
 async def test_success_is_signed_and_body_read(sender: Sender) -> None:
     with aioresponses() as mock:
         mock.post(URL_, status=200, body="success")
-        outcome = await sender.send(URL_, "evt_1", '{"teamId":"1"}')
+        outcome = await sender.send(URL_, "evt_1", '{"teamId":"1"}', KEYS)
         (call,) = _posts(mock)
     assert (outcome.http_status, outcome.body, outcome.error) == (200, "success", None)
     headers = call.kwargs["headers"]
@@ -52,7 +53,7 @@ async def test_refused_connection_is_retried_inside_one_attempt(sender: Sender) 
     with aioresponses() as mock:
         mock.post(URL_, exception=_refused())
         mock.post(URL_, status=200, body="success")
-        outcome = await sender.send(URL_, "evt_1", "{}")
+        outcome = await sender.send(URL_, "evt_1", "{}", KEYS)
         assert len(_posts(mock)) == 2
     assert outcome.http_status == 200
 
@@ -61,7 +62,7 @@ async def test_any_response_ends_the_attempt(sender: Sender) -> None:
     with aioresponses() as mock:
         mock.post(URL_, status=503, body="busy", headers={"Retry-After": "30"})
         mock.post(URL_, status=200, body="success")
-        outcome = await sender.send(URL_, "evt_1", "{}")
+        outcome = await sender.send(URL_, "evt_1", "{}", KEYS)
         assert len(_posts(mock)) == 1
     assert (outcome.http_status, outcome.retry_after) == (503, "30")
 
@@ -70,7 +71,7 @@ async def test_persistent_refusal_becomes_an_error_outcome(sender: Sender) -> No
     with aioresponses() as mock:
         for _ in range(3):
             mock.post(URL_, exception=_refused())
-        outcome = await sender.send(URL_, "evt_1", "{}")
+        outcome = await sender.send(URL_, "evt_1", "{}", KEYS)
     assert outcome.http_status is None and "Connection refused" in (outcome.error or "")
     assert not outcome.permanent
 
@@ -78,9 +79,9 @@ async def test_persistent_refusal_becomes_an_error_outcome(sender: Sender) -> No
 async def test_timeout_and_bad_urls(sender: Sender) -> None:
     with aioresponses() as mock:
         mock.post(URL_, exception=TimeoutError())
-        outcome = await sender.send(URL_, "evt_1", "{}")
+        outcome = await sender.send(URL_, "evt_1", "{}", KEYS)
     assert outcome.error and "timeout" in outcome.error
-    bad = await sender.send("gopher://x/", "evt_1", "{}")
+    bad = await sender.send("gopher://x/", "evt_1", "{}", KEYS)
     assert bad.permanent and "invalid notifyUrl" in (bad.error or "")
 
 

@@ -1,16 +1,13 @@
 """Settings are parsed once, at start, into the types the code uses; secrets stay hidden."""
 
-import base64
 from datetime import timedelta
 
 import pytest
-from pydantic import SecretBytes, ValidationError
+from pydantic import ValidationError
 
 from groupbuy_async.settings import Settings, SettingsError, load_settings
 
-from ..conftest import SECRET
-
-SECRET_KEY = base64.b64decode(SECRET.removeprefix("whsec_"))
+from ..conftest import SECRETS_KEY
 
 
 @pytest.fixture(autouse=True)
@@ -43,16 +40,14 @@ def test_retry_schedule_is_a_tuple_of_timedeltas(monkeypatch: pytest.MonkeyPatch
     assert all(isinstance(d, timedelta) for d in default)
 
 
-def test_notify_secret_is_decoded_once_and_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GROUPBUY_NOTIFY_SECRET", SECRET)
+def test_secrets_key_is_checked_and_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROUPBUY_SECRETS_KEY", SECRETS_KEY)
     settings = load_settings()
-    assert isinstance(settings.notify_secret, SecretBytes)
-    assert settings.signing_key == SECRET_KEY
-    body = SECRET.removeprefix("whsec_")
-    for shown in (repr(settings), str(settings), repr(settings.notify_secret)):
-        assert body not in shown and repr(SECRET_KEY) not in shown
-    monkeypatch.delenv("GROUPBUY_NOTIFY_SECRET")
-    assert Settings().signing_key is None
+    assert settings.sealing_key == SECRETS_KEY
+    for shown in (repr(settings), str(settings), repr(settings.secrets_key)):
+        assert SECRETS_KEY not in shown
+    monkeypatch.delenv("GROUPBUY_SECRETS_KEY")
+    assert Settings().sealing_key is None
 
 
 def test_admin_token_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,7 +67,7 @@ def test_model_copy_validates_the_update() -> None:
     with pytest.raises(ValidationError):
         settings.model_copy(update={"port": "abc"})
     with pytest.raises(ValidationError):
-        settings.model_copy(update={"notify_secret": "whsec_abc"})
+        settings.model_copy(update={"secrets_key": "not-a-fernet-key"})
     with pytest.raises(ValidationError):
         settings.model_copy(update={"db_pool_max": 0})
 
@@ -88,8 +83,8 @@ def test_settings_are_frozen() -> None:
         ("port", "abc", "abc"),
         ("db_pool_max", "0", None),
         ("log_level", "LOUD", "LOUD"),
-        ("notify_secret", "whsec_abc", "abc"),
-        ("notify_secret", "whsec_c2hvcnRrZXk=", "c2hvcnRrZXk"),  # base64, but of 8 bytes
+        ("secrets_key", "c2hvcnRrZXk=", "c2hvcnRrZXk"),  # base64, but of 8 bytes
+        ("secrets_key", SECRETS_KEY[:-2] + "!!", SECRETS_KEY[:-2]),
         ("notify_retry_schedule", "15s,later", "later"),
         ("notify_retry_schedule", "15s,99d", "99d"),
         ("notify_accept_any_2xx", "perhaps", "perhaps"),

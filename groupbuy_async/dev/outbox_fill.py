@@ -1,0 +1,80 @@
+"""A backlog of callbacks written straight to the outbox, set-based (tests and benchmarks):
+completed teams, each with its team.completed event and one delivery to an endpoint at `url`
+(made, under a merchant of its own, when missing)."""
+
+import hashlib
+import uuid
+from datetime import timedelta
+
+import asyncpg
+
+from ..merchants.secret_box import SecretBox
+
+FILL_MERCHANT = "outbox-fill"
+_ACTIVITY = 1
+
+_SETUP = """
+INSERT INTO group_buy_discount (discount_id, discount_name, market_plan, market_expr)
+VALUES ('outbox-fill', 'outbox fill', 'ZJ', '1') ON CONFLICT DO NOTHING;
+INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, start_time, end_time)
+VALUES (1, 'outbox fill', 'outbox-fill', now(), now() + interval '1 day') ON CONFLICT DO NOTHING;
+INSERT INTO merchant (merchant_id, name) VALUES ('outbox-fill', 'outbox fill')
+ON CONFLICT DO NOTHING;
+INSERT INTO merchant_binding (source, channel, merchant_id) VALUES ('fill', 'fill', 'outbox-fill')
+ON CONFLICT DO NOTHING;
+"""
+
+_ENDPOINT = """
+INSERT INTO endpoint (merchant_id, endpoint_id, url, secret) VALUES ($1, $2, $3, $4)
+ON CONFLICT (merchant_id, endpoint_id) DO UPDATE SET disabled = false, secret = EXCLUDED.secret
+RETURNING id
+"""
+
+_FILL = """
+WITH t AS (
+    INSERT INTO group_buy_order (team_id, activity_id, source, channel, original_price,
+        deduction_price, pay_price, target_count, complete_count, lock_count, status,
+        valid_start_time, valid_end_time, notify_url)
+    SELECT $1 || lpad(g::text, 7, '0'), $2, 'fill', 'fill', 100, 20, 80, 1, 1, 1, 1, now(),
+           now() + interval '15 minutes', $3
+    FROM generate_series(1, $4) g
+    RETURNING team_id, activity_id
+), e AS (
+    INSERT INTO event (event_id, event_type, activity_id, team_id, merchant_id, parameter_json)
+    SELECT id, 'team.completed', activity_id, team_id, $5,
+           json_build_object('type', 'team.completed', 'timestamp', now(), 'data',
+               json_build_object('teamId', team_id, 'outTradeNoList', json_build_array(),
+                                 'activityId', activity_id, 'eventId', id))::text
+    FROM (SELECT gen_random_uuid() AS id, * FROM t) AS fresh
+    RETURNING event_id, event_type, activity_id, team_id
+)
+INSERT INTO notify_task (event_id, event_type, activity_id, team_id, notify_url, host, endpoint,
+                         next_attempt_at)
+SELECT event_id, event_type, activity_id, team_id, $3, $6, $7, now() + $8::interval FROM e
+RETURNING team_id
+"""
+
+
+def endpoint_id_for(url: str) -> str:
+    return "fill-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+async def completed_teams(
+    pool: asyncpg.Pool,
+    box: SecretBox,
+    count: int,
+    url: str,
+    secret: str,
+    due_in: timedelta = timedelta(0),
+) -> list[str]:
+    """`count` completed teams with a due team.completed delivery each to the endpoint at
+    `url` (signed with `secret`), due in `due_in`; returns their team ids."""
+    endpoint_id = endpoint_id_for(url)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_SETUP)
+        endpoint = await conn.fetchval(_ENDPOINT, FILL_MERCHANT, endpoint_id, url, box.seal(secret))
+        rows = await conn.fetch(
+            _FILL, str(uuid.uuid4().int)[:13], _ACTIVITY, url, count, FILL_MERCHANT,
+            f"{FILL_MERCHANT}/{endpoint_id}", endpoint, due_in,
+        )  # fmt: skip
+    return [r["team_id"] for r in rows]
