@@ -4,7 +4,7 @@ query validation, the envelope)."""
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -16,6 +16,18 @@ from .envelope import Handler, envelope
 from .schemas import PATH_PARAMS
 
 View = Callable[[web.Request, Any], Awaitable[Any]]
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def to_domain(kind: Callable[..., T], body: BaseModel) -> T:
+    """A validated body as the domain's command of the same field names."""
+    return kind(**dict(body))
+
+
+def to_wire(model: type[M], value: object) -> M:
+    """A domain result in its JSON form, validated as the model says (nested ones too)."""
+    return model.model_validate(value, from_attributes=True)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Shop-front and catalog (admin) endpoints of the trade half, in one table."""
 
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -8,6 +8,16 @@ from .. import errors
 from ..bootstrap import SERVICES
 from ..callbacks.rules import url_problem
 from ..trade import catalog, orders, queries, refunds
+from ..trade.models import (
+    Activity,
+    Discount,
+    Goods,
+    LockCommand,
+    MarketQuery,
+    RefundCommand,
+    SettleCommand,
+    Sku,
+)
 from .catalog_schemas import (
     ActivityIn,
     ActivityOut,
@@ -21,7 +31,7 @@ from .catalog_schemas import (
     SkuOut,
     SkuPage,
 )
-from .routing import Route, path_param, principal, require_pair
+from .routing import Route, path_param, principal, require_pair, to_domain, to_wire
 from .schemas import (
     LockIn,
     LockOut,
@@ -36,76 +46,92 @@ from .schemas import (
     TeamOut,
 )
 
+T = TypeVar("T")
 
-def _found(value: Any, what: str) -> Any:
+
+def _found(value: T | None, what: str) -> T:
     if value is None:
         raise errors.NotFound(f"{what} not found")
     return value
+
+
+def _activity(body: ActivityIn) -> Activity:
+    goods = [to_domain(Goods, g) for g in body.goods]
+    return Activity(**{**dict(body), "goods": goods})
 
 
 # --- admin ---------------------------------------------------------------------------
 
 
 async def put_discount(request: web.Request, body: DiscountIn) -> DiscountOut:
-    return await catalog.put_discount(
-        request.app[SERVICES].pool, path_param(request, "discountId"), body
+    discount_id = path_param(request, "discountId")
+    stored = await catalog.put_discount(
+        request.app[SERVICES].pool, discount_id, to_domain(Discount, body)
     )
+    return to_wire(DiscountOut, stored)
 
 
 async def get_discount(request: web.Request, _: None) -> DiscountOut:
     found = await catalog.get_discount(
         request.app[SERVICES].pool, path_param(request, "discountId")
     )
-    return _found(found, "discount")  # type: ignore[no-any-return]
+    return to_wire(DiscountOut, _found(found, "discount"))
 
 
 async def list_discounts(request: web.Request, query: CodePageQuery) -> DiscountPage:
-    return await catalog.list_discounts(request.app[SERVICES].pool, query.limit, query.after)
+    page = await catalog.list_discounts(request.app[SERVICES].pool, query.limit, query.after)
+    return to_wire(DiscountPage, page)
 
 
 async def delete_discount(request: web.Request, _: None) -> DiscountOut:
     found = await catalog.delete_discount(
         request.app[SERVICES].pool, path_param(request, "discountId")
     )
-    return _found(found, "discount")  # type: ignore[no-any-return]
+    return to_wire(DiscountOut, _found(found, "discount"))
 
 
 async def put_sku(request: web.Request, body: SkuIn) -> SkuOut:
-    return await catalog.put_sku(request.app[SERVICES].pool, path_param(request, "goodsId"), body)
+    goods_id = path_param(request, "goodsId")
+    stored = await catalog.put_sku(request.app[SERVICES].pool, goods_id, to_domain(Sku, body))
+    return to_wire(SkuOut, stored)
 
 
 async def get_sku(request: web.Request, _: None) -> SkuOut:
     found = await catalog.get_sku(request.app[SERVICES].pool, path_param(request, "goodsId"))
-    return _found(found, "sku")  # type: ignore[no-any-return]
+    return to_wire(SkuOut, _found(found, "sku"))
 
 
 async def list_skus(request: web.Request, query: CodePageQuery) -> SkuPage:
-    return await catalog.list_skus(request.app[SERVICES].pool, query.limit, query.after)
+    page = await catalog.list_skus(request.app[SERVICES].pool, query.limit, query.after)
+    return to_wire(SkuPage, page)
 
 
 async def delete_sku(request: web.Request, _: None) -> SkuOut:
     found = await catalog.delete_sku(request.app[SERVICES].pool, path_param(request, "goodsId"))
-    return _found(found, "sku")  # type: ignore[no-any-return]
+    return to_wire(SkuOut, _found(found, "sku"))
 
 
 async def put_activity(request: web.Request, body: ActivityIn) -> ActivityOut:
     activity_id = path_param(request, "activityId")
-    return await catalog.put_activity(request.app[SERVICES].pool, activity_id, body)
+    stored = await catalog.put_activity(request.app[SERVICES].pool, activity_id, _activity(body))
+    return to_wire(ActivityOut, stored)
 
 
 async def get_activity(request: web.Request, _: None) -> ActivityOut:
     activity_id = path_param(request, "activityId")
-    return _found(await catalog.get_activity(request.app[SERVICES].pool, activity_id), "activity")  # type: ignore[no-any-return]
+    found = await catalog.get_activity(request.app[SERVICES].pool, activity_id)
+    return to_wire(ActivityOut, _found(found, "activity"))
 
 
 async def list_activities(request: web.Request, query: ActivityPageQuery) -> ActivityPage:
-    return await catalog.list_activities(request.app[SERVICES].pool, query.limit, query.after)
+    page = await catalog.list_activities(request.app[SERVICES].pool, query.limit, query.after)
+    return to_wire(ActivityPage, page)
 
 
 async def delete_activity(request: web.Request, _: None) -> ActivityOut:
     activity_id = path_param(request, "activityId")
     found = await catalog.delete_activity(request.app[SERVICES].pool, activity_id)
-    return _found(found, "activity")  # type: ignore[no-any-return]
+    return to_wire(ActivityOut, _found(found, "activity"))
 
 
 # --- shop front ----------------------------------------------------------------------
@@ -113,7 +139,10 @@ async def delete_activity(request: web.Request, _: None) -> ActivityOut:
 
 async def query_market_config(request: web.Request, body: MarketConfigQuery) -> MarketConfig:
     who = require_pair(request, body.source, body.channel)
-    return await queries.market_config(request.app[SERVICES].pool, body, who.pairs)
+    query = to_domain(MarketQuery, body)
+    return to_wire(
+        MarketConfig, await queries.market_config(request.app[SERVICES].pool, query, who.pairs)
+    )
 
 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
@@ -123,41 +152,48 @@ async def lock_order(request: web.Request, body: LockIn) -> LockOut:
         problem = url_problem(body.notify_url, block_private=True)
         if problem:  # an address literal callbacks may never reach: refused before any write
             raise errors.BadInput(problem)
-    return await orders.lock_order(services.pool, body, who.pairs)
+    locked = await orders.lock_order(services.pool, to_domain(LockCommand, body), who.pairs)
+    return to_wire(LockOut, locked)
 
 
 async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
     require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
-    settlement = await orders.settle_order(services.pool, body, services.settings.sc_blacklist)
+    command = to_domain(SettleCommand, body)
+    settlement = await orders.settle_order(services.pool, command, services.settings.sc_blacklist)
     if settlement.notify_team_id is not None:
         # After commit, never awaited: the shop front does not wait for the merchant.
         services.dispatcher.fire(settlement.notify_team_id)
-    return settlement.result
+    return to_wire(SettleOut, settlement.result)
 
 
 async def refund_order(request: web.Request, body: RefundIn) -> RefundOut:
     # Its order.closed / order.refunded event goes out with the worker's next drain: the
     # merchant asked for the refund and has the answer already.
     require_pair(request, body.source, body.channel)
-    return await refunds.refund_order(request.app[SERVICES].pool, body)
+    refunded = await refunds.refund_order(
+        request.app[SERVICES].pool, to_domain(RefundCommand, body)
+    )
+    return to_wire(RefundOut, refunded)
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
-    return await queries.get_team(
+    team = await queries.get_team(
         request.app[SERVICES].pool, path_param(request, "teamId"), principal(request).pairs
     )
+    return to_wire(TeamOut, team)
 
 
 async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
     require_pair(request, query.source, query.channel)
-    return await queries.get_order(
+    order = await queries.get_order(
         request.app[SERVICES].pool,
         query.source,
         query.channel,
         path_param(request, "outTradeNo"),
         query.user_id,
     )
+    return to_wire(OrderOut, order)
 
 
 # What each shop-front call can be refused for, beyond bad input (declared in OpenAPI).

@@ -8,17 +8,15 @@ import asyncpg
 
 from .. import errors
 from ..db import Conn
-from ..http.catalog_schemas import (
-    ActivityIn,
-    ActivityOut,
-    ActivityPage,
-    DiscountIn,
-    DiscountOut,
-    DiscountPage,
-    GoodsRef,
-    SkuIn,
-    SkuOut,
-    SkuPage,
+from .models import (
+    Activity,
+    Discount,
+    Goods,
+    Page,
+    Sku,
+    StoredActivity,
+    StoredDiscount,
+    StoredSku,
 )
 
 # Constraints of sql/003_catalog.sql whose refusals the catalog explains itself.
@@ -66,28 +64,28 @@ RETURNING {_DISCOUNT_COLUMNS}
 _GET_DISCOUNT = f"SELECT {_DISCOUNT_COLUMNS} FROM group_buy_discount WHERE discount_id = $1"
 
 
-async def put_discount(pool: asyncpg.Pool, discount_id: str, body: DiscountIn) -> DiscountOut:
+async def put_discount(pool: asyncpg.Pool, discount_id: str, body: Discount) -> StoredDiscount:
     row = await pool.fetchrow(
         _PUT_DISCOUNT, discount_id, body.discount_name, body.discount_desc, body.market_plan,
         body.market_expr,
     )  # fmt: skip
     assert row is not None
-    return DiscountOut(**dict(row))
+    return StoredDiscount(**dict(row))
 
 
-async def get_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut | None:
+async def get_discount(pool: asyncpg.Pool, discount_id: str) -> StoredDiscount | None:
     row = await pool.fetchrow(_GET_DISCOUNT, discount_id)
-    return DiscountOut(**dict(row)) if row else None
+    return StoredDiscount(**dict(row)) if row else None
 
 
-async def list_discounts(pool: asyncpg.Pool, limit: int, after: str | None) -> DiscountPage:
+async def list_discounts(pool: asyncpg.Pool, limit: int, after: str | None) -> Page[StoredDiscount]:
     rows, cursor = await _page(
         pool, _DISCOUNT_COLUMNS, "group_buy_discount", "discount_id", limit, after
     )
-    return DiscountPage(items=[DiscountOut(**dict(r)) for r in rows], next_cursor=cursor)
+    return Page(items=[StoredDiscount(**dict(r)) for r in rows], next_cursor=cursor)
 
 
-async def delete_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut | None:
+async def delete_discount(pool: asyncpg.Pool, discount_id: str) -> StoredDiscount | None:
     try:
         row = await pool.fetchrow(
             f"DELETE FROM group_buy_discount WHERE discount_id = $1 RETURNING {_DISCOUNT_COLUMNS}",
@@ -100,7 +98,7 @@ async def delete_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut |
             f"discountId {discount_id} is used by {await _activities_using(pool, discount_id)};"
             " change or delete those first"
         ) from None
-    return DiscountOut(**dict(row)) if row else None
+    return StoredDiscount(**dict(row)) if row else None
 
 
 async def _activities_using(pool: asyncpg.Pool, discount_id: str) -> str:
@@ -130,7 +128,7 @@ RETURNING {_SKU_COLUMNS}
 """
 
 
-async def put_sku(pool: asyncpg.Pool, goods_id: str, body: SkuIn) -> SkuOut:
+async def put_sku(pool: asyncpg.Pool, goods_id: str, body: Sku) -> StoredSku:
     try:
         row = await pool.fetchrow(
             _PUT_SKU, goods_id, body.goods_name, body.original_price, body.source, body.channel
@@ -144,7 +142,7 @@ async def put_sku(pool: asyncpg.Pool, goods_id: str, body: SkuIn) -> SkuOut:
             " source and channel cannot change while it is; remove it from that activity first"
         ) from None
     assert row is not None
-    return SkuOut(**dict(row))
+    return StoredSku(**dict(row))
 
 
 async def _activities_binding(pool: asyncpg.Pool, goods_id: str) -> str:
@@ -159,17 +157,17 @@ async def _activities_binding(pool: asyncpg.Pool, goods_id: str) -> str:
     return f"activity {row['activity_id']} (under {row['source']}/{row['channel']})"
 
 
-async def get_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
+async def get_sku(pool: asyncpg.Pool, goods_id: str) -> StoredSku | None:
     row = await pool.fetchrow(f"SELECT {_SKU_COLUMNS} FROM sku WHERE goods_id = $1", goods_id)
-    return SkuOut(**dict(row)) if row else None
+    return StoredSku(**dict(row)) if row else None
 
 
-async def list_skus(pool: asyncpg.Pool, limit: int, after: str | None) -> SkuPage:
+async def list_skus(pool: asyncpg.Pool, limit: int, after: str | None) -> Page[StoredSku]:
     rows, cursor = await _page(pool, _SKU_COLUMNS, "sku", "goods_id", limit, after)
-    return SkuPage(items=[SkuOut(**dict(r)) for r in rows], next_cursor=cursor)
+    return Page(items=[StoredSku(**dict(r)) for r in rows], next_cursor=cursor)
 
 
-async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
+async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> StoredSku | None:
     try:
         row = await pool.fetchrow(
             f"DELETE FROM sku WHERE goods_id = $1 RETURNING {_SKU_COLUMNS}", goods_id
@@ -181,7 +179,7 @@ async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
             f"goodsId {goods_id} is bound to {await _activities_binding(pool, goods_id)};"
             " remove it from that activity's goods first"
         ) from None
-    return SkuOut(**dict(row)) if row else None
+    return StoredSku(**dict(row)) if row else None
 
 
 _ACTIVITY_COLUMNS = """activity_id, activity_name, discount_id, group_type, take_limit_count,
@@ -202,7 +200,7 @@ RETURNING {_ACTIVITY_COLUMNS}
 """
 
 
-async def put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -> ActivityOut:
+async def put_activity(pool: asyncpg.Pool, activity_id: int, body: Activity) -> StoredActivity:
     try:
         return await _put_activity(pool, activity_id, body)
     except asyncpg.CheckViolationError as exc:
@@ -214,7 +212,7 @@ async def put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -
         ) from None
 
 
-async def _put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -> ActivityOut:
+async def _put_activity(pool: asyncpg.Pool, activity_id: int, body: Activity) -> StoredActivity:
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             _PUT_ACTIVITY, activity_id, body.activity_name, body.discount_id, body.group_type,
@@ -228,7 +226,7 @@ async def _put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) 
             [(g.source, g.channel, g.goods_id, activity_id) for g in body.goods],
         )
     assert row is not None
-    return ActivityOut(**dict(row), goods=body.goods)
+    return StoredActivity(**dict(row), goods=body.goods)
 
 
 _GOODS_OF = """
@@ -237,16 +235,16 @@ WHERE activity_id = ANY($1::bigint[]) ORDER BY id
 """
 
 
-async def _with_goods(conn: Conn, rows: list[asyncpg.Record]) -> list[ActivityOut]:
-    goods: dict[int, list[GoodsRef]] = {r["activity_id"]: [] for r in rows}
+async def _with_goods(conn: Conn, rows: list[asyncpg.Record]) -> list[StoredActivity]:
+    goods: dict[int, list[Goods]] = {r["activity_id"]: [] for r in rows}
     for g in await conn.fetch(_GOODS_OF, list(goods)):
         goods[g["activity_id"]].append(
-            GoodsRef(source=g["source"], channel=g["channel"], goods_id=g["goods_id"])
+            Goods(source=g["source"], channel=g["channel"], goods_id=g["goods_id"])
         )
-    return [ActivityOut(**dict(r), goods=goods[r["activity_id"]]) for r in rows]
+    return [StoredActivity(**dict(r), goods=goods[r["activity_id"]]) for r in rows]
 
 
-async def get_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | None:
+async def get_activity(pool: asyncpg.Pool, activity_id: int) -> StoredActivity | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             f"SELECT {_ACTIVITY_COLUMNS} FROM group_buy_activity WHERE activity_id = $1",
@@ -258,17 +256,19 @@ async def get_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | No
     return activity
 
 
-async def list_activities(pool: asyncpg.Pool, limit: int, after: int | None) -> ActivityPage:
+async def list_activities(
+    pool: asyncpg.Pool, limit: int, after: int | None
+) -> Page[StoredActivity]:
     # One snapshot for the page and its goods.
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         rows, cursor = await _page(
             conn, _ACTIVITY_COLUMNS, "group_buy_activity", "activity_id", limit, after
         )
         items = await _with_goods(conn, rows)
-    return ActivityPage(items=items, next_cursor=cursor)
+    return Page(items=items, next_cursor=cursor)
 
 
-async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | None:
+async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> StoredActivity | None:
     """Delete an activity and its goods bindings (ON DELETE CASCADE); PostgreSQL refuses
     while it has teams (team_activity_fkey, ON DELETE RESTRICT): trade history stays."""
     async with pool.acquire() as conn, conn.transaction():
@@ -297,4 +297,4 @@ async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut |
             ) from None
     if row is None:
         return None
-    return ActivityOut(**dict(row), goods=[GoodsRef(**dict(g)) for g in goods])
+    return StoredActivity(**dict(row), goods=[Goods(**dict(g)) for g in goods])

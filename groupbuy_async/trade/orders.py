@@ -13,8 +13,7 @@ from .. import errors
 from ..callbacks import outbox
 from ..callbacks.events import Event, EventType
 from ..db import Conn
-from ..http.schemas import LockIn, LockOut, SettleIn, SettleOut
-from .expiry import fail_expired_teams as fail_expired_teams  # the worker's name for it
+from .models import LockCommand, Locked, SettleCommand, Settled
 from .rules import (
     OrderStatus,
     Pairs,
@@ -32,7 +31,7 @@ from .rules import (
 
 @dataclass(frozen=True)
 class Settlement:
-    result: SettleOut
+    result: Settled
     # Set when this settlement completed the team: the outbox row to dispatch after commit.
     notify_team_id: str | None
 
@@ -44,7 +43,7 @@ FROM group_buy_order_list WHERE source = $1 AND channel = $2 AND out_trade_no = 
 """
 
 
-async def lock_order(pool: asyncpg.Pool, req: LockIn, pairs: Pairs) -> LockOut:
+async def lock_order(pool: asyncpg.Pool, req: LockCommand, pairs: Pairs) -> Locked:
     """Lock a discounted order, opening or joining a team. Idempotent on outTradeNo. Only a
     team under one of `pairs` (the merchant's source+channel pairs) can be joined; any other
     is not found."""
@@ -71,14 +70,14 @@ async def lock_order(pool: asyncpg.Pool, req: LockIn, pairs: Pairs) -> LockOut:
         return _replay_lock(existing, req)
 
 
-def _replay_lock(order: asyncpg.Record, req: LockIn) -> LockOut:
+def _replay_lock(order: asyncpg.Record, req: LockCommand) -> Locked:
     if (order["user_id"], order["activity_id"], order["goods_id"]) != (
         req.user_id,
         req.activity_id,
         req.goods_id,
     ):
         raise errors.OutTradeNoConflict()
-    return LockOut(
+    return Locked(
         order_id=order["order_id"],
         team_id=order["team_id"],
         original_price=order["original_price"],
@@ -151,7 +150,7 @@ SELECT (SELECT biz_id FROM free) AS free_key, (SELECT order_id FROM inserted) AS
 """
 
 
-async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut:
+async def _lock_in_transaction(conn: Conn, req: LockCommand, pairs: Pairs) -> Locked:
     act = await conn.fetchrow(
         _ACTIVITY_FOR_LOCK, req.activity_id, req.source, req.channel, req.goods_id
     )
@@ -195,7 +194,7 @@ async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut
         if row["free_key"] is None:
             break
         if row["order_id"] is not None:
-            return LockOut(
+            return Locked(
                 order_id=row["order_id"],
                 team_id=team_id,
                 original_price=price.original,
@@ -271,7 +270,9 @@ RETURNING status
 """
 
 
-async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[str]) -> Settlement:
+async def settle_order(
+    pool: asyncpg.Pool, req: SettleCommand, blacklist: frozenset[str]
+) -> Settlement:
     """Mark a locked order paid; the member that fills the team enqueues its callback.
     A payment for an order that can no longer be paid is refused: past its payment deadline
     or closed (E0112), its team failed (E0113), after what the refusal changes is committed
@@ -286,7 +287,7 @@ async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[s
     return outcome
 
 
-async def _settle_in_transaction(conn: Conn, req: SettleIn) -> Settlement | errors.Rejected:
+async def _settle_in_transaction(conn: Conn, req: SettleCommand) -> Settlement | errors.Rejected:
     order = await conn.fetchrow(
         _ORDER_FOR_SETTLE, req.source, req.channel, req.out_trade_no, req.user_id
     )
@@ -324,7 +325,7 @@ def _closed_event(order: asyncpg.Record) -> Event:
 
 
 async def _pay(
-    conn: Conn, req: SettleIn, order: asyncpg.Record, team: asyncpg.Record
+    conn: Conn, req: SettleCommand, order: asyncpg.Record, team: asyncpg.Record
 ) -> Settlement:
     completed = team["status"] == TeamStatus.COMPLETE
     locked_at = await conn.fetchval(
@@ -345,8 +346,8 @@ async def _pay(
     return Settlement(_settle_out(req, order, completed), order["team_id"] if completed else None)
 
 
-def _settle_out(req: SettleIn, order: asyncpg.Record, completed: bool) -> SettleOut:
-    return SettleOut(
+def _settle_out(req: SettleCommand, order: asyncpg.Record, completed: bool) -> Settled:
+    return Settled(
         user_id=req.user_id,
         team_id=order["team_id"],
         activity_id=order["activity_id"],
