@@ -37,10 +37,33 @@ def envelope(
     )
 
 
+# The HTTP status of every error, by the first class of its MRO listed here: the one table
+# from a domain error to how the API answers it.
+HTTP_STATUS: dict[type[errors.ServiceError], int] = {
+    errors.ServiceError: 500,
+    errors.BadInput: 400,
+    errors.BodyTooLarge: 413,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.MethodNotAllowed: 405,
+    errors.UniqueConflict: 409,
+    errors.Rejected: 409,
+    errors.DatabaseUnavailable: 503,
+}
+# Seconds a client should wait before retrying a 503 (its Retry-After header).
+RETRY_AFTER_SECONDS = 2
+
+
+def http_status(error: type[errors.ServiceError] | errors.ServiceError) -> int:
+    kind = error if isinstance(error, type) else type(error)
+    return next(HTTP_STATUS[k] for k in kind.__mro__ if k in HTTP_STATUS)
+
+
 def error_response(exc: errors.ServiceError) -> web.Response:
-    response = envelope(None, code=exc.code, info=exc.info, status=exc.http_status)
+    response = envelope(None, code=exc.code, info=exc.info, status=http_status(exc))
     if isinstance(exc, errors.DatabaseUnavailable):
-        response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 
@@ -138,7 +161,7 @@ def translate(exc: Exception) -> errors.ServiceError | None:
 
 # What aiohttp itself answers (no route, a method the path lacks, a body over the limit).
 _HTTP_ERRORS: dict[int, type[errors.ServiceError]] = {
-    e.http_status: e
+    http_status(e): e
     for e in (errors.Unauthorized, errors.NotFound, errors.MethodNotAllowed, errors.BodyTooLarge)
 }
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .. import errors
 from ..bootstrap import SERVICES
 from ..merchants.keys import Principal
-from .envelope import Handler, envelope
+from .envelope import Handler, envelope, http_status
 from .schemas import PATH_PARAMS
 
 View = Callable[[web.Request, Any], Awaitable[Any]]
@@ -77,7 +77,7 @@ def declared_errors(route: Route) -> list[Answer]:
         kinds.append(errors.DatabaseUnavailable)
     answers: list[Answer] = []
     for kind in (*kinds, *route.raises):
-        answer = Answer(kind.http_status, kind.code, kind.info)
+        answer = Answer(http_status(kind), kind.code, kind.info)
         if answer not in answers:
             answers.append(answer)
     return answers

@@ -61,3 +61,17 @@ def test_every_choice_of_a_setting_is_in_its_description_and_the_readme() -> Non
         for choice in get_args(field.annotation):
             assert choice in (field.description or ""), (name, choice)
             assert choice in rows[name.upper()], (name, choice)
+
+
+def test_every_error_answers_the_status_the_readme_gives_its_code() -> None:
+    from groupbuy_async import errors
+    from groupbuy_async.http.envelope import http_status
+
+    section = README.split("### Codes", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        code: (int(status), meaning)
+        for code, status, meaning in re.findall(r"^\| `(\w+)` \| (\d+) \| (.*) \|$", section, re.M)
+    }
+    for error in errors.ALL_ERRORS:
+        status, meaning = rows[error.code]
+        assert http_status(error) == status or f"{http_status(error)} for" in meaning, error
