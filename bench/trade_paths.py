@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 
 from groupbuy_async.db import create_pool
-from groupbuy_async.trade import catalog, orders
+from groupbuy_async.trade import catalog, locking, settlement
 from groupbuy_async.trade.models import (
     Activity,
     Discount,
@@ -119,12 +119,12 @@ class DirectTrader:
         self.pool = pool
 
     async def lock(self, body: dict[str, Any]) -> str:
-        locked = await orders.lock_order(self.pool, command(LockCommand, body), _PAIRS)
+        locked = await locking.lock_order(self.pool, command(LockCommand, body), _PAIRS)
         return locked.team_id
 
     async def settle(self, body: dict[str, Any]) -> bool:
         req = command(SettleCommand, {**body, "outTradeTime": datetime.now(UTC)})
-        return (await orders.settle_order(self.pool, req, frozenset())).result.team_completed
+        return (await settlement.settle_order(self.pool, req, frozenset())).result.team_completed
 
     async def warm_up(self, concurrency: int) -> None:
         for _ in range(3):

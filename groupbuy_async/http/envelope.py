@@ -202,9 +202,11 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
     known = translate(exc)
     if known is None:
         log.exception(
-            "unexpected error on %s %s", request.method, request.path,
+            "unexpected error on %s %s",
+            request.method,
+            request.path,
             extra={"query": request.query_string},
-        )  # fmt: skip
+        )
         known = errors.ServiceError()
     elif isinstance(known, errors.DatabaseUnavailable):
         # Said once, on the access line: an outage fails many requests, each one line.
@@ -215,13 +217,9 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
 def _log_access(request: web.Request, status: int, started: float, rid: str) -> None:
     elapsed_ms = (time.perf_counter() - started) * 1000
     reason = request.get(UNAVAILABLE)
+    line = (request.method, request.path, status, elapsed_ms)
+    extra = {"request_id": rid}
     if reason is None:
-        access_log.info(
-            "%s %s %s %.1fms", request.method, request.path, status, elapsed_ms,
-            extra={"request_id": rid},
-        )  # fmt: skip
+        access_log.info("%s %s %s %.1fms", *line, extra=extra)
     else:
-        access_log.warning(
-            "%s %s %s %.1fms: database unavailable: %s", request.method, request.path, status,
-            elapsed_ms, reason, extra={"request_id": rid},
-        )  # fmt: skip
+        access_log.warning("%s %s %s %.1fms: database unavailable: %s", *line, reason, extra=extra)

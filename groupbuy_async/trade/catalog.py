@@ -66,9 +66,13 @@ _GET_DISCOUNT = f"SELECT {_DISCOUNT_COLUMNS} FROM group_buy_discount WHERE disco
 
 async def put_discount(pool: asyncpg.Pool, discount_id: str, body: Discount) -> StoredDiscount:
     row = await pool.fetchrow(
-        _PUT_DISCOUNT, discount_id, body.discount_name, body.discount_desc, body.market_plan,
+        _PUT_DISCOUNT,
+        discount_id,
+        body.discount_name,
+        body.discount_desc,
+        body.market_plan,
         body.market_expr,
-    )  # fmt: skip
+    )
     assert row is not None
     return StoredDiscount(**dict(row))
 
@@ -215,10 +219,19 @@ async def put_activity(pool: asyncpg.Pool, activity_id: int, body: Activity) -> 
 async def _put_activity(pool: asyncpg.Pool, activity_id: int, body: Activity) -> StoredActivity:
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            _PUT_ACTIVITY, activity_id, body.activity_name, body.discount_id, body.group_type,
-            body.take_limit_count, body.target, body.valid_time, body.status, body.start_time,
-            body.end_time, body.pay_timeout_seconds,
-        )  # fmt: skip
+            _PUT_ACTIVITY,
+            activity_id,
+            body.activity_name,
+            body.discount_id,
+            body.group_type,
+            body.take_limit_count,
+            body.target,
+            body.valid_time,
+            body.status,
+            body.start_time,
+            body.end_time,
+            body.pay_timeout_seconds,
+        )
         await conn.execute("DELETE FROM sc_sku_activity WHERE activity_id = $1", activity_id)
         await conn.executemany(
             "INSERT INTO sc_sku_activity (source, channel, goods_id, activity_id)"

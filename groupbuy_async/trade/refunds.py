@@ -14,8 +14,8 @@ from ..callbacks import outbox
 from ..callbacks.events import EventType
 from ..db import Conn
 from .models import RefundCommand, Refunded
-from .orders import CLOSE_LOCKED, GIVE_BACK_SLOT, THE_TEAM
 from .rules import OrderStatus, RefundType, TeamStatus, order_event
+from .teams import CLOSE_LOCKED, GIVE_BACK_SLOT, THE_TEAM
 
 _ORDER_FOR_REFUND = """
 SELECT o.order_id, o.status, o.team_id, o.activity_id, o.user_id, o.out_trade_no, o.refund_type,
