@@ -2,6 +2,7 @@
 query validation, the envelope)."""
 
 import hmac
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +31,9 @@ def to_wire(model: type[M], value: object) -> M:
     return model.model_validate(value, from_attributes=True)
 
 
+Raises = tuple[type[errors.ServiceError] | errors.ServiceError, ...]
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -48,11 +52,31 @@ class Route:
     raw: str | None = None
     # What its view can raise (a class, or an instance whose info is a refusal worth naming);
     # declared_errors() adds what every route of its kind can answer. OpenAPI lists them all.
-    raises: tuple[type[errors.ServiceError] | errors.ServiceError, ...] = ()
+    raises: Raises = ()
     # Reads PostgreSQL: answers 503 (0503, Retry-After) while it is unavailable.
     database: bool = True
     # Answers 503 (0503) itself, with its data (not null), when a dependency is down.
     degraded: bool = False
+
+
+def documented(
+    method: str,
+    path: str,
+    view: View,
+    body: type[BaseModel] | None,
+    response: Any,
+    *,
+    tag: str,
+    admin: bool = False,
+    merchant: bool = False,
+    query: type[BaseModel] | None = None,
+    raises: Raises = (),
+) -> Route:
+    """A route whose summary (in OpenAPI) is its view's docstring."""
+    summary = inspect.getdoc(view) or ""
+    return Route(
+        method, path, view, summary, tag, body, response, admin, merchant, query, raises=raises
+    )
 
 
 @dataclass(frozen=True)

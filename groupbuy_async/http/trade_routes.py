@@ -1,6 +1,8 @@
 """The shop front (a merchant's API key): price trial, lock, settle, refund, and a team's or
 an order's state; their handlers and route table."""
 
+from functools import partial
+
 from aiohttp import web
 
 from .. import errors
@@ -8,7 +10,7 @@ from ..bootstrap import SERVICES
 from ..callbacks.rules import url_problem
 from ..trade import locking, queries, refunds, settlement
 from ..trade.models import LockCommand, MarketQuery, RefundCommand, SettleCommand
-from .routing import Route, path_param, principal, require_pair, to_domain, to_wire
+from .routing import Route, documented, path_param, principal, require_pair, to_domain, to_wire
 from .schemas import (
     LockIn,
     LockOut,
@@ -25,6 +27,7 @@ from .schemas import (
 
 
 async def query_market_config(request: web.Request, body: MarketConfigQuery) -> MarketConfig:
+    """Price trial and joinable teams"""
     who = require_pair(request, body.source, body.channel)
     query = to_domain(MarketQuery, body)
     view = await queries.market_config(request.app[SERVICES].pool, query, who.pairs)
@@ -32,6 +35,7 @@ async def query_market_config(request: web.Request, body: MarketConfigQuery) -> 
 
 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
+    """Lock a discounted order (open or join a team)"""
     who = require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     if services.settings.notify_block_private:
@@ -43,6 +47,7 @@ async def lock_order(request: web.Request, body: LockIn) -> LockOut:
 
 
 async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
+    """Settle a paid order"""
     require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     command = to_domain(SettleCommand, body)
@@ -55,6 +60,7 @@ async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
 
 
 async def refund_order(request: web.Request, body: RefundIn) -> RefundOut:
+    """Refund an order: cancel a locked one, refund a paid one (idempotent)"""
     # Its order.closed / order.refunded event goes out with the worker's next drain: the
     # merchant asked for the refund and has the answer already.
     require_pair(request, body.source, body.channel)
@@ -64,6 +70,7 @@ async def refund_order(request: web.Request, body: RefundIn) -> RefundOut:
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
+    """A team's state"""
     team = await queries.get_team(
         request.app[SERVICES].pool, path_param(request, "teamId"), principal(request).pairs
     )
@@ -71,6 +78,7 @@ async def get_team(request: web.Request, _: None) -> TeamOut:
 
 
 async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
+    """An order's state: status, team, prices, times (reconcile callbacks with it)"""
     require_pair(request, query.source, query.channel)
     order = await queries.get_order(
         request.app[SERVICES].pool,
@@ -82,13 +90,22 @@ async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
     return to_wire(OrderOut, order)
 
 
+_CONFIG = "/api/v1/gbm/index/query_group_buy_market_config"
+_LOCK = "/api/v1/gbm/trade/lock_market_pay_order"
+_SETTLE = "/api/v1/gbm/trade/settlement_market_pay_order"
+_REFUND = "/api/v1/gbm/trade/refund_market_pay_order"
+_TEAM = "/api/v1/gbm/teams/{teamId}"
+_ORDER = "/api/v1/gbm/orders/{outTradeNo}"
+
 # What each shop-front call can be refused for, beyond bad input (declared in OpenAPI).
 _ACTIVITY_CLOSED = (
     errors.NoActivityForGoods,
     errors.ActivityNotEffective,
     errors.OutsideActivityTime,
 )
+_NO_PRICE = (errors.Forbidden, *_ACTIVITY_CLOSED)
 _LOCK_REFUSALS = (
+    errors.Forbidden,
     errors.BadInput("notifyUrl points at a blocked address (GROUPBUY_NOTIFY_BLOCK_PRIVATE)"),
     errors.ActivityNotFound,
     *_ACTIVITY_CLOSED,
@@ -100,6 +117,7 @@ _LOCK_REFUSALS = (
     errors.TeamActivityMismatch,
 )
 _SETTLE_REFUSALS = (
+    errors.Forbidden,
     errors.BadInput("outTradeTime is before the order was locked (beyond the clock skew allowed)"),
     errors.UnknownOutTradeNo,
     errors.ChannelBlacklisted,
@@ -108,72 +126,15 @@ _SETTLE_REFUSALS = (
     errors.TeamFailed,
     errors.OrderRefunded,
 )
+_UNKNOWN_ORDER = (errors.Forbidden, errors.UnknownOutTradeNo)
+
+_shop = partial(documented, tag="shop", merchant=True)
+
 TRADE_ROUTES: list[Route] = [
-    Route(
-        "POST",
-        "/api/v1/gbm/index/query_group_buy_market_config",
-        query_market_config,
-        "Price trial and joinable teams",
-        "shop",
-        MarketConfigQuery,
-        MarketConfig,
-        raises=(errors.Forbidden, *_ACTIVITY_CLOSED),
-        merchant=True,
-    ),
-    Route(
-        "POST",
-        "/api/v1/gbm/trade/lock_market_pay_order",
-        lock_order,
-        "Lock a discounted order (open or join a team)",
-        "shop",
-        LockIn,
-        LockOut,
-        raises=(errors.Forbidden, *_LOCK_REFUSALS),
-        merchant=True,
-    ),
-    Route(
-        "POST",
-        "/api/v1/gbm/trade/settlement_market_pay_order",
-        settle_order,
-        "Settle a paid order",
-        "shop",
-        SettleIn,
-        SettleOut,
-        raises=(errors.Forbidden, *_SETTLE_REFUSALS),
-        merchant=True,
-    ),
-    Route(
-        "POST",
-        "/api/v1/gbm/trade/refund_market_pay_order",
-        refund_order,
-        "Refund an order: cancel a locked one, refund a paid one (idempotent)",
-        "shop",
-        RefundIn,
-        RefundOut,
-        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
-        merchant=True,
-    ),
-    Route(
-        "GET",
-        "/api/v1/gbm/teams/{teamId}",
-        get_team,
-        "A team's state",
-        "shop",
-        None,
-        TeamOut,
-        raises=(errors.TeamNotFound,),
-        merchant=True,
-    ),
-    Route(
-        "GET",
-        "/api/v1/gbm/orders/{outTradeNo}",
-        get_order,
-        "An order's state: status, team, prices, times (reconcile callbacks with it)",
-        "shop",
-        None,
-        OrderOut,
-        query=OrderQuery,
-        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
-        merchant=True,
-    ),
+    _shop("POST", _CONFIG, query_market_config, MarketConfigQuery, MarketConfig, raises=_NO_PRICE),
+    _shop("POST", _LOCK, lock_order, LockIn, LockOut, raises=_LOCK_REFUSALS),
+    _shop("POST", _SETTLE, settle_order, SettleIn, SettleOut, raises=_SETTLE_REFUSALS),
+    _shop("POST", _REFUND, refund_order, RefundIn, RefundOut, raises=_UNKNOWN_ORDER),
+    _shop("GET", _TEAM, get_team, None, TeamOut, raises=(errors.TeamNotFound,)),
+    _shop("GET", _ORDER, get_order, None, OrderOut, query=OrderQuery, raises=_UNKNOWN_ORDER),
 ]

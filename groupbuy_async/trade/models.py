@@ -15,12 +15,18 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Purchase:
-    """An order, as the shop names it: the merchant's outTradeNo under one source+channel."""
+class Shopper:
+    """A user at one of a merchant's shops (source+channel)."""
 
     user_id: str
     source: str
     channel: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Purchase(Shopper):
+    """An order, as the shop names it: the merchant's outTradeNo under its source+channel."""
+
     out_trade_no: str
 
 
@@ -77,10 +83,7 @@ class Refunded:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MarketQuery:
-    user_id: str
-    source: str
-    channel: str
+class MarketQuery(Shopper):
     goods_id: str
 
 

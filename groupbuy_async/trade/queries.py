@@ -81,16 +81,7 @@ async def market_config(pool: asyncpg.Pool, query: MarketQuery, pairs: Pairs) ->
     price = trial_price(cfg["original_price"], cfg["market_plan"], cfg["market_expr"])
     now = cfg["db_now"]
     teams = [
-        JoinableTeam(
-            team_id=t["team_id"],
-            activity_id=t["activity_id"],
-            target_count=t["target_count"],
-            complete_count=t["complete_count"],
-            lock_count=t["lock_count"],
-            valid_start_time=t["valid_start_time"],
-            valid_end_time=t["valid_end_time"],
-            valid_time_countdown=countdown(t["valid_end_time"], now),
-        )
+        JoinableTeam(**dict(t), valid_time_countdown=countdown(t["valid_end_time"], now))
         for t in [*own, *others]
     ]
     return MarketView(
