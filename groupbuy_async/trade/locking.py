@@ -167,25 +167,14 @@ async def _lock_in_transaction(conn: Conn, req: LockCommand, pairs: Pairs) -> Lo
     # Each lost race means one more key taken by a committed order: take limit + 1 tries
     # always end with an order or with no key free.
     for _ in range(act["take_limit_count"] + 1):
-        (row,) = await conn.fetch(
-            _INSERT_ORDER,
-            req.user_id,
-            team_id,
-            req.activity_id,
-            act["start_time"],
-            act["end_time"],
-            req.goods_id,
-            req.source,
-            req.channel,
-            price.original,
-            price.deduction,
-            price.pay,
-            req.out_trade_no,
-            take_key_prefix(req.activity_id, req.user_id),
-            act["take_limit_count"],
-            act["pay_timeout_seconds"],
-            team["valid_end_time"],
-        )
+        row = await conn.fetchrow(
+            _INSERT_ORDER, req.user_id, team_id, req.activity_id, act["start_time"],
+            act["end_time"], req.goods_id, req.source, req.channel, price.original,
+            price.deduction, price.pay, req.out_trade_no,
+            take_key_prefix(req.activity_id, req.user_id), act["take_limit_count"],
+            act["pay_timeout_seconds"], team["valid_end_time"],
+        )  # fmt: skip
+        assert row is not None
         if row["free_key"] is None:
             break
         if row["order_id"] is not None:
