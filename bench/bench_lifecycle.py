@@ -38,14 +38,15 @@ import aiohttp
 import asyncpg
 
 from groupbuy_async.db import create_pool
-from groupbuy_async.http.schemas import RefundIn
 from groupbuy_async.trade import refunds
+from groupbuy_async.trade.models import RefundCommand
 
 from . import lifecycle_data as data
 from .bench_trade import cpu_lines, verdict
 from .common import (
     BenchFailure,
     Options,
+    command,
     database_name,
     fresh_database,
     positive,
@@ -127,7 +128,7 @@ class DirectRefunder:
         self.pool = pool
 
     async def refund(self, body: dict[str, str]) -> str:
-        return (await refunds.refund_order(self.pool, RefundIn.model_validate(body))).refund_type
+        return (await refunds.refund_order(self.pool, command(RefundCommand, body))).refund_type
 
     async def warm_up(self, concurrency: int) -> None:
         for _ in range(3):

@@ -13,9 +13,9 @@ orders and teams:
    --pool-max), driven by one aiohttp ClientSession (connector limit = concurrency). Completed teams call back a receiver
    process (bench/receiver.py; or, with --notify self, the API's own mock merchant), so
    the settle phase carries the real callback work: claim, signed POST, record.
-2. Direct: groupbuy_async.trade.orders.lock_order / settle_order on an asyncpg pool the size of
-   the API's (GROUPBUY_DB_POOL_MIN/MAX defaults 2/20). Its settlements write the notify
-   tasks in the same transaction but send nothing (no dispatcher): the ceiling is the
+2. Direct: groupbuy_async.trade.locking.lock_order / settlement.settle_order on an asyncpg
+   pool the size of the API's (GROUPBUY_DB_POOL_MIN/MAX defaults 2/20). Its settlements write
+   the notify tasks in the same transaction but send nothing (no dispatcher): the ceiling is the
    SQL alone, so the HTTP settle phase also carries the callback claim, POST and record
    that the direct one does not.
 

@@ -8,11 +8,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from pydantic.alias_generators import to_snake
 from yarl import URL
 
 from groupbuy_async.db import create_pool
@@ -87,6 +88,12 @@ async def stop_process(proc: asyncio.subprocess.Process, grace_seconds: float = 
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+def command(kind: Callable[..., T], body: Mapping[str, Any]) -> T:
+    """A request body (camelCase, as the API takes it) as the domain's command: what the
+    direct paths hand the trade functions."""
+    return kind(**{to_snake(key): value for key, value in body.items()})
 
 
 async def timed(latencies_ms: list[float], call: Awaitable[T]) -> T:

@@ -13,11 +13,17 @@ import aiohttp
 import asyncpg
 
 from groupbuy_async.db import create_pool
-from groupbuy_async.http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
-from groupbuy_async.http.schemas import LockIn, SettleIn
-from groupbuy_async.trade import catalog, orders
+from groupbuy_async.trade import catalog, locking, settlement
+from groupbuy_async.trade.models import (
+    Activity,
+    Discount,
+    Goods,
+    LockCommand,
+    SettleCommand,
+    Sku,
+)
 
-from .common import BenchFailure, percentile, timed
+from .common import BenchFailure, command, percentile, timed
 from .cpu import Section, Source, measure
 from .trade_api import ApiClient
 
@@ -113,12 +119,12 @@ class DirectTrader:
         self.pool = pool
 
     async def lock(self, body: dict[str, Any]) -> str:
-        locked = await orders.lock_order(self.pool, LockIn.model_validate(body), _PAIRS)
+        locked = await locking.lock_order(self.pool, command(LockCommand, body), _PAIRS)
         return locked.team_id
 
     async def settle(self, body: dict[str, Any]) -> bool:
-        req = SettleIn.model_validate({**body, "outTradeTime": datetime.now(UTC)})
-        return (await orders.settle_order(self.pool, req, frozenset())).result.team_completed
+        req = command(SettleCommand, {**body, "outTradeTime": datetime.now(UTC)})
+        return (await settlement.settle_order(self.pool, req, frozenset())).result.team_completed
 
     async def warm_up(self, concurrency: int) -> None:
         for _ in range(3):
@@ -211,19 +217,19 @@ async def prepare(db_url: str) -> str:
     key), so one path could run on other plans than the other."""
     pool = await create_pool(db_url, 1, 2)
     try:
-        await catalog.put_discount(pool, DISCOUNT_ID, DiscountIn(
+        await catalog.put_discount(pool, DISCOUNT_ID, Discount(
             discount_name="bench 20 off", market_plan="ZJ", market_expr="20",
         ))  # fmt: skip
-        await catalog.put_sku(pool, GOODS_ID, SkuIn(
+        await catalog.put_sku(pool, GOODS_ID, Sku(
             goods_name="bench goods", original_price=Decimal("100.00"), source=SOURCE,
             channel=CHANNEL,
         ))  # fmt: skip
         now = datetime.now(UTC)
-        await catalog.put_activity(pool, ACTIVITY_ID, ActivityIn(
+        await catalog.put_activity(pool, ACTIVITY_ID, Activity(
             activity_name="bench activity", discount_id=DISCOUNT_ID, target=TARGET,
             take_limit_count=1, valid_time=24 * 60, status=1,
             start_time=now - timedelta(hours=1), end_time=now + timedelta(days=2),
-            goods=[GoodsRef(source=SOURCE, channel=CHANNEL, goods_id=GOODS_ID)],
+            goods=[Goods(source=SOURCE, channel=CHANNEL, goods_id=GOODS_ID)],
         ))  # fmt: skip
         for table in TRADE_TABLES:
             await pool.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")

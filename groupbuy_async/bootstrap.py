@@ -51,10 +51,12 @@ async def services(settings: Settings, pool_min: int | None = None) -> AsyncIter
     if not settings.database_url:
         raise RuntimeError("GROUPBUY_DATABASE_URL is not set")
     pool = await create_pool(
-        settings.database_url, pool_min or settings.db_pool_min, settings.db_pool_max,
+        settings.database_url,
+        pool_min or settings.db_pool_min,
+        settings.db_pool_max,
         acquire_timeout=settings.db_acquire_timeout_seconds,
         command_timeout=settings.db_command_timeout_seconds,
-    )  # fmt: skip
+    )
     try:
         metrics = Metrics()
         dispatcher = build_dispatcher(pool, settings, metrics)

@@ -1,10 +1,10 @@
-"""Response codes and the domain errors that carry them to the envelope."""
+"""The service's errors: each a response code and a message (info), whoever raises or
+reports it. How the API answers each (its HTTP status) is http/'s business (envelope.py)."""
 
 
 class ServiceError(Exception):
     code = "0001"
     info = "unknown error"
-    http_status = 500
 
     def __init__(self, info: str | None = None) -> None:
         super().__init__(info or self.info)
@@ -15,51 +15,47 @@ class ServiceError(Exception):
 class DatabaseUnavailable(ServiceError):
     """PostgreSQL did not answer in time, refused, or is starting or shutting down."""
 
-    code, info, http_status = "0503", "database unavailable, retry later", 503
-    # Seconds a client should wait before retrying (the Retry-After header).
-    retry_after = 2
+    code, info = "0503", "database unavailable, retry later"
 
 
 class BadInput(ServiceError):
-    code, info, http_status = "0002", "illegal parameter", 400
+    code, info = "0002", "illegal parameter"
 
 
 class BodyTooLarge(BadInput):
     """A request body over the API's limit (256 KiB): bad input, answered before it is read."""
 
-    code, info, http_status = "0002", "request body too large", 413
+    code, info = "0002", "request body too large"
 
 
 class Unauthorized(ServiceError):
-    code, info, http_status = "0401", "missing or wrong admin token", 401
+    code, info = "0401", "missing or wrong admin token"
 
 
 class Forbidden(ServiceError):
     """A merchant's key asked for what its merchant does not hold (a source+channel pair)."""
 
-    code, info, http_status = "0403", "source+channel not held by this API key's merchant", 403
+    code, info = "0403", "source+channel not held by this API key's merchant"
 
 
 class NotFound(ServiceError):
-    """What the request names and looks up does not exist: always 404, each with its code."""
+    """What the request names and looks up does not exist (each kind of thing with its code)."""
 
-    code, info, http_status = "0404", "not found", 404
+    code, info = "0404", "not found"
 
 
 class MethodNotAllowed(ServiceError):
     """A path the API has, with a method it does not (the Allow header lists those it has)."""
 
-    code, info, http_status = "0405", "method not allowed", 405
+    code, info = "0405", "method not allowed"
 
 
 class UniqueConflict(ServiceError):
-    code, info, http_status = "0003", "unique index conflict", 409
+    code, info = "0003", "unique index conflict"
 
 
 class Rejected(ServiceError):
     """A business rule said no; nothing was changed."""
-
-    http_status = 409
 
 
 class NoActivityForGoods(NotFound):
@@ -145,11 +141,32 @@ class StillReferenced(Rejected):
 
 # Listed in the README; tests check the table stays complete.
 ALL_ERRORS: tuple[type[ServiceError], ...] = (
-    ServiceError, BadInput, BodyTooLarge, UniqueConflict, Unauthorized, Forbidden, NotFound,
+    ServiceError,
+    BadInput,
+    BodyTooLarge,
+    UniqueConflict,
+    Unauthorized,
+    Forbidden,
+    NotFound,
     MethodNotAllowed,
-    NoActivityForGoods, TeamFull, ActivityNotEffective, OutsideActivityTime,
-    TakeLimitReached, UnknownOutTradeNo, ChannelBlacklisted, TradeTimeOutsideWindow,
-    TeamNotFound, TeamClosed, OutTradeNoConflict, TeamActivityMismatch, ActivityNotFound,
-    OrderClosed, TeamFailed, OrderRefunded, NotifyTaskNotReplayable, StillReferenced,
-    ActivitySpansMerchants, DatabaseUnavailable,
-)  # fmt: skip
+    NoActivityForGoods,
+    TeamFull,
+    ActivityNotEffective,
+    OutsideActivityTime,
+    TakeLimitReached,
+    UnknownOutTradeNo,
+    ChannelBlacklisted,
+    TradeTimeOutsideWindow,
+    TeamNotFound,
+    TeamClosed,
+    OutTradeNoConflict,
+    TeamActivityMismatch,
+    ActivityNotFound,
+    OrderClosed,
+    TeamFailed,
+    OrderRefunded,
+    NotifyTaskNotReplayable,
+    StillReferenced,
+    ActivitySpansMerchants,
+    DatabaseUnavailable,
+)

@@ -12,7 +12,6 @@ from pathlib import Path
 from ..bootstrap import Services
 from ..db import create_pool, migrate
 from ..http.app import create_app
-from ..http.catalog_schemas import ActivityIn, DiscountIn, GoodsRef, SkuIn
 from ..http.server import start_api
 from ..merchants import accounts, endpoints, keys
 from ..merchants.secret_box import SecretBox, new_sealing_key
@@ -21,6 +20,7 @@ from ..process.signals import Stop, run_until_signalled
 from ..process.startup import StartupError
 from ..settings import Settings
 from ..trade import catalog
+from ..trade.models import Activity, Discount, Goods, Sku
 from ..worker.arq_worker import build_worker
 from ..worker.context import shutdown
 from ..worker.run import finish_jobs, quietly
@@ -46,7 +46,7 @@ async def load_demo(dsn: str) -> None:
         await catalog.put_discount(
             pool,
             DEMO_DISCOUNT,
-            DiscountIn(
+            Discount(
                 discount_name="直减优惠20元",
                 discount_desc="20 off",
                 market_plan="ZJ",
@@ -56,7 +56,7 @@ async def load_demo(dsn: str) -> None:
         await catalog.put_sku(
             pool,
             DEMO_GOODS,
-            SkuIn(
+            Sku(
                 goods_name="《手写MyBatis 渐进式源码实践》",
                 original_price=Decimal("100.00"),
                 source="s01",
@@ -67,7 +67,7 @@ async def load_demo(dsn: str) -> None:
         await catalog.put_activity(
             pool,
             DEMO_ACTIVITY,
-            ActivityIn(
+            Activity(
                 activity_name="测试活动 demo",
                 discount_id=DEMO_DISCOUNT,
                 target=3,
@@ -76,7 +76,7 @@ async def load_demo(dsn: str) -> None:
                 status=1,
                 start_time=now - timedelta(days=1),
                 end_time=now + timedelta(days=365),
-                goods=[GoodsRef(source="s01", channel="c01", goods_id=DEMO_GOODS)],
+                goods=[Goods(source="s01", channel="c01", goods_id=DEMO_GOODS)],
             ),
         )
     finally:

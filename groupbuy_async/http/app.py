@@ -7,6 +7,7 @@ from aiohttp import web
 from ..bootstrap import SERVICES, services
 from ..settings import Settings
 from .callback_routes import CALLBACK_ROUTES
+from .catalog_routes import CATALOG_ROUTES
 from .envelope import envelope_middleware
 from .merchant_routes import MERCHANT_ROUTES
 from .ops_routes import OPS_ROUTES
@@ -20,6 +21,7 @@ def create_app(settings: Settings, extra_routes: Sequence[Route] = ()) -> web.Ap
     """The API; `extra_routes` are served beside it (e.g. `dev`'s mock merchant)."""
     app = web.Application(middlewares=[envelope_middleware], client_max_size=MAX_BODY)
     routes: list[Route] = [
+        *CATALOG_ROUTES,
         *TRADE_ROUTES,
         *MERCHANT_ROUTES,
         *CALLBACK_ROUTES,

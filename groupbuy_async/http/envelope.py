@@ -37,10 +37,33 @@ def envelope(
     )
 
 
+# The HTTP status of every error, by the first class of its MRO listed here: the one table
+# from a domain error to how the API answers it.
+HTTP_STATUS: dict[type[errors.ServiceError], int] = {
+    errors.ServiceError: 500,
+    errors.BadInput: 400,
+    errors.BodyTooLarge: 413,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.MethodNotAllowed: 405,
+    errors.UniqueConflict: 409,
+    errors.Rejected: 409,
+    errors.DatabaseUnavailable: 503,
+}
+# Seconds a client should wait before retrying a 503 (its Retry-After header).
+RETRY_AFTER_SECONDS = 2
+
+
+def http_status(error: type[errors.ServiceError] | errors.ServiceError) -> int:
+    kind = error if isinstance(error, type) else type(error)
+    return next(HTTP_STATUS[k] for k in kind.__mro__ if k in HTTP_STATUS)
+
+
 def error_response(exc: errors.ServiceError) -> web.Response:
-    response = envelope(None, code=exc.code, info=exc.info, status=exc.http_status)
+    response = envelope(None, code=exc.code, info=exc.info, status=http_status(exc))
     if isinstance(exc, errors.DatabaseUnavailable):
-        response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 
@@ -138,7 +161,7 @@ def translate(exc: Exception) -> errors.ServiceError | None:
 
 # What aiohttp itself answers (no route, a method the path lacks, a body over the limit).
 _HTTP_ERRORS: dict[int, type[errors.ServiceError]] = {
-    e.http_status: e
+    http_status(e): e
     for e in (errors.Unauthorized, errors.NotFound, errors.MethodNotAllowed, errors.BodyTooLarge)
 }
 
@@ -179,9 +202,11 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
     known = translate(exc)
     if known is None:
         log.exception(
-            "unexpected error on %s %s", request.method, request.path,
+            "unexpected error on %s %s",
+            request.method,
+            request.path,
             extra={"query": request.query_string},
-        )  # fmt: skip
+        )
         known = errors.ServiceError()
     elif isinstance(known, errors.DatabaseUnavailable):
         # Said once, on the access line: an outage fails many requests, each one line.
@@ -192,13 +217,9 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
 def _log_access(request: web.Request, status: int, started: float, rid: str) -> None:
     elapsed_ms = (time.perf_counter() - started) * 1000
     reason = request.get(UNAVAILABLE)
+    line = (request.method, request.path, status, elapsed_ms)
+    extra = {"request_id": rid}
     if reason is None:
-        access_log.info(
-            "%s %s %s %.1fms", request.method, request.path, status, elapsed_ms,
-            extra={"request_id": rid},
-        )  # fmt: skip
+        access_log.info("%s %s %s %.1fms", *line, extra=extra)
     else:
-        access_log.warning(
-            "%s %s %s %.1fms: database unavailable: %s", request.method, request.path, status,
-            elapsed_ms, reason, extra={"request_id": rid},
-        )  # fmt: skip
+        access_log.warning("%s %s %s %.1fms: database unavailable: %s", *line, reason, extra=extra)

@@ -9,8 +9,7 @@ from aiohttp import web
 from .. import errors
 from ..bootstrap import SERVICES
 from ..db import one_line
-from ..errors import DatabaseUnavailable
-from .envelope import UNAVAILABLE, envelope
+from .envelope import RETRY_AFTER_SECONDS, UNAVAILABLE, envelope
 from .routing import ROUTE_TABLE, Route, require_bearer
 from .schemas import Health
 
@@ -43,7 +42,7 @@ async def readyz(request: web.Request, _: None) -> web.Response:
     if ready:
         return envelope(health)
     response = envelope(health, code="0503", info="dependencies unavailable", status=503)
-    response.headers["Retry-After"] = str(DatabaseUnavailable.retry_after)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 

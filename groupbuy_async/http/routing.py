@@ -2,9 +2,10 @@
 query validation, the envelope)."""
 
 import hmac
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -12,10 +13,25 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .. import errors
 from ..bootstrap import SERVICES
 from ..merchants.keys import Principal
-from .envelope import Handler, envelope
+from .envelope import Handler, envelope, http_status
 from .schemas import PATH_PARAMS
 
 View = Callable[[web.Request, Any], Awaitable[Any]]
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def to_domain(kind: Callable[..., T], body: BaseModel) -> T:
+    """A validated body as the domain's command of the same field names."""
+    return kind(**dict(body))
+
+
+def to_wire(model: type[M], value: object) -> M:
+    """A domain result in its JSON form, validated as the model says (nested ones too)."""
+    return model.model_validate(value, from_attributes=True)
+
+
+Raises = tuple[type[errors.ServiceError] | errors.ServiceError, ...]
 
 
 @dataclass(frozen=True)
@@ -36,11 +52,31 @@ class Route:
     raw: str | None = None
     # What its view can raise (a class, or an instance whose info is a refusal worth naming);
     # declared_errors() adds what every route of its kind can answer. OpenAPI lists them all.
-    raises: tuple[type[errors.ServiceError] | errors.ServiceError, ...] = ()
+    raises: Raises = ()
     # Reads PostgreSQL: answers 503 (0503, Retry-After) while it is unavailable.
     database: bool = True
     # Answers 503 (0503) itself, with its data (not null), when a dependency is down.
     degraded: bool = False
+
+
+def documented(
+    method: str,
+    path: str,
+    view: View,
+    body: type[BaseModel] | None,
+    response: Any,
+    *,
+    tag: str,
+    admin: bool = False,
+    merchant: bool = False,
+    query: type[BaseModel] | None = None,
+    raises: Raises = (),
+) -> Route:
+    """A route whose summary (in OpenAPI) is its view's docstring."""
+    summary = inspect.getdoc(view) or ""
+    return Route(
+        method, path, view, summary, tag, body, response, admin, merchant, query, raises=raises
+    )
 
 
 @dataclass(frozen=True)
@@ -65,7 +101,7 @@ def declared_errors(route: Route) -> list[Answer]:
         kinds.append(errors.DatabaseUnavailable)
     answers: list[Answer] = []
     for kind in (*kinds, *route.raises):
-        answer = Answer(kind.http_status, kind.code, kind.info)
+        answer = Answer(http_status(kind), kind.code, kind.info)
         if answer not in answers:
             answers.append(answer)
     return answers

@@ -1,27 +1,16 @@
-"""Shop-front and catalog (admin) endpoints of the trade half, in one table."""
+"""The shop front (a merchant's API key): price trial, lock, settle, refund, and a team's or
+an order's state; their handlers and route table."""
 
-from typing import Any
+from functools import partial
 
 from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
 from ..merchants import endpoints
-from ..trade import catalog, orders, queries, refunds
-from .catalog_schemas import (
-    ActivityIn,
-    ActivityOut,
-    ActivityPage,
-    ActivityPageQuery,
-    CodePageQuery,
-    DiscountIn,
-    DiscountOut,
-    DiscountPage,
-    SkuIn,
-    SkuOut,
-    SkuPage,
-)
-from .routing import Route, path_param, principal, require_pair
+from ..trade import locking, queries, refunds, settlement
+from ..trade.models import LockCommand, MarketQuery, RefundCommand, SettleCommand
+from .routing import Route, documented, path_param, principal, require_pair, to_domain, to_wire
 from .schemas import (
     LockIn,
     LockOut,
@@ -37,126 +26,74 @@ from .schemas import (
 )
 
 
-def _found(value: Any, what: str) -> Any:
-    if value is None:
-        raise errors.NotFound(f"{what} not found")
-    return value
-
-
-# --- admin ---------------------------------------------------------------------------
-
-
-async def put_discount(request: web.Request, body: DiscountIn) -> DiscountOut:
-    return await catalog.put_discount(
-        request.app[SERVICES].pool, path_param(request, "discountId"), body
-    )
-
-
-async def get_discount(request: web.Request, _: None) -> DiscountOut:
-    found = await catalog.get_discount(
-        request.app[SERVICES].pool, path_param(request, "discountId")
-    )
-    return _found(found, "discount")  # type: ignore[no-any-return]
-
-
-async def list_discounts(request: web.Request, query: CodePageQuery) -> DiscountPage:
-    return await catalog.list_discounts(request.app[SERVICES].pool, query.limit, query.after)
-
-
-async def delete_discount(request: web.Request, _: None) -> DiscountOut:
-    found = await catalog.delete_discount(
-        request.app[SERVICES].pool, path_param(request, "discountId")
-    )
-    return _found(found, "discount")  # type: ignore[no-any-return]
-
-
-async def put_sku(request: web.Request, body: SkuIn) -> SkuOut:
-    return await catalog.put_sku(request.app[SERVICES].pool, path_param(request, "goodsId"), body)
-
-
-async def get_sku(request: web.Request, _: None) -> SkuOut:
-    found = await catalog.get_sku(request.app[SERVICES].pool, path_param(request, "goodsId"))
-    return _found(found, "sku")  # type: ignore[no-any-return]
-
-
-async def list_skus(request: web.Request, query: CodePageQuery) -> SkuPage:
-    return await catalog.list_skus(request.app[SERVICES].pool, query.limit, query.after)
-
-
-async def delete_sku(request: web.Request, _: None) -> SkuOut:
-    found = await catalog.delete_sku(request.app[SERVICES].pool, path_param(request, "goodsId"))
-    return _found(found, "sku")  # type: ignore[no-any-return]
-
-
-async def put_activity(request: web.Request, body: ActivityIn) -> ActivityOut:
-    activity_id = path_param(request, "activityId")
-    return await catalog.put_activity(request.app[SERVICES].pool, activity_id, body)
-
-
-async def get_activity(request: web.Request, _: None) -> ActivityOut:
-    activity_id = path_param(request, "activityId")
-    return _found(await catalog.get_activity(request.app[SERVICES].pool, activity_id), "activity")  # type: ignore[no-any-return]
-
-
-async def list_activities(request: web.Request, query: ActivityPageQuery) -> ActivityPage:
-    return await catalog.list_activities(request.app[SERVICES].pool, query.limit, query.after)
-
-
-async def delete_activity(request: web.Request, _: None) -> ActivityOut:
-    activity_id = path_param(request, "activityId")
-    found = await catalog.delete_activity(request.app[SERVICES].pool, activity_id)
-    return _found(found, "activity")  # type: ignore[no-any-return]
-
-
-# --- shop front ----------------------------------------------------------------------
-
-
 async def query_market_config(request: web.Request, body: MarketConfigQuery) -> MarketConfig:
+    """Price trial and joinable teams"""
     who = require_pair(request, body.source, body.channel)
-    return await queries.market_config(request.app[SERVICES].pool, body, who.pairs)
+    query = to_domain(MarketQuery, body)
+    view = await queries.market_config(request.app[SERVICES].pool, query, who.pairs)
+    return to_wire(MarketConfig, view)
 
 
 async def lock_order(request: web.Request, body: LockIn) -> LockOut:
+    """Lock a discounted order (open or join a team)"""
     who = require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     if body.notify_url is not None:  # events can go only where the merchant said
         await endpoints.check_notify_url(services.pool, who.merchant_id, body.notify_url)
-    return await orders.lock_order(services.pool, body, who.pairs)
+    locked = await locking.lock_order(services.pool, to_domain(LockCommand, body), who.pairs)
+    return to_wire(LockOut, locked)
 
 
 async def settle_order(request: web.Request, body: SettleIn) -> SettleOut:
+    """Settle a paid order"""
     require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
-    settlement = await orders.settle_order(services.pool, body, services.settings.sc_blacklist)
-    if settlement.notify_team_id is not None:
+    command = to_domain(SettleCommand, body)
+    blacklist = services.settings.sc_blacklist
+    settled = await settlement.settle_order(services.pool, command, blacklist)
+    if settled.notify_team_id is not None:
         # After commit, never awaited: the shop front does not wait for the merchant.
-        services.dispatcher.fire(settlement.notify_team_id)
-    return settlement.result
+        services.dispatcher.fire(settled.notify_team_id)
+    return to_wire(SettleOut, settled.result)
 
 
 async def refund_order(request: web.Request, body: RefundIn) -> RefundOut:
+    """Refund an order: cancel a locked one, refund a paid one (idempotent)"""
     # Its order.closed / order.refunded event goes out with the worker's next drain: the
     # merchant asked for the refund and has the answer already.
     require_pair(request, body.source, body.channel)
-    return await refunds.refund_order(request.app[SERVICES].pool, body)
+    command = to_domain(RefundCommand, body)
+    refunded = await refunds.refund_order(request.app[SERVICES].pool, command)
+    return to_wire(RefundOut, refunded)
 
 
 async def get_team(request: web.Request, _: None) -> TeamOut:
-    return await queries.get_team(
+    """A team's state"""
+    team = await queries.get_team(
         request.app[SERVICES].pool, path_param(request, "teamId"), principal(request).pairs
     )
+    return to_wire(TeamOut, team)
 
 
 async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
+    """An order's state: status, team, prices, times (reconcile callbacks with it)"""
     require_pair(request, query.source, query.channel)
-    return await queries.get_order(
+    order = await queries.get_order(
         request.app[SERVICES].pool,
         query.source,
         query.channel,
         path_param(request, "outTradeNo"),
         query.user_id,
     )
+    return to_wire(OrderOut, order)
 
+
+_CONFIG = "/api/v1/gbm/index/query_group_buy_market_config"
+_LOCK = "/api/v1/gbm/trade/lock_market_pay_order"
+_SETTLE = "/api/v1/gbm/trade/settlement_market_pay_order"
+_REFUND = "/api/v1/gbm/trade/refund_market_pay_order"
+_TEAM = "/api/v1/gbm/teams/{teamId}"
+_ORDER = "/api/v1/gbm/orders/{outTradeNo}"
 
 # What each shop-front call can be refused for, beyond bad input (declared in OpenAPI).
 _ACTIVITY_CLOSED = (
@@ -164,7 +101,9 @@ _ACTIVITY_CLOSED = (
     errors.ActivityNotEffective,
     errors.OutsideActivityTime,
 )
+_NO_PRICE = (errors.Forbidden, *_ACTIVITY_CLOSED)
 _LOCK_REFUSALS = (
+    errors.Forbidden,
     errors.BadInput("notifyUrl: not the url of an enabled endpoint of the merchant"),
     errors.ActivityNotFound,
     *_ACTIVITY_CLOSED,
@@ -176,6 +115,7 @@ _LOCK_REFUSALS = (
     errors.TeamActivityMismatch,
 )
 _SETTLE_REFUSALS = (
+    errors.Forbidden,
     errors.BadInput("outTradeTime is before the order was locked (beyond the clock skew allowed)"),
     errors.UnknownOutTradeNo,
     errors.ChannelBlacklisted,
@@ -184,211 +124,15 @@ _SETTLE_REFUSALS = (
     errors.TeamFailed,
     errors.OrderRefunded,
 )
-# A config body is checked against what it names when it is stored.
-_PUT_ACTIVITY_REFUSALS = (
-    errors.BadInput("discountId does not exist"),
-    errors.BadInput("goods: a goodsId has no SKU under the given source and channel"),
-    errors.UniqueConflict("goods: a goods item is already in another activity"),
-    errors.ActivitySpansMerchants,
-)
+_UNKNOWN_ORDER = (errors.Forbidden, errors.UnknownOutTradeNo)
+
+_shop = partial(documented, tag="shop", merchant=True)
 
 TRADE_ROUTES: list[Route] = [
-    Route(
-        "PUT",
-        "/api/v1/admin/discounts/{discountId}",
-        put_discount,
-        "Create or replace a discount",
-        "admin",
-        DiscountIn,
-        DiscountOut,
-        admin=True,
-    ),
-    Route(
-        "GET",
-        "/api/v1/admin/discounts/{discountId}",
-        get_discount,
-        "A stored discount",
-        "admin",
-        None,
-        DiscountOut,
-        admin=True,
-        raises=(errors.NotFound,),
-    ),
-    Route(
-        "GET",
-        "/api/v1/admin/discounts",
-        list_discounts,
-        "Discounts in discountId order, one keyset page",
-        "admin",
-        None,
-        DiscountPage,
-        admin=True,
-        query=CodePageQuery,
-    ),
-    Route(
-        "DELETE",
-        "/api/v1/admin/discounts/{discountId}",
-        delete_discount,
-        "Delete a discount nothing refers to",
-        "admin",
-        None,
-        DiscountOut,
-        admin=True,
-        raises=(errors.NotFound, errors.StillReferenced),
-    ),
-    Route(
-        "PUT",
-        "/api/v1/admin/skus/{goodsId}",
-        put_sku,
-        "Create or replace a goods item",
-        "admin",
-        SkuIn,
-        SkuOut,
-        admin=True,
-        raises=(errors.StillReferenced,),
-    ),
-    Route(
-        "GET",
-        "/api/v1/admin/skus/{goodsId}",
-        get_sku,
-        "A stored goods item",
-        "admin",
-        None,
-        SkuOut,
-        admin=True,
-        raises=(errors.NotFound,),
-    ),
-    Route(
-        "GET",
-        "/api/v1/admin/skus",
-        list_skus,
-        "Goods items in goodsId order, one keyset page",
-        "admin",
-        None,
-        SkuPage,
-        admin=True,
-        query=CodePageQuery,
-    ),
-    Route(
-        "DELETE",
-        "/api/v1/admin/skus/{goodsId}",
-        delete_sku,
-        "Delete a goods item nothing refers to",
-        "admin",
-        None,
-        SkuOut,
-        admin=True,
-        raises=(errors.NotFound, errors.StillReferenced),
-    ),
-    Route(
-        "PUT",
-        "/api/v1/admin/activities/{activityId}",
-        put_activity,
-        "Create or replace an activity",
-        "admin",
-        ActivityIn,
-        ActivityOut,
-        admin=True,
-        raises=_PUT_ACTIVITY_REFUSALS,
-    ),
-    Route(
-        "GET",
-        "/api/v1/admin/activities/{activityId}",
-        get_activity,
-        "A stored activity",
-        "admin",
-        None,
-        ActivityOut,
-        admin=True,
-        raises=(errors.NotFound,),
-    ),
-    Route(
-        "GET",
-        "/api/v1/admin/activities",
-        list_activities,
-        "Activities in activityId order, one keyset page",
-        "admin",
-        None,
-        ActivityPage,
-        admin=True,
-        query=ActivityPageQuery,
-    ),
-    Route(
-        "DELETE",
-        "/api/v1/admin/activities/{activityId}",
-        delete_activity,
-        "Delete an activity without teams (its goods bindings go with it) nothing refers to",
-        "admin",
-        None,
-        ActivityOut,
-        admin=True,
-        raises=(errors.NotFound, errors.StillReferenced),
-    ),
-    Route(
-        "POST",
-        "/api/v1/gbm/index/query_group_buy_market_config",
-        query_market_config,
-        "Price trial and joinable teams",
-        "shop",
-        MarketConfigQuery,
-        MarketConfig,
-        raises=(errors.Forbidden, *_ACTIVITY_CLOSED),
-        merchant=True,
-    ),
-    Route(
-        "POST",
-        "/api/v1/gbm/trade/lock_market_pay_order",
-        lock_order,
-        "Lock a discounted order (open or join a team)",
-        "shop",
-        LockIn,
-        LockOut,
-        raises=(errors.Forbidden, *_LOCK_REFUSALS),
-        merchant=True,
-    ),
-    Route(
-        "POST",
-        "/api/v1/gbm/trade/settlement_market_pay_order",
-        settle_order,
-        "Settle a paid order",
-        "shop",
-        SettleIn,
-        SettleOut,
-        raises=(errors.Forbidden, *_SETTLE_REFUSALS),
-        merchant=True,
-    ),
-    Route(
-        "POST",
-        "/api/v1/gbm/trade/refund_market_pay_order",
-        refund_order,
-        "Refund an order: cancel a locked one, refund a paid one (idempotent)",
-        "shop",
-        RefundIn,
-        RefundOut,
-        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
-        merchant=True,
-    ),
-    Route(
-        "GET",
-        "/api/v1/gbm/teams/{teamId}",
-        get_team,
-        "A team's state",
-        "shop",
-        None,
-        TeamOut,
-        raises=(errors.TeamNotFound,),
-        merchant=True,
-    ),
-    Route(
-        "GET",
-        "/api/v1/gbm/orders/{outTradeNo}",
-        get_order,
-        "An order's state: status, team, prices, times (reconcile callbacks with it)",
-        "shop",
-        None,
-        OrderOut,
-        query=OrderQuery,
-        raises=(errors.Forbidden, errors.UnknownOutTradeNo),
-        merchant=True,
-    ),
+    _shop("POST", _CONFIG, query_market_config, MarketConfigQuery, MarketConfig, raises=_NO_PRICE),
+    _shop("POST", _LOCK, lock_order, LockIn, LockOut, raises=_LOCK_REFUSALS),
+    _shop("POST", _SETTLE, settle_order, SettleIn, SettleOut, raises=_SETTLE_REFUSALS),
+    _shop("POST", _REFUND, refund_order, RefundIn, RefundOut, raises=_UNKNOWN_ORDER),
+    _shop("GET", _TEAM, get_team, None, TeamOut, raises=(errors.TeamNotFound,)),
+    _shop("GET", _ORDER, get_order, None, OrderOut, query=OrderQuery, raises=_UNKNOWN_ORDER),
 ]

@@ -2,23 +2,24 @@
 delete). PostgreSQL's foreign keys refuse deleting or re-keying what is still referenced; the
 catalog only explains such a refusal."""
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import asyncpg
 
 from .. import errors
 from ..db import Conn
-from ..http.catalog_schemas import (
-    ActivityIn,
-    ActivityOut,
-    ActivityPage,
-    DiscountIn,
-    DiscountOut,
-    DiscountPage,
-    GoodsRef,
-    SkuIn,
-    SkuOut,
-    SkuPage,
+from .models import (
+    Activity,
+    Discount,
+    Goods,
+    Page,
+    Sku,
+    StoredActivity,
+    StoredDiscount,
+    StoredSku,
 )
 
 # Constraints of sql/003_catalog.sql whose refusals the catalog explains itself.
@@ -32,6 +33,19 @@ ACTIVITY_OF_ONE_MERCHANT = "activity_of_one_merchant"
 REFERENCE_VIOLATIONS = (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError)
 # How many referring activities a refusal names.
 _NAMED = 5
+
+
+@asynccontextmanager
+async def _explained(constraint: str, explain: Callable[[], Awaitable[str]]) -> AsyncIterator[None]:
+    """PostgreSQL refusing, by `constraint`, to delete or re-key what is still referenced:
+    StillReferenced, saying what explain() reads. Any other violation passes as it is."""
+    try:
+        yield
+    except REFERENCE_VIOLATIONS as exc:
+        if exc.constraint_name != constraint:
+            raise
+        raise errors.StillReferenced(await explain()) from None
+
 
 _DISCOUNT_COLUMNS = """discount_id, discount_name, discount_desc, market_plan, market_expr,
     create_time, update_time"""
@@ -54,57 +68,56 @@ async def _page(
     return rows, None
 
 
-_PUT_DISCOUNT = f"""
-INSERT INTO group_buy_discount (discount_id, discount_name, discount_desc, market_plan, market_expr)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (discount_id) DO UPDATE SET discount_name = EXCLUDED.discount_name,
-    discount_desc = EXCLUDED.discount_desc, market_plan = EXCLUDED.market_plan,
-    market_expr = EXCLUDED.market_expr, update_time = now()
-RETURNING {_DISCOUNT_COLUMNS}
-"""
+def _upsert(table: str, key: str, fields: tuple[str, ...], returning: str) -> str:
+    """Insert the row of key $1 with the fields $2, $3, ..., or replace those of the row
+    already stored under that key."""
+    columns = ", ".join((key, *fields))
+    values = ", ".join(f"${n}" for n in range(1, len(fields) + 2))
+    updates = "".join(f"{field} = EXCLUDED.{field}, " for field in fields)
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key})"
+        f" DO UPDATE SET {updates}update_time = now() RETURNING {returning}"
+    )
+
+
+def _values(body: object, fields: tuple[str, ...]) -> list[Any]:
+    return [getattr(body, field) for field in fields]
+
+
+_DISCOUNT_FIELDS = ("discount_name", "discount_desc", "market_plan", "market_expr")
+_PUT_DISCOUNT = _upsert("group_buy_discount", "discount_id", _DISCOUNT_FIELDS, _DISCOUNT_COLUMNS)
 
 _GET_DISCOUNT = f"SELECT {_DISCOUNT_COLUMNS} FROM group_buy_discount WHERE discount_id = $1"
 
 
-async def put_discount(pool: asyncpg.Pool, discount_id: str, body: DiscountIn) -> DiscountOut:
-    row = await pool.fetchrow(
-        _PUT_DISCOUNT, discount_id, body.discount_name, body.discount_desc, body.market_plan,
-        body.market_expr,
-    )  # fmt: skip
-    assert row is not None
-    return DiscountOut(**dict(row))
+async def put_discount(pool: asyncpg.Pool, discount_id: str, body: Discount) -> StoredDiscount:
+    (row,) = await pool.fetch(_PUT_DISCOUNT, discount_id, *_values(body, _DISCOUNT_FIELDS))
+    return StoredDiscount(**dict(row))
 
 
-async def get_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut | None:
+async def get_discount(pool: asyncpg.Pool, discount_id: str) -> StoredDiscount | None:
     row = await pool.fetchrow(_GET_DISCOUNT, discount_id)
-    return DiscountOut(**dict(row)) if row else None
+    return StoredDiscount(**dict(row)) if row else None
 
 
-async def list_discounts(pool: asyncpg.Pool, limit: int, after: str | None) -> DiscountPage:
+async def list_discounts(pool: asyncpg.Pool, limit: int, after: str | None) -> Page[StoredDiscount]:
     rows, cursor = await _page(
         pool, _DISCOUNT_COLUMNS, "group_buy_discount", "discount_id", limit, after
     )
-    return DiscountPage(items=[DiscountOut(**dict(r)) for r in rows], next_cursor=cursor)
+    return Page(items=[StoredDiscount(**dict(r)) for r in rows], next_cursor=cursor)
 
 
-async def delete_discount(pool: asyncpg.Pool, discount_id: str) -> DiscountOut | None:
-    try:
+async def delete_discount(pool: asyncpg.Pool, discount_id: str) -> StoredDiscount | None:
+    async with _explained(ACTIVITY_DISCOUNT_FKEY, partial(_discount_used, pool, discount_id)):
         row = await pool.fetchrow(
             f"DELETE FROM group_buy_discount WHERE discount_id = $1 RETURNING {_DISCOUNT_COLUMNS}",
             discount_id,
         )
-    except REFERENCE_VIOLATIONS as exc:
-        if exc.constraint_name != ACTIVITY_DISCOUNT_FKEY:
-            raise
-        raise errors.StillReferenced(
-            f"discountId {discount_id} is used by {await _activities_using(pool, discount_id)};"
-            " change or delete those first"
-        ) from None
-    return DiscountOut(**dict(row)) if row else None
+    return StoredDiscount(**dict(row)) if row else None
 
 
-async def _activities_using(pool: asyncpg.Pool, discount_id: str) -> str:
-    """For a message only, read after PostgreSQL's refusal: the activities using a discount."""
+async def _discount_used(pool: asyncpg.Pool, discount_id: str) -> str:
+    """Read after PostgreSQL's refusal, for its message: the activities using a discount."""
     ids = [
         str(r["activity_id"])
         for r in await pool.fetch(
@@ -115,94 +128,77 @@ async def _activities_using(pool: asyncpg.Pool, discount_id: str) -> str:
         )
     ]
     if not ids:  # gone again since the refusal
-        return "an activity"
-    more = ", …" if len(ids) > _NAMED else ""
-    return ("activity " if len(ids) == 1 else "activities ") + ", ".join(ids[:_NAMED]) + more
+        users = "an activity"
+    else:
+        more = ", …" if len(ids) > _NAMED else ""
+        users = ("activity " if len(ids) == 1 else "activities ") + ", ".join(ids[:_NAMED]) + more
+    return f"discountId {discount_id} is used by {users}; change or delete those first"
 
 
-_PUT_SKU = f"""
-INSERT INTO sku (goods_id, goods_name, original_price, source, channel)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (goods_id) DO UPDATE SET goods_name = EXCLUDED.goods_name,
-    original_price = EXCLUDED.original_price, source = EXCLUDED.source,
-    channel = EXCLUDED.channel, update_time = now()
-RETURNING {_SKU_COLUMNS}
-"""
+_SKU_FIELDS = ("goods_name", "original_price", "source", "channel")
+_PUT_SKU = _upsert("sku", "goods_id", _SKU_FIELDS, _SKU_COLUMNS)
 
 
-async def put_sku(pool: asyncpg.Pool, goods_id: str, body: SkuIn) -> SkuOut:
-    try:
-        row = await pool.fetchrow(
-            _PUT_SKU, goods_id, body.goods_name, body.original_price, body.source, body.channel
-        )
-    except REFERENCE_VIOLATIONS as exc:
-        if exc.constraint_name != BINDING_SKU_FKEY:
-            raise
-        # PostgreSQL refused to re-key a bound SKU (ON UPDATE RESTRICT); say where it is bound.
-        raise errors.StillReferenced(
-            f"goodsId {goods_id} is bound to {await _activities_binding(pool, goods_id)}: its"
-            " source and channel cannot change while it is; remove it from that activity first"
-        ) from None
-    assert row is not None
-    return SkuOut(**dict(row))
+async def put_sku(pool: asyncpg.Pool, goods_id: str, body: Sku) -> StoredSku:
+    # PostgreSQL refuses to re-key a bound SKU (ON UPDATE RESTRICT): say where it is bound.
+    then = ": its source and channel cannot change while it is; remove it from that activity first"
+    async with _explained(BINDING_SKU_FKEY, partial(_sku_bound, pool, goods_id, then)):
+        (row,) = await pool.fetch(_PUT_SKU, goods_id, *_values(body, _SKU_FIELDS))
+    return StoredSku(**dict(row))
 
 
-async def _activities_binding(pool: asyncpg.Pool, goods_id: str) -> str:
-    """For a message only, read after PostgreSQL's refusal: where a goods item is bound.
-    A SKU has one source/channel, so one binding at most."""
+async def _sku_bound(pool: asyncpg.Pool, goods_id: str, then: str) -> str:
+    """Read after PostgreSQL's refusal, for its message: where a goods item is bound. A SKU
+    has one source/channel, so one binding at most."""
     row = await pool.fetchrow(
         "SELECT activity_id, source, channel FROM sc_sku_activity WHERE goods_id = $1 LIMIT 1",
         goods_id,
     )
-    if row is None:  # unbound again since the refusal
-        return "an activity"
-    return f"activity {row['activity_id']} (under {row['source']}/{row['channel']})"
+    where = "an activity"  # unbound again since the refusal
+    if row is not None:
+        where = f"activity {row['activity_id']} (under {row['source']}/{row['channel']})"
+    return f"goodsId {goods_id} is bound to {where}{then}"
 
 
-async def get_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
+async def get_sku(pool: asyncpg.Pool, goods_id: str) -> StoredSku | None:
     row = await pool.fetchrow(f"SELECT {_SKU_COLUMNS} FROM sku WHERE goods_id = $1", goods_id)
-    return SkuOut(**dict(row)) if row else None
+    return StoredSku(**dict(row)) if row else None
 
 
-async def list_skus(pool: asyncpg.Pool, limit: int, after: str | None) -> SkuPage:
+async def list_skus(pool: asyncpg.Pool, limit: int, after: str | None) -> Page[StoredSku]:
     rows, cursor = await _page(pool, _SKU_COLUMNS, "sku", "goods_id", limit, after)
-    return SkuPage(items=[SkuOut(**dict(r)) for r in rows], next_cursor=cursor)
+    return Page(items=[StoredSku(**dict(r)) for r in rows], next_cursor=cursor)
 
 
-async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> SkuOut | None:
-    try:
+async def delete_sku(pool: asyncpg.Pool, goods_id: str) -> StoredSku | None:
+    then = "; remove it from that activity's goods first"
+    async with _explained(BINDING_SKU_FKEY, partial(_sku_bound, pool, goods_id, then)):
         row = await pool.fetchrow(
             f"DELETE FROM sku WHERE goods_id = $1 RETURNING {_SKU_COLUMNS}", goods_id
         )
-    except REFERENCE_VIOLATIONS as exc:
-        if exc.constraint_name != BINDING_SKU_FKEY:
-            raise
-        raise errors.StillReferenced(
-            f"goodsId {goods_id} is bound to {await _activities_binding(pool, goods_id)};"
-            " remove it from that activity's goods first"
-        ) from None
-    return SkuOut(**dict(row)) if row else None
+    return StoredSku(**dict(row)) if row else None
 
 
 _ACTIVITY_COLUMNS = """activity_id, activity_name, discount_id, group_type, take_limit_count,
     target, valid_time, pay_timeout_seconds, status, start_time, end_time, create_time,
     update_time"""
 
-_PUT_ACTIVITY = f"""
-INSERT INTO group_buy_activity (activity_id, activity_name, discount_id, group_type,
-    take_limit_count, target, valid_time, status, start_time, end_time, pay_timeout_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (activity_id) DO UPDATE SET activity_name = EXCLUDED.activity_name,
-    discount_id = EXCLUDED.discount_id, group_type = EXCLUDED.group_type,
-    take_limit_count = EXCLUDED.take_limit_count, target = EXCLUDED.target,
-    valid_time = EXCLUDED.valid_time, status = EXCLUDED.status,
-    start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
-    pay_timeout_seconds = EXCLUDED.pay_timeout_seconds, update_time = now()
-RETURNING {_ACTIVITY_COLUMNS}
-"""
+_ACTIVITY_FIELDS = (
+    "activity_name",
+    "discount_id",
+    "group_type",
+    "take_limit_count",
+    "target",
+    "valid_time",
+    "status",
+    "start_time",
+    "end_time",
+    "pay_timeout_seconds",
+)
+_PUT_ACTIVITY = _upsert("group_buy_activity", "activity_id", _ACTIVITY_FIELDS, _ACTIVITY_COLUMNS)
 
 
-async def put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -> ActivityOut:
+async def put_activity(pool: asyncpg.Pool, activity_id: int, body: Activity) -> StoredActivity:
     try:
         return await _put_activity(pool, activity_id, body)
     except asyncpg.CheckViolationError as exc:
@@ -214,21 +210,16 @@ async def put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -
         ) from None
 
 
-async def _put_activity(pool: asyncpg.Pool, activity_id: int, body: ActivityIn) -> ActivityOut:
+async def _put_activity(pool: asyncpg.Pool, activity_id: int, body: Activity) -> StoredActivity:
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            _PUT_ACTIVITY, activity_id, body.activity_name, body.discount_id, body.group_type,
-            body.take_limit_count, body.target, body.valid_time, body.status, body.start_time,
-            body.end_time, body.pay_timeout_seconds,
-        )  # fmt: skip
+        (row,) = await conn.fetch(_PUT_ACTIVITY, activity_id, *_values(body, _ACTIVITY_FIELDS))
         await conn.execute("DELETE FROM sc_sku_activity WHERE activity_id = $1", activity_id)
         await conn.executemany(
             "INSERT INTO sc_sku_activity (source, channel, goods_id, activity_id)"
             " VALUES ($1, $2, $3, $4)",
             [(g.source, g.channel, g.goods_id, activity_id) for g in body.goods],
         )
-    assert row is not None
-    return ActivityOut(**dict(row), goods=body.goods)
+    return StoredActivity(**dict(row), goods=body.goods)
 
 
 _GOODS_OF = """
@@ -237,16 +228,16 @@ WHERE activity_id = ANY($1::bigint[]) ORDER BY id
 """
 
 
-async def _with_goods(conn: Conn, rows: list[asyncpg.Record]) -> list[ActivityOut]:
-    goods: dict[int, list[GoodsRef]] = {r["activity_id"]: [] for r in rows}
+async def _with_goods(conn: Conn, rows: list[asyncpg.Record]) -> list[StoredActivity]:
+    goods: dict[int, list[Goods]] = {r["activity_id"]: [] for r in rows}
     for g in await conn.fetch(_GOODS_OF, list(goods)):
         goods[g["activity_id"]].append(
-            GoodsRef(source=g["source"], channel=g["channel"], goods_id=g["goods_id"])
+            Goods(source=g["source"], channel=g["channel"], goods_id=g["goods_id"])
         )
-    return [ActivityOut(**dict(r), goods=goods[r["activity_id"]]) for r in rows]
+    return [StoredActivity(**dict(r), goods=goods[r["activity_id"]]) for r in rows]
 
 
-async def get_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | None:
+async def get_activity(pool: asyncpg.Pool, activity_id: int) -> StoredActivity | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             f"SELECT {_ACTIVITY_COLUMNS} FROM group_buy_activity WHERE activity_id = $1",
@@ -258,17 +249,19 @@ async def get_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | No
     return activity
 
 
-async def list_activities(pool: asyncpg.Pool, limit: int, after: int | None) -> ActivityPage:
+async def list_activities(
+    pool: asyncpg.Pool, limit: int, after: int | None
+) -> Page[StoredActivity]:
     # One snapshot for the page and its goods.
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         rows, cursor = await _page(
             conn, _ACTIVITY_COLUMNS, "group_buy_activity", "activity_id", limit, after
         )
         items = await _with_goods(conn, rows)
-    return ActivityPage(items=items, next_cursor=cursor)
+    return Page(items=items, next_cursor=cursor)
 
 
-async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut | None:
+async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> StoredActivity | None:
     """Delete an activity and its goods bindings (ON DELETE CASCADE); PostgreSQL refuses
     while it has teams (team_activity_fkey, ON DELETE RESTRICT): trade history stays."""
     async with pool.acquire() as conn, conn.transaction():
@@ -282,19 +275,19 @@ async def delete_activity(pool: asyncpg.Pool, activity_id: int) -> ActivityOut |
             " ORDER BY id",
             activity_id,
         )
-        try:
+        async with _explained(TEAM_ACTIVITY_FKEY, partial(_has_teams, activity_id)):
             row = await conn.fetchrow(
                 "DELETE FROM group_buy_activity WHERE activity_id = $1"
                 f" RETURNING {_ACTIVITY_COLUMNS}",
                 activity_id,
             )
-        except REFERENCE_VIOLATIONS as exc:
-            if exc.constraint_name != TEAM_ACTIVITY_FKEY:
-                raise
-            raise errors.StillReferenced(
-                f"activity {activity_id} has teams and trade history is never deleted;"
-                " set its status to 2 (expired) or 3 (abandoned) to close it"
-            ) from None
     if row is None:
         return None
-    return ActivityOut(**dict(row), goods=[GoodsRef(**dict(g)) for g in goods])
+    return StoredActivity(**dict(row), goods=[Goods(**dict(g)) for g in goods])
+
+
+async def _has_teams(activity_id: int) -> str:
+    return (
+        f"activity {activity_id} has teams and trade history is never deleted;"
+        " set its status to 2 (expired) or 3 (abandoned) to close it"
+    )

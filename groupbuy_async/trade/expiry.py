@@ -141,11 +141,13 @@ async def _fail_in_batches(pool: asyncpg.Pool, statement: str, batch: int) -> in
             if teams:
                 rows = await conn.fetch(_PAID_OF, [t["team_id"] for t in teams])
                 paid = {r["team_id"]: list(r["paid"]) for r in rows}
-            await outbox.enqueue(conn, [
-                team_failed_event(t["team_id"], t["activity_id"], t["notify_url"],
-                                  paid.get(t["team_id"], []))
+            events = [
+                team_failed_event(
+                    t["team_id"], t["activity_id"], t["notify_url"], paid.get(t["team_id"], [])
+                )
                 for t in teams
-            ])  # fmt: skip
+            ]
+            await outbox.enqueue(conn, events)
         total += len(teams)
         if len(teams) < batch:
             return total

@@ -4,14 +4,14 @@ order's (the pull a merchant reconciles callbacks with)."""
 import asyncpg
 
 from .. import errors
-from ..http.schemas import (
-    GoodsTrial,
-    MarketConfig,
-    MarketConfigQuery,
-    OrderOut,
-    TeamBrief,
-    TeamOut,
-    TeamStatistic,
+from .models import (
+    ActivityStatistic,
+    JoinableTeam,
+    MarketQuery,
+    MarketView,
+    OrderState,
+    PriceTrial,
+    TeamState,
 )
 from .rules import Pairs, check_activity_open, countdown, pair_arrays, trial_price
 
@@ -62,7 +62,7 @@ WHERE activity_id = $1 AND (source, channel) IN (SELECT * FROM unnest($2::text[]
 """
 
 
-async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery, pairs: Pairs) -> MarketConfig:
+async def market_config(pool: asyncpg.Pool, query: MarketQuery, pairs: Pairs) -> MarketView:
     """The goods' price and the merchant's joinable teams (only teams under its `pairs`)."""
     async with pool.acquire() as conn:
         cfg = await conn.fetchrow(_CONFIG, query.source, query.channel, query.goods_id)
@@ -81,32 +81,23 @@ async def market_config(pool: asyncpg.Pool, query: MarketConfigQuery, pairs: Pai
     price = trial_price(cfg["original_price"], cfg["market_plan"], cfg["market_expr"])
     now = cfg["db_now"]
     teams = [
-        TeamBrief(
-            team_id=t["team_id"],
-            activity_id=t["activity_id"],
-            target_count=t["target_count"],
-            complete_count=t["complete_count"],
-            lock_count=t["lock_count"],
-            valid_start_time=t["valid_start_time"],
-            valid_end_time=t["valid_end_time"],
-            valid_time_countdown=countdown(t["valid_end_time"], now),
-        )
+        JoinableTeam(**dict(t), valid_time_countdown=countdown(t["valid_end_time"], now))
         for t in [*own, *others]
     ]
-    return MarketConfig(
+    return MarketView(
         activity_id=activity_id,
-        goods=GoodsTrial(
+        goods=PriceTrial(
             goods_id=query.goods_id,
             original_price=price.original,
             deduction_price=price.deduction,
             pay_price=price.pay,
         ),
         team_list=teams,
-        team_statistic=TeamStatistic(**dict(stats)),
+        team_statistic=ActivityStatistic(**dict(stats)),
     )
 
 
-async def get_team(pool: asyncpg.Pool, team_id: str, pairs: Pairs | None) -> TeamOut:
+async def get_team(pool: asyncpg.Pool, team_id: str, pairs: Pairs | None) -> TeamState:
     """A team under one of the merchant's `pairs` (any team for an operator: None); any
     other is not found."""
     sources, channels = (None, None) if pairs is None else pair_arrays(pairs)
@@ -121,7 +112,7 @@ async def get_team(pool: asyncpg.Pool, team_id: str, pairs: Pairs | None) -> Tea
     )
     if row is None:
         raise errors.TeamNotFound()
-    return TeamOut(**dict(row))
+    return TeamState(**dict(row))
 
 
 # By the unique (source, channel, out_trade_no); someone else's order is as unknown as none.
@@ -136,8 +127,8 @@ WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $
 
 async def get_order(
     pool: asyncpg.Pool, source: str, channel: str, out_trade_no: str, user_id: str
-) -> OrderOut:
+) -> OrderState:
     row = await pool.fetchrow(_ORDER, source, channel, out_trade_no, user_id)
     if row is None:
         raise errors.UnknownOutTradeNo("no order with this outTradeNo for this user")
-    return OrderOut(**dict(row))
+    return OrderState(**dict(row))

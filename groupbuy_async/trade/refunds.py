@@ -13,9 +13,9 @@ from .. import errors
 from ..callbacks import outbox
 from ..callbacks.events import EventType
 from ..db import Conn
-from ..http.schemas import RefundIn, RefundOut
-from .orders import CLOSE_LOCKED, GIVE_BACK_SLOT, THE_TEAM
+from .models import RefundCommand, Refunded
 from .rules import OrderStatus, RefundType, TeamStatus, order_event
+from .teams import CLOSE_LOCKED, GIVE_BACK_SLOT, THE_TEAM
 
 _ORDER_FOR_REFUND = """
 SELECT o.order_id, o.status, o.team_id, o.activity_id, o.user_id, o.out_trade_no, o.refund_type,
@@ -38,7 +38,7 @@ WHERE order_id = $1 AND status = 1
 """
 
 
-async def refund_order(pool: asyncpg.Pool, req: RefundIn) -> RefundOut:
+async def refund_order(pool: asyncpg.Pool, req: RefundCommand) -> Refunded:
     async with pool.acquire() as conn, conn.transaction():
         order = await conn.fetchrow(
             _ORDER_FOR_REFUND, req.source, req.channel, req.out_trade_no, req.user_id
@@ -57,7 +57,7 @@ async def refund_order(pool: asyncpg.Pool, req: RefundIn) -> RefundOut:
     return _out(order, refund_type, status, order["team_status"])
 
 
-async def _cancel(conn: Conn, order: asyncpg.Record) -> RefundOut:
+async def _cancel(conn: Conn, order: asyncpg.Record) -> Refunded:
     team_status = await conn.fetchval(GIVE_BACK_SLOT, order["team_id"], 0)
     if team_status is None:  # not forming: a locked order's team can only have failed
         team_status = TeamStatus.FAILED
@@ -66,7 +66,7 @@ async def _cancel(conn: Conn, order: asyncpg.Record) -> RefundOut:
     return _out(order, RefundType.UNPAID, OrderStatus.CLOSED, team_status)
 
 
-async def _refund_paid(conn: Conn, order: asyncpg.Record) -> RefundOut:
+async def _refund_paid(conn: Conn, order: asyncpg.Record) -> Refunded:
     """Refund a paid order: one "give the money back" fact, whichever comes first of this
     refund and its team's failure. The team row decides: a failure sweep holding it has
     read this order as paid and listed it in team.failed, and an update of the team here
@@ -86,10 +86,8 @@ async def _refund_paid(conn: Conn, order: asyncpg.Record) -> RefundOut:
     return _out(order, refund_type, OrderStatus.REFUNDED, team_status)
 
 
-def _out(
-    order: asyncpg.Record, refund_type: RefundType, status: int, team_status: int
-) -> RefundOut:
-    return RefundOut(
+def _out(order: asyncpg.Record, refund_type: RefundType, status: int, team_status: int) -> Refunded:
+    return Refunded(
         user_id=order["user_id"],
         order_id=order["order_id"],
         team_id=order["team_id"],

@@ -10,6 +10,7 @@ import pytest
 
 from groupbuy_async import errors
 from groupbuy_async.http.app import create_app
+from groupbuy_async.http.envelope import http_status
 from groupbuy_async.http.routing import ROUTE_TABLE, declared_errors
 from groupbuy_async.settings import Settings
 from groupbuy_async.trade.rules import MARKET_EXPRS
@@ -251,7 +252,7 @@ def test_every_error_is_declared_by_a_route(settings: Settings) -> None:
     declared = {(a.http_status, a.code) for r in routes for a in declared_errors(r)}
     unrouted = {errors.NotFound, errors.MethodNotAllowed}  # no operation: a path or method
     for error in set(errors.ALL_ERRORS) - unrouted:
-        assert (error.http_status, error.code) in declared, error.__name__
+        assert (http_status(error), error.code) in declared, error.__name__
 
 
 _KEYWORDS = {

@@ -197,12 +197,12 @@ async def test_unknown_route_and_method_use_the_envelope(api: Api) -> None:
 async def test_unexpected_error_is_500_without_stack_trace(
     api: Api, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from groupbuy_async.trade import orders
+    from groupbuy_async.trade import locking
 
     async def explode(*args: Any) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(orders, "lock_order", explode)
+    monkeypatch.setattr(locking, "lock_order", explode)
     act = await api.new_activity()
     with caplog.at_level(logging.ERROR):
         body = {**act, "userId": "u", "outTradeNo": new_id()}
@@ -221,14 +221,14 @@ async def test_a_connection_whose_protocol_broke_is_503_not_500(
     load) are the outage they come from: 503 with Retry-After, never 500."""
     import asyncpg
 
-    from groupbuy_async.trade import orders
+    from groupbuy_async.trade import locking
 
     async def broken(*args: Any) -> None:
         raise asyncpg.InternalClientError(
             "cannot switch to state 15; another operation is in progress"
         )
 
-    monkeypatch.setattr(orders, "lock_order", broken)
+    monkeypatch.setattr(locking, "lock_order", broken)
     act = await api.new_activity()
     status, env = await api.lock(**act, userId="u", outTradeNo=new_id())
     assert (status, env["code"]) == (503, "0503"), env
@@ -253,12 +253,13 @@ async def test_api_needs_no_redis(settings: Any) -> None:
 
 
 async def test_openapi_covers_every_route(api: Api) -> None:
+    from groupbuy_async.http.catalog_routes import CATALOG_ROUTES
     from groupbuy_async.http.trade_routes import TRADE_ROUTES
 
     async with api.client.get("/openapi.json") as resp:
         doc = await resp.json()
     assert doc["openapi"].startswith("3.")
-    for route in TRADE_ROUTES:
+    for route in [*CATALOG_ROUTES, *TRADE_ROUTES]:
         assert route.method.lower() in doc["paths"][route.path]
     lock = doc["paths"][LOCK]["post"]
     assert lock["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("LockIn")

@@ -27,14 +27,6 @@ LAYERS: list[set[str]] = [
 # benchmarks, outside the package, use its embedded servers, databases and merchant too.
 IMPORTED_ONLY_BY: dict[str, set[str]] = {"dev": {"cli"}}
 
-# Being removed (issue 13). Each entry must still be true: once fixed, it leaves the list.
-KNOWN_VIOLATIONS = {
-    "groupbuy_async.trade.catalog -> groupbuy_async.http.catalog_schemas",
-    "groupbuy_async.trade.orders -> groupbuy_async.http.schemas",
-    "groupbuy_async.trade.queries -> groupbuy_async.http.schemas",
-    "groupbuy_async.trade.refunds -> groupbuy_async.http.schemas",
-}
-
 Graph = dict[str, set[str]]
 
 
@@ -155,6 +147,4 @@ def test_imports_at_any_depth_and_relative_ones_are_resolved() -> None:
 
 
 def test_imports_point_down_the_layers_without_cycles() -> None:
-    found = violations(import_graph())
-    assert sorted(found - KNOWN_VIOLATIONS) == [], "against LAYERS or IMPORTED_ONLY_BY"
-    assert sorted(KNOWN_VIOLATIONS - found) == [], "fixed: remove from KNOWN_VIOLATIONS"
+    assert sorted(violations(import_graph())) == [], "against LAYERS or IMPORTED_ONLY_BY"

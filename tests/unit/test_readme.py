@@ -61,3 +61,35 @@ def test_every_choice_of_a_setting_is_in_its_description_and_the_readme() -> Non
         for choice in get_args(field.annotation):
             assert choice in (field.description or ""), (name, choice)
             assert choice in rows[name.upper()], (name, choice)
+
+
+def test_every_error_answers_the_status_the_readme_gives_its_code() -> None:
+    from groupbuy_async import errors
+    from groupbuy_async.http.envelope import http_status
+
+    section = README.split("### Codes", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        code: (int(status), meaning)
+        for code, status, meaning in re.findall(r"^\| `(\w+)` \| (\d+) \| (.*) \|$", section, re.M)
+    }
+    for error in errors.ALL_ERRORS:
+        status, meaning = rows[error.code]
+        assert http_status(error) == status or f"{http_status(error)} for" in meaning, error
+
+
+def test_the_layout_table_names_every_module() -> None:
+    """Each module of the package in the Layout table: a package's modules in its row, a
+    top-level one by its path."""
+    import groupbuy_async
+
+    section = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `groupbuy_async/(\w+)/` \| (.*) \|$", section, re.M))
+    source = Path(groupbuy_async.__file__).parent
+    missing = [
+        str(path.relative_to(source))
+        for path in sorted(source.rglob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py")
+        if f"`{path.name}`" not in rows.get(path.parent.name, "")
+        and not (path.parent == source and f"{path.name}`" in section)
+    ]
+    assert missing == [], "add them to README's Layout table"

@@ -1,41 +1,29 @@
-"""Lock and settle: the trade transactions. Each rule is a conditional statement or constraint.
+"""Lock: a discounted order opened in a new team or a joined one, idempotent on outTradeNo.
+Each rule is a conditional statement or constraint.
 
 Lock order, on every path that changes an order and its team: the order row(s) first, then
-the team row. (Refunds: refunds.py; unpaid timeout and team failure: expiry.py.)
+the team row. (Settlement: settlement.py; refunds: refunds.py; unpaid timeout and team failure:
+expiry.py.)
 """
 
 import secrets
-from dataclasses import dataclass
+from typing import NoReturn
 
 import asyncpg
 
 from .. import errors
-from ..callbacks import outbox
-from ..callbacks.events import Event, EventType
 from ..db import Conn
-from ..http.schemas import LockIn, LockOut, SettleIn, SettleOut
-from .expiry import fail_expired_teams as fail_expired_teams  # the worker's name for it
+from .models import LockCommand, Locked
 from .rules import (
     OrderStatus,
     Pairs,
     TeamStatus,
     check_activity_open,
-    check_paid_after_lock,
-    check_trade_time,
-    is_blacklisted,
-    order_event,
     pair_arrays,
     take_key_prefix,
     trial_price,
 )
-
-
-@dataclass(frozen=True)
-class Settlement:
-    result: SettleOut
-    # Set when this settlement completed the team: the outbox row to dispatch after commit.
-    notify_team_id: str | None
-
+from .teams import THE_TEAM
 
 _ORDER_BY_OUT_TRADE_NO = """
 SELECT order_id, team_id, user_id, activity_id, goods_id, original_price, deduction_price,
@@ -44,7 +32,7 @@ FROM group_buy_order_list WHERE source = $1 AND channel = $2 AND out_trade_no = 
 """
 
 
-async def lock_order(pool: asyncpg.Pool, req: LockIn, pairs: Pairs) -> LockOut:
+async def lock_order(pool: asyncpg.Pool, req: LockCommand, pairs: Pairs) -> Locked:
     """Lock a discounted order, opening or joining a team. Idempotent on outTradeNo. Only a
     team under one of `pairs` (the merchant's source+channel pairs) can be joined; any other
     is not found."""
@@ -71,14 +59,14 @@ async def lock_order(pool: asyncpg.Pool, req: LockIn, pairs: Pairs) -> LockOut:
         return _replay_lock(existing, req)
 
 
-def _replay_lock(order: asyncpg.Record, req: LockIn) -> LockOut:
+def _replay_lock(order: asyncpg.Record, req: LockCommand) -> Locked:
     if (order["user_id"], order["activity_id"], order["goods_id"]) != (
         req.user_id,
         req.activity_id,
         req.goods_id,
     ):
         raise errors.OutTradeNoConflict()
-    return LockOut(
+    return Locked(
         order_id=order["order_id"],
         team_id=order["team_id"],
         original_price=order["original_price"],
@@ -107,10 +95,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 1, 0, now(), now() + make_interval(mi
 ON CONFLICT (team_id) DO NOTHING
 RETURNING team_id, valid_end_time
 """
-
-# The row is found by its unique team_id alone: left to choose, the planner may scan an
-# activity's forming teams instead (it did, with fresh statistics, at 2000 teams).
-THE_TEAM = "id = (SELECT id FROM group_buy_order WHERE team_id = $1)"
 
 _JOIN_TEAM = f"""
 UPDATE group_buy_order SET lock_count = lock_count + 1, update_time = now()
@@ -151,7 +135,7 @@ SELECT (SELECT biz_id FROM free) AS free_key, (SELECT order_id FROM inserted) AS
 """
 
 
-async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut:
+async def _lock_in_transaction(conn: Conn, req: LockCommand, pairs: Pairs) -> Locked:
     act = await conn.fetchrow(
         _ACTIVITY_FOR_LOCK, req.activity_id, req.source, req.channel, req.goods_id
     )
@@ -178,7 +162,6 @@ async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut
         team = await conn.fetchrow(_JOIN_TEAM, req.team_id, req.activity_id, *pair_arrays(pairs))
         if team is None:
             await _explain_join_refusal(conn, req.team_id, req.activity_id, pairs)
-    assert team is not None
     team_id = team["team_id"]
 
     # Each lost race means one more key taken by a committed order: take limit + 1 tries
@@ -195,7 +178,7 @@ async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut
         if row["free_key"] is None:
             break
         if row["order_id"] is not None:
-            return LockOut(
+            return Locked(
                 order_id=row["order_id"],
                 team_id=team_id,
                 original_price=price.original,
@@ -206,7 +189,9 @@ async def _lock_in_transaction(conn: Conn, req: LockIn, pairs: Pairs) -> LockOut
     raise errors.TakeLimitReached()
 
 
-async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int, pairs: Pairs) -> None:
+async def _explain_join_refusal(
+    conn: Conn, team_id: str, activity_id: int, pairs: Pairs
+) -> NoReturn:
     team = await conn.fetchrow(
         "SELECT activity_id, status, lock_count, target_count, source, channel,"
         " valid_end_time > clock_timestamp() AS open"
@@ -225,131 +210,3 @@ async def _explain_join_refusal(conn: Conn, team_id: str, activity_id: int, pair
     # Forming, open and not full now: it was full when the join tried, and a member has
     # left since (a refund or an unpaid timeout freed a slot). The shopper may try again.
     raise errors.TeamFull()
-
-
-_ORDER_FOR_SETTLE = """
-SELECT o.order_id, o.status, o.team_id, o.activity_id, o.user_id, o.out_trade_no,
-       o.completed_team, o.pay_deadline, t.valid_end_time, t.notify_url,
-       least(o.pay_deadline, t.valid_end_time) <= clock_timestamp() AS late
-FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id
-WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $4
-FOR UPDATE OF o
-"""
-
-# complete_count < target_count and status = 0 make completion happen exactly once,
-# however many members settle at the same instant: the row lock serialises them and
-# each sees the count its predecessor committed. The order's payment deadline ($2, never
-# past the window) and the window are judged when the row is updated, after any wait for it.
-_COMPLETE_ONE = f"""
-UPDATE group_buy_order
-SET complete_count = complete_count + 1,
-    status = CASE WHEN complete_count + 1 = target_count THEN 1 ELSE 0 END,
-    update_time = now()
-WHERE {THE_TEAM} AND status = 0 AND complete_count < target_count
-  AND valid_end_time > clock_timestamp() AND $2::timestamptz > clock_timestamp()
-RETURNING status, activity_id, notify_url
-"""
-
-_PAID_OUT_TRADE_NOS = """
-SELECT coalesce(array_agg(out_trade_no ORDER BY id), '{}') FROM group_buy_order_list
-WHERE team_id = $1 AND status = 1
-"""
-
-# A locked order of a failed team: closed; the failed team keeps its counts.
-CLOSE_LOCKED = """
-UPDATE group_buy_order_list SET status = 2, biz_id = NULL, refund_type = $2, update_time = now()
-WHERE order_id = $1 AND status = 0
-"""
-
-# A forming team gives a slot back (and the paid count, $2 = 1 for a paid order); a team
-# in any other status keeps its counts and no row comes back.
-GIVE_BACK_SLOT = f"""
-UPDATE group_buy_order
-SET lock_count = lock_count - 1, complete_count = complete_count - $2, update_time = now()
-WHERE {THE_TEAM} AND status = 0
-RETURNING status
-"""
-
-
-async def settle_order(pool: asyncpg.Pool, req: SettleIn, blacklist: frozenset[str]) -> Settlement:
-    """Mark a locked order paid; the member that fills the team enqueues its callback.
-    A payment for an order that can no longer be paid is refused: past its payment deadline
-    or closed (E0112), its team failed (E0113), after what the refusal changes is committed
-    (the order closed, its slot freed, its order.closed event), exactly as if the worker had
-    closed it first; already refunded (E0114), nothing changed."""
-    if is_blacklisted(req.source, req.channel, blacklist):
-        raise errors.ChannelBlacklisted()
-    async with pool.acquire() as conn, conn.transaction():
-        outcome = await _settle_in_transaction(conn, req)
-    if isinstance(outcome, errors.Rejected):
-        raise outcome
-    return outcome
-
-
-async def _settle_in_transaction(conn: Conn, req: SettleIn) -> Settlement | errors.Rejected:
-    order = await conn.fetchrow(
-        _ORDER_FOR_SETTLE, req.source, req.channel, req.out_trade_no, req.user_id
-    )
-    if order is None:
-        raise errors.UnknownOutTradeNo()
-    if order["status"] == OrderStatus.PAID:
-        return Settlement(_settle_out(req, order, order["completed_team"]), None)
-    if order["status"] == OrderStatus.REFUNDED:
-        return errors.OrderRefunded()
-    if order["status"] == OrderStatus.CLOSED:
-        # The close wrote this event already; if it ever did not, the merchant hears it now.
-        await outbox.enqueue(conn, [_closed_event(order)])
-        return errors.OrderClosed()
-    if not order["late"]:
-        check_trade_time(req.out_trade_time, order["valid_end_time"])
-        team = await conn.fetchrow(_COMPLETE_ONE, order["team_id"], order["pay_deadline"])
-        if team is not None:
-            return await _pay(conn, req, order, team)
-    return await _close_late(conn, order)
-
-
-async def _close_late(conn: Conn, order: asyncpg.Record) -> errors.Rejected:
-    """The order can no longer be paid: past its deadline (the window's end at the latest),
-    or its team failed. Closed as the worker would close it: slot freed while the team
-    forms, one order.closed."""
-    team_status = await conn.fetchval(GIVE_BACK_SLOT, order["team_id"], 0)
-    await conn.execute(CLOSE_LOCKED, order["order_id"], None)
-    await outbox.enqueue(conn, [_closed_event(order)])
-    # Not forming: a team with a locked member cannot be complete, so it has failed.
-    return errors.OrderClosed() if team_status is not None else errors.TeamFailed()
-
-
-def _closed_event(order: asyncpg.Record) -> Event:
-    return order_event(EventType.ORDER_CLOSED, order, order["notify_url"])
-
-
-async def _pay(
-    conn: Conn, req: SettleIn, order: asyncpg.Record, team: asyncpg.Record
-) -> Settlement:
-    completed = team["status"] == TeamStatus.COMPLETE
-    locked_at = await conn.fetchval(
-        "UPDATE group_buy_order_list SET status = 1, out_trade_time = $2,"
-        " completed_team = $3, update_time = now() WHERE order_id = $1 RETURNING create_time",
-        order["order_id"],
-        req.out_trade_time,
-        completed,
-    )
-    # A payment time before the lock is bad input: raised here, it rolls the transaction back
-    # (the team's count too), so nothing is written.
-    check_paid_after_lock(req.out_trade_time, locked_at)
-    if completed:
-        out_trade_nos = await conn.fetchval(_PAID_OUT_TRADE_NOS, order["team_id"])
-        await outbox.enqueue_team_completed(
-            conn, order["team_id"], team["activity_id"], team["notify_url"], list(out_trade_nos)
-        )
-    return Settlement(_settle_out(req, order, completed), order["team_id"] if completed else None)
-
-
-def _settle_out(req: SettleIn, order: asyncpg.Record, completed: bool) -> SettleOut:
-    return SettleOut(
-        user_id=req.user_id,
-        team_id=order["team_id"],
-        activity_id=order["activity_id"],
-        out_trade_no=req.out_trade_no,
-        team_completed=completed,
-    )
