@@ -36,8 +36,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         pool_log.addFilter(_QuietPoolFloor())
     if settings.worker_metrics_port is not None:
         runner = await serve_metrics(
-            services.metrics, services.pool, settings.host, settings.worker_metrics_port
-        )
+            services.metrics, services.pool, settings.host, settings.worker_metrics_port,
+            settings.metrics_secret,
+        )  # fmt: skip
         stack.push_async_callback(runner.cleanup)
 
 

@@ -1,7 +1,9 @@
 """The worker's own /metrics (GROUPBUY_WORKER_METRICS_PORT): its compensation sends are not
-seen by the API's."""
+seen by the API's. As the API's, it answers only `Authorization: Bearer <METRICS_TOKEN>`
+(business volume is not for whoever reaches the port)."""
 
 import asyncio
+import hmac
 import logging
 
 import asyncpg
@@ -17,12 +19,22 @@ log = logging.getLogger("groupbuy_async.worker")
 METRICS_DB_SECONDS = 5.0
 
 
-async def serve_metrics(
-    metrics: Metrics, pool: asyncpg.Pool, host: str, port: int
-) -> web.AppRunner:
-    """Listen on host:port (StartupError when it cannot); cleanup() the runner to stop."""
+def _allowed(request: web.Request, token: str | None) -> bool:
+    given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+    return token is not None and hmac.compare_digest(given, f"Bearer {token}".encode())
 
-    async def handler(_: web.Request) -> web.Response:
+
+async def serve_metrics(
+    metrics: Metrics, pool: asyncpg.Pool, host: str, port: int, token: str | None
+) -> web.AppRunner:
+    """Listen on host:port (StartupError when it cannot); cleanup() the runner to stop.
+    Without `token` every scrape is refused."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if not _allowed(request, token):
+            return web.Response(
+                status=401, text="GROUPBUY_METRICS_TOKEN required as a bearer token\n"
+            )
         try:
             async with asyncio.timeout(METRICS_DB_SECONDS):
                 body = await metrics.scrape(pool)

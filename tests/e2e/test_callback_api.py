@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook
 from groupbuy_async.settings import Settings
 from groupbuy_async.worker.arq_worker import build_worker
 
-from ..conftest import SECRET, Api, make_tasks, new_id, now_iso, sample, start_client
+from ..conftest import METRICS, SECRET, Api, make_tasks, new_id, now_iso, sample, start_client
 from ..merchant import LocalMerchant, answering
 
 
@@ -284,11 +284,13 @@ async def test_worker_serves_its_own_metrics(
     try:
         await make_tasks(pool, 2, merchant.url)
         await deliver_callbacks(ctx)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/metrics") as r,
-        ):
-            text = await r.text()
+        async with aiohttp.ClientSession() as http:
+            for headers in ({}, {"Authorization": "Bearer nope"}):  # as the API's: refused
+                async with http.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as r:
+                    assert r.status == 401
+            async with http.get(f"http://127.0.0.1:{port}/metrics", headers=METRICS) as r:
+                assert r.status == 200
+                text = await r.text()
         success = 'groupbuy_notify_attempts_total{outcome="success",type="team.completed"}'
         assert sample(text, success) >= 2
     finally:

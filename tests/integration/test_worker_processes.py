@@ -26,7 +26,7 @@ from groupbuy_async.dev.embedded import EmbeddedServer, start_postgres
 from groupbuy_async.dev.host import free_port
 from groupbuy_async.settings import Settings
 
-from ..conftest import SECRETS_KEY, make_tasks
+from ..conftest import METRICS, METRICS_TOKEN, SECRETS_KEY, make_tasks
 from ..merchant import LocalMerchant
 
 NOISE = ("Traceback", "Task was destroyed", "Unclosed", "Exception ignored")
@@ -244,7 +244,7 @@ async def own_postgres(pg_dir: Path) -> AsyncIterator[EmbeddedServer]:
 async def _metrics(port: int) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-        http.get(f"http://127.0.0.1:{port}/metrics") as r,
+        http.get(f"http://127.0.0.1:{port}/metrics", headers=METRICS) as r,
     ):
         return r.status, await r.text()
 
@@ -266,6 +266,7 @@ async def test_worker_rides_out_a_postgresql_restart_in_two_lines(
         settings.model_copy(update={"database_url": own_postgres.url}),
         FAIL_TEAMS_CRON_SECONDS=1,
         WORKER_METRICS_PORT=metrics_port,
+        METRICS_TOKEN=METRICS_TOKEN,
     )
     pool = await create_pool(own_postgres.url, 1, 2)
     try:
