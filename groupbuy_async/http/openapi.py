@@ -204,10 +204,11 @@ _EVERY_EVENT: dict[str, Any] = {
         ),
         _header(
             "webhook-signature",
-            False,
-            "Sent when GROUPBUY_NOTIFY_SECRET (whsec_ + base64 key) is set: `v1,` + base64 of"
-            " HMAC-SHA256, keyed with the base64-decoded secret, over `{webhook-id}."
-            "{webhook-timestamp}.{raw body}`; several may be listed, space-separated",
+            True,
+            "`v1,` + base64 of HMAC-SHA256, keyed with the base64-decoded secret of the"
+            " endpoint (whsec_ + base64), over `{webhook-id}.{webhook-timestamp}.{raw body}`;"
+            " while a rotation's grace lasts two are listed, space-separated (new, then old):"
+            " any one that verifies is enough",
         ),
     ],
     "responses": {
