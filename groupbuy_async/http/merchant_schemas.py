@@ -85,8 +85,15 @@ EndpointId = Annotated[
 ]
 ENDPOINT_ID = "Endpoint id, chosen by the operator: 1-32 of A-Z a-z 0-9 _ -"
 EventTypeName = Literal["team.completed", "team.failed", "order.closed", "order.refunded"]
+# whsec_ + base64 (padded) of 24 to 64 bytes: 8-20 whole groups with an optional padded
+# tail, or 21 groups with at most one byte more.
+_B64 = "[A-Za-z0-9+/]"
 WebhookSecret = Annotated[
-    str, StringConstraints(min_length=38, max_length=100, pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")
+    str,
+    StringConstraints(
+        pattern=rf"^whsec_(?:(?:{_B64}{{4}}){{8,20}}(?:{_B64}{{2}}==|{_B64}{{3}}=)?"
+        rf"|(?:{_B64}{{4}}){{21}}(?:{_B64}{{2}}==)?)$"
+    ),
 ]
 _SECRET = (
     "The endpoint's signing secret (whsec_ + base64 of 24-64 bytes): every callback carries"

@@ -4,6 +4,7 @@ carries its liveness, and a stop that lets callback sends in flight finish."""
 import asyncio
 import json
 import time
+from datetime import datetime
 from signal import Signals
 from typing import Any
 
@@ -48,6 +49,13 @@ class GroupbuyWorker(Worker):
         if services is not None:
             services.dispatcher.stop()
         super().handle_sig_wait_for_completion(signum)
+
+    async def run_cron(self, n: datetime, delay: float, num_windows: int = 2) -> None:
+        """No new cron tick once a stop began: arq's loop goes on polling while running jobs
+        finish, and a tick queued then (or still being written to Redis when the loop is
+        cancelled) would outlive the queue this worker deletes as it closes."""
+        if self.allow_pick_jobs and not self._stop_ordered:
+            await super().run_cron(n, delay, num_windows)
 
     async def heart_beat(self) -> None:
         """Each turn of arq's loop: end it when arq has ordered it to (after a signal) and it

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".data" / "fuzz"
 TOKEN = f"fuzz-{uuid.uuid4().hex}"
 METRICS_TOKEN = "fuzz-metrics-token"
+SECRETS_KEY = "rA-FQVO3wigthyj2RDALcqgn3CmUErYPfktyHBrXbl0="  # seals the endpoints' secrets
 SINK = "http://127.0.0.1:9"  # discard: nothing listens, a callback attempt fails at once
 BIN = Path(sys.executable).parent
 
@@ -47,6 +48,7 @@ def _api(database_url: str, redis_url: str, port: int) -> Iterator[None]:
         GROUPBUY_REDIS_URL=redis_url,
         GROUPBUY_ADMIN_TOKEN=TOKEN,
         GROUPBUY_METRICS_TOKEN=METRICS_TOKEN,
+        GROUPBUY_SECRETS_KEY=SECRETS_KEY,
         GROUPBUY_PORT=str(port),
         # The hooks point every accepted notifyUrl at the loopback sink.
         GROUPBUY_NOTIFY_BLOCK_PRIVATE="false",
@@ -103,8 +105,12 @@ async def seed(base: str) -> dict[str, Any]:
         await call("PUT", "/api/v1/admin/merchants/fuzz",
                    {"name": "fuzz", "bindings": [{"source": "s01", "channel": "c01"}]})  # fmt: skip
         key = (await call("POST", "/api/v1/admin/merchants/fuzz/keys"))["key"]
+        # The fuzz merchant's endpoint at the sink: the url every lock's notifyUrl is set to.
+        await call("PUT", "/api/v1/admin/merchants/fuzz/endpoints/sink", {"url": f"{SINK}/notify"})
         await call("PUT", "/api/v1/admin/merchants/fuzz-other", {"name": "another"})
         other_key = await call("POST", "/api/v1/admin/merchants/fuzz-other/keys")
+        await call("PUT", "/api/v1/admin/merchants/fuzz-other/endpoints/other",
+                   {"url": f"{SINK}/other"})  # fmt: skip
 
         discount_id = f"fuzz-discount-{tag}"
         await call("PUT", f"/api/v1/admin/discounts/{discount_id}",
@@ -135,6 +141,8 @@ async def seed(base: str) -> dict[str, Any]:
         "merchantId": "fuzz",
         "otherMerchantId": "fuzz-other",
         "otherKeyId": other_key["keyId"],
+        "endpointId": "sink",
+        "otherEndpointId": "other",
     }
 
 

@@ -1,9 +1,11 @@
 """schemathesis hooks of `make fuzz` (loaded with SCHEMATHESIS_HOOKS=tests.fuzz.hooks).
 
 What they change, and why each is no hole in the check:
-- Every accepted notifyUrl is sent to the local sink (same path, query and fragment): an
-  accepted URL is called back, and a fuzzer's hosts are on the internet. Only URLs the pattern
-  accepts are rewritten, into another URL it accepts, so no case changes its validity.
+- Every accepted endpoint url is sent to the local sink (same path, query and fragment): an
+  accepted URL is called back, and a fuzzer's hosts are on the internet; a lock's accepted
+  notifyUrl becomes the url of the fuzz merchant's endpoint at the sink (a lock may name only
+  its merchant's endpoints). Only URLs the pattern accepts are rewritten, into another URL it
+  accepts, so no case changes its validity.
 - Positive cases name what is stored (runner: seed()) where a schema-valid request depends on
   it: a config body names the seeded discount (and no goods: a goods item binds to one
   activity), an `after` cursor a stored event; half of the locks go to the seeded activity
@@ -14,7 +16,9 @@ What they change, and why each is no hole in the check:
   (schemathesis reuses ids it has seen) stores a new one instead, so the seeds stay.
 - The rules of schema-valid input that JSON Schema cannot state (the descriptions do): an
   activity's endTime is after its startTime; a merchant's bindings name each pair once (the
-  schema's uniqueItems compares whole objects, with properties the server ignores). Positive cases that have them the other
+  schema's uniqueItems compares whole objects, with properties the server ignores); an
+  endpoint's secret is given only when it is created, and its channels are pairs its merchant
+  holds (state the schema cannot know: a refusal saying so is excused, only then). Positive cases that have them the other
   way round get them swapped; a refusal of equal ones is excused (filter_failure), and only
   when the case has them equal.
 Negative cases are left as generated (but for the notifyUrl above).
@@ -102,7 +106,8 @@ def _pin_path(case: "Case[Any]") -> None:
         return
     if case.method.upper() == "PUT":
         seeded = {str(SEED[k]) for k in ("discountId", "activityId", "merchantId")}
-        seeded |= {SEED["goods"]["goodsId"], SEED["otherMerchantId"]}
+        seeded |= {SEED["goods"]["goodsId"], SEED["otherMerchantId"], SEED["endpointId"]}
+        seeded.add(SEED["otherEndpointId"])
         for name, value in params.items():
             if str(value) in seeded:
                 params[name] = 1 if name == "activityId" else f"not-{value}"
@@ -120,6 +125,7 @@ def _pin_path(case: "Case[Any]") -> None:
         # The merchant whose key trades stays as it is: reads and key changes name another.
         "merchantId": SEED["otherMerchantId"],
         "keyId": SEED["otherKeyId"],
+        "endpointId": SEED["otherEndpointId"],
     }
     for name in params:
         params[name] = seeds[name]
@@ -133,7 +139,10 @@ def before_call(context: HookContext, case: "Case[Any]", kwargs: dict[str, Any])
     if isinstance(body, dict):
         url = body.get("notifyUrl")
         if isinstance(url, str) and _URL.fullmatch(url):
-            body["notifyUrl"] = _sink(url)
+            body["notifyUrl"] = f"{SEED['sink']}/notify"  # the fuzz merchant's endpoint
+        url = body.get("url")
+        if isinstance(url, str) and _URL.fullmatch(url):
+            body["url"] = _sink(url)
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return
     key = f"{case.method.upper()} {case.operation.path}"
@@ -179,6 +188,12 @@ def filter_failure(
         return True
     if case.operation.path == "/api/v1/admin/merchants/{merchantId}":
         return not (_pairs_repeat(body) and "listed twice" in response.text)
+    if case.operation.path.endswith("/endpoints/{endpointId}"):
+        stateful = ("secret: can be given only when creating", "not held by merchant")
+        return not (
+            (body.get("secret") is not None and stateful[0] in response.text)
+            or (bool(body.get("channels")) and stateful[1] in response.text)
+        )
     if case.operation.path != "/api/v1/admin/activities/{activityId}":
         return True
     start, end = _time(body.get("startTime")), _time(body.get("endTime"))
