@@ -42,16 +42,23 @@ class Result:
 # Pushing next_attempt_at to the lease expiry takes claimed rows out of the due range, so
 # later claims do not rescan them; a crashed holder's rows fall due again when it lapses.
 # The body is the event's, the url and secrets the endpoint's as they are now.
+# A delivery of an endpoint disabled meanwhile (its event was fanned out as the endpoint was
+# being disabled) is held here instead: not claimed, not an attempt.
 _CLAIM = """
 WITH {pick}
 UPDATE notify_task t
-SET claim_token = $2, locked_until = now() + $3::interval,
-    next_attempt_at = now() + $3::interval, update_time = now()
+SET claim_token = CASE WHEN ep.disabled THEN NULL ELSE $2::uuid END,
+    locked_until = CASE WHEN ep.disabled THEN NULL ELSE now() + $3::interval END,
+    next_attempt_at = CASE WHEN ep.disabled THEN t.next_attempt_at
+                           ELSE now() + $3::interval END,
+    notify_status = CASE WHEN ep.disabled THEN 4 ELSE t.notify_status END,
+    update_time = now()
 FROM picked, event e, endpoint ep
 WHERE t.id = picked.id AND e.event_id = t.event_id AND ep.id = t.endpoint
 RETURNING t.id, t.event_id, t.team_id, ep.url, e.parameter_json,
           t.notify_count - t.schedule_offset + 1 AS attempt, t.host, t.event_type, ep.secret,
-          CASE WHEN ep.previous_until > now() THEN ep.previous_secret END AS previous_secret
+          CASE WHEN ep.previous_until > now() THEN ep.previous_secret END AS previous_secret,
+          ep.disabled
 """
 # Fair across hosts: the hosts with open tasks are walked through the (host, due) index (a
 # skip scan: one probe per host, however long its backlog), each host gets a share of the
@@ -136,6 +143,7 @@ async def claim(
             (r["secret"],) if r["previous_secret"] is None else (r["secret"], r["previous_secret"]),
         )
         for r in rows
+        if not r["disabled"]
     ]
 
 

@@ -156,13 +156,12 @@ async def _one(pool: asyncpg.Pool, sql: str, merchant_id: str, endpoint_id: str)
     return _endpoint(row)
 
 
+_THE_ENDPOINT = "merchant_id = $1 AND endpoint_id = $2"
+
+
 async def get_endpoint(pool: asyncpg.Pool, merchant_id: str, endpoint_id: str) -> Endpoint:
-    return await _one(
-        pool,
-        f"SELECT {_COLUMNS} FROM endpoint WHERE merchant_id = $1 AND endpoint_id = $2",
-        merchant_id,
-        endpoint_id,
-    )
+    sql = f"SELECT {_COLUMNS} FROM endpoint WHERE {_THE_ENDPOINT}"
+    return await _one(pool, sql, merchant_id, endpoint_id)
 
 
 async def list_endpoints(pool: asyncpg.Pool, merchant_id: str) -> list[Endpoint]:
@@ -180,12 +179,8 @@ async def list_endpoints(pool: asyncpg.Pool, merchant_id: str) -> list[Endpoint]
 
 async def delete_endpoint(pool: asyncpg.Pool, merchant_id: str, endpoint_id: str) -> Endpoint:
     """Delete an endpoint with its deliveries (their events stay in the feed)."""
-    return await _one(
-        pool,
-        f"DELETE FROM endpoint WHERE merchant_id = $1 AND endpoint_id = $2 RETURNING {_COLUMNS}",
-        merchant_id,
-        endpoint_id,
-    )
+    sql = f"DELETE FROM endpoint WHERE {_THE_ENDPOINT} RETURNING {_COLUMNS}"
+    return await _one(pool, sql, merchant_id, endpoint_id)
 
 
 @dataclass(frozen=True)

@@ -334,3 +334,27 @@ async def test_a_hanging_endpoint_does_not_delay_another_on_the_same_host(
         if drain is not None:
             await drain
         await server.server.close()
+
+
+async def test_a_delivery_fanned_out_as_its_endpoint_was_disabled_is_held_not_sent(
+    api: Api, pool: asyncpg.Pool, merchants: list[LocalMerchant]
+) -> None:
+    """The fan-out read the endpoint enabled while a concurrent PUT disabled it and held its
+    open deliveries: the one it wrote is open. The claim holds it instead of sending it."""
+    receiver = merchants[0]
+    (team_id,) = await make_tasks(pool, 1, receiver.url)
+    await pool.execute(
+        "UPDATE endpoint SET disabled = true WHERE id ="
+        " (SELECT endpoint FROM notify_task WHERE team_id = $1)",
+        team_id,
+    )
+    status, env = await api.call(
+        "POST", "/api/v1/admin/notify/run", {"teamId": team_id}, admin=True
+    )
+    assert status == 200 and env["data"]["waitCount"] == 0, env
+    assert receiver.requests == 0
+    row = await pool.fetchrow(
+        "SELECT notify_status, notify_count, claim_token FROM notify_task WHERE team_id = $1",
+        team_id,
+    )
+    assert row is not None and tuple(row) == (4, 0, None)
