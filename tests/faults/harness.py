@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -223,10 +224,16 @@ class Stage:
         the next scenario may start. Until then it had the machine to itself."""
         self.run.release(self.outcome.number)
 
-    async def merchant(self, name: str, **kwargs: Any) -> Merchant:
+    async def merchant(
+        self, name: str, endpoints: Sequence[str] = ("notify",), **kwargs: Any
+    ) -> Merchant:
+        """A merchant process; each of `endpoints` (paths) an endpoint of the faults
+        merchant, `name-path`, so that teams may name it as their notifyUrl."""
         m = Merchant(name, self.dir / f"merchant-{name}.log", secret=SECRET, **kwargs)
         await self._stack.enter_async_context(m)
         self.merchants.append(m)
+        for path in endpoints:
+            await self.shop.endpoint(f"{name}-{path}", m.url(path), SECRET)
         return m
 
     async def api_ready(self, seconds: float = 30) -> float:

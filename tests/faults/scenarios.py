@@ -360,7 +360,9 @@ async def hanging_overflow(run: Run, number: str, name: str) -> Outcome:
 async def hostile_merchants(run: Run, number: str, name: str) -> Outcome:
     async with Stage(run, number, name) as s:
         healthy = await s.merchant("healthy")
-        hostile = await s.merchant("hostile", hostile=True, redirect_to=healthy.url("redirected"))
+        hostile = await s.merchant(
+            "hostile", HOSTILE_PATHS, hostile=True, redirect_to=healthy.url("redirected")
+        )
         await s.worker.start()
         teams: list[Team] = []
         for i in range(8 * len(HOSTILE_PATHS)):
