@@ -2,7 +2,8 @@
 (GROUPBUY_MOCK_MERCHANT), and the one tests, fault scenarios and benchmarks run, in their own
 process or in one of its own:
 
-    python -m groupbuy_async.dev.merchant [--mode MODE] [--delay S] [--secret whsec_...] [--keep N]
+    python -m groupbuy_async.dev.merchant [--mode MODE] [--mode-for PATH=MODE ...] [--delay S]
+                                          [--secret whsec_...] [--keep N]
 
 which prints "PORT <n>" once it listens on 127.0.0.1 and stops on SIGTERM or SIGINT
 (merchant_process.MerchantProcess is its handle). It answers a callback (a POST to any path)
@@ -15,12 +16,15 @@ as its mode says, after its delay:
   hang        nothing, until the sender gives up
   chunked     200 `success` in two chunks, 50 ms apart
 
-(or as a test's own `answer` says), and records each as a Receipt: its webhook-id, when it
-came, whether it was answered success, its path, whether its Standard Webhooks signature
-verified (None without a secret; the mock merchant verifies with the secrets of the
-endpoints whose url ends in its path), its headers and body. GET /_tally: the counts and the
-receipts (without headers and body); POST /_mode {"mode", "delay"} changes how later callbacks
-are answered; POST /_reset forgets what came.
+(or as a test's own `answer` says); a callback to a PATH given --mode-for (e.g.
+`--mode-for /a=hang --mode-for /b=success`, repeatable) is answered as that path's mode
+says instead: several merchants' endpoints on one host and port. It records each as a
+Receipt: its webhook-id, when it came, whether it was answered success, its path, whether
+its Standard Webhooks signature verified (None without a secret; the mock merchant verifies
+with the secrets of the endpoints whose url ends in its path), its headers and body.
+GET /_tally: the counts and the receipts (without headers and body); POST /_mode {"mode",
+"delay"} changes how later callbacks are answered ({"mode", "path"}: those to that path
+only); POST /_reset forgets what came.
 """
 
 import argparse
@@ -76,6 +80,7 @@ class Merchant:
     ) -> None:
         self.signing_key = signing_key
         self.mode = mode
+        self.modes: dict[str, str] = {}  # by path: its own mode instead of `mode`
         self.delay = delay
         # 401 to a callback whose signature does not verify (the mock merchant's way).
         self.refuse_bad_signatures = refuse_bad_signatures
@@ -114,7 +119,7 @@ class Merchant:
             keys = (self.signing_key,)
         problem = None if keys is None else self.signature_problem(request.headers, body, keys)
         refused = problem is not None and self.refuse_bad_signatures
-        mode, again = self.mode, self.ids[webhook_id] > 1
+        mode, again = self.modes.get(request.path, self.mode), self.ids[webhook_id] > 1
         ok = not refused and (mode in ("success", "chunked") or (mode == "fail-first" and again))
         if self.received.maxlen != 0:
             signature = None if keys is None else problem is None
@@ -181,9 +186,12 @@ class Merchant:
             change = await request.json()
             if change.get("mode") not in MODES:
                 return web.json_response({"error": f"mode must be one of {MODES}"}, status=400)
-            self.mode = change["mode"]
+            if "path" in change:
+                self.modes[_path(str(change["path"]))] = change["mode"]
+            else:
+                self.mode = change["mode"]
             self.delay = float(change.get("delay", self.delay))
-            return web.json_response({"mode": self.mode, "delay": self.delay})
+            return web.json_response({"mode": self.mode, "delay": self.delay, "modes": self.modes})
 
         async def reset(_: web.Request) -> web.Response:
             self.reset()
@@ -252,6 +260,18 @@ class Merchant:
         return found
 
 
+def _path(path: str) -> str:
+    return path if path.startswith("/") else f"/{path}"
+
+
+def _mode_for(value: str) -> tuple[str, str]:
+    """--mode-for's PATH=MODE."""
+    path, _, mode = value.rpartition("=")
+    if not path or mode not in MODES:
+        raise argparse.ArgumentTypeError(f"{value!r}: not PATH=MODE, MODE one of {MODES}")
+    return _path(path), mode
+
+
 def mock_merchant_routes(settings: Settings) -> list[Route]:
     """The mock merchant's routes with GROUPBUY_MOCK_MERCHANT (as under `dev`), else none."""
     if not settings.mock_merchant:
@@ -277,12 +297,18 @@ async def serve(merchant: Merchant) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--mode", choices=MODES, default="success")
+    parser.add_argument(
+        "--mode-for", type=_mode_for, action="append", default=[], metavar="PATH=MODE",
+        help="answer callbacks to PATH as MODE says (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before answering")
     parser.add_argument("--secret", default=None, help="whsec_...: verify signatures")
     parser.add_argument("--keep", type=int, default=None, help="receipts kept (default all)")
     args = parser.parse_args()
     key = base64.b64decode(args.secret.removeprefix("whsec_")) if args.secret else None
-    asyncio.run(serve(Merchant(key, args.mode, args.delay, args.keep)))
+    merchant = Merchant(key, args.mode, args.delay, args.keep)
+    merchant.modes.update(args.mode_for)
+    asyncio.run(serve(merchant))
 
 
 if __name__ == "__main__":

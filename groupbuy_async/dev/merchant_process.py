@@ -83,8 +83,12 @@ class MerchantProcess:
     async def receipts(self) -> list[Tallied]:
         return [(r[0], r[1], r[2], r[3], r[4]) for r in (await self.tally())["receipts"]]
 
-    async def set_mode(self, mode: str, delay: float = 0.0) -> None:
-        await self._call("POST", "_mode", {"mode": mode, "delay": delay})
+    async def set_mode(self, mode: str, delay: float = 0.0, path: str | None = None) -> None:
+        """How later callbacks are answered (to `path` only, when given; see dev.merchant)."""
+        body: dict[str, Any] = {"mode": mode, "delay": delay}
+        if path is not None:
+            body["path"] = path
+        await self._call("POST", "_mode", body)
 
     async def reset(self) -> None:
         await self._call("POST", "_reset")

@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -60,6 +61,7 @@ class Outcome:
     excused: int = 0  # duplicates of sends in flight at a kill (allowed)
     p50: float | None = None
     p99: float | None = None
+    slowest: float | None = None  # the healthy merchant's slowest delivery
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -223,10 +225,16 @@ class Stage:
         the next scenario may start. Until then it had the machine to itself."""
         self.run.release(self.outcome.number)
 
-    async def merchant(self, name: str, **kwargs: Any) -> Merchant:
+    async def merchant(
+        self, name: str, endpoints: Sequence[str] = ("notify",), **kwargs: Any
+    ) -> Merchant:
+        """A merchant process; each of `endpoints` (paths) an endpoint of the faults
+        merchant, `name-path`, so that teams may name it as their notifyUrl."""
         m = Merchant(name, self.dir / f"merchant-{name}.log", secret=SECRET, **kwargs)
         await self._stack.enter_async_context(m)
         self.merchants.append(m)
+        for path in endpoints:
+            await self.shop.endpoint(f"{name}-{path}", m.url(path), SECRET)
         return m
 
     async def api_ready(self, seconds: float = 30) -> float:
@@ -271,10 +279,13 @@ class Stage:
         )
         return int(rows[0][0])
 
-    async def wait_drained(self, merchants: list[Merchant], deadline: float) -> bool:
-        """Until every callback of these merchants' completed teams is recorded delivered
-        (then a second more, for stragglers), or time.monotonic() passes `deadline`."""
-        urls = [m.url() for m in merchants]
+    async def wait_drained(
+        self, merchants: list[Merchant], deadline: float, urls: list[str] | None = None
+    ) -> bool:
+        """Until every callback of these merchants' completed teams (or those to `urls`)
+        is recorded delivered (then a second more, for stragglers), or time.monotonic()
+        passes `deadline`."""
+        urls = urls or [m.url() for m in merchants]
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
                 if await self.open_tasks(urls) == 0:
@@ -298,8 +309,10 @@ class Stage:
         healthy: list[Merchant],
         excuse: list[tuple[float, float]] | None = None,
         latency: bool = False,
+        urls: list[str] | None = None,
     ) -> None:
-        """Fill the outcome for the teams calling `healthy` merchants back. Duplicates whose
+        """Fill the outcome for the teams calling `healthy` merchants back (at their urls:
+        `urls` when given, and then only the receipts at those urls count). Duplicates whose
         id was first received within an `excuse` window (time.time()) are excused."""
         o = self.outcome
         rows = await self.fetch(
@@ -307,7 +320,7 @@ class Stage:
             " n.notify_status, n.notify_count FROM group_buy_order g"
             f" LEFT JOIN {self.tasks} n USING (team_id)"
         )
-        by_url = {m.url(): m for m in healthy}
+        by_url = set(urls or [m.url() for m in healthy])
         completed = [r for r in rows if r["status"] == 1 and r["notify_url"] in by_url]
         o.attempted = len(completed)
         first_ok: dict[str, float] = {}
@@ -324,6 +337,8 @@ class Stage:
         for m in healthy:
             oks: dict[str, list[float]] = defaultdict(list)
             receipts = await m.receipts()
+            if urls:
+                receipts = [r for r in receipts if m.base + r[3] in by_url]
             unsigned = sum(1 for r in receipts if r[4] is False)
             if unsigned:
                 o.problems.append(f"merchant {m.name}: {unsigned} callback(s) badly signed")
@@ -371,6 +386,7 @@ class Stage:
         ]
         if lat:
             self.outcome.p50, self.outcome.p99 = percentile(lat, 50), percentile(lat, 99)
+            self.outcome.slowest = max(lat)
 
     def _client_view(self, rows: list[asyncpg.Record]) -> None:
         """What the shoppers were told agrees with PostgreSQL."""
@@ -444,4 +460,4 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
-__all__ = ["IN_FLIGHT", "LEASE", "Outcome", "Run", "Stage"]
+__all__ = ["IN_FLIGHT", "LEASE", "SECRET", "Outcome", "Run", "Stage"]

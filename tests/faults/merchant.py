@@ -22,7 +22,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,12 +150,14 @@ class Merchant(MerchantProcess):
         secret: str | None = None,
         hostile: bool = False,
         redirect_to: str = "",
+        modes: Mapping[str, str] | None = None,
     ) -> None:
         if hostile:
             super().__init__("--redirect-to", redirect_to, module=__spec__.name, spawn=self._spawn)
         else:
             secret_args = ["--secret", secret] if secret else []
-            args = ("--mode", mode, "--delay", str(delay), *secret_args)
+            per_path = [a for p, m in (modes or {}).items() for a in ("--mode-for", f"{p}={m}")]
+            args = ("--mode", mode, "--delay", str(delay), *secret_args, *per_path)
             super().__init__(*args, spawn=self._spawn)
         self.name = name
         self.log = log

@@ -14,9 +14,18 @@ from dataclasses import dataclass
 
 from groupbuy_async.dev.merchant_process import Tallied
 
-from .harness import IN_FLIGHT, LEASE, NOTIFY_TIMEOUT, Outcome, Run, Stage, latency_note
+from .harness import (
+    IN_FLIGHT,
+    LEASE,
+    NOTIFY_TIMEOUT,
+    SECRET,
+    Outcome,
+    Run,
+    Stage,
+    latency_note,
+)  # fmt: skip
 from .merchant import HOSTILE_PATHS, Merchant
-from .shop import SETTLE, Call, Team, drive, steady_load
+from .shop import SETTLE, Call, Team, Tenant, drive, steady_load
 
 # The worker's grace on SIGTERM (lifecycle.run_worker: NOTIFY_TIMEOUT_SECONDS + 5).
 WORKER_GRACE = int(NOTIFY_TIMEOUT) + 5
@@ -29,6 +38,12 @@ ANSWER_BOUND = 3.0  # the harness's DB acquire/statement limits (2 s) plus a mar
 HEALTHY_P50, HEALTHY_P99 = 2.0, 5.0
 # The API's and the worker's peak resident memory while merchants misbehave.
 RSS_BOUND_MB = 300
+# 8c: one attempt's time limit there, and the bound on each of the healthy endpoint's
+# deliveries (settlement answered -> callback received): half of it. A healthy endpoint that
+# waited behind the hanging one's sends (their cap, or its breaker's pause) would take at
+# least a timeout.
+SAME_HOST_TIMEOUT = 3.0
+SAME_HOST_BOUND = SAME_HOST_TIMEOUT / 2
 
 EXPECTATIONS = f"""\
 Every scenario: lost 0 (each completed team's event id reached its merchant); a duplicate
@@ -41,6 +56,9 @@ out (noted when it happens); the trade invariants in SQL; what the shoppers were
 {ANSWER_BOUND:g} s, failures as 503. 7 (Redis down): every API call meanwhile answered 200.
 8a, 8b, 9: the healthy merchant's p50 <= {HEALTHY_P50:g} s and p99 <= {HEALTHY_P99:g} s (settlement
 answered -> callback received); no misbehaving merchant's task taken for delivered.
+8c (two merchants' endpoints on one host:port, A's hangs, timeout {SAME_HOST_TIMEOUT:g} s): each of B's
+callbacks within {SAME_HOST_BOUND:g} s of its settlement, exactly once, at B's path; every one of A's
+still owed (pending or retrying) in the outbox; none at the other merchant's path.
 9: the API's and the worker's RSS stay under {RSS_BOUND_MB} MB."""
 
 
@@ -360,7 +378,9 @@ async def hanging_overflow(run: Run, number: str, name: str) -> Outcome:
 async def hostile_merchants(run: Run, number: str, name: str) -> Outcome:
     async with Stage(run, number, name) as s:
         healthy = await s.merchant("healthy")
-        hostile = await s.merchant("hostile", hostile=True, redirect_to=healthy.url("redirected"))
+        hostile = await s.merchant(
+            "hostile", HOSTILE_PATHS, hostile=True, redirect_to=healthy.url("redirected")
+        )
         await s.worker.start()
         teams: list[Team] = []
         for i in range(8 * len(HOSTILE_PATHS)):
@@ -394,6 +414,107 @@ async def hostile_merchants(run: Run, number: str, name: str) -> Outcome:
         )  # fmt: skip
         _latency_bound(o)
         return o
+
+
+async def hanging_same_host(run: Run, number: str, name: str) -> Outcome:
+    """Merchants A and B, each an endpoint on one merchant process (one host:port), A's path
+    hanging: A's backlog fills A's per-endpoint cap with hanging sends and opens A's breaker,
+    while B's teams complete; B's callbacks must not wait for A's."""
+    settings = {"notify_timeout_seconds": f"{SAME_HOST_TIMEOUT:g}"}
+    async with Stage(run, number, name, settings=settings) as s:
+        shared = await s.merchant("shared", (), modes={"/a": "hang", "/b": "success"})
+        a = await s.shop.add_tenant(Tenant("faults-a", "s0a", "c0a", 9_000_002, "goods-a"), 2)
+        b = await s.shop.add_tenant(Tenant("faults-b", "s0b", "c0b", 9_000_003, "goods-b"), 2)
+        a_url, b_url = shared.url("a"), shared.url("b")
+        await s.shop.endpoint("hangs", a_url, SECRET, a)
+        await s.shop.endpoint("answers", b_url, SECRET, b)
+        await s.worker.start()
+        await s.worker_ready()
+        a_teams = [s.shop.new_team(a_url, 2, a) for _ in range(300)]
+        backlog = asyncio.create_task(drive(a_teams, 6, s.shop.trade))
+        # B's teams once A's cap is full of hanging sends, and while A's backlog grows.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not backlog.done():
+            if sum(r[3] == "/a" for r in await shared.receipts()) >= 16:
+                break
+            await asyncio.sleep(0.05)
+        hanging = sum(r[3] == "/a" for r in await shared.receipts())
+        b_teams = [s.shop.new_team(b_url, 2, b) for _ in range(60)]
+
+        async def paced(team: Team) -> None:
+            await s.shop.trade(team)
+            await asyncio.sleep(0.2)
+
+        await drive(b_teams, 2, paced)
+        a_done = sum(1 for t in a_teams if t.completed_at)
+        await backlog
+        s.idle()
+        drained = await s.wait_drained([], time.monotonic() + 30, urls=[b_url])
+        o = s.outcome
+        o.expect(drained, "B's callbacks not all delivered within 30 s")
+        await s.account([shared], latency=True, urls=[b_url])
+        o.notes.append(
+            f"B's 60 teams began with {hanging} of A's sends received (hanging) and ended with"
+            f" {a_done} of A's 300 teams complete"
+        )
+        if o.slowest is None:
+            o.problems.append("no latency of B's callbacks measured")
+        else:
+            never = f", {o.lost} never came" if o.lost else ""
+            o.notes.append(f"B's slowest callback {o.slowest:.2f}s after its settlement{never}")
+            o.expect(
+                o.slowest <= SAME_HOST_BOUND and not o.lost,
+                f"B's slowest callback took {o.slowest:.2f}s{never}; bound {SAME_HOST_BOUND:g}s"
+                f" (A's endpoint's sends time out after {SAME_HOST_TIMEOUT:g}s)",
+            )
+        await _same_host_apart(s, o, shared, {"/a": a_teams, "/b": b_teams})
+        return o
+
+
+async def _same_host_apart(
+    s: Stage, o: Outcome, shared: Merchant, teams: dict[str, list[Team]]
+) -> None:
+    """8c: each callback at its own merchant's path, B's once each, A's all still owed."""
+    rows = await s.fetch(
+        f"SELECT t.team_id, t.event_id::text, t.notify_url, t.notify_status FROM {s.tasks} t"
+    )
+    ids = {path: {r[1] for r in rows if r[2] == shared.url(path[1:])} for path in teams}
+    receipts = await shared.receipts()
+    for path, mine in ids.items():
+        got = [r for r in receipts if r[3] == path]
+        wrong = [r for r in got if r[0] not in mine]
+        o.expect(not wrong, f"{len(wrong)} callback(s) at {path} of the other merchant's events")
+    stray = [r for r in receipts if r[3] not in teams]
+    o.expect(not stray, f"{len(stray)} callback(s) at neither merchant's path")
+    # B's callbacks received while one of A's sends hung (each hangs until the timeout).
+    hung = [r[1] for r in receipts if r[3] == "/a"]
+    beside = sum(
+        any(t <= r[1] <= t + SAME_HOST_TIMEOUT for t in hung) for r in receipts if r[3] == "/b"
+    )
+    o.notes.append(f"{beside} of B's callbacks received while one of A's sends hung")
+    o.expect(beside > 0, "no B callback came while A's sends hung: the load missed the fault")
+    b_got = [r[0] for r in receipts if r[3] == "/b"]
+    o.expect(
+        len(b_got) == len(set(b_got)),
+        f"B's endpoint got {len(b_got) - len(set(b_got))} repeated request(s)",
+    )
+    a_rows = [r for r in rows if r[1] in ids["/a"]]
+    completed_a = sum(1 for t in teams["/a"] if t.completed_at)
+    states: dict[int, int] = {}
+    for r in a_rows:
+        states[r[3]] = states.get(r[3], 0) + 1
+    o.notes.append(
+        f"A: {len(a_rows)} deliveries by status {dict(sorted(states.items()))},"
+        f" {sum(r[3] == '/a' for r in receipts)} of its sends hung"
+    )
+    o.expect(
+        len(a_rows) == completed_a, f"{completed_a} of A's teams complete but {len(a_rows)} tasks"
+    )
+    owed = states.get(0, 0) + states.get(2, 0)
+    o.expect(
+        owed == len(a_rows),
+        f"{len(a_rows) - owed} of A's deliveries not pending or retrying (status {states})",
+    )
 
 
 async def _others(
@@ -475,6 +596,12 @@ SCENARIOS = [
     Scenario("8a", "hanging-merchant", "300 callbacks hang, 30 healthy", hanging_merchant),
     Scenario(
         "8b", "hanging-overflow", "as 8a, the API sending at most 16 itself", hanging_overflow
+    ),
+    Scenario(
+        "8c",
+        "hanging-same-host",
+        "merchant A's endpoint hangs, B's answers, one host:port",
+        hanging_same_host,
     ),
     Scenario(
         "9", "hostile-merchants", "garbage/huge/reset/trickle/... vs healthy", hostile_merchants

@@ -47,10 +47,24 @@ class Call:
 
 
 @dataclass
+class Tenant:
+    """A merchant of the shop: its source+channel pair, its activity and goods there, and
+    the API key its shoppers' requests carry."""
+
+    merchant_id: str
+    source: str
+    channel: str
+    activity_id: int
+    goods_id: str
+    key: str = ""
+
+
+@dataclass
 class Team:
     index: int
     notify_url: str
     size: int
+    tenant: Tenant
     team_id: str = ""
     completed_at: float | None = None  # time.time() when the completing settlement answered
     prefix: str = "t"
@@ -70,16 +84,21 @@ class Shop:
     teams: list[Team] = field(default_factory=list)
     in_flight: Counter[str] = field(default_factory=Counter)  # calls awaiting an answer, by path
     _counter: itertools.count[int] = field(default_factory=itertools.count)
-    key: str = ""  # the faults merchant's API key, made by set_up
+    # The faults merchant, made by set_up; add_tenant makes others.
+    tenant: Tenant = field(
+        default_factory=lambda: Tenant(MERCHANT_ID, SOURCE, CHANNEL, ACTIVITY_ID, GOODS_ID)
+    )
 
     async def call(
         self, method: str, path: str, body: Any = None, deadline: float | None = None,
-        admin: bool = False,
+        admin: bool = False, key: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The envelope's data; retried (same body) on no answer or 5xx until `deadline`
-        (time.monotonic(); default 60 s from now)."""
+        (time.monotonic(); default 60 s from now). Sent with the admin token, or `key`
+        (default the faults merchant's)."""
         deadline = deadline or time.monotonic() + 60
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN if admin else self.key}"}
+        bearer = ADMIN_TOKEN if admin else key or self.tenant.key
+        headers = {"Authorization": f"Bearer {bearer}"}
         while True:
             started, began = time.time(), time.monotonic()
             status: int | None = None
@@ -106,43 +125,62 @@ class Shop:
             await asyncio.sleep(RETRY_PAUSE)
 
     async def set_up(self, target: int) -> None:
-        """The discount, goods and an effective activity with teams of `target`, and the
-        merchant holding its source+channel, whose key the shop's requests carry."""
-        now = datetime.now(UTC)
-        await self.call("PUT", f"/api/v1/admin/merchants/{MERCHANT_ID}", {
-            "name": "faults", "bindings": [{"source": SOURCE, "channel": CHANNEL}],
-        }, admin=True)  # fmt: skip
-        key = await self.call("POST", f"/api/v1/admin/merchants/{MERCHANT_ID}/keys", admin=True)
-        self.key = key["key"]
+        """The discount, and the faults merchant (see add_tenant)."""
         await self.call("PUT", f"/api/v1/admin/discounts/{DISCOUNT_ID}", {
             "discountName": "20 off", "marketPlan": "ZJ", "marketExpr": "20",
         }, admin=True)  # fmt: skip
-        await self.call("PUT", f"/api/v1/admin/skus/{GOODS_ID}", {
-            "goodsName": "faults goods", "originalPrice": 100, "source": SOURCE, "channel": CHANNEL,
+        await self.add_tenant(self.tenant, target)
+
+    async def add_tenant(self, tenant: Tenant, target: int) -> Tenant:
+        """The merchant holding the tenant's source+channel, an API key of it (into
+        tenant.key), its goods and an effective activity with teams of `target`."""
+        now = datetime.now(UTC)
+        merchant = f"/api/v1/admin/merchants/{tenant.merchant_id}"
+        await self.call("PUT", merchant, {
+            "name": tenant.merchant_id,
+            "bindings": [{"source": tenant.source, "channel": tenant.channel}],
         }, admin=True)  # fmt: skip
-        await self.call("PUT", f"/api/v1/admin/activities/{ACTIVITY_ID}", {
-            "activityName": "faults", "discountId": DISCOUNT_ID, "takeLimitCount": 1,
+        tenant.key = (await self.call("POST", f"{merchant}/keys", admin=True))["key"]
+        pair = {"source": tenant.source, "channel": tenant.channel}
+        await self.call("PUT", f"/api/v1/admin/skus/{tenant.goods_id}", {
+            "goodsName": f"{tenant.merchant_id} goods", "originalPrice": 100, **pair,
+        }, admin=True)  # fmt: skip
+        await self.call("PUT", f"/api/v1/admin/activities/{tenant.activity_id}", {
+            "activityName": tenant.merchant_id, "discountId": DISCOUNT_ID, "takeLimitCount": 1,
             "target": target, "validTime": 120, "status": 1,
             "startTime": (now - timedelta(hours=1)).isoformat(),
             "endTime": (now + timedelta(days=1)).isoformat(),
-            "goods": [{"source": SOURCE, "channel": CHANNEL, "goodsId": GOODS_ID}],
+            "goods": [{**pair, "goodsId": tenant.goods_id}],
         }, admin=True)  # fmt: skip
+        return tenant
 
-    def new_team(self, notify_url: str, size: int) -> Team:
-        team = Team(next(self._counter), notify_url, size)
+    async def endpoint(
+        self, endpoint_id: str, url: str, secret: str, tenant: Tenant | None = None
+    ) -> None:
+        """An enabled endpoint of the tenant's merchant (default the faults merchant) at
+        `url`, signing with `secret`: a lock's notifyUrl must be one."""
+        merchant_id = (tenant or self.tenant).merchant_id
+        await self.call(
+            "PUT", f"/api/v1/admin/merchants/{merchant_id}/endpoints/{endpoint_id}",
+            {"url": url, "secret": secret}, admin=True,
+        )  # fmt: skip
+
+    def new_team(self, notify_url: str, size: int, tenant: Tenant | None = None) -> Team:
+        team = Team(next(self._counter), notify_url, size, tenant or self.tenant)
         self.teams.append(team)
         return team
 
     async def lock(self, team: Team, deadline: float | None = None) -> None:
+        t = team.tenant
         for member in range(team.size):
             body = {
-                "userId": team.user(member), "activityId": ACTIVITY_ID, "goodsId": GOODS_ID,
-                "source": SOURCE, "channel": CHANNEL, "outTradeNo": team.order(member),
+                "userId": team.user(member), "activityId": t.activity_id, "goodsId": t.goods_id,
+                "source": t.source, "channel": t.channel, "outTradeNo": team.order(member),
                 "notifyUrl": team.notify_url,
             }  # fmt: skip
             if member:
                 body["teamId"] = team.team_id
-            got = (await self.call("POST", LOCK, body, deadline))["teamId"]
+            got = (await self.call("POST", LOCK, body, deadline, key=t.key))["teamId"]
             if member and got != team.team_id:
                 raise ShopError(f"member {member} of team {team.team_id} landed in {got}")
             team.team_id = got
@@ -150,12 +188,13 @@ class Shop:
     async def settle(self, team: Team, deadline: float | None = None) -> None:
         paid = datetime.now(UTC).isoformat()  # one payment time per order, kept on retries
         completions = 0
+        t = team.tenant
         for member in range(team.size):
             body = {
-                "source": SOURCE, "channel": CHANNEL, "userId": team.user(member),
+                "source": t.source, "channel": t.channel, "userId": team.user(member),
                 "outTradeNo": team.order(member), "outTradeTime": paid,
             }  # fmt: skip
-            data = await self.call("POST", SETTLE, body, deadline)
+            data = await self.call("POST", SETTLE, body, deadline, key=t.key)
             if data["teamCompleted"]:
                 completions += 1
                 team.completed_at = time.time()
