@@ -131,6 +131,14 @@ class NotifyTaskNotReplayable(Rejected):
     code, info = "E0201", "only a notify task in error status (3) can be replayed"
 
 
+class DeliveryInFlight(Rejected):
+    code, info = "E0202", "the delivery is being sent right now; ask again once it is answered"
+
+
+class DeliveryNotWaiting(Rejected):
+    code, info = "E0203", "only a waiting delivery (status 0 or 2) can be retried now"
+
+
 class ActivitySpansMerchants(Rejected):
     code, info = "E0302", "an activity's goods must all be sold under one merchant's source+channel"
 
@@ -168,5 +176,7 @@ ALL_ERRORS: tuple[type[ServiceError], ...] = (
     NotifyTaskNotReplayable,
     StillReferenced,
     ActivitySpansMerchants,
+    DeliveryInFlight,
+    DeliveryNotWaiting,
     DatabaseUnavailable,
 )

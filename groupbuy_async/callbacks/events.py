@@ -57,3 +57,14 @@ def parse_body(stored: str) -> tuple[str, dict[str, Any]]:
     if isinstance(parsed.get("data"), dict) and isinstance(parsed.get("type"), str):
         return parsed["type"], parsed["data"]
     return str(EventType.TEAM_COMPLETED), parsed
+
+
+def ping_body(event_id: str, created: datetime, merchant_id: str, endpoint_id: str) -> str:
+    """A `ping` (an endpoint's test, never stored): the body every event has."""
+    data = {"merchantId": merchant_id, "endpointId": endpoint_id}
+    envelope = {
+        "type": "ping",
+        "timestamp": created.isoformat(),
+        "data": {**data, "eventId": event_id},
+    }
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)

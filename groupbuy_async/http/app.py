@@ -8,6 +8,8 @@ from ..bootstrap import SERVICES, services
 from ..settings import Settings
 from .callback_routes import CALLBACK_ROUTES
 from .catalog_routes import CATALOG_ROUTES
+from .delivery_routes import DELIVERY_ROUTES
+from .endpoint_routes import ENDPOINT_ROUTES
 from .envelope import envelope_middleware
 from .merchant_routes import MERCHANT_ROUTES
 from .ops_routes import OPS_ROUTES
@@ -24,6 +26,8 @@ def create_app(settings: Settings, extra_routes: Sequence[Route] = ()) -> web.Ap
         *CATALOG_ROUTES,
         *TRADE_ROUTES,
         *MERCHANT_ROUTES,
+        *ENDPOINT_ROUTES,
+        *DELIVERY_ROUTES,
         *CALLBACK_ROUTES,
         *OPS_ROUTES,
         *extra_routes,

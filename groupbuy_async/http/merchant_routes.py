@@ -1,24 +1,18 @@
 """Merchant administration (admin token): merchants and their pairs, API keys."""
 
-from datetime import timedelta
-
 from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
-from ..merchants import accounts, endpoints, keys
+from ..merchants import accounts, keys
 from .merchant_schemas import (
     Binding,
-    EndpointIn,
-    EndpointOut,
     KeyCreated,
     KeyOut,
     MerchantIn,
     MerchantOut,
     MerchantPage,
     MerchantPageQuery,
-    RotateIn,
-    RotateOut,
 )
 from .routing import Route, path_param
 
@@ -99,73 +93,7 @@ async def revoke_key(request: web.Request, _: None) -> KeyOut:
     return _key_out(revoked)
 
 
-def _endpoint_out(found: endpoints.Endpoint) -> EndpointOut:
-    return EndpointOut(
-        merchant_id=found.merchant_id,
-        endpoint_id=found.endpoint_id,
-        url=found.url,
-        event_types=list(found.event_types),  # type: ignore[arg-type]  # checked on the way in
-        channels=[Binding(source=s, channel=c) for s, c in found.channels],
-        disabled=found.disabled,
-        description=found.description,
-        create_time=found.create_time,
-        update_time=found.update_time,
-        previous_secret_until=found.previous_secret_until,
-        secret=found.secret,
-    )
-
-
-def _endpoint_key(request: web.Request) -> tuple[str, str]:
-    return path_param(request, "merchantId"), path_param(request, "endpointId")
-
-
-async def put_endpoint(request: web.Request, body: EndpointIn) -> EndpointOut:
-    services = request.app[SERVICES]
-    spec = endpoints.EndpointSpec(
-        url=body.url,
-        event_types=tuple(body.event_types),
-        channels=tuple((b.source, b.channel) for b in body.channels),
-        disabled=body.disabled,
-        description=body.description,
-        secret=body.secret,
-    )
-    found = await endpoints.put_endpoint(
-        services.pool, services.box, *_endpoint_key(request), spec,
-        services.settings.notify_block_private,
-    )  # fmt: skip
-    return _endpoint_out(found)
-
-
-async def get_endpoint(request: web.Request, _: None) -> EndpointOut:
-    return _endpoint_out(
-        await endpoints.get_endpoint(request.app[SERVICES].pool, *_endpoint_key(request))
-    )
-
-
-async def list_endpoints(request: web.Request, _: None) -> list[EndpointOut]:
-    found = await endpoints.list_endpoints(
-        request.app[SERVICES].pool, path_param(request, "merchantId")
-    )
-    return [_endpoint_out(e) for e in found]
-
-
-async def delete_endpoint(request: web.Request, _: None) -> EndpointOut:
-    return _endpoint_out(
-        await endpoints.delete_endpoint(request.app[SERVICES].pool, *_endpoint_key(request))
-    )
-
-
-async def rotate_secret(request: web.Request, body: RotateIn) -> RotateOut:
-    services = request.app[SERVICES]
-    rotated = await endpoints.rotate_secret(
-        services.pool, services.box, *_endpoint_key(request),
-        timedelta(seconds=body.grace_seconds),
-    )  # fmt: skip
-    return RotateOut(secret=rotated.secret, previous_secret_until=rotated.previous_secret_until)
-
-
 _MERCHANT = "/api/v1/admin/merchants/{merchantId}"
-_ENDPOINT = f"{_MERCHANT}/endpoints/{{endpointId}}"
 
 MERCHANT_ROUTES: list[Route] = [
     Route(
@@ -195,31 +123,5 @@ MERCHANT_ROUTES: list[Route] = [
         "DELETE", f"{_MERCHANT}/keys/{{keyId}}", revoke_key,
         "Revoke an API key: every API process refuses it within seconds", "merchants", None,
         KeyOut, admin=True, raises=(_KeyNotFound,),
-    ),
-    Route(
-        "PUT", _ENDPOINT, put_endpoint,
-        "Create or replace an endpoint of the merchant (its signing secret is in the answer"
-        " that creates it, and only there)", "endpoints", EndpointIn, EndpointOut, admin=True,
-        raises=(endpoints.MerchantNotFound,),
-    ),
-    Route(
-        "GET", _ENDPOINT, get_endpoint, "An endpoint (never its secret)", "endpoints", None,
-        EndpointOut, admin=True, raises=(endpoints.EndpointNotFound,),
-    ),
-    Route(
-        "DELETE", _ENDPOINT, delete_endpoint,
-        "Delete an endpoint and its deliveries (its events stay in the feed; disable it to"
-        " keep them)", "endpoints", None, EndpointOut, admin=True,
-        raises=(endpoints.EndpointNotFound,),
-    ),
-    Route(
-        "GET", f"{_MERCHANT}/endpoints", list_endpoints,
-        "The merchant's endpoints in endpointId order", "endpoints", None, list[EndpointOut],
-        admin=True, raises=(endpoints.MerchantNotFound,),
-    ),
-    Route(
-        "POST", f"{_ENDPOINT}/secret/rotate", rotate_secret,
-        "A new signing secret; the replaced one keeps signing beside it for graceSeconds",
-        "endpoints", RotateIn, RotateOut, admin=True, raises=(endpoints.EndpointNotFound,),
     ),
 ]  # fmt: skip

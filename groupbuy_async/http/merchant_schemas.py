@@ -1,13 +1,14 @@
 """Bodies of merchant administration: merchants, their source+channel pairs, their API keys."""
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
+from .callback_schemas import EventTypeName
 from .catalog_schemas import PageLimit
 from .schemas import CHANNEL, CREATED, SOURCE, UPDATED, Body, Code, Name, Text
-from .wire import URL_RULE, HttpUrlText, WholeNumber
+from .wire import TIME_RULE, URL_RULE, ApiTime, HttpUrlText, WholeNumber
 
 MerchantId = Annotated[
     str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]{1,32}$")
@@ -84,7 +85,6 @@ EndpointId = Annotated[
     str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]{1,32}$")
 ]
 ENDPOINT_ID = "Endpoint id, chosen by the operator: 1-32 of A-Z a-z 0-9 _ -"
-EventTypeName = Literal["team.completed", "team.failed", "order.closed", "order.refunded"]
 # whsec_ + base64 (padded) of 24 to 64 bytes: 8-20 whole groups with an optional padded
 # tail, or 21 groups with at most one byte more.
 _B64 = "[A-Za-z0-9+/]"
@@ -179,3 +179,24 @@ class RotateOut(Body):
     previous_secret_until: datetime | None = Field(
         description="Until when the replaced secret still signs too (null: grace 0)"
     )
+
+
+class PingOut(Body):
+    event_id: str = Field(description="The ping's webhook-id (a ping is not stored)")
+    success: bool = Field(description="Answered 2xx with the body `success`")
+    http_status: int | None = Field(description="The endpoint's HTTP status; null: no answer")
+    duration_ms: int = Field(description="How long the attempt took, in milliseconds")
+    response_body: str | None = Field(
+        description="The endpoint's answer, its first 2 KB; null when no answer came"
+    )
+    error: str | None = Field(description="Why it failed (timeout, refused, …); null if answered")
+
+
+class RecoverIn(Body):
+    since: ApiTime = Field(
+        description=f"Deliveries that ended in error, or were held, since this time. {TIME_RULE}"
+    )
+
+
+class RecoverOut(Body):
+    recovered: int = Field(description="How many deliveries are due again now")

@@ -91,6 +91,9 @@ PATH_PARAMS: dict[str, Any] = {
         StringConstraints(pattern=r"^key_[0-9a-f]{16}$"),
         Field(description="API key id (key_ + 16 hex digits)"),
     ],
+    "deliveryId": Annotated[
+        int, Field(ge=1, le=2**63 - 1, description="Delivery id: one event to one endpoint")
+    ],
     "endpointId": Annotated[
         str,
         StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$"),

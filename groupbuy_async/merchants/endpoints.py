@@ -230,3 +230,23 @@ async def signing_keys_at(pool: asyncpg.Pool, box: SecretBox, path: str) -> list
         path,
     )
     return [box.open_key(s) for r in rows for s in (r["secret"], r["previous"]) if s is not None]
+
+
+@dataclass(frozen=True)
+class SendTarget:
+    url: str
+    secrets: tuple[bytes, ...]  # sealed: the current one, and the previous while in grace
+
+
+async def send_target(pool: asyncpg.Pool, merchant_id: str, endpoint_id: str) -> SendTarget:
+    """Where an endpoint's sends go and what signs them (a ping's)."""
+    row = await pool.fetchrow(
+        "SELECT url, secret, CASE WHEN previous_until > now() THEN previous_secret END AS prev"
+        f" FROM endpoint WHERE {_THE_ENDPOINT}",
+        merchant_id,
+        endpoint_id,
+    )
+    if row is None:
+        raise EndpointNotFound()
+    sealed = (row["secret"],) if row["prev"] is None else (row["secret"], row["prev"])
+    return SendTarget(row["url"], sealed)

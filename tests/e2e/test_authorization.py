@@ -5,12 +5,13 @@ another merchant's key (a pair it does not hold: 403; a team of another merchant
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
 from groupbuy_async.http.routing import ROUTE_TABLE, Route
 
-from ..conftest import ADMIN_TOKEN, METRICS, Api, merchant_key, now_iso
+from ..conftest import ADMIN_TOKEN, METRICS, SHOP_MERCHANT, Api, merchant_key, now_iso
 from .lifecycle_checks import team_of
 
 PUBLIC = {"/healthz", "/readyz", "/openapi.json"}
@@ -28,24 +29,48 @@ def _ids(routes: list[Route]) -> list[str]:
 
 
 @pytest.fixture
-async def world(api: Api) -> dict[str, Any]:
-    """A team of the test merchant, and what each shop route is called with."""
+async def world(api: Api, pool: asyncpg.Pool) -> dict[str, Any]:
+    """A team of the test merchant, an endpoint and a delivery of it, and what each shop
+    route is called with: a path, or (path, body)."""
     act = await api.new_activity(target=3)
     team = await team_of(api, act, locked=2, paid=1)
     user, out = team.members[0]
     pair = {"source": act["source"], "channel": act["channel"]}
+    endpoint = await api.endpoint("http://127.0.0.1:9/authz")
+    await team_of(api, await api.new_activity(target=1), locked=1, paid=1)  # a delivery
+    delivery = await pool.fetchval(
+        "SELECT t.id FROM notify_task t JOIN endpoint ep ON ep.id = t.endpoint"
+        " WHERE ep.merchant_id = $1 ORDER BY t.id DESC LIMIT 1",
+        SHOP_MERCHANT,
+    )
+    assert delivery is not None
+    own = f"/api/v1/gbm/endpoints/{endpoint}"
+    mine = f"/api/v1/gbm/deliveries/{delivery}"
     return {
         "team": team.team_id,
         "POST /api/v1/gbm/index/query_group_buy_market_config":
-            {**pair, "userId": user, "goodsId": act["goodsId"]},
+            (None, {**pair, "userId": user, "goodsId": act["goodsId"]}),
         "POST /api/v1/gbm/trade/lock_market_pay_order":
-            {**act, "userId": f"new-{uuid.uuid4().hex[:8]}", "outTradeNo": uuid.uuid4().hex},
+            (None, {**act, "userId": f"new-{uuid.uuid4().hex[:8]}", "outTradeNo": uuid.uuid4().hex}),
         "POST /api/v1/gbm/trade/settlement_market_pay_order":
-            {**pair, "userId": user, "outTradeNo": out, "outTradeTime": now_iso()},
-        "POST /api/v1/gbm/trade/refund_market_pay_order": {**pair, "userId": user, "outTradeNo": out},
+            (None, {**pair, "userId": user, "outTradeNo": out, "outTradeTime": now_iso()}),
+        "POST /api/v1/gbm/trade/refund_market_pay_order":
+            (None, {**pair, "userId": user, "outTradeNo": out}),
         "GET /api/v1/gbm/teams/{teamId}": f"/api/v1/gbm/teams/{team.team_id}",
         "GET /api/v1/gbm/orders/{outTradeNo}":
             f"/api/v1/gbm/orders/{out}?source={pair['source']}&channel={pair['channel']}&userId={user}",
+        "PUT /api/v1/gbm/endpoints/{endpointId}": (own, {"url": "http://127.0.0.1:9/authz"}),
+        "GET /api/v1/gbm/endpoints/{endpointId}": own,
+        "DELETE /api/v1/gbm/endpoints/{endpointId}": own,
+        "GET /api/v1/gbm/endpoints": "/api/v1/gbm/endpoints",
+        "POST /api/v1/gbm/endpoints/{endpointId}/secret/rotate": (own + "/secret/rotate", {}),
+        "POST /api/v1/gbm/endpoints/{endpointId}/ping": own + "/ping",
+        "POST /api/v1/gbm/endpoints/{endpointId}/recover":
+            (own + "/recover", {"since": now_iso()}),
+        "GET /api/v1/gbm/deliveries": "/api/v1/gbm/deliveries",
+        "GET /api/v1/gbm/deliveries/{deliveryId}": mine,
+        "POST /api/v1/gbm/deliveries/{deliveryId}/resend": mine + "/resend",
+        "POST /api/v1/gbm/deliveries/{deliveryId}/retry-now": mine + "/retry-now",
     }  # fmt: skip
 
 
@@ -53,8 +78,8 @@ async def _shop_call(
     client: TestClient[Any, Any], route: Route, world: dict[str, Any], headers: dict[str, str]
 ) -> tuple[int, dict[str, Any]]:
     target = world[f"{route.method} {route.path}"]
-    path, body = (target, None) if isinstance(target, str) else (route.path, target)
-    async with client.request(route.method, path, json=body, headers=headers) as resp:
+    path, body = (target, None) if isinstance(target, str) else target
+    async with client.request(route.method, path or route.path, json=body, headers=headers) as resp:
         return resp.status, await resp.json()
 
 
@@ -102,10 +127,20 @@ async def test_another_merchants_key_sees_nothing_of_this_one(
 ) -> None:
     other = await merchant_key(client, f"other-{uuid.uuid4().hex[:6]}", [("s-other", "c-other")])
     headers = {"Authorization": f"Bearer {other}"}
-    for route in (r for r in _routes(client) if r.merchant):
+    lists = {"/api/v1/gbm/endpoints", "/api/v1/gbm/deliveries"}
+    # Its PUT last: it makes an endpoint of its own by that id, which the others would find.
+    for route in sorted(
+        (r for r in _routes(client) if r.merchant), key=lambda r: r.method == "PUT"
+    ):
         status, env = await _shop_call(client, route, world, headers)
         if route.path == "/api/v1/gbm/teams/{teamId}":  # no pair in the request: unknown
             assert (status, env["code"]) == (404, "E0107"), env
+        elif route.path in lists:  # its own list: nothing of the other's
+            assert status == 200 and env["data"] in ([], {"items": [], "nextCursor": None}), env
+        elif route.method == "PUT":  # an endpoint of its own by that id, not the other's
+            assert status == 200 and env["data"]["merchantId"] != SHOP_MERCHANT, env
+        elif "{endpointId}" in route.path or "{deliveryId}" in route.path:
+            assert (status, env["code"]) == (404, "0404"), (route.path, env)
         else:  # the request's pair is not the other merchant's
             assert (status, env["code"]) == (403, "0403"), (route.path, env)
     # The same calls with the owner's key work (the world is real).
@@ -126,7 +161,7 @@ async def test_admin_routes_refuse_no_and_wrong_tokens(
     path_values = {
         "{discountId}": "d1", "{goodsId}": "g1", "{activityId}": "1", "{teamId}": "12345678",
         "{eventId}": str(uuid.uuid4()), "{merchantId}": "m1", "{keyId}": "key_0123456789abcdef",
-        "{endpointId}": "e1",
+        "{endpointId}": "e1", "{deliveryId}": "1",
     }  # fmt: skip
     for route in admin:
         path = route.path
