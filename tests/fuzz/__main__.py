@@ -107,6 +107,8 @@ async def seed(base: str) -> dict[str, Any]:
         key = (await call("POST", "/api/v1/admin/merchants/fuzz/keys"))["key"]
         # The fuzz merchant's endpoint at the sink: the url every lock's notifyUrl is set to.
         await call("PUT", "/api/v1/admin/merchants/fuzz/endpoints/sink", {"url": f"{SINK}/notify"})
+        # What its own routes name (the sink one stays as it is: every lock names it).
+        await call("PUT", "/api/v1/admin/merchants/fuzz/endpoints/spare", {"url": f"{SINK}/spare"})
         await call("PUT", "/api/v1/admin/merchants/fuzz-other", {"name": "another"})
         other_key = await call("POST", "/api/v1/admin/merchants/fuzz-other/keys")
         await call("PUT", "/api/v1/admin/merchants/fuzz-other/endpoints/other",
@@ -130,6 +132,7 @@ async def seed(base: str) -> dict[str, Any]:
                    {**order, "outTradeTime": datetime.now(UTC).isoformat()})  # fmt: skip
         await call("POST", "/api/v1/gbm/trade/refund_market_pay_order", order)
         events = await call("GET", f"/api/v1/admin/events?teamId={locked['teamId']}")
+        delivery = (await call("GET", "/api/v1/gbm/deliveries?limit=1"))["items"][0]
     return {
         "sink": SINK,
         "discountId": discount_id,
@@ -142,7 +145,9 @@ async def seed(base: str) -> dict[str, Any]:
         "otherMerchantId": "fuzz-other",
         "otherKeyId": other_key["keyId"],
         "endpointId": "sink",
+        "spareEndpointId": "spare",
         "otherEndpointId": "other",
+        "deliveryId": delivery["deliveryId"],
     }
 
 

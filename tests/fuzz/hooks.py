@@ -104,6 +104,8 @@ def _pin_path(case: "Case[Any]") -> None:
     params = case.path_parameters
     if not params:
         return
+    if params.get("endpointId") == SEED["endpointId"]:  # every lock names it: left as it is
+        params["endpointId"] = SEED["spareEndpointId"]
     if case.method.upper() == "PUT":
         seeded = {str(SEED[k]) for k in ("discountId", "activityId", "merchantId")}
         seeded |= {SEED["goods"]["goodsId"], SEED["otherMerchantId"], SEED["endpointId"]}
@@ -125,7 +127,9 @@ def _pin_path(case: "Case[Any]") -> None:
         # The merchant whose key trades stays as it is: reads and key changes name another.
         "merchantId": SEED["otherMerchantId"],
         "keyId": SEED["otherKeyId"],
-        "endpointId": SEED["otherEndpointId"],
+        # The merchant's own routes name its spare endpoint; the operator's another's.
+        "endpointId": SEED["otherEndpointId" if "merchantId" in params else "spareEndpointId"],
+        "deliveryId": SEED["deliveryId"],
     }
     for name in params:
         params[name] = seeds[name]
