@@ -17,6 +17,16 @@ webhook-id exactly once. Then (unless --no-rss) the worker's peak RSS: the drain
 child process (bench/notify_rss.py) for --rss-small and --rss-large due tasks (0 ms
 receiver) and reports its peak.
 
+Then (unless --no-fanout; alone with --fanout-only) the fan-out scenario of issue 14
+(bench/notify_fanout.py): --fanout-events events (default 10,000), each delivered to the 3
+endpoints of one merchant on 3 hosts; once with all 3 healthy, once with one refusing
+connections and one answering after --fanout-slow-ms (1 s), and once the healthy endpoint
+alone (a reference). notify_per_host (per endpoint) is --fanout-per-endpoint, by default the
+bound / 3: the most under which the endpoints' sends in flight together never exceed the
+bound, so a slow endpoint's held sends cannot take the send slots a healthy one needs. Each
+run is measured until the healthy endpoint's deliveries are all in, then the drain stopped.
+Aim: the healthy endpoint's throughput and p99 within 20 % of the all-healthy run's.
+
 Servers: GROUPBUY_BENCH_DATABASE_URL / GROUPBUY_BENCH_REDIS_URL, else GROUPBUY_TEST_*, else
 embedded ones (see bench/common.py). Exits 1 if any delivery check fails.
 """
