@@ -122,7 +122,8 @@ async def insert_tasks(
     tests/conftest.py make_tasks); then VACUUM ANALYZE, as
     autovacuum would have left a real backlog, and a CHECKPOINT, so nothing of the insert is
     flushed while the bench drains."""
-    pool = await create_pool(dsn, 1, 2)
+    # A large fill takes longer than the pool's default 5 s statement limit on a busy machine.
+    pool = await create_pool(dsn, 1, 2, command_timeout=600)
     try:
         urls = [url] if isinstance(url, str) else url
         await fanned_out_teams(pool, SecretBox(SECRETS_KEY), count, urls, SECRET, due_in)
