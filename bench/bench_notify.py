@@ -17,6 +17,16 @@ webhook-id exactly once. Then (unless --no-rss) the worker's peak RSS: the drain
 child process (bench/notify_rss.py) for --rss-small and --rss-large due tasks (0 ms
 receiver) and reports its peak.
 
+Then (unless --no-fanout; alone with --fanout-only) the fan-out scenario of issue 14
+(bench/notify_fanout.py): --fanout-events events (default 10,000), each delivered to the 3
+endpoints of one merchant on 3 hosts; once with all 3 healthy, once with one refusing
+connections and one answering after --fanout-slow-ms (1 s), and once the healthy endpoint
+alone (a reference). notify_per_host (per endpoint) is --fanout-per-endpoint, by default the
+bound / 3: the most under which the endpoints' sends in flight together never exceed the
+bound, so a slow endpoint's held sends cannot take the send slots a healthy one needs. Each
+run is measured until the healthy endpoint's deliveries are all in, then the drain stopped.
+Aim: the healthy endpoint's throughput and p99 within 20 % of the all-healthy run's.
+
 Servers: GROUPBUY_BENCH_DATABASE_URL / GROUPBUY_BENCH_REDIS_URL, else GROUPBUY_TEST_*, else
 embedded ones (see bench/common.py). Exits 1 if any delivery check fails.
 """
@@ -29,7 +39,8 @@ import sys
 import aiohttp
 import asyncpg
 
-from .common import Options, percentile, run_bench, servers, table
+from .common import Options, percentile, positive, run_bench, servers, table
+from .notify_fanout import measure_fanout
 from .notify_rss import run_rss
 from .notify_scenarios import Run, run_ceiling, run_original, run_ours
 from .receiver import Receiver
@@ -158,22 +169,37 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], Run]) -> bool:
 
 async def bench(args: argparse.Namespace) -> int:
     with servers() as (admin_dsn, _):
-        async with contextlib.AsyncExitStack() as stack:
-            receivers = {
-                delay: await stack.enter_async_context(Receiver(delay))
-                for delay in (0, args.slow_ms)
-            }
-            print(
-                f"bench-notify: {args.tasks:,} due tasks, bound {args.concurrency}, receivers at"
-                f" 0 ms and {args.slow_ms} ms (own processes); (a) on samples of"
-                f" {args.original_fast:,} / {args.original_slow:,} tasks; python {sys.version.split()[0]},"
-                f" aiohttp {aiohttp.__version__}, asyncpg {asyncpg.__version__}; {load_note()}",
-                flush=True,
-            )
-            ok = report(args, await run_all(args, admin_dsn, receivers))
-            if args.rss:
-                ok = await measure_rss(args, admin_dsn, receivers[0]) and ok
+        ok = True
+        if not args.fanout_only:
+            ok = await bench_main(args, admin_dsn)
+        if args.fanout or args.fanout_only:
+            per_endpoint = args.fanout_per_endpoint or max(args.concurrency // 3, 1)
+            if args.fanout_only:
+                print(f"bench-notify --fanout-only; {load_note()}", flush=True)
+            ok = await measure_fanout(
+                admin_dsn, args.fanout_events, args.concurrency, per_endpoint,
+                args.fanout_slow_ms, args.fanout_repeat,
+            ) and ok  # fmt: skip
     return 0 if ok else 1
+
+
+async def bench_main(args: argparse.Namespace, admin_dsn: str) -> bool:
+    """ours, (a) and (b) at both receiver delays, then peak RSS; False if a check failed."""
+    async with contextlib.AsyncExitStack() as stack:
+        receivers = {
+            delay: await stack.enter_async_context(Receiver(delay)) for delay in (0, args.slow_ms)
+        }
+        print(
+            f"bench-notify: {args.tasks:,} due tasks, bound {args.concurrency}, receivers at"
+            f" 0 ms and {args.slow_ms} ms (own processes); (a) on samples of"
+            f" {args.original_fast:,} / {args.original_slow:,} tasks; python {sys.version.split()[0]},"
+            f" aiohttp {aiohttp.__version__}, asyncpg {asyncpg.__version__}; {load_note()}",
+            flush=True,
+        )
+        ok = report(args, await run_all(args, admin_dsn, receivers))
+        if args.rss:
+            ok = await measure_rss(args, admin_dsn, receivers[0]) and ok
+    return ok
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,6 +217,22 @@ def main(argv: list[str] | None = None) -> None:
         help="peak RSS of a draining worker, small vs large backlog (default on)",
     )
     p.add_argument("--rss-small", type=int, default=1_000)
+    p.add_argument(
+        "--fanout",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the fan-out scenario after the others (default on)",
+    )
+    p.add_argument("--fanout-only", action="store_true", help="only the fan-out scenario")
+    p.add_argument("--fanout-events", type=positive, default=10_000, help="events (x 3 endpoints)")
+    p.add_argument(
+        "--fanout-per-endpoint",
+        type=positive,
+        default=None,
+        help="notify_per_host, per endpoint (default: the bound / 3)",
+    )
+    p.add_argument("--fanout-slow-ms", type=int, default=1000, help="the slow endpoint's delay")
+    p.add_argument("--fanout-repeat", type=positive, default=1, help="runs of each; best kept")
     p.add_argument("--rss-large", type=int, default=100_000)
     run_bench(bench(p.parse(argv)))
 

@@ -3,7 +3,7 @@ and bare POSTs (the ceiling); each measured and checked against the receiver's t
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +17,7 @@ from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import is_success
 from groupbuy_async.callbacks.sender import BODY_CAP, Sender, create_session
 from groupbuy_async.db import create_pool
-from groupbuy_async.dev.outbox_fill import completed_teams
+from groupbuy_async.dev.outbox_fill import fanned_out_teams
 from groupbuy_async.merchants.secret_box import SecretBox
 from groupbuy_async.merchants.secret_box import signing_key as secret_key
 from groupbuy_async.settings import Settings
@@ -114,14 +114,19 @@ def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> Dispatcher:
     return build_dispatcher(pool, settings, Metrics())
 
 
-async def insert_tasks(dsn: str, count: int, url: str, due_in: timedelta = timedelta(0)) -> None:
-    """`count` completed teams, each with its callback to the endpoint at `url` due after
-    `due_in` (dev/outbox_fill.py, as tests/conftest.py make_tasks); then VACUUM ANALYZE, as
+async def insert_tasks(
+    dsn: str, count: int, url: str | Sequence[str], due_in: timedelta = timedelta(0)
+) -> None:
+    """`count` completed teams, each with its callback to the endpoint at `url` (to each of
+    the endpoints, given several urls) due after `due_in` (dev/outbox_fill.py, as
+    tests/conftest.py make_tasks); then VACUUM ANALYZE, as
     autovacuum would have left a real backlog, and a CHECKPOINT, so nothing of the insert is
     flushed while the bench drains."""
-    pool = await create_pool(dsn, 1, 2)
+    # A large fill takes longer than the pool's default 5 s statement limit on a busy machine.
+    pool = await create_pool(dsn, 1, 2, command_timeout=600)
     try:
-        await completed_teams(pool, SecretBox(SECRETS_KEY), count, url, SECRET, due_in)
+        urls = [url] if isinstance(url, str) else url
+        await fanned_out_teams(pool, SecretBox(SECRETS_KEY), count, urls, SECRET, due_in)
         await pool.execute("VACUUM ANALYZE group_buy_order, event, notify_task")
         await pool.execute("CHECKPOINT")
     finally:

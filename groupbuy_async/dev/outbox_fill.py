@@ -1,9 +1,10 @@
 """A backlog of callbacks written straight to the outbox, set-based (tests and benchmarks):
-completed teams, each with its team.completed event and one delivery to an endpoint at `url`
-(made, under a merchant of its own, when missing)."""
+completed teams, each with its team.completed event and one delivery of it to each endpoint
+given by url (made, under a merchant of its own, when missing)."""
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
@@ -50,13 +51,21 @@ WITH t AS (
 )
 INSERT INTO notify_task (event_id, event_type, activity_id, team_id, notify_url, host, endpoint,
                          next_attempt_at)
-SELECT event_id, event_type, activity_id, team_id, $3, $6, $7, now() + $8::interval FROM e
+SELECT event_id, event_type, activity_id, team_id, ep.url, ep.host, ep.id, now() + $9::interval
+FROM e CROSS JOIN unnest($6::text[], $7::text[], $8::bigint[]) WITH ORDINALITY
+    AS ep(url, host, id, n)
+ORDER BY e.team_id, ep.n
 RETURNING team_id
 """
 
 
 def endpoint_id_for(url: str) -> str:
     return "fill-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def endpoint_host(url: str) -> str:
+    """The `host` its deliveries are counted by (per-endpoint bounds, fairness, breaker)."""
+    return f"{FILL_MERCHANT}/{endpoint_id_for(url)}"
 
 
 async def completed_teams(
@@ -69,12 +78,30 @@ async def completed_teams(
 ) -> list[str]:
     """`count` completed teams with a due team.completed delivery each to the endpoint at
     `url` (signed with `secret`), due in `due_in`; returns their team ids."""
-    endpoint_id = endpoint_id_for(url)
+    return await fanned_out_teams(pool, box, count, [url], secret, due_in)
+
+
+async def fanned_out_teams(
+    pool: asyncpg.Pool,
+    box: SecretBox,
+    count: int,
+    urls: Sequence[str],
+    secret: str,
+    due_in: timedelta = timedelta(0),
+) -> list[str]:
+    """`count` completed teams, each with one team.completed event and one delivery of it to
+    each endpoint at `urls` (all signed with `secret`), due in `due_in`: count x len(urls)
+    deliveries, in team order (a team's in the order of `urls`). Returns the team ids."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_SETUP)
-        endpoint = await conn.fetchval(_ENDPOINT, FILL_MERCHANT, endpoint_id, url, box.seal(secret))
-        rows = await conn.fetch(
-            _FILL, str(uuid.uuid4().int)[:13], _ACTIVITY, url, count, FILL_MERCHANT,
-            f"{FILL_MERCHANT}/{endpoint_id}", endpoint, due_in,
+        endpoints = [
+            await conn.fetchval(
+                _ENDPOINT, FILL_MERCHANT, endpoint_id_for(url), url, box.seal(secret)
+            )
+            for url in urls
+        ]
+        team_ids = await conn.fetch(
+            _FILL, str(uuid.uuid4().int)[:13], _ACTIVITY, urls[0], count, FILL_MERCHANT,
+            list(urls), [endpoint_host(url) for url in urls], endpoints, due_in,
         )  # fmt: skip
-    return [r["team_id"] for r in rows]
+    return sorted({r["team_id"] for r in team_ids})
