@@ -198,6 +198,8 @@ class Api:
         async with self.client.request(method, path, **kwargs) as resp:
             return resp.status, await resp.json()
 
+    DEAD_URL = "http://127.0.0.1:9/notify"  # nothing listens: a callback fails at once
+
     async def lock(self, **body: Any) -> tuple[int, dict[str, Any]]:
         """A lock; its notifyUrl is made an endpoint of the test merchant first (signed with
         SECRET), so that the team's events go there, as the original's notifyUrl did."""
@@ -269,12 +271,14 @@ class Api:
             **overrides,
         }
         await self._put(f"/api/v1/admin/activities/{activity_id}", activity)
+        if self.DEAD_URL not in self.endpoints:  # locks name it: an endpoint of the merchant
+            await self.endpoint(self.DEAD_URL, self.merchant_id)
         return {
             "activityId": activity_id,
             "goodsId": f"g{tag}",
             "source": source,
             "channel": channel,
-            "notifyUrl": "http://127.0.0.1:9/notify",
+            "notifyUrl": self.DEAD_URL,
         }
 
     async def _put(self, path: str, body: dict[str, Any]) -> None:
