@@ -32,6 +32,8 @@ _NOTIFY = (
     "notify_per_host",
     "notify_batch_size",
     "notify_block_private",
+    "endpoint_disable_after_seconds",
+    "endpoint_disable_min_attempts",
 )
 _POOL = ("db_pool_min", "db_pool_max", "db_acquire_timeout_seconds", "db_command_timeout_seconds")
 VERBS: dict[str, tuple[str, tuple[str, ...]]] = {

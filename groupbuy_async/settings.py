@@ -157,6 +157,19 @@ class Settings(BaseSettings):
     notify_block_private: bool = Field(
         True, description="refuse loopback/private/link-local/metadata callback targets"
     )
+    endpoint_disable_after_seconds: int = Field(
+        5 * 86400,
+        ge=1,
+        le=365 * 86400,
+        description="an endpoint whose every attempt has failed this long (default 5 days) is"
+        " disabled, its deliveries held",
+    )
+    endpoint_disable_min_attempts: int = Field(
+        10,
+        ge=1,
+        le=1_000_000,
+        description="...and only after at least this many failed attempts in a row",
+    )
     notify_immediate_limit: int = Field(
         256, ge=1, le=100_000, description="API: post-settlement sends in flight before the worker"
     )

@@ -28,6 +28,7 @@ class Task:
     # The endpoint's secrets, sealed: the current one, and the one before a rotation while
     # its grace lasts (each signs every send).
     secrets: tuple[bytes, ...] = ()
+    endpoint: int = 0  # endpoint.id (its health is noted per batch: health.py)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ WHERE t.id = picked.id AND e.event_id = t.event_id AND ep.id = t.endpoint
 RETURNING t.id, t.event_id, t.team_id, ep.url, e.parameter_json,
           t.notify_count - t.schedule_offset + 1 AS attempt, t.host, t.event_type, ep.secret,
           CASE WHEN ep.previous_until > now() THEN ep.previous_secret END AS previous_secret,
-          ep.disabled
+          ep.disabled, ep.id AS endpoint_id
 """
 # Fair across hosts: the hosts with open tasks are walked through the (host, due) index (a
 # skip scan: one probe per host, however long its backlog), each host gets a share of the
@@ -141,6 +142,7 @@ async def claim(
             r["host"],
             r["event_type"],
             (r["secret"],) if r["previous_secret"] is None else (r["secret"], r["previous_secret"]),
+            r["endpoint_id"],
         )
         for r in rows
         if not r["disabled"]

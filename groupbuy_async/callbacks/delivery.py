@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from ..db import log_failure, unavailable
 from ..merchants.secret_box import SecretBox
 from ..settings import Settings
-from . import claims
+from . import claims, health
 from .breaker import HostBreakers
 from .claims import Result, Task
 from .metrics import Metrics
@@ -54,6 +55,12 @@ class Delivery:
         self.schedule = settings.notify_retry_schedule
         self.accept_any_2xx = settings.notify_accept_any_2xx
         self.breakers = HostBreakers(pool)
+        self.health = health.Limits(
+            timedelta(seconds=settings.endpoint_disable_after_seconds),
+            settings.endpoint_disable_min_attempts,
+        )
+        # When this process last told each endpoint's answer (see _health): monotonic time.
+        self._answered_told: dict[int, float] = {}
         self.in_flight = 0
         # Set by stop(): nothing more is claimed or sent, tasks in hand go back due now.
         self.stopping = False
@@ -198,6 +205,42 @@ class Delivery:
             return AttemptOutcome(None, error=f"signing secret: {exc}")
         return await self.sender.send(task.url, task.event_id, task.body, keys)
 
+    async def sweep_health(self) -> None:
+        """Disable the endpoints past the health limits. A database outage propagates, as
+        from the drain's first claim; anything else is logged and the drain goes on."""
+        try:
+            disabled = await health.sweep(self.pool, self.health)
+        except Exception as exc:
+            if unavailable(exc):
+                raise
+            log.exception("sweeping endpoint health failed")
+            return
+        if disabled:
+            self.metrics.endpoints_disabled.inc(disabled)
+
+    async def _health(self, results: list[Result]) -> None:
+        """Tell each endpoint's failures, and its answers at most once a minute per process
+        (an answer ends a run of failures: told that often, a run of failures can never
+        outlast an endpoint that answers by more than a minute). Never fails the batch."""
+        now = time.monotonic()
+        told = []
+        for r in results:
+            answered = r.verdict.status is NotifyStatus.SUCCESS
+            if answered and now - self._answered_told.get(r.task.endpoint, -1e9) < 60:
+                continue
+            if answered:
+                self._answered_told[r.task.endpoint] = now
+            told.append(health.Attempted(r.task.endpoint, answered, r.started_at))
+        if len(self._answered_told) > 10_000:
+            self._answered_told.clear()
+        try:
+            disabled = await health.observe(self.pool, told, self.health)
+        except Exception:
+            log_failure(log, "noting endpoint health failed (the attempts are recorded)")
+            return
+        if disabled:
+            self.metrics.endpoints_disabled.inc(disabled)
+
     async def finish(self, done: list[Result | Task]) -> tuple[list[Result], set[int]]:
         """Write a batch back: results fenced by their claims, unattempted tasks released.
         Returns the results, and the ids of the tasks whose results were recorded."""
@@ -209,6 +252,7 @@ class Delivery:
         for due_at, tasks in unsent.items():
             await claims.release(self.pool, tasks, due_at)
         recorded = await claims.record(self.pool, results)
+        await self._health([r for r in results if r.task.id in recorded])
         outcomes = Counter(
             (r.verdict.status.name.lower() if r.task.id in recorded else "stale", r.task.type)
             for r in results

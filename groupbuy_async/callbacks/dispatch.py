@@ -16,7 +16,9 @@ class Dispatcher:
         self.immediate = Immediate(delivery, immediate_limit)
 
     async def drain(self, team_id: str | None = None, seconds: float = DRAIN_SECONDS) -> Counts:
-        """Deliver every due task (or one team's) until none is due or `seconds` pass."""
+        """Deliver every due task (or one team's) until none is due or `seconds` pass; first,
+        disable the endpoints whose attempts have all failed too long (health.py)."""
+        await self.delivery.sweep_health()
         return await Drain(self.delivery, team_id, time.monotonic() + seconds).run()
 
     def fire(self, team_id: str) -> bool:

@@ -16,6 +16,7 @@ class EventType(StrEnum):
     TEAM_FAILED = "team.failed"
     ORDER_CLOSED = "order.closed"
     ORDER_REFUNDED = "order.refunded"
+    ENDPOINT_DISABLED = "endpoint.disabled"  # written by callbacks/health.py, about no team
 
 
 ORDER_EVENTS = frozenset({EventType.ORDER_CLOSED, EventType.ORDER_REFUNDED})

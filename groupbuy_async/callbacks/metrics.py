@@ -45,6 +45,12 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        self.endpoints_disabled = Counter(
+            "groupbuy_endpoints_disabled",
+            "Endpoints this process disabled: every attempt failed for"
+            " GROUPBUY_ENDPOINT_DISABLE_AFTER_SECONDS",
+            registry=r,
+        )
         self.paused_hosts = Gauge(
             "groupbuy_notify_paused_hosts",
             "Merchant hosts this process paused after"

@@ -27,8 +27,10 @@ class NotifyRunIn(Body):
     )
 
 
-EVENT_TYPES = "team.completed, team.failed, order.closed or order.refunded"
-EventTypeName = Literal["team.completed", "team.failed", "order.closed", "order.refunded"]
+EVENT_TYPES = "team.completed, team.failed, order.closed, order.refunded or endpoint.disabled"
+EventTypeName = Literal[
+    "team.completed", "team.failed", "order.closed", "order.refunded", "endpoint.disabled"
+]
 
 
 class TypeCounts(Body):
@@ -51,9 +53,9 @@ class NotifyTaskOut(Body):
     error first, then the oldest) and notifyStatus is the event's over all of them."""
 
     type: EventTypeName = Field(description=f"The event type: {EVENT_TYPES}")
-    team_id: str = Field(description=TEAM_ID)
+    team_id: str | None = Field(description=f"{TEAM_ID}; null for endpoint.* events")
     order_id: str | None = Field(description="The order an order.* event is about; null else")
-    activity_id: int = Field(description=ACTIVITY_ID)
+    activity_id: int | None = Field(description=f"{ACTIVITY_ID}; null for endpoint.* events")
     event_id: str = Field(
         description="The event id (UUID): the callback's webhook-id and eventId, the same on"
         " every attempt"
@@ -145,7 +147,7 @@ class EventOut(Body):
         description="The event id (UUID): the callback's webhook-id and eventId; deduplicate on it"
     )
     type: EventTypeName = Field(description="The event type")
-    team_id: str = Field(description=TEAM_ID)
+    team_id: str | None = Field(description=f"{TEAM_ID}; null for endpoint.* events")
     order_id: str | None = Field(description="The order an order.* event is about; null else")
     notify_status: NotifyStatusValue = Field(description=NOTIFY_STATUS)
     create_time: datetime = Field(

@@ -49,6 +49,8 @@ def _out(found: endpoints.Endpoint) -> EndpointOut:
         create_time=found.create_time,
         update_time=found.update_time,
         previous_secret_until=found.previous_secret_until,
+        disabled_time=found.disabled_time,
+        disabled_reason=found.disabled_reason,
         secret=found.secret,
     )
 

@@ -49,8 +49,18 @@ class OrderRefundedData(OrderEventData):
     )
 
 
+class EndpointDisabledData(Body):
+    merchant_id: str = Field(description="The merchant")
+    endpoint_id: str = Field(description="The endpoint the service disabled")
+    url: str = Field(description="Its url")
+    reason: str = Field(description="Why: how long and how often its attempts failed")
+    failing_since: datetime = Field(description="Its first failed attempt since its last answer")
+    failed_attempts: int = Field(description="Attempts failed since its last answer")
+    event_id: str = Field(description=EVENT_ID)
+
+
 class TeamCompletedEvent(Body):
-    """POSTed to the team's notifyUrl when its last member pays."""
+    """POSTed to the merchant's endpoints when a team's last member pays."""
 
     type: Literal["team.completed"] = Field(description="The event type")
     timestamp: datetime = Field(description=TIMESTAMP)
@@ -67,7 +77,9 @@ class TeamFailedEvent(Body):
 
 class OrderClosedEvent(Body):
     """POSTed when a locked, unpaid order is closed (payment timeout, cancel, failed team,
-    or a payment that arrived too late): do not take its payment, or refund it."""
+    or a settlement refused as too late): its lock and take are released. No payment was
+    recorded for it, so there is nothing to refund here: a payment the service refused was
+    answered E0112/E0113, and that answer is the instruction."""
 
     type: Literal["order.closed"] = Field(description="The event type")
     timestamp: datetime = Field(description=TIMESTAMP)
@@ -82,10 +94,21 @@ class OrderRefundedEvent(Body):
     data: OrderRefundedData = Field(description="The refunded order")
 
 
+class EndpointDisabledEvent(Body):
+    """POSTed to the merchant's other endpoints that take it when the service disabled one
+    whose every attempt failed for GROUPBUY_ENDPOINT_DISABLE_AFTER_SECONDS: fix it, then
+    enable it again (its held deliveries go out then)."""
+
+    type: Literal["endpoint.disabled"] = Field(description="The event type")
+    timestamp: datetime = Field(description=TIMESTAMP)
+    data: EndpointDisabledData = Field(description="The endpoint and why")
+
+
 # The webhooks section of OpenAPI: event type -> its body.
 WEBHOOKS: dict[str, type[Body]] = {
     "team.completed": TeamCompletedEvent,
     "team.failed": TeamFailedEvent,
     "order.closed": OrderClosedEvent,
     "order.refunded": OrderRefundedEvent,
+    "endpoint.disabled": EndpointDisabledEvent,
 }

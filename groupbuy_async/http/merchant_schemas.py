@@ -160,6 +160,12 @@ class EndpointOut(Body):
         description="After a rotation: until when the secret before it still signs (beside the"
         " new one); null when only one secret signs"
     )
+    disabled_time: datetime | None = Field(description="When it was disabled; null while enabled")
+    disabled_reason: str | None = Field(
+        description="Why the service disabled it (every attempt failed for"
+        " GROUPBUY_ENDPOINT_DISABLE_AFTER_SECONDS, at least GROUPBUY_ENDPOINT_DISABLE_MIN_ATTEMPTS"
+        " of them); null when enabled, or disabled by the operator or merchant"
+    )
     secret: str | None = Field(
         None,
         description=f"{_SECRET}. Only in the answer that creates the endpoint; stored sealed",

@@ -38,6 +38,8 @@ class Endpoint:
     update_time: datetime
     # Until when the secret before the last rotation still signs; None: it does not.
     previous_secret_until: datetime | None
+    disabled_reason: str | None = None  # set when the service disabled it
+    disabled_time: datetime | None = None
     secret: str | None = None  # in the answer that creates it only
 
 
@@ -50,17 +52,23 @@ class EndpointNotFound(errors.NotFound):
 
 
 _COLUMNS = """merchant_id, endpoint_id, url, event_types, channels, disabled, description,
-    create_time, update_time,
+    create_time, update_time, disabled_reason, disabled_time,
     CASE WHEN previous_until > now() THEN previous_until END AS previous_secret_until"""
 
 # Created with the secret given, or updated (never its secret): (xmax = 0) tells which.
 _PUT = f"""
 INSERT INTO endpoint (merchant_id, endpoint_id, url, event_types, channels, disabled,
-                      description, secret)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)
+                      description, secret, disabled_time)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, CASE WHEN $6 THEN now() END)
 ON CONFLICT (merchant_id, endpoint_id) DO UPDATE
 SET url = EXCLUDED.url, event_types = EXCLUDED.event_types, channels = EXCLUDED.channels,
-    disabled = EXCLUDED.disabled, description = EXCLUDED.description, update_time = now()
+    disabled = EXCLUDED.disabled, description = EXCLUDED.description, update_time = now(),
+    -- Enabled (again): healthy until it fails; its held deliveries are due (_UNHOLD).
+    disabled_time = CASE WHEN NOT EXCLUDED.disabled THEN NULL
+                         ELSE coalesce(endpoint.disabled_time, now()) END,
+    disabled_reason = CASE WHEN EXCLUDED.disabled THEN endpoint.disabled_reason END,
+    failing_since = CASE WHEN EXCLUDED.disabled THEN endpoint.failing_since END,
+    failed_attempts = CASE WHEN EXCLUDED.disabled THEN endpoint.failed_attempts ELSE 0 END
 WHERE NOT $9::boolean
 RETURNING {_COLUMNS}, id, (xmax = 0) AS created
 """
@@ -97,6 +105,8 @@ def _endpoint(row: asyncpg.Record, secret: str | None = None) -> Endpoint:
         create_time=row["create_time"],
         update_time=row["update_time"],
         previous_secret_until=row["previous_secret_until"],
+        disabled_reason=row["disabled_reason"],
+        disabled_time=row["disabled_time"],
         secret=secret,
     )
 

@@ -87,7 +87,7 @@ NO_COUNTS = {"waitCount": 0, "successCount": 0, "retryCount": 0, "errorCount": 0
 
 def by_type(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """byType as run and the CLI answer it: every event type, zeros for those not given."""
-    types = ("team.completed", "team.failed", "order.closed", "order.refunded")
+    types = ("team.completed", "team.failed", "order.closed", "order.refunded", "endpoint.disabled")
     return {t: counts.get(t, NO_COUNTS) for t in types}
 
 
@@ -183,6 +183,7 @@ async def test_openapi_webhook_matches_the_callback_really_sent(
         "team.failed",
         "order.closed",
         "order.refunded",
+        "endpoint.disabled",
     }
     webhook = doc["webhooks"]["team.completed"]["post"]
     ref = webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"]

@@ -202,7 +202,7 @@ async def test_status_integers_are_enums(api: Api) -> None:
         for value in prop["enum"]:
             assert f"{value} " in prop["description"], (model, field, value)
     assert schemas["NotifyTaskOut"]["properties"]["type"]["enum"] == [
-        "team.completed", "team.failed", "order.closed", "order.refunded",
+        "team.completed", "team.failed", "order.closed", "order.refunded", "endpoint.disabled",
     ]  # fmt: skip
 
 

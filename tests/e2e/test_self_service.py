@@ -2,6 +2,7 @@
 deliveries (a page, one with its attempts, resend, retry now); the operator's same routes;
 nothing of another merchant visible (404)."""
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,9 @@ OWN = "/api/v1/gbm/endpoints"
 async def _shop(api: Api) -> tuple[Api, tuple[str, str]]:
     merchant_id, tag = f"ss-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]
     pair = (f"s{tag}", f"c{tag}")
-    return Api(api.client, await merchant_key(api.client, merchant_id, [pair]), merchant_id), pair
+    shop = Api(api.client, await merchant_key(api.client, merchant_id, [pair]), merchant_id)
+    shop.endpoints.add(Api.DEAD_URL)  # its locks name no notifyUrl: no endpoint made for it
+    return shop, pair
 
 
 async def _completed(shop: Api, pair: tuple[str, str]) -> str:
@@ -111,6 +114,9 @@ async def test_a_merchant_reads_and_resends_its_own_deliveries_only(
     await shop.endpoint(merchant.url, shop.merchant_id)
     teams = [await _completed(shop, pair) for _ in range(3)]
     await merchant.wait_for(3)
+    async with asyncio.timeout(10):  # received, and recorded (after the answer)
+        while len((await _deliveries(shop, "?status=1"))["items"]) < 3:
+            await asyncio.sleep(0.02)
     page = await _deliveries(shop, "?limit=2")
     assert len(page["items"]) == 2 and page["nextCursor"] is not None
     rest = await _deliveries(shop, f"?limit=2&after={page['nextCursor']}")

@@ -8,7 +8,7 @@ import pytest
 from groupbuy_async.callbacks import metrics
 from groupbuy_async.callbacks.metrics import TypeStatusCounts
 
-TYPES = ("team.completed", "team.failed", "order.closed", "order.refunded")
+TYPES = ("team.completed", "team.failed", "order.closed", "order.refunded", "endpoint.disabled")
 
 
 async def test_delivered_tasks_are_estimated_past_the_exact_limit(
@@ -66,7 +66,7 @@ def test_delivered_estimate_is_split_by_each_types_share() -> None:
     # Each type's share of the table, less its open and failed tasks.
     assert split == {
         "team.completed": 499_000, "team.failed": 0, "order.closed": 299_500,
-        "order.refunded": 200_000,
+        "order.refunded": 200_000, "endpoint.disabled": 0,
     }  # fmt: skip
 
 
@@ -77,4 +77,5 @@ def test_delivered_estimate_without_statistics_is_all_team_completed() -> None:
         "team.failed": 0,
         "order.closed": 0,
         "order.refunded": 0,
+        "endpoint.disabled": 0,
     }
