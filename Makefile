@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run stop test faults fuzz lint format bench-trade bench-notify bench-lifecycle bench-workers reset-data clean
+.PHONY: install run stop test faults fuzz lint format bench-trade bench-notify bench-held bench-lifecycle bench-workers reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-trade: install
 ## Only the fan-out: BENCH_ARGS="--fanout-only [--fanout-events 2000]"; skip it: --no-fanout.
 bench-notify: install
 	$(BIN)/python -m bench.bench_notify $(BENCH_ARGS)
+
+## make bench-held: 100,000 held deliveries (a disabled endpoint's) beside 10,000 due ones:
+## the drain, a claim and a /metrics scrape against none held, in one run (issue 15).
+bench-held: install
+	$(BIN)/python -m bench.bench_held $(BENCH_ARGS)
 
 bench-lifecycle: install
 	$(BIN)/python -m bench.bench_lifecycle $(BENCH_ARGS)
