@@ -17,6 +17,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import asyncpg
 
 from groupbuy_async.callbacks import claims
 from groupbuy_async.callbacks.metrics import Metrics
@@ -46,80 +50,83 @@ async def hold(dsn: str, count: int) -> None:
         await pool.close()
 
 
-async def _median_seconds(step: Callable[[], Awaitable[object]]) -> float:
-    times = []
-    for _ in range(REPEAT):
+async def _seconds(step: Callable[[], Awaitable[object]]) -> float:
+    began = time.perf_counter()
+    await step()
+    return time.perf_counter() - began
+
+
+async def _claim_and_release(pool: asyncpg.Pool) -> None:
+    tasks = await claims.claim(pool, 500, timedelta(minutes=5), per_host=500)
+    await claims.release(pool, tasks, None)
+
+
+async def _drain(pool: asyncpg.Pool, receiver: Receiver, due: int, held: int) -> dict[str, Any]:
+    await receiver.reset()
+    dispatcher = make_dispatcher(pool, bench_settings("", 200))
+    try:
         began = time.perf_counter()
-        await step()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
-async def measure_one(
-    admin_dsn: str, receiver: Receiver, due: int, held: int
-) -> dict[str, float | str]:
-    async with fresh_database(admin_dsn) as dsn:
-        if held:
-            await hold(dsn, held)
-        await insert_tasks(dsn, due, receiver.url())
-        await receiver.reset()
-        settings = bench_settings(dsn, 200)
-        pool = await create_pool(dsn, 1, settings.db_pool_max)
-        try:
-            metrics = Metrics()
-            scrape = await _median_seconds(lambda: metrics.scrape(pool))
-
-            async def claim_and_release() -> None:
-                tasks = await claims.claim(pool, 500, timedelta(minutes=5), per_host=500)
-                await claims.release(pool, tasks, None)
-
-            claim = await _median_seconds(claim_and_release)
-            dispatcher = make_dispatcher(pool, settings)
-            try:
-                began = time.perf_counter()
-                counts = await dispatcher.drain()
-                seconds = time.perf_counter() - began
-            finally:
-                await dispatcher.close(grace_seconds=1)
-            problems = await check_delivery(receiver, due)
-            if counts.success_count != due:
-                problems.append(f"drain counted {counts.as_dict()}")
-            left = await pool.fetchval("SELECT count(*) FROM notify_task WHERE notify_status = 4")
-            if left != held:
-                problems.append(f"{left} held deliveries, want {held}")
-        finally:
-            await pool.close()
-    return {
-        "held": held, "due": due, "rate": due / seconds, "claim_ms": claim * 1000,
-        "scrape_ms": scrape * 1000, "check": "; ".join(problems) or "ok",
-    }  # fmt: skip
+        counts = await dispatcher.drain()
+        seconds = time.perf_counter() - began
+    finally:
+        await dispatcher.close(grace_seconds=1)
+    problems = await check_delivery(receiver, due)
+    if counts.success_count != due:
+        problems.append(f"drain counted {counts.as_dict()}")
+    left = await pool.fetchval("SELECT count(*) FROM notify_task WHERE notify_status = 4")
+    if left != held:
+        problems.append(f"{left} held deliveries, want {held}")
+    return {"rate": due / seconds, "check": "; ".join(problems) or "ok"}
 
 
 async def main(args: argparse.Namespace) -> int:
     load1, _, _ = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load1:.2f}")
+    helds = (0, args.held)
     with servers() as (admin_dsn, _):
-        async with Receiver(0) as receiver:
-            runs = [
-                await measure_one(admin_dsn, receiver, args.due, 0),
-                await measure_one(admin_dsn, receiver, args.due, args.held),
-            ]
+        async with (
+            Receiver(0) as receiver,
+            fresh_database(admin_dsn) as none_dsn,
+            fresh_database(admin_dsn) as held_dsn,
+        ):
+            dsns = (none_dsn, held_dsn)
+            await hold(held_dsn, args.held)
+            pools = [await create_pool(dsn, 1, 40) for dsn in dsns]
+            try:
+                for dsn in dsns:
+                    await insert_tasks(dsn, args.due, receiver.url())
+                # Claims and scrapes taken in turns, so the machine's load weighs on both alike.
+                claim: list[list[float]] = [[], []]
+                scrape: list[list[float]] = [[], []]
+                metrics = [Metrics(), Metrics()]
+                for _ in range(REPEAT):
+                    for i, pool in enumerate(pools):
+                        claim[i].append(await _seconds(partial(_claim_and_release, pool)))
+                        scrape[i].append(await _seconds(partial(metrics[i].scrape, pool)))
+                drains = [
+                    await _drain(pool, receiver, args.due, held)
+                    for pool, held in zip(pools, helds, strict=True)
+                ]
+            finally:
+                for pool in pools:
+                    await pool.close()
     columns = [("deliveries", -14), ("due", 7), ("callbacks/s", 12), ("claim ms", 9),
                ("scrape ms", 10), ("check", 0)]  # fmt: skip
     rows = [
-        [f"{r['held']:,} held", str(r["due"]), f"{r['rate']:,.0f}", f"{r['claim_ms']:.2f}",
-         f"{r['scrape_ms']:.2f}", str(r["check"])]
-        for r in runs
+        [f"{held:,} held", str(args.due), f"{d['rate']:,.0f}",
+         f"{statistics.median(c) * 1000:.2f}", f"{statistics.median(m) * 1000:.2f}",
+         str(d["check"])]
+        for held, d, c, m in zip(helds, drains, claim, scrape, strict=True)
     ]  # fmt: skip
     print("\n".join(table(columns, rows)))
-    none, held = runs
-    for name, key in (
-        ("callbacks/s", "rate"),
-        ("claim time", "claim_ms"),
-        ("scrape time", "scrape_ms"),
-    ):
-        print(f"{name}: held/none = {float(held[key]) / float(none[key]):.2f}")
-    failed = [str(r["check"]) for r in runs if r["check"] != "ok"]
+    pairs = {
+        "claim time": [h / n for n, h in zip(claim[0], claim[1], strict=True)],
+        "scrape time": [h / n for n, h in zip(scrape[0], scrape[1], strict=True)],
+    }
+    print(f"callbacks/s: held/none = {drains[1]['rate'] / drains[0]['rate']:.2f} (one drain each)")
+    for name, ratios in pairs.items():
+        print(f"{name}: held/none = {statistics.median(ratios):.2f} (median of {REPEAT} pairs)")
+    failed = [str(d["check"]) for d in drains if d["check"] != "ok"]
     for problem in failed:
         print(f"CHECK FAILED: {problem}", file=sys.stderr)
     return 1 if failed else 0
