@@ -162,8 +162,11 @@ async def direct_path(args: argparse.Namespace, db_url: str) -> PathRun:
         pool = await create_pool(db_url, args.pool_min, args.pool_max)
         cpu = {"bench": this_process, "postgres": postgres(database_name(db_url)), MACHINE: machine}
         try:
-            # Stored with each task but never called: nothing dispatches on this path.
+            # Stored with each task but never called: nothing dispatches on this path. An
+            # endpoint of the bench merchant there, so each event writes its delivery as on the
+            # HTTP path.
             unused_url = "http://127.0.0.1:9/n"
+            await shop_headers(db_url, SOURCE, CHANNEL, unused_url)
             run = await run_path(DirectTrader(pool), args.teams, args.concurrency, unused_url, cpu)
         finally:
             await pool.close()

@@ -13,6 +13,7 @@ from .callbacks.dispatch import Dispatcher
 from .callbacks.metrics import Metrics
 from .callbacks.sender import Sender
 from .db import close_pool, create_pool
+from .merchants.endpoints import EndpointUrls
 from .merchants.keys import KeyCheck
 from .merchants.secret_box import SecretBox
 from .settings import Settings
@@ -26,6 +27,7 @@ class Services:
     metrics: Metrics
     keys: KeyCheck
     box: SecretBox
+    endpoint_urls: EndpointUrls
 
 
 SERVICES = web.AppKey("services", Services)
@@ -62,8 +64,9 @@ async def services(settings: Settings, pool_min: int | None = None) -> AsyncIter
         dispatcher = build_dispatcher(pool, settings, metrics)
         try:
             yield Services(
-                settings, pool, dispatcher, metrics, KeyCheck(pool), dispatcher.delivery.box
-            )
+                settings, pool, dispatcher, metrics, KeyCheck(pool), dispatcher.delivery.box,
+                EndpointUrls(pool),
+            )  # fmt: skip
         finally:
             await dispatcher.close(grace_seconds=settings.notify_timeout_seconds)
     finally:

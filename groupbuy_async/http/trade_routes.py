@@ -7,7 +7,6 @@ from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
-from ..merchants import endpoints
 from ..trade import locking, queries, refunds, settlement
 from ..trade.models import LockCommand, MarketQuery, RefundCommand, SettleCommand
 from .routing import Route, documented, path_param, principal, require_pair, to_domain, to_wire
@@ -39,7 +38,7 @@ async def lock_order(request: web.Request, body: LockIn) -> LockOut:
     who = require_pair(request, body.source, body.channel)
     services = request.app[SERVICES]
     if body.notify_url is not None:  # events can go only where the merchant said
-        await endpoints.check_notify_url(services.pool, who.merchant_id, body.notify_url)
+        await services.endpoint_urls.check(who.merchant_id, body.notify_url)
     locked = await locking.lock_order(services.pool, to_domain(LockCommand, body), who.pairs)
     return to_wire(LockOut, locked)
 

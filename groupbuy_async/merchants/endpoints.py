@@ -2,6 +2,7 @@
 and the secret each is signed with (sealed at rest, shown once: on creation or rotation)."""
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -217,18 +218,36 @@ async def rotate_secret(
     return Rotated(secret, row["until"])
 
 
-async def check_notify_url(pool: asyncpg.Pool, merchant_id: str, url: str) -> None:
-    """A lock's notifyUrl must be the url of one of the merchant's enabled endpoints."""
-    found = await pool.fetchval(
-        "SELECT EXISTS (SELECT FROM endpoint WHERE merchant_id = $1 AND url = $2 AND NOT disabled)",
-        merchant_id,
-        url,
-    )
-    if not found:
-        raise errors.BadInput(
-            f"notifyUrl: not the url of an enabled endpoint of merchant {merchant_id}"
-            " (create one: PUT /api/v1/admin/merchants/{merchantId}/endpoints/{endpointId})"
-        )
+class EndpointUrls:
+    """What a lock's notifyUrl may name: the urls of each merchant's enabled endpoints, read
+    at most once per CACHE_SECONDS per merchant and process (a lock costs no extra round trip;
+    an endpoint created, enabled or disabled counts within that). One per process."""
+
+    CACHE_SECONDS = 2.0
+    _MAX = 10_000
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._known: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def check(self, merchant_id: str, url: str) -> None:
+        """BadInput (0002, naming notifyUrl) unless `url` is one of them."""
+        now = time.monotonic()
+        cached = self._known.get(merchant_id)
+        if cached is None or cached[0] <= now or url not in cached[1]:
+            # Unknown urls are looked up again: a new endpoint is nameable at once.
+            rows = await self.pool.fetch(
+                "SELECT url FROM endpoint WHERE merchant_id = $1 AND NOT disabled", merchant_id
+            )
+            if len(self._known) >= self._MAX:
+                self._known.clear()
+            cached = (now + self.CACHE_SECONDS, frozenset(r["url"] for r in rows))
+            self._known[merchant_id] = cached
+        if url not in cached[1]:
+            raise errors.BadInput(
+                f"notifyUrl: not the url of an enabled endpoint of merchant {merchant_id}"
+                " (create one: PUT /api/v1/admin/merchants/{merchantId}/endpoints/{endpointId})"
+            )
 
 
 async def signing_keys_at(pool: asyncpg.Pool, box: SecretBox, path: str) -> list[bytes]:
