@@ -6,8 +6,8 @@
 
 -- The finished deliveries, oldest change first (the open ones have notify_task_due_idx).
 CREATE INDEX notify_task_finished_idx ON notify_task (update_time) WHERE notify_status IN (1, 3);
--- Events, oldest first.
-CREATE INDEX event_create_time_idx ON event (create_time);
+-- Events, oldest first: the prune walks those past the retention in this order.
+CREATE INDEX event_created_idx ON event (create_time, id);
 
 -- How far pruning has gone: events written before pruned_before may have been pruned (those
 -- with a delivery still open or held are kept); every later one is kept. One row, written

@@ -6,9 +6,12 @@ pruned.
   the retention goes, its attempts first, in the same transaction. An open (0 waiting,
   2 retrying) or held (4) delivery is never pruned, however old.
 - Then an event written (create_time) before the retention that has no delivery left: never
-  one with a delivery still open or held, never one within the retention. With the events a
-  batch removes, retention_mark.pruned_before moves up to the cutoff: the event feed's
-  `retainedSince` (every event written since then is kept).
+  one with a delivery still open or held, never one within the retention. The old events are
+  walked in order, a batch at a time, the walk going on at the next tick where it stopped:
+  each statement looks at one batch, however many old events are kept (held for months),
+  and every old event is reached. With the events a batch removes,
+  retention_mark.pruned_before moves up to the cutoff: the event feed's `retainedSince`
+  (every event written since then is kept).
 
 Each batch takes its rows `FOR UPDATE SKIP LOCKED`: a row a claim, a replay or a resend
 holds is skipped (left for a later tick), never waited for, and the prune's own locks are
@@ -18,7 +21,7 @@ each a different share.
 
 import time
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter
@@ -41,15 +44,20 @@ ORDER BY update_time LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-# The oldest events past the cutoff with no delivery left (event_create_time_idx, sql/014;
-# notify_task_event_idx for the deliveries).
+# Events past the cutoff are walked in (create_time, id) order, `batch` at a time
+# (event_created_idx, sql/014), and those of them with no delivery left go: each statement
+# looks at `batch` events, however many old ones are kept (for a delivery open or held).
+_WALK = """
+SELECT id, create_time FROM event
+WHERE create_time < $1 AND (create_time, id) > ($2, $3)
+ORDER BY create_time, id LIMIT $4
+"""
 _EVENTS = """
 WITH gone AS (
     DELETE FROM event WHERE id IN (
         SELECT e.id FROM event e
-        WHERE e.create_time < $1
+        WHERE e.id = ANY($1::bigint[]) AND e.create_time < $2
           AND NOT EXISTS (SELECT FROM notify_task t WHERE t.event_id = e.event_id)
-        ORDER BY e.create_time LIMIT $2
         FOR UPDATE SKIP LOCKED)
     RETURNING 1)
 SELECT count(*) FROM gone
@@ -97,13 +105,31 @@ async def prune_deliveries(pool: asyncpg.Pool, cutoff: datetime, batch: int) -> 
     return _count(attempts), _count(deliveries)
 
 
-async def prune_events(pool: asyncpg.Pool, cutoff: datetime, batch: int) -> int:
-    """One batch: up to `batch` events written before `cutoff` with no delivery left, and
-    the mark moved up to `cutoff` with them. Returns the events removed."""
+@dataclass
+class Walk:
+    """Where the walk through old events stands: it goes on from there at the next tick
+    (so that every old event is reached, however many are kept before it), and starts over
+    once it reached the end."""
+
+    after: tuple[datetime, int] = (datetime.min.replace(tzinfo=UTC), 0)
+
+    def restart(self) -> None:
+        self.after = Walk().after
+
+
+async def prune_events(pool: asyncpg.Pool, cutoff: datetime, batch: int, walk: Walk) -> int:
+    """One batch: the next `batch` events of the walk written before `cutoff`, those with no
+    delivery left removed, and the mark moved up to `cutoff` with them. Returns the events
+    removed; the walk restarts when it has seen the last old event."""
     async with pool.acquire() as conn, conn.transaction():
-        removed: int = await conn.fetchval(_EVENTS, cutoff, batch)
+        seen = await conn.fetch(_WALK, cutoff, *walk.after, batch)
+        removed: int = await conn.fetchval(_EVENTS, [r["id"] for r in seen], cutoff) if seen else 0
         if removed:
             await conn.execute(_MARK, cutoff)
+    if len(seen) < batch:
+        walk.restart()
+    else:
+        walk.after = (seen[-1]["create_time"], seen[-1]["id"])
     return removed
 
 
@@ -111,14 +137,16 @@ async def prune(
     pool: asyncpg.Pool,
     retention_days: int,
     pruned: Pruned,
+    walk: Walk | None = None,
     *,
     batch: int | None = None,
     seconds: float | None = None,
 ) -> Pruned:
-    """Deliveries then events past the retention, batch after batch, until none is left or
-    the tick's time is up. Counts into `pruned` as it goes (what was done before a failure
-    stays counted)."""
+    """Deliveries then events past the retention, batch after batch, until none is left (the
+    walk through old events has reached their end) or the tick's time is up. Counts into
+    `pruned` as it goes (what was done before a failure stays counted)."""
     batch = batch or PRUNE_BATCH
+    walk = walk or Walk()
     deadline = time.monotonic() + (seconds or PRUNE_SECONDS)
     cutoff: datetime = await pool.fetchval(_CUTOFF, retention_days)
     while time.monotonic() < deadline:
@@ -129,10 +157,9 @@ async def prune(
         if deliveries < batch:
             break
     while time.monotonic() < deadline:
-        events = await prune_events(pool, cutoff, batch)
-        pruned.event += events
+        pruned.event += await prune_events(pool, cutoff, batch, walk)
         pruned.batches += 1
-        if events < batch:
+        if walk.after == Walk().after:
             break
     return pruned
 

@@ -86,7 +86,8 @@ async def prune_retention(ctx: dict[str, Any]) -> dict[str, int] | None:
     pruned = retention.Pruned()
     failed = False
     try:
-        await retention.prune(services.pool, settings.retention_days, pruned)
+        walk = ctx.setdefault("prune_walk", retention.Walk())
+        await retention.prune(services.pool, settings.retention_days, pruned, walk)
     except DOWN as exc:
         ctx["liveness"].lost(exc)
         failed = True

@@ -154,10 +154,10 @@ async def test_prune_removes_what_is_finished_and_old_in_batches_and_keeps_the_r
     assert left[held_too] == (1, 1, 1, 2)  # the held delivery and its attempts, and the event
     for kept in (*retrying, *waiting, *late, *recent, *fresh_orphan):
         assert left[kept] == before[kept], kept
-    # In batches of 2: 4 of deliveries (2, 2, 2, 1), then 4 of events (2, 2, 2, 1).
+    # In batches of 2: 4 of deliveries (2, 2, 2, 1), then 6 walking the 11 old events.
     (line,) = [r.getMessage() for r in caplog.records if "retention" in r.getMessage()]
     assert line == (
-        "pruned past the 30-day retention: 14 attempts, 7 deliveries, 7 events (8 batches)"
+        "pruned past the 30-day retention: 14 attempts, 7 deliveries, 7 events (10 batches)"
     )
     metrics = ctx["services"].metrics.render().decode()
     assert sample(metrics, 'groupbuy_pruned_total{table="notify_task"}') == 7
@@ -292,3 +292,24 @@ def test_the_prune_runs_every_few_minutes() -> None:
     assert (every(300), every_minutes(300)) == ({0}, {0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55})
     assert every_minutes(60) is None and every_minutes(15) is None
     assert every_minutes(3600) == {0} and every_minutes(420) == {0, 10, 20, 30, 40, 50}
+
+
+async def test_the_walk_through_old_events_goes_on_where_it_stopped(pool: asyncpg.Pool) -> None:
+    """Each batch looks at the next old events, so that one kept for months (a held
+    delivery) never hides those behind it; the walk starts over once it reached the end."""
+    held = await _teams(pool, 3, [_url()])
+    await _set(pool, held, 4, OLD)
+    keys = await pool.fetch(
+        "SELECT create_time, id FROM event WHERE team_id = ANY($1::text[])", held
+    )
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    walk, start = retention.Walk(), retention.Walk().after
+    seen: list[tuple[datetime, int]] = []
+    for _ in range(10_000):
+        await retention.prune_events(pool, cutoff, 1, walk)
+        if walk.after == start:
+            break
+        seen.append(walk.after)
+    assert seen == sorted(set(seen))  # forward, each once
+    assert {(k["create_time"], k["id"]) for k in keys} <= set(seen)
+    assert (await _left(pool, held))[held[0]] == (1, 1, 1, 0)  # held: kept
