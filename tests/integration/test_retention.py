@@ -20,7 +20,7 @@ from groupbuy_async.settings import Settings
 from groupbuy_async.worker.context import shutdown, startup
 from groupbuy_async.worker.jobs import every, every_minutes, prune_retention
 
-from ..conftest import SECRET, SECRETS_KEY, Api, new_id, sample
+from ..conftest import SECRET, SECRETS_KEY, Api, new_id, now_iso, sample
 
 OLD = 31  # days: past the default retention (30)
 FEED = "/api/v1/admin/events"
@@ -255,7 +255,13 @@ async def test_the_feed_says_what_it_keeps_and_a_pruned_cursor_is_gone(
     status, env = await api.call("GET", f"{FEED}?after={nowhere}", admin=True)
     assert (status, env["code"]) == (400, "0002")  # nothing pruned yet: a mistake
 
-    await _set(pool, [team_id], 1, OLD)
+    await _set(pool, [team_id], 1, OLD)  # closed, and its order.closed delivered, long ago
+    await pool.execute(
+        "UPDATE group_buy_order_list SET update_time = now() - make_interval(days => $2)"
+        " WHERE team_id = $1",
+        team_id,
+        OLD,
+    )
     counts = await prune_retention(ctx)
     assert counts is not None and counts["event"] >= 1
 
@@ -271,6 +277,11 @@ async def test_the_feed_says_what_it_keeps_and_a_pruned_cursor_is_gone(
     assert status == 200 and env["data"]["items"] == [], env
     status, env = await api.call("GET", f"{FEED}/{closed['eventId']}", admin=True)
     assert status == 404
+    # A settlement retried for the closed order is refused as before, and does not write
+    # its pruned order.closed again (under a new event id).
+    status, env = await api.settle(**where, userId="r1", outTradeNo=out, outTradeTime=now_iso())
+    assert (status, env["code"]) == (409, "E0112"), env
+    assert await pool.fetchval("SELECT count(*) FROM event WHERE team_id = $1", team_id) == 0
     # The order pull answers from the trade tables, never pruned.
     status, env = await api.call(
         "GET", f"/api/v1/gbm/orders/{out}?source={where['source']}&channel={where['channel']}"
