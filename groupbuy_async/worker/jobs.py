@@ -127,7 +127,8 @@ def every_minutes(seconds: int) -> set[int] | None:
 
 
 def cron_jobs(settings: Settings) -> list[CronJob]:
-    """Each job at its period's seconds of the minute, and once at startup."""
+    """Each job at its period's seconds of the minute (minutes of the hour for a period
+    over a minute), and once at startup."""
     jobs = (  # the job, its period in seconds, its time limit in seconds
         (fail_expired_teams, settings.fail_teams_cron_seconds, 300),
         (close_unpaid_orders, settings.close_unpaid_cron_seconds, 300),
