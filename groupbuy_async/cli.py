@@ -54,8 +54,8 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "worker": (
-        "run the arq worker: team expiry, unpaid timeout, callback compensation (needs PostgreSQL"
-        " and Redis)",
+        "run the arq worker: team expiry, unpaid timeout, callback compensation, retention"
+        " (needs PostgreSQL and Redis)",
         (
             "database_url",
             "redis_url",
@@ -65,6 +65,8 @@ VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
             "notify_cron_seconds",
             *_NOTIFY,
             *_POOL,
+            "retention_days",
+            "prune_cron_seconds",
             "worker_max_outage_seconds",
             "worker_metrics_port",
             "host",

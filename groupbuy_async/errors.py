@@ -139,6 +139,17 @@ class DeliveryNotWaiting(Rejected):
     code, info = "E0203", "only a waiting delivery (status 0 or 2) can be retried now"
 
 
+class EventNotRetained(ServiceError):
+    """The event feed's `after` names no event, and events past the retention have been
+    pruned (GROUPBUY_RETENTION_DAYS): the cursor's event is most likely one of them."""
+
+    code, info = (
+        "E0204",
+        "after: no retained event with this id (events past the retention are pruned):"
+        " start again without after, from the oldest retained event",
+    )
+
+
 class ActivitySpansMerchants(Rejected):
     code, info = "E0302", "an activity's goods must all be sold under one merchant's source+channel"
 
@@ -178,5 +189,6 @@ ALL_ERRORS: tuple[type[ServiceError], ...] = (
     ActivitySpansMerchants,
     DeliveryInFlight,
     DeliveryNotWaiting,
+    EventNotRetained,
     DatabaseUnavailable,
 )

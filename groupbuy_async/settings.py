@@ -187,6 +187,16 @@ class Settings(BaseSettings):
         description="worker: exit 1 once PostgreSQL has been out of reach this long"
         " (until then it retries at every cron tick)",
     )
+    retention_days: int = Field(
+        30,
+        ge=1,
+        le=36_500,
+        description="worker: days delivered and errored callback deliveries (with their"
+        " attempts) and their events are kept, then pruned; trades are never pruned",
+    )
+    prune_cron_seconds: CronSeconds = Field(
+        300, description="worker: how often what is past the retention is pruned"
+    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="worker: serve /metrics on this port"
     )

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .. import errors
 from ..bootstrap import SERVICES
-from ..callbacks import events, feed, views
+from ..callbacks import events, feed, retention, views
 from ..callbacks.views import By
 from .callback_schemas import (
     DeliveryOut,
@@ -138,12 +138,21 @@ async def list_events(request: web.Request, query: EventPageQuery) -> EventPage:
     if query.after is not None:
         found = await feed.feed_position(pool, query.after)
         if found is None:
+            # Once events have been pruned, a cursor naming none is most likely one of them
+            # (a merchant who paged slower than the retention): 410, start again. Before,
+            # it is a mistake: 400.
+            if await retention.pruned_before(pool) is not None:
+                raise errors.EventNotRetained()
             raise errors.BadInput(_AFTER_UNKNOWN)
         after = found
     rows = await feed.list_events(pool, after, query.limit + 1, query.type, query.team_id)
     page = rows[: query.limit]
     cursor = str(page[-1]["event_id"]) if len(rows) > query.limit else None
-    return EventPage(items=[_event_out(r) for r in page], next_cursor=cursor)
+    return EventPage(
+        items=[_event_out(r) for r in page],
+        next_cursor=cursor,
+        retained_since=await retention.pruned_before(pool),
+    )
 
 
 _REPLAY_REFUSALS = (errors.NotFound, errors.NotifyTaskNotReplayable)
@@ -202,7 +211,7 @@ CALLBACK_ROUTES: list[Route] = [
         EventPage,
         admin=True,
         query=EventPageQuery,
-        raises=(errors.BadInput(_AFTER_UNKNOWN),),
+        raises=(errors.BadInput(_AFTER_UNKNOWN), errors.EventNotRetained),
     ),
     Route(
         "GET",

@@ -135,7 +135,8 @@ class EventPageQuery(Body):
     after: uuid.UUID | None = Field(
         None,
         description="The previous page's nextCursor, or the eventId of the last event you"
-        " processed from this list; absent for the first page",
+        " processed from this list; absent for the first page. One pruned past the retention"
+        " answers 410 E0204: start again without it",
     )
     type: EventTypeName | None = Field(None, description="Only events of this type")
     team_id: TeamId | None = Field(None, description=f"Only this team's events. {TEAM_ID}")
@@ -161,6 +162,12 @@ class EventPage(Body):
     next_cursor: str | None = Field(
         description="Pass as `after` for the next page; null on the last page (poll again"
         " later with `after` = the last item's eventId)"
+    )
+    retained_since: datetime | None = Field(
+        description="Events are kept GROUPBUY_RETENTION_DAYS, then pruned once none of their"
+        " deliveries is open or held: every event written since this time is in the feed;"
+        " older ones may have been pruned (an `after` naming one then answers 410 E0204)."
+        " Null: none ever was. Orders (the order pull) are never pruned"
     )
 
 

@@ -49,6 +49,7 @@ HTTP_STATUS: dict[type[errors.ServiceError], int] = {
     errors.MethodNotAllowed: 405,
     errors.UniqueConflict: 409,
     errors.Rejected: 409,
+    errors.EventNotRetained: 410,
     errors.DatabaseUnavailable: 503,
 }
 # Seconds a client should wait before retrying a 503 (its Retry-After header).

@@ -75,7 +75,8 @@ async def get_team(request: web.Request, _: None) -> TeamOut:
 
 
 async def get_order(request: web.Request, query: OrderQuery) -> OrderOut:
-    """An order's state: status, team, prices, times (reconcile callbacks with it)"""
+    """An order's state: status, team, prices, times (reconcile callbacks with it; orders are
+    kept for ever, events only GROUPBUY_RETENTION_DAYS)"""
     require_pair(request, query.source, query.channel)
     order = await queries.get_order(
         request.app[SERVICES].pool,

@@ -34,7 +34,9 @@ class Settlement:
 _ORDER_FOR_SETTLE = """
 SELECT o.order_id, o.status, o.team_id, o.activity_id, o.user_id, o.out_trade_no,
        o.completed_team, o.pay_deadline, t.valid_end_time, t.notify_url,
-       least(o.pay_deadline, t.valid_end_time) <= clock_timestamp() AS late
+       least(o.pay_deadline, t.valid_end_time) <= clock_timestamp() AS late,
+       -- Closed before the retention's mark: its order.closed may have been pruned since.
+       o.update_time < (SELECT pruned_before FROM retention_mark) IS TRUE AS closed_past_retention
 FROM group_buy_order_list o JOIN group_buy_order t ON t.team_id = o.team_id
 WHERE o.source = $1 AND o.channel = $2 AND o.out_trade_no = $3 AND o.user_id = $4
 FOR UPDATE OF o
@@ -89,7 +91,10 @@ async def _settle_in_transaction(conn: Conn, req: SettleCommand) -> Settlement |
         return errors.OrderRefunded()
     if order["status"] == OrderStatus.CLOSED:
         # The close wrote this event already; if it ever did not, the merchant hears it now.
-        await outbox.enqueue(conn, [_closed_event(order)])
+        # Not once it may have been pruned (GROUPBUY_RETENTION_DAYS): it was written then,
+        # and a second would repeat it under another event id.
+        if not order["closed_past_retention"]:
+            await outbox.enqueue(conn, [_closed_event(order)])
         return errors.OrderClosed()
     if not order["late"]:
         check_trade_time(req.out_trade_time, order["valid_end_time"])

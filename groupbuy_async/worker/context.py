@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from .. import bootstrap
+from ..callbacks.retention import pruned_counter
 from ..settings import Settings
 from .liveness import Liveness
 from .metrics import serve_metrics
@@ -31,6 +32,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     services = ctx["services"] = await stack.enter_async_context(bootstrap.services(settings, 1))
     liveness = ctx["liveness"] = Liveness(settings)
     liveness.expose(services.metrics)
+    ctx["pruned_rows"] = pruned_counter(services.metrics.registry)
     pool_log = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, _QuietPoolFloor) for f in pool_log.filters):
         pool_log.addFilter(_QuietPoolFloor())

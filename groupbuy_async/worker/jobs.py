@@ -1,5 +1,6 @@
-"""The worker's cron jobs: team expiry, the unpaid timeout and callback compensation, each
-run by every worker at every tick (FOR UPDATE SKIP LOCKED gives each a different share).
+"""The worker's cron jobs: team expiry, the unpaid timeout, callback compensation and
+retention, each run by every worker at every tick (FOR UPDATE SKIP LOCKED gives each a
+different share).
 
 PostgreSQL out of reach is ridden out: a job that cannot reach it tells the liveness (one line
 when it is lost, one when it is back) and returns None; the next tick tries again.
@@ -12,6 +13,7 @@ from arq import cron
 from arq.cron import CronJob
 
 from .. import bootstrap
+from ..callbacks import retention
 from ..db import DOWN
 from ..settings import Settings
 from ..trade import expiry
@@ -74,24 +76,71 @@ async def deliver_callbacks(ctx: dict[str, Any]) -> dict[str, int] | None:
     return counts
 
 
+async def prune_retention(ctx: dict[str, Any]) -> dict[str, int] | None:
+    """Retention: finished deliveries, their attempts and events left without deliveries,
+    older than GROUPBUY_RETENTION_DAYS, pruned in small batches (callbacks/retention.py).
+    One line when something was pruned. None when it failed: said in one line (a traceback
+    for what is not an outage), the worker goes on and the next tick tries again."""
+    services: bootstrap.Services = ctx["services"]
+    settings: Settings = ctx["settings"]
+    pruned = retention.Pruned()
+    failed = False
+    try:
+        walk = ctx.setdefault("prune_walk", retention.Walk())
+        await retention.prune(services.pool, settings.retention_days, pruned, walk)
+    except DOWN as exc:
+        ctx["liveness"].lost(exc)
+        failed = True
+    except Exception:
+        log.exception("pruning past the retention failed; the next tick tries again")
+        failed = True
+    counts = pruned.counts()
+    counter = ctx.get("pruned_rows")
+    for table, rows in counts.items():
+        if counter is not None and rows:
+            counter.labels(table=table).inc(rows)
+    if pruned:
+        log.info(
+            "pruned past the %d-day retention: %d attempts, %d deliveries, %d events (%d batches)",
+            settings.retention_days,
+            pruned.notify_attempt,
+            pruned.notify_task,
+            pruned.event,
+            pruned.batches,
+        )
+    return None if failed else counts
+
+
 def every(seconds: int) -> set[int]:
     """arq cron seconds for a period that divides a minute (else the nearest that does)."""
     step = next(s for s in range(min(seconds, 60), 61) if 60 % s == 0)
     return set(range(0, 60, step))
 
 
+def every_minutes(seconds: int) -> set[int] | None:
+    """arq cron minutes for a period over a minute (the nearest that divides an hour);
+    None (every minute) for a minute or less."""
+    if seconds <= 60:
+        return None
+    step = next(m for m in range(-(-seconds // 60), 61) if 60 % m == 0)
+    return set(range(0, 60, step))
+
+
 def cron_jobs(settings: Settings) -> list[CronJob]:
-    """Each job at its period's seconds of the minute, and once at startup."""
+    """Each job at its period's seconds of the minute (minutes of the hour for a period
+    over a minute), and once at startup."""
     jobs = (  # the job, its period in seconds, its time limit in seconds
         (fail_expired_teams, settings.fail_teams_cron_seconds, 300),
         (close_unpaid_orders, settings.close_unpaid_cron_seconds, 300),
         (deliver_callbacks, settings.notify_cron_seconds, 3600),
+        (prune_retention, settings.prune_cron_seconds, 300),
     )
     # arq's job ids are global in Redis: unique ones (name:time) would let the first worker
     # to enqueue a tick keep every other worker from running it.
     return [
         cron(
             job,
+            minute=every_minutes(period),
             second=every(period),
             microsecond=0,
             run_at_startup=True,

@@ -330,7 +330,7 @@ async def test_feed_filters_by_type(api: Api, pool: asyncpg.Pool) -> None:
     pages = await read_all(api, start, 4, type="order.closed")
     assert [len(p) for p in pages] == [4, 2] and flat(pages) == closed
     data = await page(api, after=start, type="team.completed")
-    assert data == {"items": [], "nextCursor": None}
+    assert data == {"items": [], "nextCursor": None, "retainedSince": None}
 
 
 async def test_feed_input_is_validated_and_needs_the_token(api: Api) -> None:
@@ -377,7 +377,11 @@ async def test_feed_never_passes_an_event_committed_late(
             [slow_team, quick_team],
         )
         assert len(ids) == 1  # only the quick one is committed, with the larger id
-        assert (await page(api, after=start)) == {"items": [], "nextCursor": None}
+        assert (await page(api, after=start)) == {
+            "items": [],
+            "nextCursor": None,
+            "retainedSince": None,
+        }
         # Held back from the feed only: its own view shows it at once.
         status, env = await api.call("GET", f"/api/v1/admin/events/{quick}", admin=True)
         assert status == 200 and env["data"]["type"] == "team.failed"

@@ -136,3 +136,13 @@ def test_startup_errors_name_a_server_without_its_credentials(url: str, shown: s
     from groupbuy_async.process.reasons import server_address
 
     assert server_address(url) == shown
+
+
+def test_retention_is_whole_days_of_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (Settings().retention_days, Settings().prune_cron_seconds) == (30, 300)
+    monkeypatch.setenv("GROUPBUY_RETENTION_DAYS", "7")
+    assert load_settings().retention_days == 7
+    for bad in ("0", "-1", "1.5", "a month"):
+        monkeypatch.setenv("GROUPBUY_RETENTION_DAYS", bad)
+        with pytest.raises(SettingsError, match="GROUPBUY_RETENTION_DAYS"):
+            load_settings()
