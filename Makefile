@@ -51,7 +51,8 @@ bench-trade: install
 	$(BIN)/python -m bench.bench_trade $(BENCH_ARGS)
 
 ## make bench-notify: callback throughput (ours vs the original vs bare POSTs), peak RSS, then
-## the fan-out scenario (issue 14: one merchant's 3 endpoints, one refusing, one at 1 s).
+## the fan-out scenario (issue 14: one merchant's 3 endpoints, one refusing, one at 1 s), and held
+## deliveries (issue 15: 100,000 of a disabled endpoint beside the due ones; --no-held).
 ## Only the fan-out: BENCH_ARGS="--fanout-only [--fanout-events 2000]"; skip it: --no-fanout.
 bench-notify: install
 	$(BIN)/python -m bench.bench_notify $(BENCH_ARGS)

@@ -82,38 +82,43 @@ async def _drain(pool: asyncpg.Pool, receiver: Receiver, due: int, held: int) ->
 async def main(args: argparse.Namespace) -> int:
     load1, _, _ = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load1:.2f}")
-    helds = (0, args.held)
     with servers() as (admin_dsn, _):
-        async with (
-            Receiver(0) as receiver,
-            fresh_database(admin_dsn) as none_dsn,
-            fresh_database(admin_dsn) as held_dsn,
-        ):
-            dsns = (none_dsn, held_dsn)
-            await hold(held_dsn, args.held)
-            pools = [await create_pool(dsn, 1, 40) for dsn in dsns]
-            try:
-                for dsn in dsns:
-                    await insert_tasks(dsn, args.due, receiver.url())
-                # Claims and scrapes taken in turns, so the machine's load weighs on both alike.
-                claim: list[list[float]] = [[], []]
-                scrape: list[list[float]] = [[], []]
-                metrics = [Metrics(), Metrics()]
-                for _ in range(REPEAT):
-                    for i, pool in enumerate(pools):
-                        claim[i].append(await _seconds(partial(_claim_and_release, pool)))
-                        scrape[i].append(await _seconds(partial(metrics[i].scrape, pool)))
-                drains = [
-                    await _drain(pool, receiver, args.due, held)
-                    for pool, held in zip(pools, helds, strict=True)
-                ]
-            finally:
-                for pool in pools:
-                    await pool.close()
+        return 0 if await measure_held(admin_dsn, args.due, args.held) else 1
+
+
+async def measure_held(admin_dsn: str, due: int, held_count: int) -> bool:
+    """The comparison, printed; False when a delivery check failed."""
+    helds = (0, held_count)
+    async with (
+        Receiver(0) as receiver,
+        fresh_database(admin_dsn) as none_dsn,
+        fresh_database(admin_dsn) as held_dsn,
+    ):
+        dsns = (none_dsn, held_dsn)
+        await hold(held_dsn, held_count)
+        pools = [await create_pool(dsn, 1, 40) for dsn in dsns]
+        try:
+            for dsn in dsns:
+                await insert_tasks(dsn, due, receiver.url())
+            # Claims and scrapes taken in turns, so the machine's load weighs on both alike.
+            claim: list[list[float]] = [[], []]
+            scrape: list[list[float]] = [[], []]
+            metrics = [Metrics(), Metrics()]
+            for _ in range(REPEAT):
+                for i, pool in enumerate(pools):
+                    claim[i].append(await _seconds(partial(_claim_and_release, pool)))
+                    scrape[i].append(await _seconds(partial(metrics[i].scrape, pool)))
+            drains = [
+                await _drain(pool, receiver, due, held)
+                for pool, held in zip(pools, helds, strict=True)
+            ]
+        finally:
+            for pool in pools:
+                await pool.close()
     columns = [("deliveries", -14), ("due", 7), ("callbacks/s", 12), ("claim ms", 9),
                ("scrape ms", 10), ("check", 0)]  # fmt: skip
     rows = [
-        [f"{held:,} held", str(args.due), f"{d['rate']:,.0f}",
+        [f"{held:,} held", str(due), f"{d['rate']:,.0f}",
          f"{statistics.median(c) * 1000:.2f}", f"{statistics.median(m) * 1000:.2f}",
          str(d["check"])]
         for held, d, c, m in zip(helds, drains, claim, scrape, strict=True)
@@ -129,7 +134,7 @@ async def main(args: argparse.Namespace) -> int:
     failed = [str(d["check"]) for d in drains if d["check"] != "ok"]
     for problem in failed:
         print(f"CHECK FAILED: {problem}", file=sys.stderr)
-    return 1 if failed else 0
+    return not failed
 
 
 def cli() -> None:

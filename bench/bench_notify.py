@@ -17,6 +17,8 @@ webhook-id exactly once. Then (unless --no-rss) the worker's peak RSS: the drain
 child process (bench/notify_rss.py) for --rss-small and --rss-large due tasks (0 ms
 receiver) and reports its peak.
 
+Last (unless --no-held) the held-deliveries scenario of issue 15 (bench/bench_held.py:
+--held-count held deliveries of a disabled endpoint beside --tasks due ones, against none).
 Then (unless --no-fanout; alone with --fanout-only) the fan-out scenario of issue 14
 (bench/notify_fanout.py): --fanout-events events (default 10,000), each delivered to the 3
 endpoints of one merchant on 3 hosts; once with all 3 healthy, once with one refusing
@@ -39,6 +41,7 @@ import sys
 import aiohttp
 import asyncpg
 
+from .bench_held import measure_held
 from .common import Options, percentile, positive, run_bench, servers, table
 from .notify_fanout import measure_fanout
 from .notify_rss import run_rss
@@ -180,6 +183,9 @@ async def bench(args: argparse.Namespace) -> int:
                 admin_dsn, args.fanout_events, args.concurrency, per_endpoint,
                 args.fanout_slow_ms, args.fanout_repeat,
             ) and ok  # fmt: skip
+        if args.held and not args.fanout_only:
+            print(f"\nheld deliveries (issue 15; alone: make bench-held); {load_note()}")
+            ok = await measure_held(admin_dsn, args.tasks, args.held_count) and ok
     return 0 if ok else 1
 
 
@@ -224,6 +230,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the fan-out scenario after the others (default on)",
     )
     p.add_argument("--fanout-only", action="store_true", help="only the fan-out scenario")
+    p.add_argument(
+        "--held",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the held-deliveries scenario: --tasks due beside --held-count held (bench_held)",
+    )
+    p.add_argument("--held-count", type=positive, default=100_000, help="held deliveries")
     p.add_argument("--fanout-events", type=positive, default=10_000, help="events (x 3 endpoints)")
     p.add_argument(
         "--fanout-per-endpoint",
