@@ -136,6 +136,7 @@ class Publisher:
                 return channel
             self._discard(channel)
         connection = await self._connect()
+        await connection.ready()  # reconnecting after a lost connection: wait (time-limited)
         return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
     def _give_back(self, channel: AbstractChannel, keep: bool) -> None:
@@ -200,7 +201,7 @@ class Publisher:
         """A failed publish's reason, never with the broker URL's password."""
         text = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, aiormq.exceptions.AMQPConnectionError | ConnectionError | OSError):
-            text = f"connection lost: {text}"
+            text = f"broker connection: {text}"
         return self._scrub(text)[:500]
 
     def _scrub(self, text: str) -> str:
