@@ -1,7 +1,8 @@
 """Broker endpoints (kind amqp) against a real RabbitMQ (GROUPBUY_TEST_AMQP_URL, else
 amqp://guest:guest@127.0.0.1:5672/; these tests are skipped, saying so, when it cannot be
 reached): a published event verifies as an HTTP one does; a nack-like refusal (unroutable, no
-such exchange) is a failed attempt with its reason; a lost connection loses no delivery."""
+such exchange) is a failed attempt with its reason; a lost connection loses no delivery.
+Without a broker url, or with one that cannot be reached, an attempt fails saying why."""
 
 import asyncio
 import os
@@ -19,7 +20,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from standardwebhooks import Webhook
 from yarl import URL
 
-from groupbuy_async.callbacks.rules import BrokerTarget
+from groupbuy_async.callbacks.amqp import NOT_CONFIGURED, Publisher
+from groupbuy_async.callbacks.rules import BrokerTarget, unreachable
 
 from ..conftest import SECRET, Api, make_tasks, start_client
 from ..e2e.test_endpoints import MERCHANTS, _shop, _team
@@ -38,7 +40,25 @@ def _unreachable() -> str | None:
 
 
 _WHY = _unreachable()
-pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+needs_broker = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+
+
+async def test_a_publisher_without_a_broker_url_fails_each_attempt_saying_so() -> None:
+    publisher = Publisher(None, timeout=1.0)
+    outcome = await publisher.publish(BrokerTarget("x", "k"), "id", "{}", (b"k" * 32,))
+    assert (outcome.error, outcome.broker, outcome.permanent) == (NOT_CONFIGURED, None, False)
+    assert "GROUPBUY_AMQP_URL is not set" in NOT_CONFIGURED
+    await publisher.close()
+
+
+async def test_a_failed_connect_is_a_failed_attempt_that_never_shows_the_password() -> None:
+    publisher = Publisher("amqp://user:s3cr3t-pw@127.0.0.1:1/vhost", timeout=2.0)
+    outcome = await publisher.publish(BrokerTarget("x", "k"), "id", "{}", (b"k" * 32,))
+    assert outcome.broker is None and outcome.error is not None and unreachable(outcome)
+    assert "s3cr3t-pw" not in outcome.error, outcome.error
+    leaked = publisher._describe(OSError("amqp://user:s3cr3t-pw@127.0.0.1:1/vhost refused"))
+    assert "s3cr3t-pw" not in leaked and "127.0.0.1:1" in leaked, leaked
+    await publisher.close()
 
 
 class Broker:
@@ -85,6 +105,7 @@ async def consume(queue: AbstractQueue, at_least: int, seconds: float = 5) -> li
     return got
 
 
+@needs_broker
 async def test_a_broker_endpoint_gets_the_event_signed_as_a_webhook(
     pool: asyncpg.Pool, make_dispatcher: Any, broker: Broker
 ) -> None:
@@ -107,6 +128,7 @@ async def test_a_broker_endpoint_gets_the_event_signed_as_a_webhook(
     assert (attempt["http_status"], attempt["error"], attempt["response_body"]) == (None,) * 3
 
 
+@needs_broker
 async def test_unroutable_and_missing_exchange_are_failed_attempts_and_the_next_publish_works(
     pool: asyncpg.Pool, make_dispatcher: Any, broker: Broker
 ) -> None:
@@ -139,6 +161,7 @@ async def test_without_a_broker_url_an_attempt_fails_saying_so(
     assert task["notify_status"] == 2 and "GROUPBUY_AMQP_URL is not set" in task["last_error"]
 
 
+@needs_broker
 async def test_an_endpoint_made_over_the_api_gets_a_completed_team_and_a_ping(
     api: Api, settings: Any, pool: asyncpg.Pool, broker: Broker
 ) -> None:
@@ -265,6 +288,7 @@ async def _statuses(pool: asyncpg.Pool, team_ids: list[str]) -> dict[str, int]:
     return {r["team_id"]: r["notify_status"] for r in rows}
 
 
+@needs_broker
 async def test_a_lost_broker_connection_loses_no_delivery(
     pool: asyncpg.Pool, make_dispatcher: Any, broker: Broker, proxy: Proxy
 ) -> None:
