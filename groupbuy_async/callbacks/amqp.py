@@ -4,7 +4,7 @@
 One robust connection per process (aio-pika reconnects it after a broker restart), opened at
 the first publish, and a pool of channels in publisher-confirm mode, each used by one publish
 at a time: a channel the broker closes (a missing exchange) fails only the publish that made
-it close, and is replaced. Every publish is `mandatory`: confirmed (routed to a queue) is a
+it close, and is replaced, as are those a lost connection closed. Every publish is `mandatory`: confirmed (routed to a queue) is a
 delivered attempt; a nack, an unroutable return, a closed channel, a lost connection or the
 attempt's time limit is a failed one with its reason, retried on the delivery's schedule.
 Nothing escapes an attempt, as with Sender.send. A publish whose confirm was lost may have
@@ -137,7 +137,11 @@ class Publisher:
             self._discard(channel)
         connection = await self._connect()
         await connection.ready()  # reconnecting after a lost connection: wait (time-limited)
-        return await connection.channel(publisher_confirms=True, on_return_raises=True)
+        # A plain channel, not a robust one: the pool, not aio-pika, replaces the channels a
+        # lost connection closes (a robust one would be reopened behind the pool's back).
+        channel = aio_pika.Channel(connection, publisher_confirms=True, on_return_raises=True)
+        await channel
+        return channel
 
     def _give_back(self, channel: AbstractChannel, keep: bool) -> None:
         """Back to the pool; one that failed (its state unknown) is closed instead."""
