@@ -68,11 +68,13 @@ class Broker:
         self.channel = channel
         self.exchanges: list[aio_pika.abc.AbstractExchange] = []
 
-    async def bound(self, routing_key: str) -> tuple[str, AbstractQueue]:
+    async def bound(
+        self, routing_key: str, arguments: dict[str, Any] | None = None
+    ) -> tuple[str, AbstractQueue]:
         name = f"groupbuy-test-{uuid.uuid4().hex[:12]}"
         exchange = await self.channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT)
         self.exchanges.append(exchange)
-        queue = await self.channel.declare_queue(exclusive=True)
+        queue = await self.channel.declare_queue(exclusive=True, arguments=arguments)
         await queue.bind(exchange, routing_key)
         return name, queue
 
@@ -149,6 +151,20 @@ async def test_unroutable_and_missing_exchange_are_failed_attempts_and_the_next_
     assert (await dispatcher.drain(fine)).success_count == 1
     (message,) = await consume(queue, 1)
     assert message.message_id == str((await task_row(pool, fine))["event_id"])
+
+
+@needs_broker
+async def test_a_nack_is_a_failed_attempt(
+    pool: asyncpg.Pool, make_dispatcher: Any, broker: Broker
+) -> None:
+    # A full queue that rejects publishes: the broker nacks them.
+    full = {"x-max-length": 0, "x-overflow": "reject-publish"}
+    exchange, _ = await broker.bound("rk", arguments=full)
+    dispatcher = make_dispatcher(amqp_url=AMQP_URL, notify_retry_schedule="1h")
+    (team_id,) = await make_tasks(pool, 1, BrokerTarget(exchange, "rk"))
+    assert (await dispatcher.drain(team_id)).retry_count == 1
+    task = await task_row(pool, team_id)
+    assert task["notify_status"] == 2 and task["last_error"].startswith("nacked by broker")
 
 
 async def test_without_a_broker_url_an_attempt_fails_saying_so(
