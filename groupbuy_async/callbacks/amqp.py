@@ -4,9 +4,10 @@
 One robust connection per process (aio-pika reconnects it after a broker restart), opened at
 the first publish, and a pool of channels in publisher-confirm mode, each used by one publish
 at a time: a channel the broker closes (a missing exchange) fails only the publish that made
-it close, and is replaced, as are those a lost connection closed. Every publish is `mandatory`: confirmed (routed to a queue) is a
-delivered attempt; a nack, an unroutable return, a closed channel, a lost connection or the
-attempt's time limit is a failed one with its reason, retried on the delivery's schedule.
+it close, and is replaced, as are those a lost connection closed. Every publish is
+`mandatory`: confirmed (routed to a queue) is a delivered attempt; a nack, an unroutable
+return, a closed channel, a lost connection or the attempt's time limit is a failed one with
+its reason, retried on the delivery's schedule.
 Nothing escapes an attempt, as with Sender.send. A publish whose confirm was lost may have
 been delivered: delivery is at least once, and message_id (= webhook-id = the event id)
 lets a consumer deduplicate.
