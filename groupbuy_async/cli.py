@@ -32,6 +32,7 @@ _NOTIFY = (
     "notify_per_host",
     "notify_batch_size",
     "notify_block_private",
+    "amqp_url",
 )
 _POOL = ("db_pool_min", "db_pool_max", "db_acquire_timeout_seconds", "db_command_timeout_seconds")
 VERBS: dict[str, tuple[str, tuple[str, ...]]] = {
