@@ -38,9 +38,9 @@ class Publisher:
     """The process's one broker publisher (close() it at exit)."""
 
     def __init__(self, url: str | None, timeout: float, max_channels: int = 100) -> None:
+        """`max_channels`: publishes at once (each on a channel of its own)."""
         self._url = url
         self.timeout = timeout
-        self._max_channels = max_channels
         self._connection: AbstractRobustConnection | None = None
         self._connecting: asyncio.Task[AbstractRobustConnection] | None = None
         self._idle: list[AbstractChannel] = []
@@ -98,7 +98,7 @@ class Publisher:
             # attempt. A cancel of this attempt itself is passed on.
             if task is None or task.cancelling() > cancelling:
                 raise
-            return AttemptOutcome(None, error="connection lost: the confirm was cancelled")
+            return AttemptOutcome(None, error="broker connection lost: the confirm was cancelled")
         except Exception as exc:  # never out of an attempt: it is recorded with its reason
             return AttemptOutcome(None, error=self._describe(exc))
 
