@@ -1,5 +1,6 @@
 """The one place that builds the shared objects of a process: the app, the worker, the CLI,
-tests and benchmarks all get their pool, sender, dispatcher and metrics from here."""
+tests and benchmarks all get their pool, sender, broker publisher, dispatcher and metrics
+from here."""
 
 import contextlib
 from collections.abc import AsyncIterator
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
+from .callbacks.amqp import Publisher
 from .callbacks.delivery import Delivery
 from .callbacks.dispatch import Dispatcher
 from .callbacks.metrics import Metrics
@@ -41,9 +43,17 @@ def secret_box(settings: Settings) -> SecretBox:
 
 
 def build_dispatcher(pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> Dispatcher:
-    """A dispatcher with its own Sender (the process's one shared ClientSession)."""
+    """A dispatcher with its own Sender (the process's one shared ClientSession) and broker
+    Publisher (its one broker connection, opened at the first publish)."""
     box = secret_box(settings)  # first: refused before any session is opened
-    delivery = Delivery(pool, Sender.from_settings(settings), box, settings, metrics)
+    delivery = Delivery(
+        pool,
+        Sender.from_settings(settings),
+        box,
+        settings,
+        metrics,
+        Publisher.from_settings(settings),
+    )
     return Dispatcher(delivery, settings.notify_immediate_limit)
 
 

@@ -34,6 +34,7 @@ _NOTIFY = (
     "notify_block_private",
     "endpoint_disable_after_seconds",
     "endpoint_disable_min_attempts",
+    "amqp_url",
 )
 _POOL = ("db_pool_min", "db_pool_max", "db_acquire_timeout_seconds", "db_command_timeout_seconds")
 VERBS: dict[str, tuple[str, tuple[str, ...]]] = {

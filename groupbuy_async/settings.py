@@ -173,6 +173,11 @@ class Settings(BaseSettings):
     notify_immediate_limit: int = Field(
         256, ge=1, le=100_000, description="API: post-settlement sends in flight before the worker"
     )
+    amqp_url: Annotated[str | None, AfterValidator(_url("amqp", "amqps"))] = Field(
+        None,
+        description="RabbitMQ URL broker endpoints (kind amqp) publish to, amqp://user:password"
+        "@host:port/vhost (or amqps://); unset = their deliveries fail, saying so",
+    )
     queue_name: str = Field(
         "groupbuy:queue",
         min_length=1,

@@ -23,6 +23,7 @@ from groupbuy_async.db import create_pool
 from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import EmbeddedServer, start_redis
 from groupbuy_async.dev.merchant import mock_merchant_routes
+from groupbuy_async.dev.outbox_fill import Destination
 from groupbuy_async.http.app import create_app
 from groupbuy_async.settings import Settings
 
@@ -365,9 +366,9 @@ async def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> AsyncIterat
         await dispatcher.close(grace_seconds=1)
 
 
-async def make_tasks(pool: asyncpg.Pool, count: int, url: str) -> list[str]:
-    """Completed teams with their due callbacks (to an endpoint at `url`, signed with SECRET),
-    written straight to the outbox."""
+async def make_tasks(pool: asyncpg.Pool, count: int, url: "Destination") -> list[str]:
+    """Completed teams with their due callbacks (to an endpoint at `url`, or to a broker
+    endpoint's exchange and routing key, signed with SECRET), written straight to the outbox."""
     from groupbuy_async.dev.outbox_fill import completed_teams
     from groupbuy_async.merchants.secret_box import SecretBox
 

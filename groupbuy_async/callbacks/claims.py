@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from .rules import AttemptOutcome, Verdict
+from .rules import AttemptOutcome, BrokerTarget, Verdict
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Task:
     id: int
     event_id: str
     team_id: str
-    url: str  # the endpoint's url now (an endpoint moved takes its deliveries along)
+    url: str  # the endpoint's url now (an endpoint moved takes its deliveries along); '' amqp
     body: str
     # Attempt number this delivery will be, counted since the last replay.
     attempt: int
@@ -29,6 +29,8 @@ class Task:
     # its grace lasts (each signs every send).
     secrets: tuple[bytes, ...] = ()
     endpoint: int = 0  # endpoint.id (its health is noted per batch: health.py)
+    # A broker endpoint's (kind amqp) exchange and routing key now; None: an HTTP one.
+    broker: BrokerTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class Result:
 
 # Pushing next_attempt_at to the lease expiry takes claimed rows out of the due range, so
 # later claims do not rescan them; a crashed holder's rows fall due again when it lapses.
-# The body is the event's, the url and secrets the endpoint's as they are now.
+# The body is the event's, the url (or exchange and routing key) and secrets the endpoint's
+# as they are now.
 # A delivery of an endpoint disabled meanwhile (its event was fanned out as the endpoint was
 # being disabled) is held here instead: not claimed, not an attempt.
 _CLAIM = """
@@ -59,7 +62,7 @@ WHERE t.id = picked.id AND e.event_id = t.event_id AND ep.id = t.endpoint
 RETURNING t.id, t.event_id, t.team_id, ep.url, e.parameter_json,
           t.notify_count - t.schedule_offset + 1 AS attempt, t.host, t.event_type, ep.secret,
           CASE WHEN ep.previous_until > now() THEN ep.previous_secret END AS previous_secret,
-          ep.disabled, ep.id AS endpoint_id
+          ep.disabled, ep.id AS endpoint_id, ep.kind, ep.exchange, ep.routing_key
 """
 # Fair across hosts: the hosts with open tasks are walked through the (host, due) index (a
 # skip scan: one probe per host, however long its backlog), each host gets a share of the
@@ -143,6 +146,7 @@ async def claim(
             r["event_type"],
             (r["secret"],) if r["previous_secret"] is None else (r["secret"], r["previous_secret"]),
             r["endpoint_id"],
+            BrokerTarget(r["exchange"], r["routing_key"]) if r["kind"] == "amqp" else None,
         )
         for r in rows
         if not r["disabled"]

@@ -17,6 +17,7 @@ from ..db import log_failure, unavailable
 from ..merchants.secret_box import SecretBox
 from ..settings import Settings
 from . import claims, health
+from .amqp import Publisher
 from .breaker import HostBreakers
 from .claims import Result, Task
 from .metrics import Metrics
@@ -43,9 +44,12 @@ class Delivery:
         box: SecretBox,
         settings: Settings,
         metrics: Metrics,
+        publisher: Publisher | None = None,
     ) -> None:
         self.pool = pool
         self.sender = sender
+        # Broker endpoints' (kind amqp); none given: one without a broker (they fail, saying so).
+        self.publisher = publisher or Publisher(None, settings.notify_timeout_seconds)
         self.box = box
         self.metrics = metrics
         self.concurrency = settings.notify_concurrency
@@ -203,6 +207,10 @@ class Delivery:
             keys = tuple(self.box.open_key(sealed) for sealed in task.secrets)
         except ValueError as exc:  # sealed under another GROUPBUY_SECRETS_KEY: fixable
             return AttemptOutcome(None, error=f"signing secret: {exc}")
+        if task.broker is not None:
+            return await self.publisher.publish(
+                task.broker, task.event_id, task.body, keys, task.type
+            )
         return await self.sender.send(task.url, task.event_id, task.body, keys)
 
     async def sweep_health(self) -> None:

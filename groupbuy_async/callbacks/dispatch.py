@@ -37,7 +37,9 @@ class Dispatcher:
         await self.immediate.wait(grace_seconds)
 
     async def close(self, grace_seconds: float) -> None:
-        """Stop firing, let background sends finish, close the sender's session."""
+        """Stop firing, let background sends finish, close the sender's session and the
+        publisher's broker connection."""
         self.immediate.closed = True
         await self.immediate.wait(grace_seconds)
         await self.delivery.sender.close()
+        await self.delivery.publisher.close()

@@ -25,9 +25,20 @@ class NotifyStatus(IntEnum):
     HELD = 4  # its endpoint is disabled: kept, not sent, due again once it is enabled
 
 
+class BrokerAnswer(Enum):
+    """What the broker answered a publish to a broker endpoint (kind amqp)."""
+
+    CONFIRMED = "confirmed"  # acked (publisher confirm) after routing to a queue: delivered
+    NACKED = "nacked"  # refused by the broker (Basic.Nack)
+    RETURNED = "returned"  # unroutable: mandatory, and no queue bound for its routing key
+    CLOSED = "closed"  # the broker closed the channel (no such exchange, access refused…)
+
+
 @dataclass(frozen=True)
 class AttemptOutcome:
-    """What one HTTP attempt produced; exactly one of http_status / error describes it."""
+    """What one attempt produced. An HTTP attempt: its http_status, or the error that kept it
+    from getting one. A publish to a broker: the broker's answer (None: none came, and
+    error says why), error unless it was confirmed."""
 
     http_status: int | None
     body: str = ""
@@ -35,6 +46,16 @@ class AttemptOutcome:
     retry_after: str | None = None
     # A failure no retry can mend (bad URL, blocked address): give up at once.
     permanent: bool = False
+    broker: BrokerAnswer | None = None
+
+
+@dataclass(frozen=True)
+class BrokerTarget:
+    """Where a broker endpoint's events are published: an exchange ('' the default one,
+    which routes by queue name) with a routing key."""
+
+    exchange: str
+    routing_key: str
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,10 @@ def url_problem(url: str, block_private: bool = False) -> str | None:
 
 
 def is_success(outcome: AttemptOutcome, accept_any_2xx: bool) -> bool:
+    """HTTP: a 2xx with the body `success` (any 2xx with `accept_any_2xx`). A broker: its
+    confirm of a routed message (publisher confirms, mandatory)."""
+    if outcome.broker is not None:
+        return outcome.broker is BrokerAnswer.CONFIRMED
     if outcome.http_status is None or not 200 <= outcome.http_status < 300:
         return False
     return accept_any_2xx or outcome.body.strip() == "success"
@@ -173,15 +198,17 @@ def decide(
 
 
 def _describe_failure(outcome: AttemptOutcome) -> str:
+    if outcome.broker is not None:
+        return f"{outcome.broker.value} by the broker"
     if outcome.http_status is not None and 200 <= outcome.http_status < 300:
         return f"HTTP {outcome.http_status} with body other than 'success'"
     return f"HTTP {outcome.http_status}"
 
 
 def unreachable(outcome: AttemptOutcome) -> bool:
-    """The attempt got no answer: a timeout, a failed connect, a reset (not a refusal by
-    rule, such as a blocked address)."""
-    return outcome.http_status is None and not outcome.permanent
+    """The attempt got no answer: a timeout, a failed connect, a reset, a broker connection
+    lost (not a refusal by rule, such as a blocked address; not a broker's nack or return)."""
+    return outcome.http_status is None and outcome.broker is None and not outcome.permanent
 
 
 class Admission(Enum):

@@ -88,6 +88,18 @@ class PublicOnlyResolver(AbstractResolver):
         await self._inner.close()
 
 
+def webhook_headers(event_id: str, body: str, keys: tuple[bytes, ...]) -> dict[str, str]:
+    """Standard Webhooks headers (webhook-id, -timestamp, -signature), for a POST and a
+    broker message alike: one signature per key, space-separated (a receiver that knows any
+    one of the secrets verifies)."""
+    timestamp = int(time.time())
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(k, event_id, timestamp, body) for k in keys),
+    }
+
+
 def create_session(limit: int, per_host: int, block_private: bool) -> aiohttp.ClientSession:
     """Fairness and the breakers work per endpoint (delivery.py); the connector only caps the
     connections to one host:port, which endpoints of many merchants may share."""
@@ -130,15 +142,8 @@ class Sender:
 
     @staticmethod
     def headers(event_id: str, body: str, keys: tuple[bytes, ...]) -> dict[str, str]:
-        """Standard Webhooks headers: one signature per key, space-separated (a receiver that
-        knows any one of the secrets verifies)."""
-        timestamp = int(time.time())
-        return {
-            "Content-Type": "application/json",
-            "webhook-id": event_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": " ".join(sign(k, event_id, timestamp, body) for k in keys),
-        }
+        """The POST's headers: its content type and the Standard Webhooks ones."""
+        return {"Content-Type": "application/json", **webhook_headers(event_id, body, keys)}
 
     async def send(
         self, url: str, event_id: str, body: str, keys: tuple[bytes, ...]

@@ -1,6 +1,7 @@
 """A backlog of callbacks written straight to the outbox, set-based (tests and benchmarks):
 completed teams, each with its team.completed event and one delivery of it to each endpoint
-given by url (made, under a merchant of its own, when missing)."""
+given by url, or by exchange and routing key for a broker one (made, under a merchant of its
+own, when missing)."""
 
 import hashlib
 import uuid
@@ -9,6 +10,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from ..callbacks.rules import BrokerTarget
 from ..merchants.secret_box import SecretBox
 
 FILL_MERCHANT = "outbox-fill"
@@ -26,10 +28,14 @@ ON CONFLICT DO NOTHING;
 """
 
 _ENDPOINT = """
-INSERT INTO endpoint (merchant_id, endpoint_id, url, secret) VALUES ($1, $2, $3, $4)
+INSERT INTO endpoint (merchant_id, endpoint_id, url, secret, kind, exchange, routing_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (merchant_id, endpoint_id) DO UPDATE SET disabled = false, secret = EXCLUDED.secret
 RETURNING id
 """
+
+# An endpoint: its url, or the exchange and routing key of a broker endpoint (kind amqp).
+Destination = str | BrokerTarget
 
 _FILL = """
 WITH t AS (
@@ -59,25 +65,45 @@ RETURNING team_id
 """
 
 
-def endpoint_id_for(url: str) -> str:
-    return "fill-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+def _key(where: Destination) -> str:
+    return where if isinstance(where, str) else f"amqp:{where.exchange}/{where.routing_key}"
 
 
-def endpoint_host(url: str) -> str:
+def endpoint_id_for(where: Destination) -> str:
+    return "fill-" + hashlib.sha256(_key(where).encode()).hexdigest()[:16]
+
+
+def endpoint_host(where: Destination) -> str:
     """The `host` its deliveries are counted by (per-endpoint bounds, fairness, breaker)."""
-    return f"{FILL_MERCHANT}/{endpoint_id_for(url)}"
+    return f"{FILL_MERCHANT}/{endpoint_id_for(where)}"
+
+
+def _url(where: Destination) -> str:
+    return where if isinstance(where, str) else ""
+
+
+def _endpoint_row(where: Destination, box: SecretBox, secret: str) -> tuple[object, ...]:
+    """_ENDPOINT's arguments for an endpoint at `where`, signed with `secret`."""
+    broker = None if isinstance(where, str) else where
+    return (
+        FILL_MERCHANT, endpoint_id_for(where), _url(where), box.seal(secret),
+        "http" if broker is None else "amqp",
+        None if broker is None else broker.exchange,
+        None if broker is None else broker.routing_key,
+    )  # fmt: skip
 
 
 async def completed_teams(
     pool: asyncpg.Pool,
     box: SecretBox,
     count: int,
-    url: str,
+    url: Destination,
     secret: str,
     due_in: timedelta = timedelta(0),
 ) -> list[str]:
     """`count` completed teams with a due team.completed delivery each to the endpoint at
-    `url` (signed with `secret`), due in `due_in`; returns their team ids."""
+    `url` (or the broker endpoint publishing there; signed with `secret`), due in `due_in`;
+    returns their team ids."""
     return await fanned_out_teams(pool, box, count, [url], secret, due_in)
 
 
@@ -85,7 +111,7 @@ async def fanned_out_teams(
     pool: asyncpg.Pool,
     box: SecretBox,
     count: int,
-    urls: Sequence[str],
+    urls: Sequence[Destination],
     secret: str,
     due_in: timedelta = timedelta(0),
 ) -> list[str]:
@@ -95,13 +121,10 @@ async def fanned_out_teams(
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_SETUP)
         endpoints = [
-            await conn.fetchval(
-                _ENDPOINT, FILL_MERCHANT, endpoint_id_for(url), url, box.seal(secret)
-            )
-            for url in urls
+            await conn.fetchval(_ENDPOINT, *_endpoint_row(url, box, secret)) for url in urls
         ]
         team_ids = await conn.fetch(
-            _FILL, str(uuid.uuid4().int)[:13], _ACTIVITY, urls[0], count, FILL_MERCHANT,
-            list(urls), [endpoint_host(url) for url in urls], endpoints, due_in,
+            _FILL, str(uuid.uuid4().int)[:13], _ACTIVITY, _url(urls[0]), count, FILL_MERCHANT,
+            [_url(url) for url in urls], [endpoint_host(url) for url in urls], endpoints, due_in,
         )  # fmt: skip
     return sorted({r["team_id"] for r in team_ids})

@@ -61,7 +61,8 @@ class NotifyTaskOut(Body):
         " every attempt"
     )
     notify_url: str = Field(
-        description="The endpoint's url when the delivery was made (sends go to its url now)"
+        description="The endpoint's url when the delivery was made (sends go to its url now);"
+        " '' for a broker endpoint (kind amqp)"
     )
     endpoint_id: str | None = Field(
         description="The endpoint this delivery goes to; null for deliveries written before"

@@ -10,8 +10,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from .. import errors
 from ..bootstrap import SERVICES
 from ..callbacks import deliveries, events
+from ..callbacks.rules import is_success
 from ..merchants import endpoints
 from .merchant_schemas import (
     Binding,
@@ -41,7 +43,10 @@ def _out(found: endpoints.Endpoint) -> EndpointOut:
     return EndpointOut(
         merchant_id=found.merchant_id,
         endpoint_id=found.endpoint_id,
-        url=found.url,
+        kind=found.kind,  # type: ignore[arg-type]  # the database's CHECK holds it to the two
+        url=found.url if found.broker is None else None,
+        exchange=found.broker.exchange if found.broker is not None else None,
+        routing_key=found.broker.routing_key if found.broker is not None else None,
         event_types=list(found.event_types),  # type: ignore[arg-type]  # checked on the way in
         channels=[Binding(source=s, channel=c) for s, c in found.channels],
         disabled=found.disabled,
@@ -58,14 +63,19 @@ def _out(found: endpoints.Endpoint) -> EndpointOut:
 async def put_endpoint(request: web.Request, body: EndpointIn) -> EndpointOut:
     """Create or replace an endpoint (its signing secret is in the answer that creates it,
     and only there)"""
+    if body.kind == "amqp" and "merchantId" not in request.match_info:
+        raise _BROKER_REFUSED  # a merchant could aim one at any exchange of the broker
     services = request.app[SERVICES]
     spec = endpoints.EndpointSpec(
-        url=body.url,
+        url=body.url or "",
         event_types=tuple(body.event_types),
         channels=tuple((b.source, b.channel) for b in body.channels),
         disabled=body.disabled,
         description=body.description,
         secret=body.secret,
+        kind=body.kind,
+        exchange=body.exchange,
+        routing_key=body.routing_key,
     )
     block = services.settings.notify_block_private
     found = await endpoints.put_endpoint(services.pool, services.box, *_key(request), spec, block)
@@ -107,12 +117,14 @@ async def ping_endpoint(request: web.Request, _: None) -> PingOut:
     body = events.ping_body(event_id, datetime.now(UTC), merchant_id, endpoint_id)
     keys = tuple(services.box.open_key(sealed) for sealed in target.secrets)
     began = time.perf_counter()
-    outcome = await services.dispatcher.delivery.sender.send(target.url, event_id, body, keys)
+    delivery = services.dispatcher.delivery
+    if target.broker is not None:
+        outcome = await delivery.publisher.publish(target.broker, event_id, body, keys, "ping")
+    else:
+        outcome = await delivery.sender.send(target.url, event_id, body, keys)
     return PingOut(
         event_id=event_id,
-        success=outcome.http_status is not None
-        and 200 <= outcome.http_status < 300
-        and outcome.body.strip() == "success",
+        success=is_success(outcome, accept_any_2xx=False),
         http_status=outcome.http_status,
         duration_ms=int((time.perf_counter() - began) * 1000),
         response_body=outcome.body if outcome.http_status is not None else None,
@@ -135,6 +147,12 @@ _ONE = "/{endpointId}"
 _NOT_FOUND = (endpoints.EndpointNotFound,)
 
 
+_BROKER_REFUSED = errors.Forbidden(
+    "kind amqp: broker endpoints are set up by the operator"
+    " (PUT /api/v1/admin/merchants/{merchantId}/endpoints/{endpointId})"
+)
+
+
 def _both(
     method: str, tail: str, view: View, body: type[BaseModel] | None, response: Any
 ) -> list[Route]:
@@ -148,7 +166,7 @@ def _both(
         ),
         documented(
             method, _OWN + tail, view, body, response, tag="self-service", merchant=True,
-            raises=() if whole else _NOT_FOUND,
+            raises=(_BROKER_REFUSED,) if method == "PUT" else () if whole else _NOT_FOUND,
         ),
     ]  # fmt: skip
 

@@ -1,9 +1,10 @@
 """Bodies of merchant administration: merchants, their source+channel pairs, their API keys."""
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field, StringConstraints, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from .callback_schemas import EventTypeName
 from .catalog_schemas import PageLimit
@@ -101,6 +102,42 @@ _SECRET = (
 )
 
 
+EndpointKind = Literal["http", "amqp"]
+ExchangeName = Annotated[
+    str, StringConstraints(max_length=255, pattern=r"^[A-Za-z0-9_.:-]{0,255}$")
+]
+RoutingKey = Annotated[str, StringConstraints(max_length=255, pattern=r"^[\x20-\x7e]{0,255}$")]
+_KIND = (
+    "http: events are POSTed to `url`; amqp: published to `exchange` with `routingKey` on the"
+    " operator's RabbitMQ (GROUPBUY_AMQP_URL), with the same body and Standard Webhooks"
+    " headers, message id = the event id"
+)
+_EXCHANGE = (
+    "kind amqp: the exchange events are published to, 0-255 of A-Z a-z 0-9 _ . : -"
+    " ('' = the broker's default exchange, which routes by queue name)"
+)
+_ROUTING_KEY = "kind amqp: the routing key they are published with, 0-255 printable ASCII"
+
+
+def _one_destination(schema: dict[str, Any]) -> None:
+    """Kind http takes url and neither exchange nor routingKey; kind amqp both of those and
+    no url (as the server checks it). Those three have no default: absent, not null."""
+    for name in ("url", "exchange", "routingKey"):
+        schema["properties"][name].pop("default", None)
+    schema["oneOf"] = [
+        {
+            "properties": {"kind": {"const": "http", "description": "An HTTP endpoint"}},
+            "required": ["url"],
+            "not": {"anyOf": [{"required": ["exchange"]}, {"required": ["routingKey"]}]},
+        },
+        {
+            "properties": {"kind": {"const": "amqp", "description": "A broker endpoint"}},
+            "required": ["kind", "exchange", "routingKey"],
+            "not": {"required": ["url"]},
+        },
+    ]
+
+
 def _listed_once(items: list[Any], what: str) -> list[Any]:
     if len(set(items)) != len(items):
         raise ValueError(f"{what} listed twice")
@@ -108,7 +145,17 @@ def _listed_once(items: list[Any], what: str) -> list[Any]:
 
 
 class EndpointIn(Body):
-    url: HttpUrlText = Field(description=f"Where events are POSTed: {URL_RULE}")
+    """An HTTP endpoint (`url`), or a broker one (`kind: amqp`, `exchange`, `routingKey`)."""
+
+    model_config = ConfigDict(json_schema_extra=_one_destination)
+
+    kind: EndpointKind = Field("http", description=_KIND)
+    # Not nullable: absent, not null, when the kind takes none.
+    url: HttpUrlText | SkipJsonSchema[None] = Field(
+        None, description=f"kind http (required): where events are POSTed: {URL_RULE}"
+    )
+    exchange: ExchangeName | SkipJsonSchema[None] = Field(None, description=_EXCHANGE)
+    routing_key: RoutingKey | SkipJsonSchema[None] = Field(None, description=_ROUTING_KEY)
     event_types: list[EventTypeName] = Field(
         [],
         max_length=4,
@@ -134,6 +181,27 @@ class EndpointIn(Body):
         " rotate instead): given, to move an existing receiver; omitted, one is generated",
     )
 
+    @model_validator(mode="after")
+    def _one_destination(self) -> Self:
+        given = self.model_fields_set
+        for name, wire in (("url", "url"), ("exchange", "exchange"), ("routing_key", "routingKey")):
+            if name in given and getattr(self, name) is None:
+                raise ValueError(f"{wire}: must not be null (leave it out)")
+        if self.kind == "http":
+            if self.url is None:
+                raise ValueError("url: required for kind http")
+            if self.exchange is not None or self.routing_key is not None:
+                wire = "exchange" if self.exchange is not None else "routingKey"
+                raise ValueError(f"{wire}: only for kind amqp")
+            return self
+        if self.url is not None:
+            raise ValueError("url: not for kind amqp (it publishes to exchange/routingKey)")
+        if self.exchange is None:
+            raise ValueError("exchange: required for kind amqp")
+        if self.routing_key is None:
+            raise ValueError("routingKey: required for kind amqp")
+        return self
+
     @field_validator("event_types")
     @classmethod
     def _types_once(cls, types: list[str]) -> list[str]:
@@ -149,7 +217,10 @@ class EndpointIn(Body):
 class EndpointOut(Body):
     merchant_id: MerchantId = Field(description=MERCHANT_ID)
     endpoint_id: EndpointId = Field(description=ENDPOINT_ID)
-    url: str = Field(description="Where events are POSTed")
+    kind: EndpointKind = Field(description=_KIND)
+    url: str | None = Field(description="kind http: where events are POSTed; null for amqp")
+    exchange: str | None = Field(description="kind amqp: the exchange; null for http")
+    routing_key: str | None = Field(description="kind amqp: the routing key; null for http")
     event_types: list[EventTypeName] = Field(description="Types delivered here; empty = all")
     channels: list[Binding] = Field(description="Pairs delivered here; empty = all of its pairs")
     disabled: bool = Field(description="Disabled: no new deliveries, open ones held")
@@ -189,13 +260,21 @@ class RotateOut(Body):
 
 class PingOut(Body):
     event_id: str = Field(description="The ping's webhook-id (a ping is not stored)")
-    success: bool = Field(description="Answered 2xx with the body `success`")
-    http_status: int | None = Field(description="The endpoint's HTTP status; null: no answer")
+    success: bool = Field(
+        description="Answered 2xx with the body `success` (a broker endpoint: confirmed by"
+        " the broker, routed to a queue)"
+    )
+    http_status: int | None = Field(
+        description="The endpoint's HTTP status; null: no answer (always for a broker endpoint)"
+    )
     duration_ms: int = Field(description="How long the attempt took, in milliseconds")
     response_body: str | None = Field(
         description="The endpoint's answer, its first 2 KB; null when no answer came"
     )
-    error: str | None = Field(description="Why it failed (timeout, refused, …); null if answered")
+    error: str | None = Field(
+        description="Why it failed (timeout, refused, unroutable, nacked, …); null if answered"
+        " (a broker endpoint: if confirmed)"
+    )
 
 
 class RecoverIn(Body):

@@ -4,7 +4,7 @@ import re
 from functools import cache
 from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__, errors
@@ -136,9 +136,11 @@ def _operation(route: Route) -> dict[str, Any]:
         "responses": responses,
     }
     if route.body is not None:
-        # No body at all is read as {}: optional when every field is (routing._endpoint).
+        # No body at all is read as {}: optional when {} is a valid body (routing._endpoint),
+        # not when a field is required, nor when a rule across fields refuses it (an
+        # endpoint's url, or its exchange and routing key, per kind).
         op["requestBody"] = {
-            "required": any(f.is_required() for f in route.body.model_fields.values()),
+            "required": not _valid(route.body, {}),
             "content": {
                 "application/json": {"schema": {"$ref": _REF.format(model=route.body.__name__)}}
             },
@@ -150,6 +152,14 @@ def _operation(route: Route) -> dict[str, Any]:
     elif route.path == "/metrics":
         op["security"] = [{"metricsToken": []}]
     return op
+
+
+def _valid(model: type[BaseModel], body: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(body)
+    except ValidationError:
+        return False
+    return True
 
 
 def _header(name: str, required: bool, description: str) -> dict[str, Any]:

@@ -9,14 +9,15 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from .. import errors
-from ..callbacks.rules import url_problem
+from ..callbacks.rules import BrokerTarget, url_problem
 from .accounts import Pair
 from .secret_box import SecretBox, new_secret, signing_key
 
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """What the operator (or merchant) says of an endpoint."""
+    """What the operator (or merchant) says of an endpoint: a url (kind http), or an
+    exchange and routing key on the operator's broker (kind amqp, url '')."""
 
     url: str
     event_types: tuple[str, ...] = ()
@@ -24,6 +25,9 @@ class EndpointSpec:
     disabled: bool = False
     description: str = ""
     secret: str | None = None  # only when creating it; None: generate one
+    kind: str = "http"  # or "amqp"
+    exchange: str | None = None  # kind amqp: '' the default exchange
+    routing_key: str | None = None  # kind amqp
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Endpoint:
     disabled_reason: str | None = None  # set when the service disabled it
     disabled_time: datetime | None = None
     secret: str | None = None  # in the answer that creates it only
+    kind: str = "http"
+    broker: BrokerTarget | None = None  # kind amqp
 
 
 class MerchantNotFound(errors.NotFound):
@@ -53,17 +59,18 @@ class EndpointNotFound(errors.NotFound):
 
 
 _COLUMNS = """merchant_id, endpoint_id, url, event_types, channels, disabled, description,
-    create_time, update_time, disabled_reason, disabled_time,
+    create_time, update_time, disabled_reason, disabled_time, kind, exchange, routing_key,
     CASE WHEN previous_until > now() THEN previous_until END AS previous_secret_until"""
 
 # Created with the secret given, or updated (never its secret): (xmax = 0) tells which.
 _PUT = f"""
 INSERT INTO endpoint (merchant_id, endpoint_id, url, event_types, channels, disabled,
-                      description, secret, disabled_time)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, CASE WHEN $6 THEN now() END)
+                      description, secret, disabled_time, kind, exchange, routing_key)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, CASE WHEN $6 THEN now() END, $10, $11, $12)
 ON CONFLICT (merchant_id, endpoint_id) DO UPDATE
 SET url = EXCLUDED.url, event_types = EXCLUDED.event_types, channels = EXCLUDED.channels,
-    disabled = EXCLUDED.disabled, description = EXCLUDED.description, update_time = now(),
+    disabled = EXCLUDED.disabled, description = EXCLUDED.description, kind = EXCLUDED.kind,
+    exchange = EXCLUDED.exchange, routing_key = EXCLUDED.routing_key, update_time = now(),
     -- Enabled (again): healthy until it fails; its held deliveries are due (_UNHOLD).
     disabled_time = CASE WHEN NOT EXCLUDED.disabled THEN NULL
                          ELSE coalesce(endpoint.disabled_time, now()) END,
@@ -109,14 +116,33 @@ def _endpoint(row: asyncpg.Record, secret: str | None = None) -> Endpoint:
         disabled_reason=row["disabled_reason"],
         disabled_time=row["disabled_time"],
         secret=secret,
+        kind=row["kind"],
+        broker=BrokerTarget(row["exchange"], row["routing_key"]) if row["kind"] == "amqp" else None,
     )
+
+
+def _destination_problem(spec: EndpointSpec, block_private: bool) -> str | None:
+    """Kind http takes a url and no exchange or routing key; kind amqp both of those and no
+    url."""
+    if spec.kind == "amqp":
+        if spec.url:
+            return "url: not for kind amqp (it publishes to exchange/routingKey)"
+        if spec.exchange is None:
+            return "exchange: required for kind amqp"
+        return "routingKey: required for kind amqp" if spec.routing_key is None else None
+    if spec.kind != "http":
+        return "kind: must be http or amqp"
+    if spec.exchange is not None or spec.routing_key is not None:
+        return f"{'exchange' if spec.exchange is not None else 'routingKey'}: only for kind amqp"
+    problem = url_problem(spec.url, block_private)
+    return f"url: {problem.removeprefix('invalid notifyUrl: ')}" if problem else None
 
 
 def check_spec(spec: EndpointSpec, block_private: bool) -> None:
     """Refuse (400, naming the field) what can never be delivered or signed."""
-    problem = url_problem(spec.url, block_private)
+    problem = _destination_problem(spec, block_private)
     if problem:
-        raise errors.BadInput(f"url: {problem.removeprefix('invalid notifyUrl: ')}")
+        raise errors.BadInput(problem)
     if spec.secret is not None:
         try:
             signing_key(spec.secret)
@@ -149,6 +175,7 @@ async def put_endpoint(
         row = await conn.fetchrow(
             _PUT, merchant_id, endpoint_id, spec.url, list(spec.event_types), channels,
             spec.disabled, spec.description, box.seal(secret), spec.secret is not None,
+            spec.kind, spec.exchange, spec.routing_key,
         )  # fmt: skip
         if row is not None:
             await conn.execute(_HOLD if spec.disabled else _UNHOLD, row["id"])
@@ -219,7 +246,7 @@ async def rotate_secret(
 
 
 class EndpointUrls:
-    """What a lock's notifyUrl may name: the urls of each merchant's enabled endpoints, read
+    """What a lock's notifyUrl may name: the urls of each merchant's enabled (http) endpoints, read
     at most once per CACHE_SECONDS per merchant and process (a lock costs no extra round trip;
     an endpoint created, enabled or disabled counts within that). One per process."""
 
@@ -237,7 +264,9 @@ class EndpointUrls:
         if cached is None or cached[0] <= now or url not in cached[1]:
             # Unknown urls are looked up again: a new endpoint is nameable at once.
             rows = await self.pool.fetch(
-                "SELECT url FROM endpoint WHERE merchant_id = $1 AND NOT disabled", merchant_id
+                "SELECT url FROM endpoint"
+                " WHERE merchant_id = $1 AND NOT disabled AND kind = 'http'",
+                merchant_id,
             )
             if len(self._known) >= self._MAX:
                 self._known.clear()
@@ -255,7 +284,7 @@ async def signing_keys_at(pool: asyncpg.Pool, box: SecretBox, path: str) -> list
     served by this process, the demo's mock merchant, verifies with)."""
     rows = await pool.fetch(
         "SELECT secret, CASE WHEN previous_until > now() THEN previous_secret END AS previous"
-        " FROM endpoint WHERE NOT disabled AND right(url, length($1)) = $1",
+        " FROM endpoint WHERE NOT disabled AND kind = 'http' AND right(url, length($1)) = $1",
         path,
     )
     return [box.open_key(s) for r in rows for s in (r["secret"], r["previous"]) if s is not None]
@@ -263,19 +292,21 @@ async def signing_keys_at(pool: asyncpg.Pool, box: SecretBox, path: str) -> list
 
 @dataclass(frozen=True)
 class SendTarget:
-    url: str
+    url: str  # '' for a broker endpoint
     secrets: tuple[bytes, ...]  # sealed: the current one, and the previous while in grace
+    broker: BrokerTarget | None = None  # kind amqp
 
 
 async def send_target(pool: asyncpg.Pool, merchant_id: str, endpoint_id: str) -> SendTarget:
     """Where an endpoint's sends go and what signs them (a ping's)."""
     row = await pool.fetchrow(
-        "SELECT url, secret, CASE WHEN previous_until > now() THEN previous_secret END AS prev"
-        f" FROM endpoint WHERE {_THE_ENDPOINT}",
+        "SELECT url, secret, CASE WHEN previous_until > now() THEN previous_secret END AS prev,"
+        f" kind, exchange, routing_key FROM endpoint WHERE {_THE_ENDPOINT}",
         merchant_id,
         endpoint_id,
     )
     if row is None:
         raise EndpointNotFound()
     sealed = (row["secret"],) if row["prev"] is None else (row["secret"], row["prev"])
-    return SendTarget(row["url"], sealed)
+    broker = BrokerTarget(row["exchange"], row["routing_key"]) if row["kind"] == "amqp" else None
+    return SendTarget(row["url"], sealed, broker)

@@ -150,6 +150,74 @@ async def test_endpoint_input_is_checked(api: Api) -> None:
     assert (status, env["data"]) == (200, [])
 
 
+async def test_a_broker_endpoint_is_an_exchange_and_routing_key_instead_of_a_url(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    shop, (pair,) = await _shop(api)
+    bus = {"kind": "amqp", "exchange": "shop.events", "routingKey": "team.*"}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"kind": "amqp", "routingKey": "k"}, "exchange: required for kind amqp"),
+        ({"kind": "amqp", "exchange": "x"}, "routingKey: required for kind amqp"),
+        ({**bus, "url": "https://shop.example/hook"}, "url: not for kind amqp"),
+        ({"url": "https://shop.example/hook", "routingKey": "k"}, "routingKey: only for kind amqp"),
+        ({"kind": "http", "exchange": "x"}, "url: required for kind http"),
+        ({**bus, "exchange": None}, "exchange: must not be null"),
+        ({**bus, "exchange": "no spaces"}, "exchange"),
+        ({**bus, "routingKey": "k" * 256}, "routingKey"),
+        ({"kind": "smtp", "url": "https://shop.example/hook"}, "kind"),
+    ]
+    for body, info in cases:
+        status, env = await _put(api, shop.merchant_id, "bus", **body)
+        assert (status, env["code"]) == (400, "0002") and info in env["info"], (body, env)
+    status, env = await _put(api, shop.merchant_id, "bus", **bus)
+    assert status == 200 and env["data"]["secret"].startswith("whsec_"), env
+    shown = {k: env["data"][k] for k in ("kind", "url", "exchange", "routingKey")}
+    assert shown == {**bus, "url": None}
+    # The default exchange ('') routes by queue name.
+    status, env = await _put(
+        api, shop.merchant_id, "queue", kind="amqp", exchange="", routingKey="q"
+    )
+    assert status == 200 and env["data"]["exchange"] == "", env
+    status, env = await api.call("GET", f"{MERCHANTS}/{shop.merchant_id}/endpoints/bus", admin=True)
+    assert status == 200 and env["data"]["routingKey"] == "team.*" and env["data"]["secret"] is None
+    # An HTTP endpoint shows no exchange; one may become the other (its secret stays).
+    status, env = await _put(api, shop.merchant_id, "web", url="https://shop.example/hook")
+    assert (env["data"]["kind"], env["data"]["exchange"], env["data"]["routingKey"]) == (
+        "http", None, None,
+    )  # fmt: skip
+    sealed = await pool.fetchval(
+        "SELECT secret FROM endpoint WHERE merchant_id = $1 AND endpoint_id = 'web'",
+        shop.merchant_id,
+    )
+    status, env = await _put(api, shop.merchant_id, "web", **bus)
+    assert status == 200 and env["data"]["url"] is None and env["data"]["secret"] is None, env
+    assert sealed == await pool.fetchval(
+        "SELECT secret FROM endpoint WHERE merchant_id = $1 AND endpoint_id = 'web'",
+        shop.merchant_id,
+    )
+    # Its own routes show the same; a lock's notifyUrl cannot name it (it has no url).
+    status, env = await shop.call("GET", "/api/v1/gbm/endpoints/bus")
+    assert status == 200 and env["data"]["kind"] == "amqp", env
+    act = await shop.new_activity(target=1, source=pair[0], channel=pair[1])
+    body = {**act, "notifyUrl": "", "userId": "u1", "outTradeNo": new_id()}
+    status, env = await shop.call("POST", "/api/v1/gbm/trade/lock_market_pay_order", body)
+    assert (status, env["code"]) == (400, "0002") and "notifyUrl" in env["info"], env
+    # This API has no GROUPBUY_AMQP_URL: a ping says so, and nothing fails harder.
+    status, env = await api.call(
+        "POST", f"{MERCHANTS}/{shop.merchant_id}/endpoints/bus/ping", None, admin=True
+    )
+    assert status == 200 and env["data"]["success"] is False, env
+    assert "GROUPBUY_AMQP_URL is not set" in env["data"]["error"]
+    assert env["data"]["httpStatus"] is None and env["data"]["responseBody"] is None
+    # The database holds the rule too.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute(
+            "UPDATE endpoint SET url = 'https://x.example/' WHERE merchant_id = $1"
+            " AND endpoint_id = 'bus'",
+            shop.merchant_id,
+        )
+
+
 async def test_each_event_goes_to_every_endpoint_that_takes_its_type_and_pair(
     api: Api, pool: asyncpg.Pool, merchants: list[LocalMerchant]
 ) -> None:

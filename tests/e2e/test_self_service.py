@@ -179,3 +179,20 @@ async def test_recover_makes_what_failed_since_a_time_due_again(
         assert (status, env["code"]) == (404, "0404"), env
     finally:
         await receiver.server.close()
+
+
+async def test_a_merchant_cannot_aim_a_broker_endpoint_anywhere(api: Api) -> None:
+    """Broker endpoints (kind amqp) name an exchange of the operator's broker: only the
+    operator sets them up; the merchant's own key is refused, nothing written."""
+    shop, _ = await _shop(api)
+    body = {"kind": "amqp", "exchange": "", "routingKey": "someone-elses-queue"}
+    status, env = await shop.call("PUT", f"{OWN}/broker", body)
+    assert (status, env["code"]) == (403, "0403") and "operator" in env["info"], env
+    status, env = await shop.call("GET", f"{OWN}/broker")
+    assert status == 404, env
+    path = f"/api/v1/admin/merchants/{shop.merchant_id}/endpoints/broker"
+    status, env = await api.call("PUT", path, body, admin=True)
+    assert status == 200 and env["data"]["kind"] == "amqp", env
+    # The merchant may not change it into another broker target either.
+    status, env = await shop.call("PUT", f"{OWN}/broker", {**body, "routingKey": "other"})
+    assert status == 403, env

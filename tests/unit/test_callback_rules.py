@@ -9,10 +9,13 @@ from standardwebhooks.webhooks import Webhook
 
 from groupbuy_async.callbacks.rules import (
     AttemptOutcome,
+    BrokerAnswer,
     NotifyStatus,
     decide,
+    is_success,
     parse_retry_after,
     sign,
+    unreachable,
     url_problem,
 )
 from groupbuy_async.merchants.secret_box import signing_key as decode_webhook_secret
@@ -68,6 +71,22 @@ def test_every_2xx_saying_success_is_success() -> None:
     for status in (200, 201, 202, 299):
         assert decide(ok("success", status), 1, SCHEDULE, NOW).status is NotifyStatus.SUCCESS
     assert decide(ok("success", 199), 1, SCHEDULE, NOW).status is NotifyStatus.RETRY
+
+
+def test_a_broker_confirm_is_success_and_its_refusals_are_failed_answered_attempts() -> None:
+    confirmed = AttemptOutcome(None, broker=BrokerAnswer.CONFIRMED)
+    assert decide(confirmed, 1, SCHEDULE, NOW) == decide(ok(), 1, SCHEDULE, NOW)
+    assert is_success(confirmed, accept_any_2xx=False) and not unreachable(confirmed)
+    for answer in (BrokerAnswer.NACKED, BrokerAnswer.RETURNED, BrokerAnswer.CLOSED):
+        refused = AttemptOutcome(None, error=f"{answer.value}: why", broker=answer)
+        verdict = decide(refused, 1, SCHEDULE, NOW, accept_any_2xx=True, rng=RNG)
+        assert (verdict.status, verdict.error) == (NotifyStatus.RETRY, f"{answer.value}: why")
+        assert not unreachable(refused)  # the broker answered: not one for the breaker
+        last = decide(refused, len(SCHEDULE) + 1, SCHEDULE, NOW)
+        assert last.status is NotifyStatus.ERROR
+    # No answer from a broker (a lost connection, a timeout): unanswered, as an HTTP timeout.
+    lost = AttemptOutcome(None, error="broker connection: reset")
+    assert unreachable(lost) and decide(lost, 1, SCHEDULE, NOW).status is NotifyStatus.RETRY
 
 
 def test_failures_follow_the_schedule_with_jitter_then_give_up() -> None:

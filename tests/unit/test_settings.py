@@ -91,6 +91,8 @@ def test_settings_are_frozen() -> None:
         ("database_url", "mysql://app:hunter2@db/x", "hunter2"),
         ("redis_url", "http://:hunter2@cache/0", "hunter2"),
         ("redis_url", "redis://:hunter2@cache:port/0", "hunter2"),
+        ("amqp_url", "http://guest:hunter2@rabbit:5672/", "hunter2"),
+        ("amqp_url", "amqp://guest:hunter2@rabbit:56x72/", "hunter2"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_setting_never_the_value(
@@ -120,6 +122,9 @@ def test_server_urls_are_checked_by_scheme(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load_settings()
     assert settings.database_url == multi_host and settings.redis_url == "rediss://cache:6380/1"
     assert load_settings(database_url="", redis_url="").database_url is None
+    monkeypatch.setenv("GROUPBUY_AMQP_URL", "amqps://app:pw@rabbit:5671/shops")
+    assert load_settings().amqp_url == "amqps://app:pw@rabbit:5671/shops"
+    assert load_settings(amqp_url="").amqp_url is None
 
 
 @pytest.mark.parametrize(
