@@ -17,7 +17,9 @@ webhook-id exactly once. Then (unless --no-rss) the worker's peak RSS: the drain
 child process (bench/notify_rss.py) for --rss-small and --rss-large due tasks (0 ms
 receiver) and reports its peak.
 
-Last (unless --no-held) the held-deliveries scenario of issue 15 (bench/bench_held.py:
+After the RSS, unless --no-amqp, the broker scenario of issue 15 (bench/notify_amqp.py:
+--tasks events published to RabbitMQ with confirms, beside ours at 0 ms over HTTP). Last
+(unless --no-held) the held-deliveries scenario of issue 15 (bench/bench_held.py:
 --held-count held deliveries of a disabled endpoint beside --tasks due ones, against none).
 Then (unless --no-fanout; alone with --fanout-only) the fan-out scenario of issue 14
 (bench/notify_fanout.py): --fanout-events events (default 10,000), each delivered to the 3
@@ -43,6 +45,7 @@ import asyncpg
 
 from .bench_held import measure_held
 from .common import Options, percentile, positive, run_bench, servers, table
+from .notify_amqp import measure_amqp
 from .notify_fanout import measure_fanout
 from .notify_rss import run_rss
 from .notify_scenarios import Run, run_ceiling, run_original, run_ours
@@ -172,9 +175,11 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], Run]) -> bool:
 
 async def bench(args: argparse.Namespace) -> int:
     with servers() as (admin_dsn, _):
-        ok = True
+        ok, http_rate = True, None
         if not args.fanout_only:
-            ok = await bench_main(args, admin_dsn)
+            ok, http_rate = await bench_main(args, admin_dsn)
+            if args.amqp:
+                ok = await measure_amqp(admin_dsn, args.tasks, args.concurrency, http_rate) and ok
         if args.fanout or args.fanout_only:
             per_endpoint = args.fanout_per_endpoint or max(args.concurrency // 3, 1)
             if args.fanout_only:
@@ -189,8 +194,9 @@ async def bench(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-async def bench_main(args: argparse.Namespace, admin_dsn: str) -> bool:
-    """ours, (a) and (b) at both receiver delays, then peak RSS; False if a check failed."""
+async def bench_main(args: argparse.Namespace, admin_dsn: str) -> tuple[bool, float]:
+    """ours, (a) and (b) at both receiver delays, then peak RSS; False if a check failed, and
+    ours' rate at 0 ms."""
     async with contextlib.AsyncExitStack() as stack:
         receivers = {
             delay: await stack.enter_async_context(Receiver(delay)) for delay in (0, args.slow_ms)
@@ -202,10 +208,11 @@ async def bench_main(args: argparse.Namespace, admin_dsn: str) -> bool:
             f" aiohttp {aiohttp.__version__}, asyncpg {asyncpg.__version__}; {load_note()}",
             flush=True,
         )
-        ok = report(args, await run_all(args, admin_dsn, receivers))
+        runs = await run_all(args, admin_dsn, receivers)
+        ok = report(args, runs)
         if args.rss:
             ok = await measure_rss(args, admin_dsn, receivers[0]) and ok
-    return ok
+    return ok, runs[("ours", 0)].rate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,6 +244,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the held-deliveries scenario: --tasks due beside --held-count held (bench_held)",
     )
     p.add_argument("--held-count", type=positive, default=100_000, help="held deliveries")
+    p.add_argument(
+        "--amqp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the broker scenario: --tasks events to RabbitMQ with confirms (skipped, saying"
+        " why, when it is not reachable)",
+    )
     p.add_argument("--fanout-events", type=positive, default=10_000, help="events (x 3 endpoints)")
     p.add_argument(
         "--fanout-per-endpoint",
