@@ -100,10 +100,7 @@ async def observe(pool: asyncpg.Pool, attempted: Iterable[Attempted], limits: Li
         limits.after,
         limits.min_attempts,
     )
-    disabled = 0
-    for r in found:
-        disabled += await _disable(pool, r["id"], limits)
-    return disabled
+    return await _disable_each(pool, [r["id"] for r in found], limits)
 
 
 async def sweep(pool: asyncpg.Pool, limits: Limits) -> int:
@@ -115,10 +112,12 @@ async def sweep(pool: asyncpg.Pool, limits: Limits) -> int:
         limits.after,
         limits.min_attempts,
     )
-    disabled = 0
-    for r in found:
-        disabled += await _disable(pool, r["id"], limits)
-    return disabled
+    return await _disable_each(pool, [r["id"] for r in found], limits)
+
+
+async def _disable_each(pool: asyncpg.Pool, endpoints: list[int], limits: Limits) -> int:
+    """Disable each, each in its own transaction; how many this call disabled."""
+    return sum([await _disable(pool, endpoint, limits) for endpoint in endpoints])
 
 
 async def _disable(pool: asyncpg.Pool, endpoint: int, limits: Limits) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import uuid
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,11 @@ async def _merchant_with(api: Api, dead_url: str, watcher: LocalMerchant) -> tup
     return shop, dead
 
 
+async def _disabled(api: Api, path: str) -> bool:
+    _, env = await api.call("GET", path, admin=True)
+    return bool(env["data"]["disabled"])
+
+
 async def _drain_until(dispatcher: Any, done: Any, seconds: float = 20) -> None:
     async with asyncio.timeout(seconds):
         while not await done():
@@ -62,10 +68,7 @@ async def test_an_endpoint_failing_long_enough_is_disabled_once_and_told(
             endpoint_disable_after_seconds=1, endpoint_disable_min_attempts=3, **FAST
         )
         path = f"/api/v1/admin/merchants/{shop.merchant_id}/endpoints/{dead}"
-
-        async def disabled() -> bool:
-            _, env = await api.call("GET", path, admin=True)
-            return bool(env["data"]["disabled"])
+        disabled = partial(_disabled, api, path)
 
         with caplog.at_level(logging.WARNING, "groupbuy_async.callbacks.health"):
             await _drain_until(dispatcher, disabled)
@@ -168,10 +171,7 @@ async def test_enabled_again_it_sends_what_it_held_once(
             endpoint_disable_after_seconds=1, endpoint_disable_min_attempts=3, **FAST
         )
         path = f"/api/v1/admin/merchants/{shop.merchant_id}/endpoints/{dead}"
-
-        async def disabled() -> bool:
-            _, env = await api.call("GET", path, admin=True)
-            return bool(env["data"]["disabled"])
+        disabled = partial(_disabled, api, path)
 
         await _drain_until(dispatcher, disabled)
         held = await pool.fetchval(
