@@ -370,6 +370,11 @@ async def test_overlapping_drains_stop_only_when_nothing_a_sibling_held_is_left(
         monkeypatch.setattr(claims, "claim", claim)
         monkeypatch.setattr(claims, "release", release)
         dispatcher = make_dispatcher(notify_concurrency=100, notify_per_host=4)
+
+        async def no_sweep() -> None:  # A's claim must come first: no round trip before it
+            return None
+
+        monkeypatch.setattr(dispatcher.delivery, "sweep_health", no_sweep)
         a = asyncio.create_task(dispatcher.drain())
         b = asyncio.create_task(dispatcher.drain())
         b.add_done_callback(lambda _: b_settled.set())
