@@ -29,7 +29,7 @@ from groupbuy_async.dev.outbox_fill import fanned_out_teams
 from groupbuy_async.merchants.secret_box import SecretBox
 
 from .common import SECRET, SECRETS_KEY, fresh_database, run_bench, servers, table
-from .notify_scenarios import bench_settings, check_delivery, insert_tasks, make_dispatcher
+from .notify_scenarios import bench_settings, check_delivery, insert_tasks, timed_drain
 from .receiver import Receiver
 
 HELD_URL = "http://127.0.0.1:9/held"  # its endpoint is disabled: nothing is ever sent there
@@ -63,13 +63,7 @@ async def _claim_and_release(pool: asyncpg.Pool) -> None:
 
 async def _drain(pool: asyncpg.Pool, receiver: Receiver, due: int, held: int) -> dict[str, Any]:
     await receiver.reset()
-    dispatcher = make_dispatcher(pool, bench_settings("", 200))
-    try:
-        began = time.perf_counter()
-        counts = await dispatcher.drain()
-        seconds = time.perf_counter() - began
-    finally:
-        await dispatcher.close(grace_seconds=1)
+    counts, seconds = await timed_drain(pool, bench_settings("", 200))
     problems = await check_delivery(receiver, due)
     if counts.success_count != due:
         problems.append(f"drain counted {counts.as_dict()}")

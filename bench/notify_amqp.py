@@ -7,7 +7,6 @@ saying why, when RabbitMQ (GROUPBUY_BENCH_AMQP_URL, else amqp://guest:guest@127.
 cannot be reached."""
 
 import os
-import time
 import uuid
 from typing import Any
 
@@ -19,7 +18,7 @@ from groupbuy_async.dev.outbox_fill import completed_teams
 from groupbuy_async.merchants.secret_box import SecretBox
 
 from .common import SECRET, SECRETS_KEY, fresh_database
-from .notify_scenarios import bench_settings, make_dispatcher
+from .notify_scenarios import bench_settings, timed_drain
 
 AMQP_URL = os.environ.get("GROUPBUY_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -48,13 +47,7 @@ async def measure_amqp(admin_dsn: str, count: int, bound: int, http_rate: float 
                 await completed_teams(pool, box, count, target, SECRET)
                 await pool.execute("VACUUM ANALYZE event, notify_task")
                 settings = bench_settings(dsn, bound).model_copy(update={"amqp_url": AMQP_URL})
-                dispatcher = make_dispatcher(pool, settings)
-                try:
-                    began = time.perf_counter()
-                    counts = await dispatcher.drain()
-                    seconds = time.perf_counter() - began
-                finally:
-                    await dispatcher.close(grace_seconds=1)
+                counts, seconds = await timed_drain(pool, settings)
                 if counts.success_count != count:
                     problems.append(f"drain counted {counts.as_dict()}")
                 rows = await pool.fetch(

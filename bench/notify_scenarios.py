@@ -2,6 +2,7 @@
 and bare POSTs (the ceiling); each measured and checked against the receiver's tally."""
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ import asyncpg
 
 from groupbuy_async.bootstrap import build_dispatcher
 from groupbuy_async.callbacks.dispatch import Dispatcher
+from groupbuy_async.callbacks.drain import Counts
 from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import is_success
 from groupbuy_async.callbacks.sender import BODY_CAP, Sender, create_session
@@ -112,6 +114,17 @@ def make_dispatcher(pool: asyncpg.Pool, settings: Settings) -> Dispatcher:
     """As the worker and the tests build it (bootstrap): one Sender owning the process's
     shared ClientSession, fresh Metrics. close() the Dispatcher."""
     return build_dispatcher(pool, settings, Metrics())
+
+
+async def timed_drain(pool: asyncpg.Pool, settings: Settings) -> tuple[Counts, float]:
+    """One Dispatcher.drain() as the worker runs it: its counts and its seconds."""
+    dispatcher = make_dispatcher(pool, settings)
+    try:
+        began = time.perf_counter()
+        counts = await dispatcher.drain()
+        return counts, time.perf_counter() - began
+    finally:
+        await dispatcher.close(grace_seconds=1)
 
 
 async def insert_tasks(

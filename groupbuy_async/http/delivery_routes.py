@@ -24,7 +24,7 @@ def _merchant(request: web.Request) -> str | None:
 
 
 def _out(found: deliveries.Delivery) -> dict[str, Any]:
-    return {name: getattr(found, name) for name in DeliveryOut.model_fields if name != "attempts"}
+    return {name: getattr(found, name) for name in DeliveryOut.model_fields}
 
 
 async def list_deliveries(request: web.Request, query: DeliveryQuery) -> DeliveryPage:

@@ -46,6 +46,18 @@ async def _merchant_with(api: Api, dead_url: str, watcher: LocalMerchant) -> tup
     return shop, dead
 
 
+async def _failing(
+    api: Api, watcher: LocalMerchant, make_dispatcher: Any
+) -> tuple[Api, str, Any, str]:
+    """A merchant with a dead endpoint, a dispatcher whose health limits are 1 s and 3
+    attempts, and the endpoint's admin path."""
+    shop, dead = await _merchant_with(api, _refusing_url(), watcher)
+    dispatcher = make_dispatcher(
+        endpoint_disable_after_seconds=1, endpoint_disable_min_attempts=3, **FAST
+    )
+    return shop, dead, dispatcher, f"/api/v1/admin/merchants/{shop.merchant_id}/endpoints/{dead}"
+
+
 async def _disabled(api: Api, path: str) -> bool:
     _, env = await api.call("GET", path, admin=True)
     return bool(env["data"]["disabled"])
@@ -63,11 +75,7 @@ async def test_an_endpoint_failing_long_enough_is_disabled_once_and_told(
 ) -> None:
     watcher = await start_merchant()
     try:
-        shop, dead = await _merchant_with(api, _refusing_url(), watcher)
-        dispatcher = make_dispatcher(
-            endpoint_disable_after_seconds=1, endpoint_disable_min_attempts=3, **FAST
-        )
-        path = f"/api/v1/admin/merchants/{shop.merchant_id}/endpoints/{dead}"
+        shop, dead, dispatcher, path = await _failing(api, watcher, make_dispatcher)
         disabled = partial(_disabled, api, path)
 
         with caplog.at_level(logging.WARNING, "groupbuy_async.callbacks.health"):
@@ -166,11 +174,7 @@ async def test_enabled_again_it_sends_what_it_held_once(
     watcher = await start_merchant()
     fixed = await start_merchant()
     try:
-        shop, dead = await _merchant_with(api, _refusing_url(), watcher)
-        dispatcher = make_dispatcher(
-            endpoint_disable_after_seconds=1, endpoint_disable_min_attempts=3, **FAST
-        )
-        path = f"/api/v1/admin/merchants/{shop.merchant_id}/endpoints/{dead}"
+        shop, dead, dispatcher, path = await _failing(api, watcher, make_dispatcher)
         disabled = partial(_disabled, api, path)
 
         await _drain_until(dispatcher, disabled)

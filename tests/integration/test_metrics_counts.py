@@ -28,8 +28,6 @@ async def test_delivered_tasks_are_estimated_past_the_exact_limit(
     async with pool.acquire() as conn:
         await conn.execute("ANALYZE notify_task")
         held_share = await conn.fetchval(metrics._HELD_SHARE)
-        held = await conn.fetchval("SELECT count(*) FROM notify_task WHERE notify_status = 4")
-        assert (held_share > 0) == (held > 0) or held < 100  # rare values escape the sample
         before = await conn.fetchval(
             "SELECT reltuples FROM pg_class WHERE oid = 'notify_task'::regclass"
         )
