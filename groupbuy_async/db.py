@@ -5,7 +5,7 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +67,12 @@ _IN_DOUBT: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InternalClientError,
 )
+
+
+def columns(row: asyncpg.Record | Mapping[str, Any], names: str) -> dict[str, Any]:
+    """The row's columns of these (space-separated) names, as keyword arguments for a record
+    whose fields are named like the columns."""
+    return {name: row[name] for name in names.split()}
 
 
 def one_line(exc: BaseException) -> str:

@@ -7,11 +7,17 @@ from datetime import datetime
 
 import asyncpg
 
+from ..db import columns
 from .rules import NotifyStatus
 
-_COLUMNS = """t.id AS delivery_id, t.event_id, ep.endpoint_id, ep.merchant_id, t.event_type,
-    t.notify_status, t.notify_count, t.next_attempt_at, t.last_http_status, t.last_error,
-    t.create_time, t.update_time"""
+# Named as Delivery's fields.
+_COLUMNS = """t.id AS delivery_id, t.event_id, ep.endpoint_id, ep.merchant_id, t.event_type AS type,
+    t.notify_status AS status, t.notify_count AS attempt_count, t.next_attempt_at,
+    t.last_http_status, t.last_error, t.create_time, t.update_time"""
+_COPIED = (
+    "delivery_id endpoint_id merchant_id type status attempt_count last_http_status last_error"
+    " create_time update_time"
+)
 _FROM = "notify_task t JOIN endpoint ep ON ep.id = t.endpoint"
 # $1: the merchant (NULL: any).
 _MINE = "($1::text IS NULL OR ep.merchant_id = $1)"
@@ -45,20 +51,11 @@ class Delivery:
 
 
 def _delivery(row: asyncpg.Record, attempts: tuple[Attempt, ...] = ()) -> Delivery:
-    waiting = row["notify_status"] in (NotifyStatus.INITIAL, NotifyStatus.RETRY)
+    waiting = row["status"] in (NotifyStatus.INITIAL, NotifyStatus.RETRY)
     return Delivery(
-        delivery_id=row["delivery_id"],
+        **columns(row, _COPIED),
         event_id=str(row["event_id"]),
-        endpoint_id=row["endpoint_id"],
-        merchant_id=row["merchant_id"],
-        type=row["event_type"],
-        status=row["notify_status"],
-        attempt_count=row["notify_count"],
         next_attempt_time=row["next_attempt_at"] if waiting else None,
-        last_http_status=row["last_http_status"],
-        last_error=row["last_error"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
         attempts=attempts,
     )
 

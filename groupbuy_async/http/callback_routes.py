@@ -10,6 +10,7 @@ from .. import errors
 from ..bootstrap import SERVICES
 from ..callbacks import events, feed, retention, views
 from ..callbacks.views import By
+from ..db import columns
 from .callback_schemas import (
     DeliveryOut,
     EventDetail,
@@ -118,15 +119,8 @@ async def replay_event(request: web.Request, _: None) -> NotifyTaskOut:
 
 def _event_out(row: Any) -> EventOut:
     _kind, data = events.parse_body(row["parameter_json"])
-    return EventOut(
-        event_id=str(row["event_id"]),
-        type=row["event_type"],
-        team_id=row["team_id"],
-        order_id=row["order_id"],
-        notify_status=row["notify_status"],
-        create_time=row["create_time"],
-        data=data,
-    )
+    copied = columns(row, "team_id order_id notify_status create_time")
+    return EventOut(**copied, event_id=str(row["event_id"]), type=row["event_type"], data=data)
 
 
 _AFTER_UNKNOWN = "after: no event with this id"

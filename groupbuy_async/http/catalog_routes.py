@@ -2,11 +2,13 @@
 deleted; their handlers and route table (each route's summary is its handler's docstring)."""
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
+from pydantic import BaseModel
 
 from .. import errors
 from ..bootstrap import SERVICES
@@ -27,21 +29,6 @@ from .catalog_schemas import (
 )
 from .routing import Route, documented, path_param, to_domain, to_wire
 
-T = TypeVar("T")
-
-
-async def _stored(
-    request: web.Request,
-    find: Callable[[asyncpg.Pool, Any], Awaitable[T | None]],
-    key: str,
-    what: str,
-) -> T:
-    """What `find` finds under the path's `key`; 404 when nothing is stored there."""
-    found = await find(request.app[SERVICES].pool, path_param(request, key))
-    if found is None:
-        raise errors.NotFound(f"{what} not found")
-    return found
-
 
 async def put_discount(request: web.Request, body: DiscountIn) -> DiscountOut:
     """Create or replace a discount"""
@@ -52,45 +39,11 @@ async def put_discount(request: web.Request, body: DiscountIn) -> DiscountOut:
     return to_wire(DiscountOut, stored)
 
 
-async def get_discount(request: web.Request, _: None) -> DiscountOut:
-    """A stored discount"""
-    found = await _stored(request, catalog.get_discount, "discountId", "discount")
-    return to_wire(DiscountOut, found)
-
-
-async def list_discounts(request: web.Request, query: CodePageQuery) -> DiscountPage:
-    """Discounts in discountId order, one keyset page"""
-    page = await catalog.list_discounts(request.app[SERVICES].pool, query.limit, query.after)
-    return to_wire(DiscountPage, page)
-
-
-async def delete_discount(request: web.Request, _: None) -> DiscountOut:
-    """Delete a discount nothing refers to"""
-    found = await _stored(request, catalog.delete_discount, "discountId", "discount")
-    return to_wire(DiscountOut, found)
-
-
 async def put_sku(request: web.Request, body: SkuIn) -> SkuOut:
     """Create or replace a goods item"""
     goods_id = path_param(request, "goodsId")
     stored = await catalog.put_sku(request.app[SERVICES].pool, goods_id, to_domain(Sku, body))
     return to_wire(SkuOut, stored)
-
-
-async def get_sku(request: web.Request, _: None) -> SkuOut:
-    """A stored goods item"""
-    return to_wire(SkuOut, await _stored(request, catalog.get_sku, "goodsId", "sku"))
-
-
-async def list_skus(request: web.Request, query: CodePageQuery) -> SkuPage:
-    """Goods items in goodsId order, one keyset page"""
-    page = await catalog.list_skus(request.app[SERVICES].pool, query.limit, query.after)
-    return to_wire(SkuPage, page)
-
-
-async def delete_sku(request: web.Request, _: None) -> SkuOut:
-    """Delete a goods item nothing refers to"""
-    return to_wire(SkuOut, await _stored(request, catalog.delete_sku, "goodsId", "sku"))
 
 
 async def put_activity(request: web.Request, body: ActivityIn) -> ActivityOut:
@@ -101,22 +54,60 @@ async def put_activity(request: web.Request, body: ActivityIn) -> ActivityOut:
     return to_wire(ActivityOut, stored)
 
 
-async def get_activity(request: web.Request, _: None) -> ActivityOut:
-    """A stored activity"""
-    found = await _stored(request, catalog.get_activity, "activityId", "activity")
-    return to_wire(ActivityOut, found)
+V = TypeVar("V", bound=Callable[..., Any])
+Find = Callable[[asyncpg.Pool, Any], Awaitable[Any]]
 
 
-async def list_activities(request: web.Request, query: ActivityPageQuery) -> ActivityPage:
-    """Activities in activityId order, one keyset page"""
-    page = await catalog.list_activities(request.app[SERVICES].pool, query.limit, query.after)
-    return to_wire(ActivityPage, page)
+@dataclass(frozen=True)
+class _Kind:
+    """One stored kind of the catalog, as its get, list and delete routes read and answer it."""
+
+    name: str  # "sku": the operations are get_sku, list_skus, delete_sku
+    plural: str
+    key: str  # the path parameter
+    out: type[BaseModel]
+    page: type[BaseModel]
+    query: type[BaseModel]
+    get: Find
+    delete: Find
+    listing: Callable[[asyncpg.Pool, int, Any], Awaitable[Any]]
+    summaries: tuple[str, str, str]  # get, list, delete
 
 
-async def delete_activity(request: web.Request, _: None) -> ActivityOut:
-    """Delete an activity without teams (its goods bindings go with it) nothing refers to"""
-    found = await _stored(request, catalog.delete_activity, "activityId", "activity")
-    return to_wire(ActivityOut, found)
+def _operation(view: V, name: str, summary: str) -> V:
+    """`view` named for OpenAPI: its name is the operationId, its docstring the summary."""
+    view.__name__ = view.__qualname__ = name
+    view.__doc__ = summary
+    return view
+
+
+def _read_and_delete(kind: _Kind, collection: str) -> list[Route]:
+    async def get(request: web.Request, _: None) -> BaseModel:
+        return to_wire(kind.out, await _stored(request, kind.get))
+
+    async def listing(request: web.Request, query: Any) -> BaseModel:
+        page = await kind.listing(request.app[SERVICES].pool, query.limit, query.after)
+        return to_wire(kind.page, page)
+
+    async def delete(request: web.Request, _: None) -> BaseModel:
+        return to_wire(kind.out, await _stored(request, kind.delete))
+
+    async def _stored(request: web.Request, find: Find) -> Any:
+        found = await find(request.app[SERVICES].pool, path_param(request, kind.key))
+        if found is None:
+            raise errors.NotFound(f"{kind.name} not found")
+        return found
+
+    get_, list_, delete_ = kind.summaries
+    get = _operation(get, f"get_{kind.name}", get_)
+    listing = _operation(listing, f"list_{kind.plural}", list_)
+    delete = _operation(delete, f"delete_{kind.name}", delete_)
+    item = f"{collection}/{{{kind.key}}}"
+    return [
+        _admin("GET", item, get, None, kind.out, raises=_NOT_FOUND),
+        _admin("GET", collection, listing, None, kind.page, query=kind.query),
+        _admin("DELETE", item, delete, None, kind.out, raises=_IN_USE),
+    ]
 
 
 # A config body is checked against what it names when it is stored.
@@ -129,25 +120,72 @@ _PUT_ACTIVITY_REFUSALS = (
 _NOT_FOUND = (errors.NotFound,)
 _IN_USE = (errors.NotFound, errors.StillReferenced)
 
-_DISCOUNTS = "/api/v1/admin/discounts"
-_DISCOUNT = _DISCOUNTS + "/{discountId}"
-_SKUS = "/api/v1/admin/skus"
-_SKU = _SKUS + "/{goodsId}"
-_ACTIVITIES = "/api/v1/admin/activities"
-_ACTIVITY = _ACTIVITIES + "/{activityId}"
 _admin = partial(documented, tag="admin", admin=True)
 
+_DISCOUNT = _Kind(
+    "discount",
+    "discounts",
+    "discountId",
+    DiscountOut,
+    DiscountPage,
+    CodePageQuery,
+    catalog.get_discount,
+    catalog.delete_discount,
+    catalog.list_discounts,
+    (
+        "A stored discount",
+        "Discounts in discountId order, one keyset page",
+        "Delete a discount nothing refers to",
+    ),
+)
+_SKU = _Kind(
+    "sku",
+    "skus",
+    "goodsId",
+    SkuOut,
+    SkuPage,
+    CodePageQuery,
+    catalog.get_sku,
+    catalog.delete_sku,
+    catalog.list_skus,
+    (
+        "A stored goods item",
+        "Goods items in goodsId order, one keyset page",
+        "Delete a goods item nothing refers to",
+    ),
+)
+_ACTIVITY = _Kind(
+    "activity",
+    "activities",
+    "activityId",
+    ActivityOut,
+    ActivityPage,
+    ActivityPageQuery,
+    catalog.get_activity,
+    catalog.delete_activity,
+    catalog.list_activities,
+    (
+        "A stored activity",
+        "Activities in activityId order, one keyset page",
+        "Delete an activity without teams (its goods bindings go with it) nothing refers to",
+    ),
+)
+_DISCOUNTS = "/api/v1/admin/discounts"
+_SKUS = "/api/v1/admin/skus"
+_ACTIVITIES = "/api/v1/admin/activities"
+
 CATALOG_ROUTES: list[Route] = [
-    _admin("PUT", _DISCOUNT, put_discount, DiscountIn, DiscountOut),
-    _admin("GET", _DISCOUNT, get_discount, None, DiscountOut, raises=_NOT_FOUND),
-    _admin("GET", _DISCOUNTS, list_discounts, None, DiscountPage, query=CodePageQuery),
-    _admin("DELETE", _DISCOUNT, delete_discount, None, DiscountOut, raises=_IN_USE),
-    _admin("PUT", _SKU, put_sku, SkuIn, SkuOut, raises=(errors.StillReferenced,)),
-    _admin("GET", _SKU, get_sku, None, SkuOut, raises=_NOT_FOUND),
-    _admin("GET", _SKUS, list_skus, None, SkuPage, query=CodePageQuery),
-    _admin("DELETE", _SKU, delete_sku, None, SkuOut, raises=_IN_USE),
-    _admin("PUT", _ACTIVITY, put_activity, ActivityIn, ActivityOut, raises=_PUT_ACTIVITY_REFUSALS),
-    _admin("GET", _ACTIVITY, get_activity, None, ActivityOut, raises=_NOT_FOUND),
-    _admin("GET", _ACTIVITIES, list_activities, None, ActivityPage, query=ActivityPageQuery),
-    _admin("DELETE", _ACTIVITY, delete_activity, None, ActivityOut, raises=_IN_USE),
+    _admin("PUT", _DISCOUNTS + "/{discountId}", put_discount, DiscountIn, DiscountOut),
+    *_read_and_delete(_DISCOUNT, _DISCOUNTS),
+    _admin("PUT", _SKUS + "/{goodsId}", put_sku, SkuIn, SkuOut, raises=(errors.StillReferenced,)),
+    *_read_and_delete(_SKU, _SKUS),
+    _admin(
+        "PUT",
+        _ACTIVITIES + "/{activityId}",
+        put_activity,
+        ActivityIn,
+        ActivityOut,
+        raises=_PUT_ACTIVITY_REFUSALS,
+    ),
+    *_read_and_delete(_ACTIVITY, _ACTIVITIES),
 ]

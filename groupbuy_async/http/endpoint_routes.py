@@ -25,7 +25,7 @@ from .merchant_schemas import (
     RotateIn,
     RotateOut,
 )
-from .routing import Route, View, documented, path_param, principal
+from .routing import Route, View, attributes, documented, path_param, principal
 
 
 def _merchant(request: web.Request) -> str:
@@ -39,24 +39,21 @@ def _key(request: web.Request) -> tuple[str, str]:
     return _merchant(request), path_param(request, "endpointId")
 
 
+_OUT = (
+    "merchant_id endpoint_id kind disabled description create_time update_time"
+    " previous_secret_until disabled_time disabled_reason secret"
+)
+
+
 def _out(found: endpoints.Endpoint) -> EndpointOut:
+    broker = found.broker
     return EndpointOut(
-        merchant_id=found.merchant_id,
-        endpoint_id=found.endpoint_id,
-        kind=found.kind,  # type: ignore[arg-type]  # the database's CHECK holds it to the two
-        url=found.url if found.broker is None else None,
-        exchange=found.broker.exchange if found.broker is not None else None,
-        routing_key=found.broker.routing_key if found.broker is not None else None,
+        **attributes(found, _OUT),
+        url=found.url if broker is None else None,
+        exchange=None if broker is None else broker.exchange,
+        routing_key=None if broker is None else broker.routing_key,
         event_types=list(found.event_types),  # type: ignore[arg-type]  # checked on the way in
         channels=[Binding(source=s, channel=c) for s, c in found.channels],
-        disabled=found.disabled,
-        description=found.description,
-        create_time=found.create_time,
-        update_time=found.update_time,
-        previous_secret_until=found.previous_secret_until,
-        disabled_time=found.disabled_time,
-        disabled_reason=found.disabled_reason,
-        secret=found.secret,
     )
 
 
@@ -67,15 +64,10 @@ async def put_endpoint(request: web.Request, body: EndpointIn) -> EndpointOut:
         raise _BROKER_REFUSED  # a merchant could aim one at any exchange of the broker
     services = request.app[SERVICES]
     spec = endpoints.EndpointSpec(
+        **attributes(body, "disabled description secret kind exchange routing_key"),
         url=body.url or "",
         event_types=tuple(body.event_types),
         channels=tuple((b.source, b.channel) for b in body.channels),
-        disabled=body.disabled,
-        description=body.description,
-        secret=body.secret,
-        kind=body.kind,
-        exchange=body.exchange,
-        routing_key=body.routing_key,
     )
     block = services.settings.notify_block_private
     found = await endpoints.put_endpoint(services.pool, services.box, *_key(request), spec, block)

@@ -31,6 +31,12 @@ def to_wire(model: type[M], value: object) -> M:
     return model.model_validate(value, from_attributes=True)
 
 
+def attributes(value: object, names: str) -> dict[str, Any]:
+    """`value`'s attributes of these (space-separated) names, as keyword arguments for a model
+    whose fields are named like them."""
+    return {name: getattr(value, name) for name in names.split()}
+
+
 Raises = tuple[type[errors.ServiceError] | errors.ServiceError, ...]
 
 

@@ -10,6 +10,7 @@ import asyncpg
 
 from .. import errors
 from ..callbacks.rules import BrokerTarget, url_problem
+from ..db import columns
 from .accounts import Pair
 from .secret_box import SecretBox, new_secret, signing_key
 
@@ -103,22 +104,18 @@ FROM merchant m WHERE m.merchant_id = $1 FOR SHARE
 
 def _endpoint(row: asyncpg.Record, secret: str | None = None) -> Endpoint:
     return Endpoint(
-        merchant_id=row["merchant_id"],
-        endpoint_id=row["endpoint_id"],
-        url=row["url"],
+        **columns(row, _ENDPOINT_COLUMNS),
         event_types=tuple(row["event_types"]),
         channels=tuple((c["source"], c["channel"]) for c in json.loads(row["channels"])),
-        disabled=row["disabled"],
-        description=row["description"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        previous_secret_until=row["previous_secret_until"],
-        disabled_reason=row["disabled_reason"],
-        disabled_time=row["disabled_time"],
         secret=secret,
-        kind=row["kind"],
         broker=BrokerTarget(row["exchange"], row["routing_key"]) if row["kind"] == "amqp" else None,
     )
+
+
+_ENDPOINT_COLUMNS = (
+    "merchant_id endpoint_id url disabled description create_time update_time"
+    " previous_secret_until disabled_reason disabled_time kind"
+)
 
 
 def _destination_problem(spec: EndpointSpec, block_private: bool) -> str | None:

@@ -12,7 +12,7 @@ from typing import NoReturn
 import asyncpg
 
 from .. import errors
-from ..db import Conn
+from ..db import Conn, columns
 from .models import LockCommand, Locked
 from .rules import (
     OrderStatus,
@@ -66,14 +66,8 @@ def _replay_lock(order: asyncpg.Record, req: LockCommand) -> Locked:
         req.goods_id,
     ):
         raise errors.OutTradeNoConflict()
-    return Locked(
-        order_id=order["order_id"],
-        team_id=order["team_id"],
-        original_price=order["original_price"],
-        deduction_price=order["deduction_price"],
-        pay_price=order["pay_price"],
-        trade_order_status=order["status"],
-    )
+    prices = columns(order, "order_id team_id original_price deduction_price pay_price")
+    return Locked(**prices, trade_order_status=order["status"])
 
 
 _ACTIVITY_FOR_LOCK = """
