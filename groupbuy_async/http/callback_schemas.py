@@ -86,18 +86,27 @@ class NotifyTaskOut(Body):
     update_time: datetime = Field(description=UPDATED)
 
 
-class NotifyAttemptOut(Body):
-    attempt: int = Field(description="Attempt number, 1-based, counted over the task's life")
-    started_at: datetime = Field(description="When the attempt started")
-    duration_ms: int = Field(description="How long it took, in milliseconds")
+class Outcome(Body):
+    """How one attempt ended."""
+
     http_status: int | None = Field(
-        description="The merchant's HTTP status; null when no answer came"
+        description="The endpoint's HTTP status; null when no answer came (always for a broker"
+        " endpoint)"
     )
+    duration_ms: int = Field(description="How long it took, in milliseconds")
     response_body: str | None = Field(
-        description="The merchant's answer body, its first 2 KB (2048 bytes, decoded as UTF-8);"
+        description="The endpoint's answer body, its first 2 KB (2048 bytes, decoded as UTF-8);"
         " null when no answer came"
     )
-    error: str | None = Field(description="Why the attempt failed; null on success")
+    error: str | None = Field(
+        description="Why it failed (timeout, refused, unroutable, nacked, …); null if answered"
+        " (a broker endpoint: if confirmed)"
+    )
+
+
+class NotifyAttemptOut(Outcome):
+    attempt: int = Field(description="Attempt number, 1-based, counted over the task's life")
+    started_at: datetime = Field(description="When the attempt started")
 
 
 class DeliveryOut(NotifyTaskOut):

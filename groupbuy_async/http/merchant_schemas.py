@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from .callback_schemas import EventTypeName
+from .callback_schemas import EventTypeName, Outcome
 from .catalog_schemas import PageLimit
 from .schemas import CHANNEL, CREATED, SOURCE, UPDATED, Body, Code, Name, Text
 from .wire import TIME_RULE, URL_RULE, ApiTime, HttpUrlText, WholeNumber
@@ -258,22 +258,11 @@ class RotateOut(Body):
     )
 
 
-class PingOut(Body):
+class PingOut(Outcome):
     event_id: str = Field(description="The ping's webhook-id (a ping is not stored)")
     success: bool = Field(
         description="Answered 2xx with the body `success` (a broker endpoint: confirmed by"
         " the broker, routed to a queue)"
-    )
-    http_status: int | None = Field(
-        description="The endpoint's HTTP status; null: no answer (always for a broker endpoint)"
-    )
-    duration_ms: int = Field(description="How long the attempt took, in milliseconds")
-    response_body: str | None = Field(
-        description="The endpoint's answer, its first 2 KB; null when no answer came"
-    )
-    error: str | None = Field(
-        description="Why it failed (timeout, refused, unroutable, nacked, …); null if answered"
-        " (a broker endpoint: if confirmed)"
     )
 
 

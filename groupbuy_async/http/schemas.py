@@ -111,10 +111,17 @@ class Body(BaseModel):
 # --- shop front ------------------------------------------------------------------------
 
 
-class MarketConfigQuery(Body):
+class ShopperIn(Body):
     user_id: Code = Field(description=USER_ID)
     source: Code = Field(description=SOURCE)
     channel: Code = Field(description=CHANNEL)
+
+
+class PurchaseIn(ShopperIn):
+    out_trade_no: Code = Field(description="The merchant's order number given at lock")
+
+
+class MarketConfigQuery(ShopperIn):
     goods_id: Code = Field(description=GOODS_ID)
 
 
@@ -125,14 +132,19 @@ class GoodsTrial(Body):
     pay_price: Amount = Field(description=f"What the shopper pays in a team, {PRICE}")
 
 
-class TeamBrief(Body):
+class TeamCounts(Body):
     team_id: str = Field(description=TEAM_ID)
     activity_id: int = Field(description=ACTIVITY_ID)
     target_count: int = Field(description="Team size: members needed to complete")
     complete_count: int = Field(description="Members who have paid")
     lock_count: int = Field(description="Members who have locked an order (paid or not)")
     valid_start_time: datetime = Field(description="When the team opened")
-    valid_end_time: datetime = Field(description="When the team's window ends")
+    valid_end_time: datetime = Field(
+        description="When the team's window ends: opening + the activity's validTime minutes"
+    )
+
+
+class TeamBrief(TeamCounts):
     valid_time_countdown: str = Field(description="Time left in the window, HH:mm:ss")
 
 
@@ -154,13 +166,10 @@ class MarketConfig(Body):
     team_statistic: TeamStatistic = Field(description="Counts over the activity's teams")
 
 
-class LockIn(Body):
-    user_id: Code = Field(description=USER_ID)
+class LockIn(ShopperIn):
     team_id: TeamId | None = Field(None, description="Team to join; omit to open a new team")
     activity_id: ActivityId = Field(description=ACTIVITY_ID)
     goods_id: Code = Field(description=GOODS_ID)
-    source: Code = Field(description=SOURCE)
-    channel: Code = Field(description=CHANNEL)
     out_trade_no: Code = Field(
         description="The merchant's order number, unique per source and channel: locking it"
         " again returns the same order"
@@ -186,11 +195,7 @@ class LockOut(Body):
     )
 
 
-class SettleIn(Body):
-    source: Code = Field(description=SOURCE)
-    channel: Code = Field(description=CHANNEL)
-    user_id: Code = Field(description=USER_ID)
-    out_trade_no: Code = Field(description="The merchant's order number given at lock")
+class SettleIn(PurchaseIn):
     out_trade_time: ApiTime = Field(
         description="When the shopper paid, by the merchant's clock: not before the order's"
         f" lock (createTime) nor after the team's validEndTime, each with {_SKEW} minutes'"
@@ -198,29 +203,26 @@ class SettleIn(Body):
     )
 
 
-class SettleOut(Body):
+class MemberOut(Body):
     user_id: str = Field(description=USER_ID)
     team_id: str = Field(description=TEAM_ID)
-    activity_id: int = Field(description=ACTIVITY_ID)
     out_trade_no: str = Field(description="The merchant's order number")
+
+
+class SettleOut(MemberOut):
+    activity_id: int = Field(description=ACTIVITY_ID)
     team_completed: bool = Field(
         description="True when this payment completed the team (its callback is then sent);"
         " a replayed settlement answers the same"
     )
 
 
-class RefundIn(Body):
-    user_id: Code = Field(description=USER_ID)
-    source: Code = Field(description=SOURCE)
-    channel: Code = Field(description=CHANNEL)
-    out_trade_no: Code = Field(description="The merchant's order number given at lock")
+class RefundIn(PurchaseIn):
+    pass
 
 
-class RefundOut(Body):
-    user_id: str = Field(description=USER_ID)
+class RefundOut(MemberOut):
     order_id: str = Field(description="The member order's id (12 digits)")
-    team_id: str = Field(description=TEAM_ID)
-    out_trade_no: str = Field(description="The merchant's order number")
     refund_type: RefundType = Field(
         description="unpaid: the order was locked, not paid: it is closed (tradeOrderStatus 2),"
         " nothing to pay back. paid: paid while its team was forming (its slot and counts are"
@@ -235,17 +237,8 @@ class RefundOut(Body):
     team_status: TeamStatusValue = Field(description=f"{TEAM_STATUS}; as it is now")
 
 
-class TeamOut(Body):
-    team_id: str = Field(description=TEAM_ID)
-    activity_id: int = Field(description=ACTIVITY_ID)
-    target_count: int = Field(description="Team size: members needed to complete")
-    lock_count: int = Field(description="Members who have locked an order (paid or not)")
-    complete_count: int = Field(description="Members who have paid")
+class TeamOut(TeamCounts):
     status: TeamStatusValue = Field(description=TEAM_STATUS)
-    valid_start_time: datetime = Field(description="When the team opened")
-    valid_end_time: datetime = Field(
-        description="When the team's window ends: opening + the activity's validTime minutes"
-    )
     # No notifyUrl: anyone may read a team; operators see the URL in the notify task view.
 
 
