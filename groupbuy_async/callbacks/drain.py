@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from ..db import log_failure
 from .claims import Result, Task
 from .delivery import FLUSH_SECONDS, Delivery
@@ -20,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # A compensation drain stops claiming after this long; the next cron tick goes on.
 DRAIN_SECONDS = 300.0
+
+
+_COUNTED = ("wait_count", "success_count", "retry_count", "error_count")
 
 
 @dataclass
@@ -48,12 +53,8 @@ class Counts:
             self.error_count += 1
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "waitCount": self.wait_count,
-            "successCount": self.success_count,
-            "retryCount": self.retry_count,
-            "errorCount": self.error_count,
-        }
+        """The four counts, named as the compensation answer names them (waitCount, …)."""
+        return {to_camel(name): getattr(self, name) for name in _COUNTED}
 
     def report(self) -> dict[str, Any]:
         """as_dict() and byType: the same four for every event type, zeros included."""

@@ -47,9 +47,10 @@ async def feed_position(pool: asyncpg.Pool, event_id: uuid.UUID) -> FeedPosition
 async def list_events(
     pool: asyncpg.Pool,
     after: FeedPosition,
-    limit: int,
+    *,
     event_type: str | None = None,
     team_id: str | None = None,
+    limit: int = 100,
 ) -> list[asyncpg.Record]:
     """Up to `limit` events past `after` in feed order, each with its body as sent."""
     args: list[object] = [after.xact_id, after.id, limit]

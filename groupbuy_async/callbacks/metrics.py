@@ -36,7 +36,7 @@ class Metrics:
         self.tasks = Gauge(
             "groupbuy_notify_tasks",
             "Notify tasks by status (0 initial, 1 success, 2 retry, 3 error) and event type",
-            ["status", "type"],
+            labelnames=("status", "type"),
             registry=r,
         )
         self.due = Gauge(

@@ -70,7 +70,7 @@ SET pruned_before = greatest(retention_mark.pruned_before, excluded.pruned_befor
 """
 
 
-@dataclass
+@dataclass(slots=True)
 class Pruned:
     """Rows pruned so far by one tick, by table, and the batches (transactions) it took."""
 

@@ -139,7 +139,9 @@ async def list_events(request: web.Request, query: EventPageQuery) -> EventPage:
                 raise errors.EventNotRetained()
             raise errors.BadInput(_AFTER_UNKNOWN)
         after = found
-    rows = await feed.list_events(pool, after, query.limit + 1, query.type, query.team_id)
+    rows = await feed.list_events(
+        pool, after, event_type=query.type, team_id=query.team_id, limit=query.limit + 1
+    )
     page = rows[: query.limit]
     cursor = str(page[-1]["event_id"]) if len(rows) > query.limit else None
     return EventPage(

@@ -87,17 +87,14 @@ class NotifyTaskOut(Body):
 
 
 class Outcome(Body):
-    """How one attempt ended."""
+    """How one attempt ended (a broker endpoint's have no HTTP status)."""
 
-    http_status: int | None = Field(
-        description="The endpoint's HTTP status; null when no answer came (always for a broker"
-        " endpoint)"
-    )
-    duration_ms: int = Field(description="How long it took, in milliseconds")
+    http_status: int | None = Field(description="The endpoint's HTTP status; null: no answer")
     response_body: str | None = Field(
         description="The endpoint's answer body, its first 2 KB (2048 bytes, decoded as UTF-8);"
         " null when no answer came"
     )
+    duration_ms: int = Field(description="How long it took, in milliseconds")
     error: str | None = Field(
         description="Why it failed (timeout, refused, unroutable, nacked, …); null if answered"
         " (a broker endpoint: if confirmed)"

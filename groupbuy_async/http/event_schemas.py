@@ -2,7 +2,7 @@
 {"type", "timestamp", "data"} (callbacks/events.py builds them)."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field
 
@@ -11,6 +11,7 @@ from .schemas import ACTIVITY_ID, TEAM_ID, USER_ID, Body
 EVENT_ID = (
     "Event id (UUID), equal to the webhook-id header and the same on every retry: deduplicate on it"
 )
+D = TypeVar("D", bound=Body)
 TIMESTAMP = "When the event happened (the state change it reports), ISO-8601"
 
 
@@ -59,49 +60,46 @@ class EndpointDisabledData(Body):
     event_id: str = Field(description=EVENT_ID)
 
 
-class TeamCompletedEvent(Body):
+class Event(Body, Generic[D]):
+    """What every event's body carries besides its type."""
+
+    timestamp: datetime = Field(description=TIMESTAMP)
+    data: D = Field(description="What happened: the fields of the type's data")
+
+
+class TeamCompletedEvent(Event[TeamCompletedData]):
     """POSTed to the merchant's endpoints when a team's last member pays."""
 
     type: Literal["team.completed"] = Field(description="The event type")
-    timestamp: datetime = Field(description=TIMESTAMP)
-    data: TeamCompletedData = Field(description="What completed")
 
 
-class TeamFailedEvent(Body):
+class TeamFailedEvent(Event[TeamFailedData]):
     """POSTed when a team's window ended before every member paid: refund the paid ones."""
 
     type: Literal["team.failed"] = Field(description="The event type")
-    timestamp: datetime = Field(description=TIMESTAMP)
-    data: TeamFailedData = Field(description="What failed and what to refund")
 
 
-class OrderClosedEvent(Body):
+class OrderClosedEvent(Event[OrderEventData]):
     """POSTed when a locked, unpaid order is closed (payment timeout, cancel, failed team,
     or a settlement refused as too late): its lock and take are released. No payment was
     recorded for it, so there is nothing to refund here: a payment the service refused was
     answered E0112/E0113, and that answer is the instruction."""
 
     type: Literal["order.closed"] = Field(description="The event type")
-    timestamp: datetime = Field(description=TIMESTAMP)
-    data: OrderEventData = Field(description="The closed order")
 
 
-class OrderRefundedEvent(Body):
+class OrderRefundedEvent(Event[OrderRefundedData]):
     """POSTed when a paid order is refunded: return the money."""
 
     type: Literal["order.refunded"] = Field(description="The event type")
-    timestamp: datetime = Field(description=TIMESTAMP)
-    data: OrderRefundedData = Field(description="The refunded order")
 
 
-class EndpointDisabledEvent(Body):
+class EndpointDisabledEvent(Event[EndpointDisabledData]):
     """POSTed to the merchant's other endpoints that take it when the service disabled one
     whose every attempt failed for GROUPBUY_ENDPOINT_DISABLE_AFTER_SECONDS: fix it, then
     enable it again (its held deliveries go out then)."""
 
     type: Literal["endpoint.disabled"] = Field(description="The event type")
-    timestamp: datetime = Field(description=TIMESTAMP)
-    data: EndpointDisabledData = Field(description="The endpoint and why")
 
 
 # The webhooks section of OpenAPI: event type -> its body.

@@ -65,11 +65,11 @@ class MerchantPage(Body):
 class KeyOut(Body):
     key_id: str = Field(description=KEY_ID)
     prefix: str = Field(description="The key's first 12 characters, to recognise it")
+    revoked: bool = Field(description="Revoked keys are refused (401) by every API process")
     create_time: datetime = Field(description=CREATED)
     last_used_time: datetime | None = Field(
         description="When a request last used it (kept to the minute); null if never"
     )
-    revoked: bool = Field(description="Revoked keys are refused (401) by every API process")
 
 
 class KeyCreated(Body):

@@ -5,17 +5,26 @@ the demo data and the benchmarks call the domain with these."""
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, dataclass_transform
 
 from .rules import RefundType
 
 T = TypeVar("T")
 
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
+class Record:
+    """The base of every record here: a frozen dataclass of keyword-only fields."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(frozen=True, kw_only=True)(cls)
+
+
 # --- shop front --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Shopper:
+class Shopper(Record):
     """A user at one of a merchant's shops (source+channel)."""
 
     user_id: str
@@ -23,14 +32,16 @@ class Shopper:
     channel: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Purchase(Shopper):
     """An order, as the shop names it: the merchant's outTradeNo under its source+channel."""
 
     out_trade_no: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketQuery(Shopper):
+    goods_id: str
+
+
 class LockCommand(Purchase):
     activity_id: int
     goods_id: str
@@ -40,32 +51,35 @@ class LockCommand(Purchase):
     team_id: str | None = None  # None opens a team
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class SettleCommand(Purchase):
     out_trade_time: datetime
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RefundCommand(Purchase):
     pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Prices:
+class Prices(Record):
     original_price: Decimal
     deduction_price: Decimal
     pay_price: Decimal
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceTrial(Prices):
+    goods_id: str
+
+
 class Locked(Prices):
+    """The order locked (or the one a repeated lock names)."""
+
     order_id: str
     team_id: str
     trade_order_status: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settled:
+class Settled(Record):
+    """The payment recorded; team_completed when it was the team's last."""
+
     user_id: str
     team_id: str
     activity_id: int
@@ -73,8 +87,9 @@ class Settled:
     team_completed: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Refunded:
+class Refunded(Record):
+    """What a refund did: its type says whether money goes back (rules.RefundType)."""
+
     user_id: str
     order_id: str
     team_id: str
@@ -84,18 +99,9 @@ class Refunded:
     team_status: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MarketQuery(Shopper):
-    goods_id: str
+class TeamCounts(Record):
+    """A team's size and members, and its window."""
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PriceTrial(Prices):
-    goods_id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TeamCounts:
     team_id: str
     activity_id: int
     target_count: int
@@ -105,33 +111,38 @@ class TeamCounts:
     valid_end_time: datetime
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class JoinableTeam(TeamCounts):
+    """A team still open to join, with the time it has left."""
+
     valid_time_countdown: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class TeamState(TeamCounts):
+    """A team as it is now, its status included."""
+
     status: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ActivityStatistic:
+class ActivityStatistic(Record):
+    """Teams and members of one activity so far."""
+
     all_team_count: int
     all_team_complete_count: int
     all_team_user_count: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MarketView:
+class MarketView(Record):
+    """The offer: prices, the teams one may join and the activity's figures."""
+
     activity_id: int
     goods: PriceTrial
     team_list: list[JoinableTeam]
     team_statistic: ActivityStatistic
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderState(Prices):
+    """One member order as the shop pulls it."""
+
     order_id: str
     team_id: str
     activity_id: int
@@ -148,46 +159,40 @@ class OrderState(Prices):
 # --- catalog (the operator's configuration) ------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Page(Generic[T]):
+class Page(Record, Generic[T]):
     """One keyset page in key order; next_cursor is None on the last page."""
 
     items: list[T]
     next_cursor: str | int | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Discount:
+class Discount(Record):
     discount_name: str
     market_plan: str
     market_expr: str
     discount_desc: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class StoredDiscount(Discount):
     discount_id: str
     create_time: datetime
     update_time: datetime
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Sku:
+class Sku(Record):
     goods_name: str
     original_price: Decimal
     source: str
     channel: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class StoredSku(Sku):
     goods_id: str
     create_time: datetime
     update_time: datetime
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Goods:
+class Goods(Record):
     """A goods item as an activity sells it: a SKU under one source+channel."""
 
     source: str
@@ -195,8 +200,7 @@ class Goods:
     goods_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Activity:
+class Activity(Record):
     activity_name: str
     discount_id: str
     start_time: datetime
@@ -210,7 +214,6 @@ class Activity:
     goods: list[Goods] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
 class StoredActivity(Activity):
     activity_id: int
     create_time: datetime
