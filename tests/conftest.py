@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -293,7 +294,10 @@ def api(client: TestClient[Any, Any], shop_key: str) -> Api:
 
 
 async def wait_ready(
-    http: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process, seconds: float = 30
+    http: aiohttp.ClientSession,
+    base: str,
+    proc: asyncio.subprocess.Process | subprocess.Popen[bytes],
+    seconds: float = 30,
 ) -> None:
     """Until the API process at `base` answers /readyz with 200; it must not exit meanwhile."""
     async with asyncio.timeout(seconds):
@@ -304,7 +308,8 @@ async def wait_ready(
                         return
             except aiohttp.ClientConnectionError:
                 pass
-            assert proc.returncode is None, f"exited with code {proc.returncode}"
+            code = proc.poll() if isinstance(proc, subprocess.Popen) else proc.returncode
+            assert code is None, f"exited with code {code}"
             await asyncio.sleep(0.1)
 
 

@@ -12,7 +12,7 @@ from ..callbacks import events, feed, retention, views
 from ..callbacks.views import By
 from ..db import columns
 from .callback_schemas import (
-    DeliveryOut,
+    EventDeliveryOut,
     EventDetail,
     EventOut,
     EventPage,
@@ -43,7 +43,7 @@ def _detail(event: Any, deliveries: Any, attempts: Any) -> dict[str, Any]:
         **_task_out(event).model_dump(),
         "attempts": [NotifyAttemptOut(**_attempt(a)) for a in attempts.get(shown, [])],
         "deliveries": [
-            DeliveryOut(
+            EventDeliveryOut(
                 **_task_out(d).model_dump(),
                 attempts=[NotifyAttemptOut(**_attempt(a)) for a in attempts[d["id"]]],
             )

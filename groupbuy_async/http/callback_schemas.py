@@ -106,7 +106,7 @@ class NotifyAttemptOut(Outcome):
     started_at: datetime = Field(description="When the attempt started")
 
 
-class DeliveryOut(NotifyTaskOut):
+class EventDeliveryOut(NotifyTaskOut):
     attempts: list[NotifyAttemptOut] = Field(description="Every attempt, oldest first")
 
 
@@ -114,7 +114,7 @@ class NotifyTaskDetail(NotifyTaskOut):
     attempts: list[NotifyAttemptOut] = Field(
         description="Every attempt of the delivery these fields describe, oldest first"
     )
-    deliveries: list[DeliveryOut] = Field(
+    deliveries: list[EventDeliveryOut] = Field(
         description="The event's deliveries, one per endpoint it went to, each with its"
         " attempts; empty when no endpoint took it"
     )

@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,25 @@ async def settle(api: Api, act: dict[str, Any], user: str, out: str) -> tuple[in
     )  # fmt: skip
 
 
+async def refused(answer: Awaitable[tuple[int, Any]], code: str) -> Any:
+    """The request (settle, refund) is refused: 409 with this code; its envelope."""
+    status, env = await answer
+    assert (status, env["code"]) == (409, code), env
+    return env
+
+
 async def refund(api: Api, act: dict[str, Any], user: str, out: str) -> tuple[int, Any]:
     return await api.refund(
         source=act["source"], channel=act["channel"], userId=user, outTradeNo=out
     )
+
+
+async def new_team(
+    api: Api, locked: int, paid: int, **activity: Any
+) -> tuple[dict[str, Any], Team]:
+    """A new activity (of these settings) and a team of it as team_of() makes one."""
+    act = await api.new_activity(**activity)
+    return act, await team_of(api, act, locked=locked, paid=paid)
 
 
 async def team_of(api: Api, act: dict[str, Any], locked: int, paid: int, tag: str = "") -> Team:

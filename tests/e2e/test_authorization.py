@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from groupbuy_async.http.routing import ROUTE_TABLE, Route
 
 from ..conftest import ADMIN_TOKEN, METRICS, SHOP_MERCHANT, Api, merchant_key, now_iso
-from .lifecycle_checks import team_of
+from .lifecycle_checks import new_team
 
 PUBLIC = {"/healthz", "/readyz", "/openapi.json"}
 MOCK = "/api/v1/test/group_buy_notify"  # dev's mock merchant: a merchant's receiver, open
@@ -32,12 +32,11 @@ def _ids(routes: list[Route]) -> list[str]:
 async def world(api: Api, pool: asyncpg.Pool) -> dict[str, Any]:
     """A team of the test merchant, an endpoint and a delivery of it, and what each shop
     route is called with: a path, or (path, body)."""
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=2, paid=1)
+    act, team = await new_team(api, locked=2, paid=1, target=3)
     user, out = team.members[0]
     pair = {"source": act["source"], "channel": act["channel"]}
     endpoint = await api.endpoint("http://127.0.0.1:9/authz")
-    await team_of(api, await api.new_activity(target=1), locked=1, paid=1)  # a delivery
+    await new_team(api, locked=1, paid=1, target=1)  # a delivery
     delivery = await pool.fetchval(
         "SELECT t.id FROM notify_task t JOIN endpoint ep ON ep.id = t.endpoint"
         " WHERE ep.merchant_id = $1 ORDER BY t.id DESC LIMIT 1",

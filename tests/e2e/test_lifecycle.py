@@ -14,7 +14,9 @@ from .lifecycle_checks import (
     events,
     lock,
     make_due,
+    new_team,
     refund,
+    refused,
     settle,
     sweep,
     team_of,
@@ -41,8 +43,7 @@ async def _join_and_pay(api: Api, act: dict[str, Any], team_id: str, count: int)
 async def test_cancelling_a_lock_closes_it_frees_the_slot_and_gives_the_take_back(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=2)
-    team = await team_of(api, act, locked=2, paid=0)
+    act, team = await new_team(api, locked=2, paid=0, target=2)
     user, out = team.members[1]
     status, env = await refund(api, act, user, out)
     assert status == 200, env
@@ -71,8 +72,7 @@ async def test_cancelling_a_lock_closes_it_frees_the_slot_and_gives_the_take_bac
 async def test_refunding_a_paid_member_of_a_forming_team_gives_its_slot_and_count_back(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=2, paid=2)
+    act, team = await new_team(api, locked=2, paid=2, target=3)
     user, out = team.members[0]
     status, env = await refund(api, act, user, out)
     assert status == 200 and _refund_data(env) == ("paid", 3, 0), env
@@ -93,8 +93,7 @@ async def test_refunding_a_paid_member_of_a_forming_team_gives_its_slot_and_coun
 async def test_refunds_from_a_complete_team_keep_its_counts_and_mark_it_3(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=2)
-    team = await team_of(api, act, locked=2, paid=2)
+    act, team = await new_team(api, locked=2, paid=2, target=2)
     assert (await api.team(team.team_id))["status"] == 1
     for i, (user, out) in enumerate(team.members):
         status, env = await refund(api, act, user, out)
@@ -110,8 +109,7 @@ async def test_refunds_from_a_complete_team_keep_its_counts_and_mark_it_3(
 async def test_a_repeated_refund_answers_the_same_and_changes_nothing(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=3, paid=1)
+    act, team = await new_team(api, locked=3, paid=1, target=3)
     for user, out in team.members[:2]:  # one paid, one locked
         first = await refund(api, act, user, out)
         assert first[0] == 200, first
@@ -128,8 +126,7 @@ async def test_a_repeated_refund_answers_the_same_and_changes_nothing(
 
 
 async def test_refunding_an_unknown_order_is_e0104(api: Api) -> None:
-    act = await api.new_activity()
-    team = await team_of(api, act, locked=1, paid=1)
+    act, team = await new_team(api, locked=1, paid=1)
     user, out = team.members[0]
     for who, what in (("someone-else", out), (user, "no-such-order")):
         status, env = await refund(api, act, who, what)
@@ -148,8 +145,7 @@ async def test_refund_input_is_validated(api: Api) -> None:
 async def test_an_unpaid_lock_past_its_timeout_is_closed_by_the_cron(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=3, takeLimitCount=1)
-    team = await team_of(api, act, locked=3, paid=1)
+    act, team = await new_team(api, locked=3, paid=1, target=3, takeLimitCount=1)
     late_user, late_out = team.members[2]
     await make_due(pool, late_out)
     assert await expiry.close_unpaid_orders(pool) >= 1
@@ -204,8 +200,7 @@ async def test_pay_timeout_is_part_of_the_activity(api: Api) -> None:
 async def test_a_failed_team_tells_the_merchant_which_payments_to_refund(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=3, paid=2)
+    act, team = await new_team(api, locked=3, paid=2, target=3)
     await end_window(pool, team.team_id)
     await sweep(pool)
     view = await api.team(team.team_id)
@@ -233,8 +228,7 @@ async def test_a_failed_team_tells_the_merchant_which_payments_to_refund(
 async def test_a_payment_for_a_failed_team_closes_the_order_and_is_refused(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=2)
-    team = await team_of(api, act, locked=2, paid=1)
+    act, team = await new_team(api, locked=2, paid=1, target=2)
     await end_window(pool, team.team_id)
     assert await expiry.fail_expired_teams(pool) >= 1  # the team fails; the lock is not closed
     user, out = team.members[1]
@@ -246,31 +240,26 @@ async def test_a_payment_for_a_failed_team_closes_the_order_and_is_refused(
         await pool.fetchval("SELECT status FROM group_buy_order_list WHERE out_trade_no = $1", out)
         == 2
     )
-    status, env = await settle(api, act, user, out)
-    assert (status, env["code"]) == (409, "E0112"), env
+    await refused(settle(api, act, user, out), "E0112")
     await assert_consistent(pool, [team.team_id], swept=True)
 
 
 async def test_a_payment_after_a_refund_is_refused(api: Api, pool: asyncpg.Pool) -> None:
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=1, paid=1)
+    act, team = await new_team(api, locked=1, paid=1, target=3)
     user, out = team.members[0]
     assert (await refund(api, act, user, out))[0] == 200
-    status, env = await settle(api, act, user, out)
-    assert (status, env["code"]) == (409, "E0114"), env
+    await refused(settle(api, act, user, out), "E0114")
     await assert_consistent(pool, [team.team_id])
 
 
 async def test_a_window_ended_but_not_yet_failed_refuses_payment_and_closes_the_order(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=2)
-    team = await team_of(api, act, locked=2, paid=0)
+    act, team = await new_team(api, locked=2, paid=0, target=2)
     await end_window(pool, team.team_id)
     user, out = team.members[0]
-    status, env = await settle(api, act, user, out)
     # As if the close cron had come first: the deadline never passes the window's end.
-    assert (status, env["code"]) == (409, "E0112"), env
+    await refused(settle(api, act, user, out), "E0112")
     assert (await api.team(team.team_id))["lockCount"] == 1
     await sweep(pool)
     await assert_consistent(pool, [team.team_id], swept=True)

@@ -23,7 +23,9 @@ from .lifecycle_checks import (
     events,
     lock,
     make_due,
+    new_team,
     refund,
+    refused,
     settle,
     sweep,
     team_of,
@@ -106,8 +108,7 @@ async def test_refunds_racing_team_failure_announce_each_payment_once(
 async def test_refund_after_team_failed_writes_no_second_money_event(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=2, paid=1)
+    act, team = await new_team(api, locked=2, paid=1, target=3)
     await end_window(pool, team.team_id)
     await sweep(pool)
     answers = [await refund(api, act, *team.members[0]) for _ in range(3)]
@@ -127,14 +128,12 @@ async def test_refund_after_team_failed_writes_no_second_money_event(
 async def test_a_settlement_retried_after_the_refund_asks_for_nothing(
     api: Api, pool: asyncpg.Pool
 ) -> None:
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=2, paid=1)
+    act, team = await new_team(api, locked=2, paid=1, target=3)
     status, env = await refund(api, act, *team.members[0])
     assert (status, env["data"]["refundType"]) == (200, "paid"), env
     before = await events(pool, team.team_id)
     for _ in range(2):
-        status, env = await settle(api, act, *team.members[0])
-        assert (status, env["code"]) == (409, "E0114"), env
+        env = await refused(settle(api, act, *team.members[0]), "E0114")
         assert "refund" in env["info"] and "nothing" in env["info"], env
     assert await events(pool, team.team_id) == before
     assert await pool.fetchval(
@@ -154,13 +153,11 @@ async def _run_worker_once(settings: Settings) -> None:
 async def test_a_settlement_after_the_deadline_is_refused_without_the_worker(
     api: Api, pool: asyncpg.Pool, settings: Settings
 ) -> None:
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=2, paid=1)
+    act, team = await new_team(api, locked=2, paid=1, target=3)
     late = team.members[1]
     await make_due(pool, late[1])  # no worker runs: nothing closed it
     for _ in range(2):  # the refusal, then its retry: the same answer, one order.closed
-        status, env = await settle(api, act, *late)
-        assert (status, env["code"]) == (409, "E0112"), env
+        await refused(settle(api, act, *late), "E0112")
     order = await pool.fetchrow(
         "SELECT status, biz_id FROM group_buy_order_list WHERE out_trade_no = $1", late[1]
     )
@@ -180,8 +177,7 @@ async def test_the_deadline_is_judged_when_the_payment_is_recorded(
 ) -> None:
     """A settlement whose transaction began before the deadline, then waited for the order's
     row past it, is late: judged by the clock when it updates, not when it began."""
-    act = await api.new_activity(target=3)
-    team = await team_of(api, act, locked=2, paid=0)
+    act, team = await new_team(api, locked=2, paid=0, target=3)
     user, out = team.members[0]
     deadline = datetime.now(UTC) + timedelta(seconds=1)
     await pool.execute(

@@ -31,6 +31,8 @@ from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.embedded import servers_or_embedded
 from groupbuy_async.dev.host import free_port
 
+from ..conftest import wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".data" / "fuzz"
 TOKEN = f"fuzz-{uuid.uuid4().hex}"
@@ -41,7 +43,7 @@ BIN = Path(sys.executable).parent
 
 
 @contextmanager
-def _api(database_url: str, redis_url: str, port: int) -> Iterator[None]:
+def _api(database_url: str, redis_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUPBUY_")}
     env.update(
         GROUPBUY_DATABASE_URL=database_url,
@@ -59,7 +61,7 @@ def _api(database_url: str, redis_url: str, port: int) -> Iterator[None]:
             [sys.executable, "-m", "groupbuy_async", "api"], env=env, stdout=log, stderr=log
         )
         try:
-            yield
+            yield proc
         finally:
             proc.terminate()
             try:
@@ -67,18 +69,6 @@ def _api(database_url: str, redis_url: str, port: int) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-async def _ready(base: str) -> None:
-    async with aiohttp.ClientSession() as http, asyncio.timeout(60):
-        while True:
-            try:
-                async with http.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
 
 
 async def seed(base: str) -> dict[str, Any]:
@@ -193,8 +183,9 @@ async def _run(database_url: str, redis_url: str, args: argparse.Namespace) -> i
     async with temporary_database(database_url, "groupbuy_fuzz") as url:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        with _api(url, redis_url, port):
-            await _ready(base)
+        with _api(url, redis_url, port) as proc:
+            async with aiohttp.ClientSession() as http:
+                await wait_ready(http, base, proc, seconds=60)
             seeds = await seed(base)
             return await asyncio.to_thread(_schemathesis, base, seeds, args)
 
