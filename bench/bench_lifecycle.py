@@ -38,7 +38,8 @@ import aiohttp
 import asyncpg
 
 from groupbuy_async.db import create_pool
-from groupbuy_async.trade import refunds
+from groupbuy_async.trade import expiry, refunds
+from groupbuy_async.trade.expiry import CLOSE_PARALLEL
 from groupbuy_async.trade.models import RefundCommand
 
 from . import lifecycle_data as data
@@ -57,6 +58,7 @@ from .common import (
     timed,
 )
 from .cpu import MACHINE, Source, machine, measure, postgres, processes, this_process
+from .lifecycle_ceiling import close_in_sql
 from .trade_api import ApiClient, api_process
 from .trade_paths import PHASE_COLUMNS, Phase, drive
 
@@ -72,6 +74,7 @@ class CloseRun:
     children: list[dict[str, Any]]
     cpu: dict[str, float]
     problems: list[str] = field(default_factory=list)
+    ceiling: float = 0.0  # rows/s of the one-statement close on the same locks
 
     @property
     def rate(self) -> float:
@@ -112,6 +115,18 @@ async def close_part(admin_dsn: str, locks: int, workers: int) -> tuple[CloseRun
             run.problems.append(f"close: children report {[r['closed'] for r in reports]} closed")
         run.cpu["wall"] = section.seconds
         return run, version
+
+
+async def ceiling_part(admin_dsn: str, locks: int) -> tuple[float, list[str]]:
+    """The same locks closed by the one-statement ceiling (lifecycle_ceiling): rows/s."""
+    async with fresh_database(admin_dsn) as db_url, connected(db_url) as conn:
+        await data.setup(conn)
+        await data.insert_due_locks(conn, locks)
+        closed, seconds = await close_in_sql(db_url, expiry.CLOSE_BATCH, expiry.CLOSE_PARALLEL)
+        problems = [f"ceiling: {p}" for p in await data.check_closed(conn, locks)]
+        if closed != locks:
+            problems.append(f"ceiling: {closed} closed, want {locks}")
+        return locks / seconds, problems
 
 
 class HttpRefunder(ApiClient):
@@ -192,7 +207,9 @@ async def refund_part(
 async def bench(args: argparse.Namespace) -> int:
     with servers() as (admin_dsn, redis_url):
         close, version = await close_part(admin_dsn, args.locks, args.workers)
-        phases, problems = [], list(close.problems)
+        close.ceiling, problems = await ceiling_part(admin_dsn, args.locks)
+        problems += close.problems
+        phases: list[Phase] = []
         for path in ("http", "direct"):
             phase, found = await refund_part(args, admin_dsn, redis_url, path)
             phases.append(phase)
@@ -211,6 +228,7 @@ def report(
     http, direct = phases
     ratio = http.rate / direct.rate if direct.rate else 0.0
     aim = "met" if close.rate >= 17_000 else "NOT met"
+    of_ceiling = close.rate / close.ceiling if close.ceiling else 0.0
     peak = max(c["vm_hwm_kb"] for c in close.children) / 1024
     before = max(c["rss_before_kb"] for c in close.children) / 1024
     worker_us = sum(c["worker_cpu_s"] for c in close.children) / args.locks * 1e6
@@ -233,6 +251,9 @@ def report(
         f" {args.workers} worker process(es), 1,000 per transaction",
         f"  closed {args.locks} in {close.seconds:.2f}s: {close.rate:,.0f} rows/s"
         f"   (aim >= 17,000 rows/s: {aim}; the original: 10 a minute)",
+        f"  ceiling (one SQL statement a batch, bodies built by PostgreSQL, {CLOSE_PARALLEL}"
+        f" connections): {close.ceiling:,.0f} rows/s; ours/ceiling = {of_ceiling:.2f}"
+        f" (aim >= 0.9: {'met' if of_ceiling >= 0.9 else 'NOT met'})",
         f"  peak worker RSS {peak:.1f} MiB (VmHWM; {before:.1f} MiB before the first batch)",
         f"  CPU per row: worker {worker_us:.1f} us, PostgreSQL backends {pg_us:.1f} us"
         f" ({1e6 / (worker_us + pg_us):,.0f} rows per core-second)",
