@@ -5,8 +5,9 @@ Never the machine's shared broker: its own node name, AMQP, distribution and epm
 (free ones), its own epmd, its own config, plugins list, data, logs and Erlang cookie (HOME),
 all under its root folder; not the Debian config /etc/rabbitmq (which names port 5672). It
 runs the upstream start script (the /usr/sbin wrapper would switch to the rabbitmq user), in
-a session of its own. Every signal goes to a PID read from its own folder (the node's pid
-file, epmd.pid) and checked against that process's command line first.
+a session of its own. Every signal goes to a process known to be this broker's: the node's
+PID from its pid file, checked against that process's command line (its HOME); at cleanup,
+every process whose environment has this folder's HOME.
 """
 
 from __future__ import annotations
@@ -146,7 +147,6 @@ class PrivateRabbit:
         (self.root / "enabled_plugins").write_text("[].\n")
         env = self._env()
         self._epmd = _spawn(["epmd", "-port", str(epmd)], env, self.root / "epmd.log")
-        (self.root / "epmd.pid").write_text(f"{self._epmd.pid}\n")
         deadline = time.monotonic() + 10
         while not await _listening(epmd):
             if self._epmd.poll() is not None or time.monotonic() > deadline:
@@ -162,17 +162,6 @@ class PrivateRabbit:
     def is_ours(self, pid: int) -> bool:
         args = _cmdline(pid)
         return any(a.endswith("beam.smp") for a in args[:1]) and str(self.home) in args
-
-    def _epmd_pid(self) -> int | None:
-        pid = _read_int(self.root / "epmd.pid")
-        if pid is None or not _alive(pid):
-            return None
-        try:
-            port = (self.root / "ports").read_text().split()[2]
-        except (OSError, IndexError):
-            return None
-        args = _cmdline(pid)
-        return pid if args[:1] == ["epmd"] and port in args else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -243,25 +232,46 @@ class PrivateRabbit:
                 script.kill()
                 script.wait(5)
 
+    def _processes(self) -> list[int]:
+        """Every process of this broker: each has this folder's HOME in its environment (the
+        start script, the broker, its helpers, its epmd, and an `epmd -daemon` a broker may
+        start when its epmd is gone), whether or not its PID was written down yet."""
+        mine = f"HOME={self.home}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                with contextlib.suppress(OSError), open(f"/proc/{entry}/environ", "rb") as f:
+                    if mine in f.read().split(b"\0") and _alive(int(entry)):
+                        found.append(int(entry))
+        return found
+
     def stop_now(self) -> None:
-        """Synchronous, for cleanup on any exit: the broker (SIGTERM, then SIGKILL), its
-        start script and its epmd; works from the folder alone (a stale run's, too)."""
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_SECONDS
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-        self._reap()
-        epmd = self._epmd_pid()
-        if epmd is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(epmd, signal.SIGTERM)
-        proc, self._epmd = self._epmd, None
-        if proc is not None:
+        """Synchronous, for cleanup on any exit: the broker first (SIGTERM, SIGKILL past
+        STOP_SECONDS), while its epmd still runs (one without starts another), then whatever
+        else of it is left (its start script, its epmd). Works from the folder alone (a stale
+        run's, too), and on a broker still starting (its PID not yet written down)."""
+        for _ in range(5):
+            left = self._processes()
+            if not left:
+                break
+            brokers = [pid for pid in left if self.is_ours(pid)]
+            _terminate(brokers or left, STOP_SECONDS if brokers else 5)
+            self._reap()
+        for proc in (self._script, self._epmd):
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+                if proc is not None:
+                    proc.wait(5)
+        self._script = self._epmd = None
+
+
+def _terminate(pids: list[int], seconds: float) -> None:
+    """SIGTERM, and SIGKILL to those still running after `seconds`."""
+    for sig, wait in ((signal.SIGTERM, seconds), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not any(_alive(pid) for pid in pids):
+            return
