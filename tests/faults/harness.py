@@ -26,6 +26,7 @@ from groupbuy_async.dev.host import free_port
 
 from .merchant import Merchant
 from .procs import ROOT, Child, clean_env, run_once
+from .rabbit import PrivateRabbit
 from .servers import Postgres, Redis, clean_stale_runs, start_watchdog
 from .shop import ADMIN_TOKEN, Shop
 
@@ -66,11 +67,14 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     crashed: str = ""  # the harness itself failed in this scenario
+    skipped: str = ""  # why it could not run here (a server it needs is not installed)
 
     @property
     def verdict(self) -> str:
         if self.crashed:
             return "ERROR"
+        if self.skipped:
+            return "SKIP"
         return "FAIL" if self.problems else "PASS"
 
     def expect(self, ok: bool, problem: str) -> None:
@@ -94,6 +98,9 @@ class Run:
         self._redis_dbs = itertools.cycle(range(16))
         self.stale: list[str] = []
         self._watchdog: subprocess.Popen[bytes] | None = None
+        # A private RabbitMQ, started for the first scenario that asks for it.
+        self.rabbit: PrivateRabbit | None = None
+        self._rabbit_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Run:
         self.stale = clean_stale_runs(BASE)
@@ -114,14 +121,23 @@ class Run:
     ) -> None:
         self.stop_now()
 
+    async def broker(self) -> PrivateRabbit:
+        """The run's private RabbitMQ, started at the first call."""
+        async with self._rabbit_lock:
+            if self.rabbit is None:
+                self.rabbit = PrivateRabbit(self.dir / "rabbitmq", f"gbfaults-{os.getpid()}")
+                await self.rabbit.start()
+            return self.rabbit
+
     def stop_now(self) -> None:
         """Synchronous on purpose: also runs from atexit and after a cancellation."""
-        for server in (self.redis, self.pg):
+        for server in (self.rabbit, self.redis, self.pg):
             with contextlib.suppress(Exception):
-                server.stop_now()
-        for name in ("postgres.log", "redis.log"):
+                if server is not None:
+                    server.stop_now()
+        for name in ("postgres.log", "redis.log", "rabbitmq/server.log"):
             with contextlib.suppress(OSError):
-                shutil.copy(self.dir / name, self.logs / name)
+                shutil.copy(self.dir / name, self.logs / name.replace("/", "-"))
         shutil.rmtree(self.dir, ignore_errors=True)
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:  # nothing left for it to do

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from groupbuy_async.dev.merchant_process import Tallied
 
+from .broker import broker_kill9, broker_restart
 from .harness import (
     IN_FLIGHT,
     LEASE,
@@ -605,5 +606,17 @@ SCENARIOS = [
     ),
     Scenario(
         "9", "hostile-merchants", "garbage/huge/reset/trickle/... vs healthy", hostile_merchants
+    ),
+    Scenario(
+        "10a",
+        "broker-restart",
+        "the RabbitMQ of a broker endpoint stopped (SIGTERM) mid-drain, restarted",
+        broker_restart,
+    ),
+    Scenario(
+        "10b",
+        "broker-kill9",
+        "the RabbitMQ of a broker endpoint killed (SIGKILL) mid-drain, restarted",
+        broker_kill9,
     ),
 ]

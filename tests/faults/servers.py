@@ -34,6 +34,8 @@ from groupbuy_async.dev.embedded import (
 )
 from groupbuy_async.dev.host import HOST, service_user, spawn
 
+from .rabbit import PrivateRabbit
+
 SHARED_PORTS = (5432, 6379)  # the machine's own servers: never ours
 READY_SECONDS = 30.0
 STOP_SECONDS = 20.0
@@ -339,6 +341,10 @@ def clean_stale_runs(base: Path) -> list[str]:
         owner = run.name.removeprefix("run-").split("-")[0]
         if owner.isdigit() and _alive(int(owner)) and "tests.faults" in _cmdline(int(owner)):
             continue  # another harness run, still going
+        rabbit = PrivateRabbit(run / "rabbitmq", "stale")
+        if rabbit.pid() is not None:
+            done.append(f"stopped the private RabbitMQ pid {rabbit.pid()} left by {run.name}")
+        rabbit.stop_now()  # and its epmd
         for server in (Postgres(run), Redis(run)):
             pid = server.pid()
             if pid is not None and _alive(pid) and server.is_ours(pid):
