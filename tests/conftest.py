@@ -4,6 +4,7 @@ Each test session gets a fresh database (dropped at the end) and its own arq que
 """
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -81,6 +82,18 @@ def server_urls() -> Iterator[tuple[str, str]]:
         ROOT / ".data" / "test",
     ) as urls:
         yield urls
+
+
+@contextlib.asynccontextmanager
+async def own_pool(server_urls: tuple[str, str], name: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a database of its own (`name`_…), dropped afterwards: for tests whose drains
+    take all that is due, or whose workers must not see another test's rows."""
+    async with temporary_database(server_urls[0], name) as url:
+        pool = await create_pool(url, 1, 10)
+        try:
+            yield pool
+        finally:
+            await pool.close()
 
 
 @pytest.fixture(scope="session")

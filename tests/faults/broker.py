@@ -46,14 +46,14 @@ broker being back, the worker never exits; every event id in the queue, signed; 
 of an event with a failed attempt."""
 
 
-async def _declare(url: str, name: str) -> None:
+async def declare(url: str, name: str, routing_key: str = ROUTING_KEY) -> None:
     """The consumer's side: a durable exchange and a durable queue bound to it, empty."""
     connection = await aio_pika.connect(url, timeout=10)
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
         queue = await channel.declare_queue(name, durable=True)
-        await queue.bind(exchange, ROUTING_KEY)
+        await queue.bind(exchange, routing_key)
         await queue.purge()
 
 
@@ -96,7 +96,7 @@ async def broker_fault(run: Run, number: str, name: str, hard: bool) -> Outcome:
     exchange = f"faults-{number}"
     async with Stage(run, number, name, settings={"amqp_url": rabbit.url}) as s:
         o = s.outcome
-        await _declare(rabbit.url, exchange)
+        await declare(rabbit.url, exchange)
         pool = await asyncpg.create_pool(s.db_url, min_size=1, max_size=2)
         try:
             team_ids = await fanned_out_teams(

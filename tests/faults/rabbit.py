@@ -23,6 +23,10 @@ from pathlib import Path
 
 from groupbuy_async.dev.host import HOST, free_port
 
+from .pids import alive as _alive
+from .pids import answers, read_pid, until_ready
+from .pids import cmdline as _cmdline
+
 # The upstream start script; /usr/sbin/rabbitmq-server runs it (as user rabbitmq under root).
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 READY_SECONDS = 60.0
@@ -45,31 +49,6 @@ def missing() -> str | None:
     if shutil.which("epmd") is None:
         return "epmd (Erlang) is not on PATH"
     return None
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _free_port() -> int:
@@ -156,7 +135,7 @@ class PrivateRabbit:
 
     def pid(self) -> int | None:
         """The broker's (beam.smp) PID, while it runs."""
-        pid = _read_int(self.root / "rabbitmq.pid")
+        pid = read_pid(self.root / "rabbitmq.pid")
         return pid if pid is not None and _alive(pid) and self.is_ours(pid) else None
 
     def is_ours(self, pid: int) -> bool:
@@ -168,17 +147,7 @@ class PrivateRabbit:
 
     async def ready(self) -> bool:
         """The broker answers the AMQP protocol header (its listener is the last to start)."""
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), 1)
-        except (OSError, TimeoutError):
-            return False
-        try:
-            writer.write(_HEADER)
-            return (await asyncio.wait_for(reader.read(3), 2)) == _START
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            writer.close()
+        return await answers(HOST, self.port, _HEADER, _START)
 
     async def restart(self) -> float:
         """Start the broker (again, on the same node name, data and port); the seconds until
@@ -191,15 +160,10 @@ class PrivateRabbit:
         with self.log.open("a") as log:
             log.write(f"\n=== start #{self.starts} at {time.time():.3f}\n")
         self._script = _spawn([str(SERVER)], self._env(), self.log)
-        while not await self.ready():
-            if self._script.poll() is not None:
-                raise RabbitError(
-                    f"rabbitmq-server exited with {self._script.returncode}; see {self.log}"
-                    f" and {self.root / 'log'}"
-                )
-            if time.monotonic() - began > READY_SECONDS:
-                raise RabbitError(f"the private broker not ready after {READY_SECONDS:.0f}s")
-            await asyncio.sleep(0.1)
+        logs = f"{self.log} and {self.root / 'log'}"
+        await until_ready(
+            self.ready, self._script, "rabbitmq-server", READY_SECONDS, logs, RabbitError
+        )
         return time.monotonic() - began
 
     async def stop(self, sig: int = signal.SIGTERM) -> float:

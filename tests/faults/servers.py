@@ -34,6 +34,8 @@ from groupbuy_async.dev.embedded import (
 )
 from groupbuy_async.dev.host import HOST, service_user, spawn
 
+from .pids import alive as _alive
+from .pids import answers, cmdline, read_pid, until_ready
 from .rabbit import PrivateRabbit
 
 SHARED_PORTS = (5432, 6379)  # the machine's own servers: never ours
@@ -45,22 +47,8 @@ class ServerError(RuntimeError):
     """A harness server could not be started, stopped or reached."""
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return " ".join(cmdline(pid))
 
 
 def _cwd(pid: int) -> str:
@@ -83,13 +71,6 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(entry))
     return found
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _port_of(url: str) -> int:
@@ -173,22 +154,15 @@ class _Server:
 
     async def restart(self) -> float:
         """Start again on the same data directory and port; returns the seconds until ready."""
-        began = time.monotonic()
         if self.running():
             raise ServerError(f"{self.name} is still running; stop it first")
         self._proc = spawn(
             self.command(), self.root / f"{self.name}.log", self.workdir(), self.user()
         )
-        while not await self.ready():
-            if self._proc.poll() is not None:
-                raise ServerError(
-                    f"{self.name} exited with {self._proc.returncode} on restart;"
-                    f" see {self.root / f'{self.name}.log'}"
-                )
-            if time.monotonic() - began > READY_SECONDS:
-                raise ServerError(f"{self.name} not ready {READY_SECONDS:.0f}s after restart")
-            await asyncio.sleep(0.1)
-        return time.monotonic() - began
+        logs = str(self.root / f"{self.name}.log")
+        return await until_ready(
+            self.ready, self._proc, self.name, READY_SECONDS, logs, ServerError
+        )
 
     def running(self) -> bool:
         pid = self.pid()
@@ -239,7 +213,7 @@ class Postgres(_Server):
         self.port = _port_of(self.url)
 
     def pid(self) -> int | None:
-        return _read_int(self.pgdata / "postmaster.pid")
+        return read_pid(self.pgdata / "postmaster.pid")
 
     def is_ours(self, pid: int) -> bool:
         return str(self.pgdata) in _cmdline(pid)
@@ -305,7 +279,7 @@ class Redis(_Server):
         return str(URL(self.url).with_path(f"/{db}"))
 
     def pid(self) -> int | None:
-        return _read_int(self.dir / "redis.pid")
+        return read_pid(self.dir / "redis.pid")
 
     def is_ours(self, pid: int) -> bool:
         return "redis-server" in _cmdline(pid) and _cwd(pid) == str(self.dir)
@@ -317,17 +291,7 @@ class Redis(_Server):
         return redis_command(self.binary, self.dir, self.port)
 
     async def ready(self) -> bool:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), 1)
-        except (OSError, TimeoutError):
-            return False
-        try:
-            writer.write(b"PING\r\n")
-            return (await asyncio.wait_for(reader.read(64), 1)).startswith(b"+PONG")
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            writer.close()
+        return await answers(HOST, self.port, b"PING\r\n", b"+PONG")
 
 
 def clean_stale_runs(base: Path) -> list[str]:

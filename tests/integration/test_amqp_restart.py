@@ -28,11 +28,10 @@ from groupbuy_async.bootstrap import build_dispatcher
 from groupbuy_async.callbacks.dispatch import Dispatcher
 from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import BrokerTarget
-from groupbuy_async.db import create_pool
-from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.settings import Settings
 
-from ..conftest import SECRET, make_tasks
+from ..conftest import SECRET, make_tasks, own_pool
+from ..faults.broker import declare
 from ..faults.rabbit import PrivateRabbit, missing
 
 _WHY = missing()
@@ -62,12 +61,8 @@ async def rabbit() -> AsyncIterator[PrivateRabbit]:
 @pytest.fixture(scope="module")
 async def own_db(server_urls: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
     """A database of its own: the drains here take all that is due."""
-    async with temporary_database(server_urls[0], "groupbuy_restart") as url:
-        db = await create_pool(url, 1, 10)
-        try:
-            yield db
-        finally:
-            await db.close()
+    async with own_pool(server_urls, "groupbuy_restart") as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -91,16 +86,6 @@ async def dispatcher(
     breakers.policy = replace(breakers.policy, pause=timedelta(seconds=1))
     yield made
     await made.close(grace_seconds=1)
-
-
-async def _declare(url: str, name: str) -> None:
-    """A durable exchange and a durable queue bound to it: what survives a restart."""
-    connection = await aio_pika.connect(url, timeout=10)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
-        queue = await channel.declare_queue(name, durable=True)
-        await queue.bind(exchange, ROUTING_KEY)
 
 
 async def _take_all(url: str, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -140,7 +125,7 @@ async def test_a_broker_restart_mid_drain_loses_no_delivery(
     own_db: asyncpg.Pool, dispatcher: Dispatcher, rabbit: PrivateRabbit, sig: signal.Signals
 ) -> None:
     name = f"restart-{sig.name.lower()}"
-    await _declare(rabbit.url, name)
+    await declare(rabbit.url, name, ROUTING_KEY)
     team_ids = await make_tasks(own_db, EVENTS, BrokerTarget(name, ROUTING_KEY))
     events = {
         str(r["event_id"])

@@ -22,12 +22,10 @@ from groupbuy_async.bootstrap import build_dispatcher
 from groupbuy_async.callbacks.dispatch import Dispatcher
 from groupbuy_async.callbacks.metrics import Metrics
 from groupbuy_async.callbacks.rules import Admission, Breaker, BreakerChange, BreakerPolicy
-from groupbuy_async.db import create_pool
-from groupbuy_async.dev.databases import temporary_database
 from groupbuy_async.dev.outbox_fill import FILL_MERCHANT, endpoint_id_for
 from groupbuy_async.settings import Settings
 
-from ..conftest import make_tasks
+from ..conftest import make_tasks, own_pool
 from ..merchant import LocalMerchant, start_merchant, success_once
 
 # An attempt's time limit here; the hanging merchant never answers within it.
@@ -43,12 +41,8 @@ Make = Callable[..., Dispatcher]
 
 @pytest.fixture(scope="module")
 async def own_db(server_urls: tuple[str, str]) -> AsyncIterator[asyncpg.Pool]:
-    async with temporary_database(server_urls[0], "groupbuy_fair") as url:
-        db = await create_pool(url, 1, 10)
-        try:
-            yield db
-        finally:
-            await db.close()
+    async with own_pool(server_urls, "groupbuy_fair") as pool:
+        yield pool
 
 
 @pytest.fixture
