@@ -14,9 +14,9 @@ hour, 1 % in error). Then each figure on both, in one run, the empty database fi
   lock and settle run again; their latency during the prune against the run without;
 - the close cron (expiry.close_unpaid_orders) on --close due locks.
 
-One common.table: figure, empty, big, ratio big/empty, aim <= 1.25 met or NOT met; then EXPLAIN
+One table: figure, empty, big, ratio big/empty, aim <= 1.25 met or NOT met; then EXPLAIN
 (ANALYZE, BUFFERS) of each hot path's statements on the big database (bench/scale_explain.py),
-a Seq Scan on a big common.table flagged, and the plans. Databases dropped at the end, also on error.
+a Seq Scan on a big table flagged, and the plans. Databases dropped at the end, also on error.
 """
 
 import argparse
@@ -305,7 +305,7 @@ async def main(args: argparse.Namespace) -> int:
         f" {args.close:,} due locks; load average at the end {load1:.2f}",
         *figures.lines(f"{args.orders // 1_000_000}M" if args.orders >= 10**6 else f"{args.orders:,}"),
         "", f"EXPLAIN (ANALYZE, BUFFERS) on the big database: {len(plans)} statements,"
-        f" {len(seq)} with a Seq Scan on a big common.table", *plan_lines(plans),
+        f" {len(seq)} with a Seq Scan on a big table", *plan_lines(plans),
     ]  # fmt: skip
     if args.plans:
         lines += ["", "plans:", *(f"-- {p.label}: {p.text}" for p in plans)]
