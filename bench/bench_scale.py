@@ -6,7 +6,8 @@ as many teams and as many events, each with a delivery (most delivered, 0.5 % re
 hour, 1 % in error). Then each figure on both, in one run, the empty database first:
 
 - lock and settle p50/p99 over HTTP (a real API process, --concurrency 64, --teams teams of
-  3: bench/trade_paths.py), settlements calling a receiver back (the immediate claim);
+  3: bench/trade_paths.py, twice, in turns), settlements calling a receiver back (the
+  immediate claim);
 - an order pull (queries.get_order) of those orders, median;
 - a /metrics scrape (Metrics.scrape) and an event-feed page of 100 near the head, medians;
 - a drain of --due due callbacks to the receiver (Dispatcher.drain, bench/notify_scenarios);
@@ -66,6 +67,7 @@ HISTORY_URL = "http://127.0.0.1:9/history"  # the history's endpoint: never call
 OLD_URL = "http://127.0.0.1:9/old"
 RETENTION_DAYS = 30
 REPEAT = 15
+ROUNDS = 2  # lock/settle runs per database
 HEADERS: dict[str, dict[str, str]] = {}  # by database: a key of the merchant's
 
 # Delivered long ago, with an attempt each: what the prune removes.
@@ -146,12 +148,12 @@ async def trades(
     return run
 
 
-def put_trades(figures: Figures, side: str, run: PathRun, suffix: str = "") -> None:
-    for phase in (run.lock, run.settle):
+def put_trades(figures: Figures, side: str, runs: list[PathRun], suffix: str = "") -> None:
+    """Lock and settle p50 and p99 over all of the runs' requests."""
+    for phase in ("lock", "settle"):
+        ms = [v for run in runs for v in getattr(run, phase).latencies_ms]
         for pct in (50, 99):
-            figures.put(
-                f"{phase.name} p{pct} ms{suffix}", side, common.percentile(phase.latencies_ms, pct)
-            )
+            figures.put(f"{phase} p{pct} ms{suffix}", side, common.percentile(ms, pct))
 
 
 async def medians(
@@ -210,11 +212,13 @@ async def measure(
     args: argparse.Namespace, dsns: dict[str, str], redis_url: str, receiver: Receiver
 ) -> tuple[Figures, list[str]]:
     figures, problems = Figures(), []
-    runs = {}
-    for side, dsn in dsns.items():
-        runs[side] = await trades(dsn, redis_url, receiver, "m0", args)
-        put_trades(figures, side, runs[side])
-        problems += runs[side].problems
+    runs: dict[str, list[PathRun]] = {side: [] for side in dsns}
+    for round_ in range(ROUNDS):  # in turns, so that the machine's load weighs on both alike
+        for side, dsn in dsns.items():
+            runs[side].append(await trades(dsn, redis_url, receiver, f"m{round_}", args))
+    for side, done in runs.items():
+        put_trades(figures, side, done)
+        problems += [p for run in done for p in run.problems]
     pools = {side: await create_pool(dsn, 2, 40, command_timeout=600) for side, dsn in dsns.items()}
     try:
         orders = [settle_body("m0", t, m) for t in range(args.teams) for m in range(TARGET)]
@@ -240,7 +244,7 @@ async def measure(
                                         seconds=3600)),
             )  # fmt: skip
             figures.put(f"prune {args.backlog:,} old events s", side, pruned_s)
-            put_trades(figures, side, run, " (prune)")
+            put_trades(figures, side, [run], " (prune)")
             problems += run.problems
         for side, dsn in dsns.items():
             await due_locks(dsn, args.close, "c", 300_000_000_000)

@@ -5,6 +5,7 @@ copied here). A Seq Scan on a big table is flagged."""
 
 import re
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -78,6 +79,8 @@ class Explainer:
         conn.add_log_listener(self._listen)
 
     async def open(self, dsn: str) -> None:
+        # asyncpg warns at each release that the listener goes: _setup adds it back.
+        warnings.filterwarnings("ignore", ".*active log listener", asyncpg.InterfaceWarning)
         self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2, setup=self._setup)
 
     async def run(self, label: str, step: Awaitable[object]) -> None:

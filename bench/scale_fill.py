@@ -126,6 +126,13 @@ CROSS JOIN LATERAL (SELECT CASE WHEN e % 1000 < 5 THEN 2 WHEN e % 1000 < 15 THEN
                            AS status) s
 """
 
+# The attempt of each delivery (the last one: earlier ones are not what the plans see).
+_ATTEMPTS = """
+INSERT INTO notify_attempt (task_id, attempt, started_at, duration_ms, http_status, error)
+SELECT id, 1, update_time - interval '1 second', 5, last_http_status, last_error
+FROM notify_task
+"""
+
 # Keys (primary, unique, foreign) on the big tables or referring to them, and their other
 # indexes: dropped for the fill, rebuilt from these very definitions.
 _KEYS = """
@@ -175,11 +182,13 @@ async def fill_outbox(
     conn: Conn, prefix: str, teams: int, events: int, failed: tuple[int, int],
     endpoint: int, first_order: int,
 ) -> None:  # fmt: skip
-    """`events` events of fill_trades' teams and orders, one delivery each to `endpoint`."""
+    """`events` events of fill_trades' teams and orders, one delivery each to `endpoint`, one
+    attempt each."""
     xact = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))
     args = (prefix, teams, events, xact, *failed, first_order)
     await conn.execute(_EVENTS, *args)
     await conn.execute(_DELIVERIES, *args, endpoint)
+    await conn.execute(_ATTEMPTS)
 
 
 async def big_fill(dsn: str, orders: int, endpoint: int) -> dict[str, float]:
