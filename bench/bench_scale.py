@@ -70,18 +70,10 @@ REPEAT = 15
 ROUNDS = 2  # lock/settle runs per database
 HEADERS: dict[str, dict[str, str]] = {}  # by database: a key of the merchant's
 
-# Delivered long ago, with an attempt each: what the prune removes.
-_AGE = """
-WITH d AS (
-    UPDATE notify_task SET notify_status = 1, notify_count = 1, last_http_status = 200,
-        update_time = now() - make_interval(days => $2)
-    WHERE team_id = ANY($1::text[]) RETURNING id, event_id
-), a AS (
-    INSERT INTO notify_attempt (task_id, attempt, started_at, duration_ms, http_status)
-    SELECT id, 1, now() - make_interval(days => $2), 5, 200 FROM d
-)
-UPDATE event SET create_time = now() - make_interval(days => $2)
-WHERE event_id IN (SELECT event_id FROM d)
+# An attempt of each delivery of the backlog: the prune removes them first.
+_ATTEMPTS = """
+INSERT INTO notify_attempt (task_id, attempt, started_at, duration_ms, http_status)
+SELECT id, 1, update_time, 5, 200 FROM notify_task WHERE team_id = ANY($1::text[])
 """
 
 
@@ -188,12 +180,15 @@ async def seconds(step: Awaitable[Any]) -> float:
 
 
 async def old_backlog(dsn: str, count: int) -> None:
-    """`count` events delivered RETENTION_DAYS + 10 days ago, their attempts, for the prune."""
+    """`count` events written and delivered RETENTION_DAYS + 10 days ago, with their
+    attempts: what the prune removes."""
     pool = await create_pool(dsn, 1, 2, command_timeout=600)
     try:
-        box = SecretBox(common.SECRETS_KEY)
-        team_ids = await fanned_out_teams(pool, box, count, [OLD_URL], common.SECRET)
-        await pool.execute(_AGE, team_ids, RETENTION_DAYS + 10)
+        box, ago = SecretBox(common.SECRETS_KEY), timedelta(days=RETENTION_DAYS + 10)
+        team_ids = await fanned_out_teams(
+            pool, box, count, [OLD_URL], common.SECRET, delivered_ago=ago
+        )
+        await pool.execute(_ATTEMPTS, team_ids)
         await pool.execute("VACUUM ANALYZE event, notify_task, notify_attempt")
     finally:
         await pool.close()
