@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run stop test faults fuzz lint format bench-trade bench-notify bench-held bench-lifecycle bench-workers reset-data clean
+.PHONY: install run stop test faults fuzz lint format bench-trade bench-notify bench-held bench-lifecycle bench-workers bench-scale reset-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,13 @@ bench-notify: install
 ## the drain, a claim and a /metrics scrape against none held, in one run (issue 15).
 bench-held: install
 	$(BIN)/python -m bench.bench_held $(BENCH_ARGS)
+
+## make bench-scale: at 10 million rows (issue 16): an empty database and one filled set-based
+## with 10 M orders, 3 M teams, 10 M events and deliveries; lock/settle p50/p99, a drain, a
+## /metrics scrape, a feed page, an order pull, the close cron and retention's prune on both,
+## big/empty (aim <= 1.25), then EXPLAIN of every hot statement. Small: BENCH_ARGS="--orders 100000".
+bench-scale: install
+	$(BIN)/python -m bench.bench_scale $(BENCH_ARGS)
 
 bench-lifecycle: install
 	$(BIN)/python -m bench.bench_lifecycle $(BENCH_ARGS)

@@ -61,7 +61,11 @@ async def _claim_and_release(pool: asyncpg.Pool) -> None:
     await claims.release(pool, tasks, None)
 
 
-async def _drain(pool: asyncpg.Pool, receiver: Receiver, due: int, held: int) -> dict[str, Any]:
+async def checked_drain(
+    pool: asyncpg.Pool, receiver: Receiver, due: int, held: int
+) -> dict[str, Any]:
+    """One timed drain of `due` callbacks to the receiver, checked: its rate and "ok" or what
+    went wrong (`held` deliveries must stay held)."""
     await receiver.reset()
     counts, seconds = await timed_drain(pool, bench_settings("", 200))
     problems = await check_delivery(receiver, due)
@@ -103,7 +107,7 @@ async def measure_held(admin_dsn: str, due: int, held_count: int) -> bool:
                     claim[i].append(await _seconds(partial(_claim_and_release, pool)))
                     scrape[i].append(await _seconds(partial(metrics[i].scrape, pool)))
             drains = [
-                await _drain(pool, receiver, due, held)
+                await checked_drain(pool, receiver, due, held)
                 for pool, held in zip(pools, helds, strict=True)
             ]
         finally:

@@ -5,6 +5,9 @@ webhook-id header is the event id, also in data.eventId. Pure: no I/O here.
 """
 
 import json
+import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -17,6 +20,17 @@ class EventType(StrEnum):
     ORDER_CLOSED = "order.closed"
     ORDER_REFUNDED = "order.refunded"
     ENDPOINT_DISABLED = "endpoint.disabled"  # written by callbacks/health.py, about no team
+
+
+def new_event_id() -> uuid.UUID:
+    """A new event id: a UUID version 7 (RFC 9562: 48 bits of Unix milliseconds, then random),
+    so ids written one after another sort together and the unique indexes on event ids
+    (event_event_id_key, notify_task_one_per_endpoint) take each new one on the pages of the
+    last ones, not on a random page of a 10 M-entry index (issue 16)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 7 << 76  # version
+    value = value & ~(0b11 << 62) | 0b10 << 62  # variant (RFC)
+    return uuid.UUID(int=value)
 
 
 ORDER_EVENTS = frozenset({EventType.ORDER_CLOSED, EventType.ORDER_REFUNDED})

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from .events import EventType
+from .events import EventType, new_event_id
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ async def _disable(pool: asyncpg.Pool, endpoint: int, limits: Limits) -> int:
         if row is None:  # another process did it, or it answered meanwhile
             return 0
         await conn.execute(_HOLD, endpoint)
-        event_id = uuid.uuid4()
+        event_id = new_event_id()
         await conn.execute(_TELL, event_id, row["merchant_id"], _body(event_id, row))
     log.warning(
         "endpoint %s/%s disabled: %s; its deliveries are held until it is enabled again",

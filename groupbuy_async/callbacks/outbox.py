@@ -1,7 +1,6 @@
 """The notify_task outbox: `enqueue`, the trade side's only way in, inside the transaction
 of the state change it reports. Delivering what it holds is claims.py's."""
 
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -53,7 +52,7 @@ async def enqueue(conn: Conn, items: Sequence[Event]) -> list[str]:
     if not items:
         return []
     created = datetime.now(UTC)
-    ids = [uuid.uuid4() for _ in items]
+    ids = [events.new_event_id() for _ in items]
     bodies = [
         events.body(e.type, str(event_id), created, e.data)
         for e, event_id in zip(items, ids, strict=True)

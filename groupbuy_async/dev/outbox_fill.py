@@ -34,10 +34,16 @@ ON CONFLICT (merchant_id, endpoint_id) DO UPDATE SET disabled = false, secret = 
 RETURNING id
 """
 
+# A new event id as the service makes them (callbacks.events.new_event_id): UUID version 7, the
+# Unix milliseconds first, so the fill's events sort by time in the event-id indexes as theirs.
+_EVENT_ID = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
+    substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+    FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"""
+
 # An endpoint: its url, or the exchange and routing key of a broker endpoint (kind amqp).
 Destination = str | BrokerTarget
 
-_FILL = """
+_FILL = f"""
 WITH t AS (
     INSERT INTO group_buy_order (team_id, activity_id, source, channel, original_price,
         deduction_price, pay_price, target_count, complete_count, lock_count, status,
@@ -47,17 +53,22 @@ WITH t AS (
     FROM generate_series(1, $4) g
     RETURNING team_id, activity_id
 ), e AS (
-    INSERT INTO event (event_id, event_type, activity_id, team_id, merchant_id, parameter_json)
+    INSERT INTO event (event_id, event_type, activity_id, team_id, merchant_id, parameter_json,
+                       create_time)
     SELECT id, 'team.completed', activity_id, team_id, $5,
            json_build_object('type', 'team.completed', 'timestamp', now(), 'data',
                json_build_object('teamId', team_id, 'outTradeNoList', json_build_array(),
-                                 'activityId', activity_id, 'eventId', id))::text
-    FROM (SELECT gen_random_uuid() AS id, * FROM t) AS fresh
+                                 'activityId', activity_id, 'eventId', id))::text,
+           now() - $10::interval
+    FROM (SELECT {_EVENT_ID} AS id, * FROM t) AS fresh
     RETURNING event_id, event_type, activity_id, team_id
 )
 INSERT INTO notify_task (event_id, event_type, activity_id, team_id, notify_url, host, endpoint,
-                         next_attempt_at)
-SELECT event_id, event_type, activity_id, team_id, ep.url, ep.host, ep.id, now() + $9::interval
+                         next_attempt_at, notify_status, notify_count, last_http_status,
+                         create_time, update_time)
+SELECT event_id, event_type, activity_id, team_id, ep.url, ep.host, ep.id, now() + $9::interval,
+       $11::smallint, CASE WHEN $11 = 1 THEN 1 ELSE 0 END, CASE WHEN $11 = 1 THEN 200 END,
+       now() - $10::interval, now() - $10::interval
 FROM e CROSS JOIN unnest($6::text[], $7::text[], $8::bigint[]) WITH ORDINALITY
     AS ep(url, host, id, n)
 ORDER BY e.team_id, ep.n
@@ -114,10 +125,14 @@ async def fanned_out_teams(
     urls: Sequence[Destination],
     secret: str,
     due_in: timedelta = timedelta(0),
+    *,
+    delivered_ago: timedelta | None = None,
 ) -> list[str]:
     """`count` completed teams, each with one team.completed event and one delivery of it to
     each endpoint at `urls` (all signed with `secret`), due in `due_in`: count x len(urls)
-    deliveries, in team order (a team's in the order of `urls`). Returns the team ids."""
+    deliveries, in team order (a team's in the order of `urls`). With `delivered_ago`, the
+    events were written and delivered that long ago instead (a backlog for retention).
+    Returns the team ids."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_SETUP)
         endpoints = [
@@ -126,5 +141,6 @@ async def fanned_out_teams(
         team_ids = await conn.fetch(
             _FILL, str(uuid.uuid4().int)[:13], _ACTIVITY, _url(urls[0]), count, FILL_MERCHANT,
             [_url(url) for url in urls], [endpoint_host(url) for url in urls], endpoints, due_in,
+            delivered_ago or timedelta(0), 0 if delivered_ago is None else 1,
         )  # fmt: skip
     return sorted({r["team_id"] for r in team_ids})

@@ -81,3 +81,13 @@ def test_delivered_estimate_without_statistics_is_all_team_completed() -> None:
         "order.refunded": 0,
         "endpoint.disabled": 0,
     }
+
+
+async def test_open_and_error_counts_read_only_their_index(pool: asyncpg.Pool) -> None:
+    """Issue 16: at 10 M deliveries the error ones lie one per heap page; the scrape counts
+    them from notify_task_counts_idx alone (sql/015), never from the heap."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")  # a small table: ask for the index
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + metrics._FEW_COUNTS))
+    assert "Index Only Scan using notify_task_counts_idx" in plan
