@@ -237,7 +237,7 @@ async def measure(
         await medians(figures, pools, "/metrics scrape ms", lambda _, pool: Metrics().scrape(pool))
         heads = {side: await _head(pool) for side, pool in pools.items()}
         await medians(figures, pools, "event feed page of 100 ms",
-                      lambda side, pool: feed.list_events(pool, heads[side], 100))  # fmt: skip
+                      lambda side, pool: feed.list_events(pool, heads[side], limit=100))  # fmt: skip
         for side, pool in pools.items():
             drained = await checked_drain(pool, receiver, args.due, 0)
             figures.put(f"drain {args.due:,} due s", side, args.due / drained["rate"])

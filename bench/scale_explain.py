@@ -167,9 +167,11 @@ async def _feed(ex: Explainer, pool: asyncpg.Pool, team_id: str) -> None:
     position = await feed.feed_position(pool, event_id)
     assert position is not None
     await ex.run("feed position", feed.feed_position(pool, event_id))
-    await ex.run("feed page", feed.list_events(pool, position, 100))
-    await ex.run("feed page, one type", feed.list_events(pool, position, 100, "order.closed"))
-    await ex.run("feed page, one team", feed.list_events(pool, feed.FEED_START, 100, None, team_id))
+    await ex.run("feed page", feed.list_events(pool, position, limit=100))
+    one_type = feed.list_events(pool, position, event_type="order.closed", limit=100)
+    await ex.run("feed page, one type", one_type)
+    one_team = feed.list_events(pool, feed.FEED_START, team_id=team_id, limit=100)
+    await ex.run("feed page, one team", one_team)
 
 
 def plan_lines(plans: list[Plan]) -> list[str]:
