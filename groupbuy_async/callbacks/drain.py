@@ -101,14 +101,14 @@ class Drain:
     def _refill(self) -> int | None:
         """How many to claim now, or None to wait for sends to finish. At most two rounds of
         the concurrency stay in hand: memory is flat whatever the backlog. A claim tops up
-        as soon as an eighth of a round has finished: while it is on its way (tens of ms on a
-        busy loop) the sends go on, so what it brings is what they finished meanwhile, and
-        the sends in hand stay above a round instead of running dry. Once a claim of this or an overlapping drain left a due host
-        at its cap (sticky while they claim), a claim waits until a round has finished (or
-        nothing is in hand), so claims that could only find that merchant's backlog do not
-        repeat in a loop; it then tops up to two rounds as ever, each host to its room. (Not
-        just what finished: shared out among the hosts due, that would keep a host that
-        sends fast at a share of what a slow one finishes, at the slow one's pace.)"""
+        as soon as an eighth of a round has finished: it takes tens of ms on a busy loop,
+        and asked for only once half a round was gone, the sends in hand ran dry before it
+        came back. Once a claim of this or an overlapping drain left a due host at its cap
+        (sticky while they claim), a claim waits until a round has finished (or nothing is
+        in hand), so claims that could only find that merchant's backlog do not repeat in a
+        loop; it then tops up to two rounds as ever, each host to its room. (Not just what
+        finished: shared out among the hosts due, that would keep a host that sends fast at a
+        share of what a slow one finishes, at the slow one's pace.)"""
         d = self.delivery
         if d.saturated:
             if self.freed >= min(d.per_host, d.concurrency) or self.in_hand == 0:
