@@ -12,8 +12,10 @@ from .events import EventType
 
 log = logging.getLogger(__name__)
 
-# Settlements completing within this share one claim and one write-back of their callbacks.
-FIRE_WINDOW = 0.002
+# Settlements completing within this share one claim and one write-back of their callbacks:
+# as long as a write-back collects (a callback waits for at most that long), so that a busy
+# shop front pays a claim and a write-back per batch of teams, not per team.
+FIRE_WINDOW = FLUSH_SECONDS
 # A completed team's event has a delivery per endpoint that takes it; one immediate claim
 # takes up to this many per team (any more are the worker's).
 ENDPOINTS_PER_TEAM = 8

@@ -155,10 +155,7 @@ class Sender:
         if not keys:
             return AttemptOutcome(None, error="no signing secret", permanent=True)
         try:
-            # One limit for the whole attempt: the first try, the retries after a failed
-            # connect and the waits between them (each try alone has it too).
-            async with asyncio.timeout(self.timeout):
-                return await self._post(url, self.headers(event_id, body, keys), body)
+            return await self._post(url, self.headers(event_id, body, keys), body)
         except TimeoutError:
             return AttemptOutcome(None, error=f"timeout after {self.timeout:g}s")
         except aiohttp.ClientConnectorError as exc:
@@ -169,14 +166,19 @@ class Sender:
             return AttemptOutcome(None, error=_error_text(exc))
 
     async def _post(self, url: str, headers: dict[str, str], body: str) -> AttemptOutcome:
+        """One limit for the whole attempt: the first try, the retries after a failed connect
+        and the waits between them. The first try has it as its own total timeout, so the
+        common case sets no second timer; the rest share what is left of it."""
         data = body.encode()
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
             return await self._exchange(self.session, url, headers, data)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedAddress):
                 raise
-        await asyncio.sleep(FIRST_RETRY_WAIT)
-        return await self._exchange(self._client, url, headers, data)
+        async with asyncio.timeout_at(deadline):
+            await asyncio.sleep(FIRST_RETRY_WAIT)
+            return await self._exchange(self._client, url, headers, data)
 
     async def _exchange(
         self, client: aiohttp.ClientSession | RetryClient, url: str, headers: dict[str, str],

@@ -25,8 +25,13 @@ def _refusing_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/hook"
 
 
-async def _merchant_with(api: Api, dead_url: str, watcher: LocalMerchant) -> tuple[Api, str]:
-    """A merchant with a dead endpoint and a watcher that takes endpoint.disabled only."""
+async def _merchant_with(
+    api: Api, dead_url: str, watcher: LocalMerchant, pool: asyncpg.Pool
+) -> tuple[Api, str]:
+    """A merchant with a dead endpoint and a watcher that takes endpoint.disabled only; the
+    shop front has tried each of its 4 team.completed deliveries once (they wait up to
+    FIRE_WINDOW to be batched: a test's drain that took them over first would try them once
+    per drain, on its retry schedule of 0 s, and open its breaker)."""
     merchant_id, tag = f"h-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]
     pair = (f"s{tag}", f"c{tag}")
     shop = Api(api.client, await merchant_key(api.client, merchant_id, [pair]), merchant_id)
@@ -43,15 +48,16 @@ async def _merchant_with(api: Api, dead_url: str, watcher: LocalMerchant) -> tup
             source=pair[0], channel=pair[1], userId=f"u{i}", outTradeNo=out, outTradeTime=now_iso()
         )
         assert status == 200, env
+    await _until(lambda: _attempted_by_api(pool, f"{merchant_id}/{dead}"))
     return shop, dead
 
 
 async def _failing(
-    api: Api, watcher: LocalMerchant, make_dispatcher: Any
+    api: Api, watcher: LocalMerchant, make_dispatcher: Any, pool: asyncpg.Pool
 ) -> tuple[Api, str, Any, str]:
     """A merchant with a dead endpoint, a dispatcher whose health limits are 1 s and 3
     attempts, and the endpoint's admin path."""
-    shop, dead = await _merchant_with(api, _refusing_url(), watcher)
+    shop, dead = await _merchant_with(api, _refusing_url(), watcher, pool)
     dispatcher = make_dispatcher(
         endpoint_disable_after_seconds=1, endpoint_disable_min_attempts=3, **FAST
     )
@@ -75,7 +81,7 @@ async def test_an_endpoint_failing_long_enough_is_disabled_once_and_told(
 ) -> None:
     watcher = await start_merchant()
     try:
-        shop, dead, dispatcher, path = await _failing(api, watcher, make_dispatcher)
+        shop, dead, dispatcher, path = await _failing(api, watcher, make_dispatcher, pool)
         disabled = partial(_disabled, api, path)
 
         with caplog.at_level(logging.WARNING, "groupbuy_async.callbacks.health"):
@@ -124,13 +130,29 @@ async def _received(merchant: LocalMerchant) -> bool:
     return merchant.requests > 0
 
 
+async def _attempted_by_api(pool: asyncpg.Pool, host: str) -> bool:
+    """Every delivery to the host attempted and written back (none claimed or untried)."""
+    untried: int = await pool.fetchval(
+        "SELECT count(*) FROM notify_task"
+        " WHERE host = $1 AND (notify_count = 0 OR claim_token IS NOT NULL)",
+        host,
+    )
+    return untried == 0
+
+
+async def _until(done: Any, seconds: float = 10) -> None:
+    async with asyncio.timeout(seconds):
+        while not await done():
+            await asyncio.sleep(0.05)
+
+
 async def test_a_short_history_never_disables_and_an_answer_ends_a_run(
     api: Api, pool: asyncpg.Pool, make_dispatcher: Any
 ) -> None:
     watcher = await start_merchant()
     try:
         url = _refusing_url()
-        shop, dead = await _merchant_with(api, url, watcher)
+        shop, dead = await _merchant_with(api, url, watcher, pool)
         dispatcher = make_dispatcher(
             endpoint_disable_after_seconds=1, endpoint_disable_min_attempts=1000, **FAST
         )
@@ -174,7 +196,7 @@ async def test_enabled_again_it_sends_what_it_held_once(
     watcher = await start_merchant()
     fixed = await start_merchant()
     try:
-        shop, dead, dispatcher, path = await _failing(api, watcher, make_dispatcher)
+        shop, dead, dispatcher, path = await _failing(api, watcher, make_dispatcher, pool)
         disabled = partial(_disabled, api, path)
 
         await _drain_until(dispatcher, disabled)
