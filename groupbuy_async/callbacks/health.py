@@ -5,7 +5,6 @@ ENDPOINT_DISABLE_AFTER_SECONDS, at least ENDPOINT_DISABLE_MIN_ATTEMPTS of them, 
 endpoint.disabled event goes to the merchant's other endpoints that take it. Healthy
 endpoints cost nothing here: only failures, and the first answer after them, write."""
 
-import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -14,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from .events import EventType, new_event_id
+from .events import EventType, body, new_event_id
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +144,6 @@ def _body(event_id: uuid.UUID, row: asyncpg.Record) -> str:
         "reason": row["disabled_reason"],
         "failingSince": row["failing_since"].isoformat(),
         "failedAttempts": row["failed_attempts"],
-        "eventId": str(event_id),
     }
-    envelope = {
-        "type": str(EventType.ENDPOINT_DISABLED),
-        "timestamp": datetime.now(UTC).isoformat(),
-        "data": data,
-    }
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    now = datetime.now(UTC).isoformat()
+    return body(EventType.ENDPOINT_DISABLED, str(event_id), now, data)

@@ -51,10 +51,10 @@ async def enqueue(conn: Conn, items: Sequence[Event]) -> list[str]:
     report: they commit with it or not at all. Returns the ids of those newly written."""
     if not items:
         return []
-    created = datetime.now(UTC)
+    timestamp = datetime.now(UTC).isoformat()
     ids = [events.new_event_id() for _ in items]
     bodies = [
-        events.body(e.type, str(event_id), created, e.data)
+        events.body(e.type, str(event_id), timestamp, e.data)
         for e, event_id in zip(items, ids, strict=True)
     ]
     rows = await conn.fetch(
