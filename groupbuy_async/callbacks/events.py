@@ -27,10 +27,21 @@ def new_event_id() -> uuid.UUID:
     so ids written one after another sort together and the unique indexes on event ids
     (event_event_id_key, notify_task_one_per_endpoint) take each new one on the pages of the
     last ones, not on a random page of a 10 M-entry index (issue 16)."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
-    value = value & ~(0xF << 76) | 7 << 76  # version
-    value = value & ~(0b11 << 62) | 0b10 << 62  # variant (RFC)
-    return uuid.UUID(int=value)
+    return new_event_ids(1)[0]
+
+
+_VERSION_MASK = ~(0xF << 76) & ~(0b11 << 62)
+_VERSION = 7 << 76 | 0b10 << 62  # version 7, RFC variant
+
+
+def new_event_ids(count: int) -> list[uuid.UUID]:
+    """`count` new event ids of this millisecond (one clock read, one read of randomness)."""
+    millis = (time.time_ns() // 1_000_000) << 80
+    random = os.urandom(10 * count)
+    return [
+        uuid.UUID(int=(millis | int.from_bytes(random[i : i + 10])) & _VERSION_MASK | _VERSION)
+        for i in range(0, 10 * count, 10)
+    ]
 
 
 ORDER_EVENTS = frozenset({EventType.ORDER_CLOSED, EventType.ORDER_REFUNDED})

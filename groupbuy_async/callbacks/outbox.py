@@ -52,7 +52,7 @@ async def enqueue(conn: Conn, items: Sequence[Event]) -> list[str]:
     if not items:
         return []
     timestamp = datetime.now(UTC).isoformat()
-    ids = [events.new_event_id() for _ in items]
+    ids = events.new_event_ids(len(items))
     bodies = [
         events.body(e.type, str(event_id), timestamp, e.data)
         for e, event_id in zip(items, ids, strict=True)
