@@ -51,14 +51,19 @@ async def test_open_team_prices_order_and_starts_window(api: Api) -> None:
     assert end - start == timedelta(minutes=15)
 
 
-async def test_money_is_written_with_two_decimals(api: Api) -> None:
-    act = await api.new_activity(market_plan="ZK", market_expr="0.85", original_price=10.01)
+async def _lock_text(api: Api, act: dict[str, Any]) -> tuple[int, str]:
+    """A lock's answer as the bytes say it (how amounts are written)."""
     async with api.client.post(
         "/api/v1/gbm/trade/lock_market_pay_order",
         json={**act, "userId": "u1", "outTradeNo": new_id()},
         headers=api.shop,
     ) as resp:
-        text = await resp.text()
+        return resp.status, await resp.text()
+
+
+async def test_money_is_written_with_two_decimals(api: Api) -> None:
+    act = await api.new_activity(market_plan="ZK", market_expr="0.85", original_price=10.01)
+    _, text = await _lock_text(api, act)
     assert '"originalPrice":10.01' in text and '"payPrice":8.51' in text
     assert '"deductionPrice":1.50' in text
 
@@ -76,13 +81,8 @@ async def test_discount_tie_rounds_half_up_in_trial_and_lock(api: Api) -> None:
     assert resp.status == 200, trial
     assert '"originalPrice":10.05' in trial
     assert '"payPrice":5.03' in trial and '"deductionPrice":5.02' in trial
-    async with api.client.post(
-        "/api/v1/gbm/trade/lock_market_pay_order",
-        json={**act, "userId": "u1", "outTradeNo": new_id()},
-        headers=api.shop,
-    ) as resp:
-        locked = await resp.text()
-    assert resp.status == 200, locked
+    status, locked = await _lock_text(api, act)
+    assert status == 200, locked
     assert '"payPrice":5.03' in locked and '"deductionPrice":5.02' in locked
 
 

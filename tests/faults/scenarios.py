@@ -240,10 +240,14 @@ async def api_sigterm(run: Run, number: str, name: str) -> Outcome:
 
 
 async def _server_fault(
-    s: Stage, down: Callable[[], Awaitable[object]], up: Callable[[], Awaitable[object]]
-) -> tuple[Merchant, float, float]:
+    s: Stage,
+    down: Callable[[], Awaitable[object]],
+    up: Callable[[], Awaitable[object]],
+    state: str = "down",
+) -> tuple[Merchant, float, float, list[Call]]:
     """Steady trading through an OUTAGE-long fault; every callback needs the worker (the
-    merchant refuses each first attempt). Returns the merchant and the fault's window."""
+    merchant refuses each first attempt). Returns the merchant, the fault's window and the
+    API calls started in it (their latencies noted as made while the server was `state`)."""
     m = await s.merchant("fail-first", mode="fail-first")
     await s.worker.start()
     await s.worker_ready()
@@ -274,7 +278,9 @@ async def _server_fault(
     )
     if not s.worker.unexpected_exits:
         s.outcome.notes.append("worker rode it out (no exit)")
-    return m, window["start"], window["end"]
+    during = in_outage(s.shop.calls, window["start"], window["end"])
+    s.outcome.notes.append(f"while {state}: {latency_note(during)}")
+    return m, window["start"], window["end"], during
 
 
 def _answers_quickly(o: Outcome, calls: list[Call], what: str) -> None:
@@ -296,10 +302,8 @@ def _answers_quickly(o: Outcome, calls: list[Call], what: str) -> None:
 
 async def postgres_stop(run: Run, number: str, name: str) -> Outcome:
     async with Stage(run, number, name) as s:
-        m, start, end = await _server_fault(s, run.pg.stop, run.pg.restart)
+        m, start, end, during = await _server_fault(s, run.pg.stop, run.pg.restart)
         o = s.outcome
-        during = in_outage(s.shop.calls, start, end)
-        o.notes.append(f"while down: {latency_note(during)}")
         _answers_quickly(o, during, "PostgreSQL was down")
         drained = await s.wait_drained([m], lease_deadline(end))
         o.expect(drained, "outbox not drained within the lease + 20 s after the restart")
@@ -316,10 +320,8 @@ async def postgres_freeze(run: Run, number: str, name: str) -> Outcome:
         run.pg.thaw()
 
     async with Stage(run, number, name) as s:
-        m, start, end = await _server_fault(s, freeze, thaw)
+        m, start, end, during = await _server_fault(s, freeze, thaw, "frozen")
         o = s.outcome
-        during = in_outage(s.shop.calls, start, end)
-        o.notes.append(f"while frozen: {latency_note(during)}")
         _answers_quickly(o, during, "PostgreSQL was frozen")
         drained = await s.wait_drained([m], lease_deadline(end))
         o.expect(drained, "outbox not drained within the lease + 20 s after the thaw")
@@ -329,10 +331,8 @@ async def postgres_freeze(run: Run, number: str, name: str) -> Outcome:
 
 async def redis_stop(run: Run, number: str, name: str) -> Outcome:
     async with Stage(run, number, name) as s:
-        m, start, end = await _server_fault(s, run.redis.stop, run.redis.restart)
+        m, _, end, during = await _server_fault(s, run.redis.stop, run.redis.restart)
         o = s.outcome
-        during = in_outage(s.shop.calls, start, end)
-        o.notes.append(f"while down: {latency_note(during)}")
         failed = [c for c in during if c.status != 200]
         o.expect(
             not failed, f"{len(failed)} API call(s) failed while Redis was down (it needs none)"
