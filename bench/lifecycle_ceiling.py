@@ -1,7 +1,7 @@
 """The close cron's ceiling: what PostgreSQL alone takes to do the cron's work, with no
 Python per row. One statement per batch closes the due locks, frees their teams' slots and
 writes each order.closed event and its deliveries, the event bodies built by PostgreSQL
-(json_build_object). It is composed of the cron's own statements (expiry's close, outbox's
+(json_build_object) and their ids too, time-ordered as the service's (outbox_fill.EVENT_ID). It is composed of the cron's own statements (expiry's close, outbox's
 enqueue), so it follows them when they change; run on as many connections as the cron runs
 batches at once."""
 
@@ -11,13 +11,14 @@ import time
 import asyncpg
 
 from groupbuy_async.callbacks import outbox
+from groupbuy_async.dev.outbox_fill import EVENT_ID
 from groupbuy_async.trade import expiry
 
 # The close's CTEs up to its final SELECT, then the events of the closed rows (each id made
 # first: the body carries it), then the enqueue's fan-out from its `placed` step on.
 _CLOSE_CTES = expiry._CLOSE_DUE.rsplit("\nSELECT ", 1)[0]
-_EVENTS = """, ids AS (
-    SELECT gen_random_uuid() AS event_id, c.*, coalesce(teams.notify_url, '') AS pin
+_EVENTS = f""", ids AS (
+    SELECT {EVENT_ID} AS event_id, c.*, coalesce(teams.notify_url, '') AS pin
     FROM closed c JOIN teams ON teams.team_id = c.team_id
 ), e AS (
     SELECT event_id, 'order.closed'::text AS event_type, activity_id, team_id, order_id, pin,

@@ -36,7 +36,7 @@ RETURNING id
 
 # A new event id as the service makes them (callbacks.events.new_event_id): UUID version 7, the
 # Unix milliseconds first, so the fill's events sort by time in the event-id indexes as theirs.
-_EVENT_ID = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
+EVENT_ID = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
     substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
     FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"""
 
@@ -60,7 +60,7 @@ WITH t AS (
                json_build_object('teamId', team_id, 'outTradeNoList', json_build_array(),
                                  'activityId', activity_id, 'eventId', id))::text,
            now() - $10::interval
-    FROM (SELECT {_EVENT_ID} AS id, * FROM t) AS fresh
+    FROM (SELECT {EVENT_ID} AS id, * FROM t) AS fresh
     RETURNING event_id, event_type, activity_id, team_id
 )
 INSERT INTO notify_task (event_id, event_type, activity_id, team_id, notify_url, host, endpoint,
