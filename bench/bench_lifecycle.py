@@ -74,7 +74,8 @@ class CloseRun:
     children: list[dict[str, Any]]
     cpu: dict[str, float]
     problems: list[str] = field(default_factory=list)
-    ceiling: float = 0.0  # rows/s of the one-statement close on the same locks
+    ceiling: float = 0.0  # rows/s of the one-statement close on the same locks (best round)
+    rounds: list[tuple[float, float]] = field(default_factory=list)  # (ours, ceiling) rows/s
 
     @property
     def rate(self) -> float:
@@ -206,9 +207,24 @@ async def refund_part(
 
 async def bench(args: argparse.Namespace) -> int:
     with servers() as (admin_dsn, redis_url):
-        close, version = await close_part(admin_dsn, args.locks, args.workers)
-        close.ceiling, problems = await ceiling_part(admin_dsn, args.locks)
-        problems += close.problems
+        # Rounds in the order A B B A ...: ours and the ceiling alternate which goes first, so
+        # a slow spell of the machine does not fall on one side; the best of each is reported.
+        runs: list[CloseRun] = []
+        ceilings: list[float] = []
+        problems: list[str] = []
+        for round_ in range(args.rounds):
+            for part in ("ours", "ceiling") if round_ % 2 == 0 else ("ceiling", "ours"):
+                if part == "ours":
+                    run, version = await close_part(admin_dsn, args.locks, args.workers)
+                    runs.append(run)
+                    problems += run.problems
+                else:
+                    rate, found = await ceiling_part(admin_dsn, args.locks)
+                    ceilings.append(rate)
+                    problems += found
+        close = max(runs, key=lambda r: r.rate)
+        close.ceiling = max(ceilings)
+        close.rounds = [(r.rate, c) for r, c in zip(runs, ceilings, strict=True)]
         phases: list[Phase] = []
         for path in ("http", "direct"):
             phase, found = await refund_part(args, admin_dsn, redis_url, path)
@@ -249,11 +265,16 @@ def report(
         "",
         f"close (worker cron): {args.locks} unpaid locks past their timeout (teams of 3),"
         f" {args.workers} worker process(es), 1,000 per transaction",
-        f"  closed {args.locks} in {close.seconds:.2f}s: {close.rate:,.0f} rows/s"
-        f"   (aim >= 17,000 rows/s: {aim}; the original: 10 a minute)",
-        f"  ceiling (one SQL statement a batch, bodies built by PostgreSQL, {CLOSE_PARALLEL}"
-        f" connections): {close.ceiling:,.0f} rows/s; ours/ceiling = {of_ceiling:.2f}"
-        f" (aim >= 0.9: {'met' if of_ceiling >= 0.9 else 'NOT met'})",
+        f"  closed {args.locks} in {close.seconds:.2f}s: {close.rate:,.0f} rows/s, best of"
+        f" {len(close.rounds)}   (aim >= 17,000 rows/s: {aim}; the original: 10 a minute)",
+        f"  ceiling (one SQL statement a batch on a bare connection, bodies by json_build_object,"
+        f" {CLOSE_PARALLEL} connections): {close.ceiling:,.0f} rows/s, best of {len(close.rounds)};"
+        f" ours/ceiling = {of_ceiling:.2f} (aim >= 0.9: {'met' if of_ceiling >= 0.9 else 'NOT met'})",
+        "  rounds (ours vs ceiling, rows/s, A B B A): "
+        + ", ".join(
+            f"{ours:,.0f} vs {ceiling:,.0f} ({ours / ceiling:.2f})"
+            for ours, ceiling in close.rounds
+        ),
         f"  peak worker RSS {peak:.1f} MiB (VmHWM; {before:.1f} MiB before the first batch)",
         f"  CPU per row: worker {worker_us:.1f} us, PostgreSQL backends {pg_us:.1f} us"
         f" ({1e6 / (worker_us + pg_us):,.0f} rows per core-second)",
@@ -280,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         "--locks", type=positive, default=100_000, help="due locks to close (100000)"
     )
     parser.add_argument("--workers", type=positive, default=1, help="worker processes closing (1)")
+    parser.add_argument(
+        "--rounds", type=positive, default=2, help="close and ceiling runs each, alternating (2)"
+    )
     parser.add_argument("--refunds", type=int, default=10_000, help="orders to refund (10000)")
     parser.add_argument("--concurrency", type=positive, default=64, help="refunds in flight (64)")
     args = parser.parse(argv)

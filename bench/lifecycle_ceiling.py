@@ -1,9 +1,12 @@
-"""The close cron's ceiling: what PostgreSQL alone takes to do the cron's work, with no
-Python per row. One statement per batch closes the due locks, frees their teams' slots and
-writes each order.closed event and its deliveries, the event bodies built by PostgreSQL
-(json_build_object) and their ids too, time-ordered as the service's (outbox_fill.EVENT_ID). It is composed of the cron's own statements (expiry's close, outbox's
-enqueue), so it follows them when they change; run on as many connections as the cron runs
-batches at once."""
+"""The close cron's ceiling: what PostgreSQL alone takes to do the cron's work, with nothing
+around it. One statement per batch on a bare connection closes the due locks, frees their
+teams' slots and writes each order.closed event and its deliveries, the bodies built by
+json_build_object (PostgreSQL's own, in C) and the ids time-ordered as the service's
+(outbox.NEW_EVENT_ID). It is composed of the cron's own parts (expiry's state change,
+outbox's fan-out), so it follows them when they change; run on as many connections as the
+cron runs batches at once. Since the cron writes its events in SQL too, what it is measured
+against is its pool, its loop and its body builder (concatenation that keeps the bytes
+events.body makes)."""
 
 import asyncio
 import time
@@ -11,14 +14,13 @@ import time
 import asyncpg
 
 from groupbuy_async.callbacks import outbox
-from groupbuy_async.dev.outbox_fill import EVENT_ID
 from groupbuy_async.trade import expiry
 
-# The close's CTEs up to its final SELECT, then the events of the closed rows (each id made
-# first: the body carries it), then the enqueue's fan-out from its `placed` step on.
-_CLOSE_CTES = expiry._CLOSE_DUE.rsplit("\nSELECT ", 1)[0]
+# The close's state change, then the events of the closed rows (each id made first: the body
+# carries it) built with json_build_object, then the enqueue's fan-out.
+_CLOSE_CTES = "WITH " + expiry._CLOSING
 _EVENTS = f""", ids AS (
-    SELECT {EVENT_ID} AS event_id, c.*, coalesce(teams.notify_url, '') AS pin
+    SELECT {outbox.NEW_EVENT_ID} AS event_id, c.*, coalesce(teams.notify_url, '') AS pin
     FROM closed c JOIN teams ON teams.team_id = c.team_id
 ), e AS (
     SELECT event_id, 'order.closed'::text AS event_type, activity_id, team_id, order_id, pin,
@@ -31,8 +33,7 @@ _EVENTS = f""", ids AS (
            row_number() OVER () AS n
     FROM ids
 )"""
-_FAN_OUT = ", placed AS (" + outbox._ENQUEUE.split("), placed AS (", 1)[1].rsplit("\nSELECT ", 1)[0]
-CEILING = _CLOSE_CTES + _EVENTS + _FAN_OUT + "\nSELECT count(*) FROM closed"
+CEILING = _CLOSE_CTES + _EVENTS + ", " + outbox._FAN_OUT + "\nSELECT count(*) FROM closed"
 
 
 async def close_in_sql(dsn: str, batch: int, parallel: int) -> tuple[int, float]:

@@ -1,6 +1,9 @@
 """The notify_task outbox: `enqueue`, the trade side's only way in, inside the transaction
-of the state change it reports. Delivering what it holds is claims.py's."""
+of the state change it reports; `writing_events` for a statement that makes its events in
+SQL (the close cron's), with the same fan-out and bodies byte for byte `events.body`'s.
+Delivering what the outbox holds is claims.py's."""
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -9,16 +12,13 @@ from . import events
 from .events import Event, EventType
 
 # Exactly once per state change: the unique index is one per (type, team) for team events
-# and one per (type, order) for order events; a second enqueue of the same is a no-op. The
+# and one per (type, order) for order events; a second write of the same is a no-op. The
 # same statement writes the event's deliveries: one per enabled endpoint of its merchant (the
 # holder of its order's pair, or its team's) that takes its type and pair; a team whose lock
 # named a notifyUrl (`pin`) has its events delivered to the endpoints at that url only.
-_ENQUEUE = """
-WITH e AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[]) WITH ORDINALITY
-        AS e(event_id, event_type, activity_id, team_id, order_id, pin, body, n)
-), placed AS (
+# It starts from a CTE `e` of (event_id, event_type, activity_id, team_id, order_id, pin,
+# body, n), n the order they are written in.
+_FAN_OUT = """placed AS (
     SELECT e.*, coalesce(o.source, t.source) AS source, coalesce(o.channel, t.channel) AS channel
     FROM e LEFT JOIN group_buy_order t ON t.team_id = e.team_id
     LEFT JOIN group_buy_order_list o ON o.order_id = e.order_id
@@ -41,9 +41,72 @@ WITH e AS (
       AND (ep.channels = '[]'::jsonb OR ep.channels @> jsonb_build_array(
                jsonb_build_object('source', p.source, 'channel', p.channel)))
       AND (p.pin = '' OR ep.url = p.pin)
-)
+)"""
+
+_ENQUEUE = f"""
+WITH e AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                         $6::text[], $7::text[]) WITH ORDINALITY
+        AS e(event_id, event_type, activity_id, team_id, order_id, pin, body, n)
+), {_FAN_OUT}
 SELECT event_id FROM written
 """
+
+
+def writing_events(ctes: str, made: str, result: str) -> str:
+    """One statement that changes state and writes the events of the change with their
+    deliveries, as `enqueue` would: `ctes` (a WITH list, without WITH) change the state,
+    `made` is a SELECT of the events' (event_id, event_type, activity_id, team_id, order_id,
+    pin, body) from them (see NEW_EVENT_ID, body_sql), `result` the statement's answer."""
+    return (
+        f"WITH {ctes}, e AS (\n    SELECT *, row_number() OVER () AS n FROM ({made}) AS made\n"
+        f"), {_FAN_OUT}\n{result}"
+    )
+
+
+# A new event id as events.new_event_id makes them: UUID version 7 (a random version 4 id, its
+# first 48 bits the Unix milliseconds, its version bits 0100 made 0111).
+NEW_EVENT_ID = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
+    substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+    FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"""
+
+
+def iso_timestamp_sql(at: str) -> str:
+    """SQL for the text `datetime.isoformat()` makes of the timestamptz `at` in UTC: its
+    microseconds only when they are not 0."""
+    utc = f"(({at}) AT TIME ZONE 'UTC')"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE to_char({utc}, 'US') "
+        f"WHEN '000000' THEN '' ELSE '.' || to_char({utc}, 'US') END || '+00:00'"
+    )
+
+
+# The statement's time, made text once per statement (an uncorrelated subquery).
+NOW = f"(SELECT {iso_timestamp_sql('now()')})"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _key(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)
+
+
+def body_sql(
+    event_type: EventType, data: Sequence[tuple[str, str]], event_id: str, timestamp: str = NOW
+) -> str:
+    """SQL for the bytes `events.body` makes: data's members in the order given, each its key
+    and the SQL of its value (text or an integer: to_json escapes text as json.dumps does; a
+    NULL is null), then eventId, the text of the SQL `event_id`. `timestamp`: SQL of its
+    text (NOW, or iso_timestamp_sql of another time)."""
+    parts = [_literal(f'{{"type":{_key(event_type)},"timestamp":"'), timestamp]
+    opening = '","data":{'
+    for key, value in data:
+        parts += [_literal(f"{opening}{_key(key)}:"), f"coalesce(to_json({value})::text, 'null')"]
+        opening = ","
+    parts += [_literal(f'{opening}"eventId":"'), f"({event_id})::text", _literal('"}}')]
+    return " || ".join(parts)
 
 
 async def enqueue(conn: Conn, items: Sequence[Event]) -> list[str]:

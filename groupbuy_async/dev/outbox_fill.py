@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from ..callbacks.outbox import NEW_EVENT_ID
 from ..callbacks.rules import BrokerTarget
 from ..merchants.secret_box import SecretBox
 
@@ -34,12 +35,6 @@ ON CONFLICT (merchant_id, endpoint_id) DO UPDATE SET disabled = false, secret = 
 RETURNING id
 """
 
-# A new event id as the service makes them (callbacks.events.new_event_id): UUID version 7, the
-# Unix milliseconds first, so the fill's events sort by time in the event-id indexes as theirs.
-EVENT_ID = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
-    substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
-    FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"""
-
 # An endpoint: its url, or the exchange and routing key of a broker endpoint (kind amqp).
 Destination = str | BrokerTarget
 
@@ -60,7 +55,7 @@ WITH t AS (
                json_build_object('teamId', team_id, 'outTradeNoList', json_build_array(),
                                  'activityId', activity_id, 'eventId', id))::text,
            now() - $10::interval
-    FROM (SELECT {EVENT_ID} AS id, * FROM t) AS fresh
+    FROM (SELECT {NEW_EVENT_ID} AS id, * FROM t) AS fresh
     RETURNING event_id, event_type, activity_id, team_id
 )
 INSERT INTO notify_task (event_id, event_type, activity_id, team_id, notify_url, host, endpoint,

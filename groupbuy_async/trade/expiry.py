@@ -9,21 +9,23 @@ import asyncpg
 
 from ..callbacks import outbox
 from ..callbacks.events import EventType
-from .rules import order_event, team_failed_event
+from .rules import ORDER_DATA, team_failed_event
 
 log = logging.getLogger(__name__)
 
-# One statement closes a batch and frees its slots: the due orders are locked first (SKIP
-# LOCKED: one held by a settlement or refund is that request's), then their teams in id order,
-# so concurrent batches sharing a team never lock in a cycle; only forming teams give the
-# slots back (a failed team counts only its payments, set when it failed). Due orders are
-# taken in pay_deadline order (the partial index's, status = 0) and updated by the ctid they
-# were locked at: the lock keeps it theirs until the statement ends, and no second index
-# lookup is needed. Teams are found by
-# their unique team_id (= ANY of an array: an index scan however many teams there are, where
-# a join on the CTE's rows planned as a scan of every team).
-_CLOSE_DUE = """
-WITH due AS (
+# One statement closes a batch, frees its slots and writes each closed order's order.closed
+# event with its deliveries (ids and bodies made by PostgreSQL, as enqueue would make them:
+# no row comes back to Python). The due orders are locked first (SKIP LOCKED: one held by a
+# settlement or refund is that request's), then their teams in id order, so concurrent
+# batches sharing a team never lock in a cycle; only forming teams give the slots back (a
+# failed team counts only its payments, set when it failed). Due orders are taken in
+# pay_deadline order (the partial index's, status = 0) and updated by the ctid they were
+# locked at: the lock keeps it theirs until the statement ends, and no second index lookup
+# is needed. Teams are found by their unique team_id (= ANY of an array: an index scan
+# however many teams there are, where a join on the CTE's rows planned as a scan of every
+# team). The events' ids are made in a CTE of their own, so each is made once and its body
+# carries the same.
+_CLOSING = """due AS (
     SELECT ctid FROM group_buy_order_list
     WHERE status = 0 AND pay_deadline <= now()
     ORDER BY pay_deadline LIMIT $1
@@ -43,10 +45,23 @@ WITH due AS (
     UPDATE group_buy_order t SET lock_count = t.lock_count - p.closed, update_time = now()
     FROM teams JOIN per_team p ON p.team_id = teams.team_id
     WHERE t.id = teams.id AND teams.status = 0 AND t.status = 0
+)"""
+_CLOSE_DUE = outbox.writing_events(
+    ctes=_CLOSING
+    + """, ids AS MATERIALIZED (
+    SELECT """
+    + outbox.NEW_EVENT_ID
+    + """ AS event_id, c.*, coalesce(teams.notify_url, '') AS pin
+    FROM closed c JOIN teams ON teams.team_id = c.team_id
+)""",
+    made=f"""
+    SELECT event_id, '{EventType.ORDER_CLOSED}' AS event_type, activity_id, team_id, order_id,
+           pin, """
+    + outbox.body_sql(EventType.ORDER_CLOSED, ORDER_DATA, "event_id")
+    + """ AS body
+    FROM ids""",
+    result="SELECT count(*) FROM closed",
 )
-SELECT c.order_id, c.out_trade_no, c.user_id, c.team_id, c.activity_id, teams.notify_url
-FROM closed c JOIN teams ON teams.team_id = c.team_id
-"""
 
 CLOSE_BATCH = 1000
 # Batches in flight at once: while PostgreSQL closes one, the worker writes the events of
@@ -64,13 +79,11 @@ async def close_unpaid_orders(
     async def close_until_short() -> int:
         total = 0
         while True:
-            async with pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(_CLOSE_DUE, batch)
-                await outbox.enqueue(
-                    conn, [order_event(EventType.ORDER_CLOSED, r, r["notify_url"]) for r in rows]
-                )
-            total += len(rows)
-            if len(rows) < batch:
+            # One statement: atomic on its own, so no BEGIN and COMMIT round trips.
+            async with pool.acquire() as conn:
+                closed: int = await conn.fetchval(_CLOSE_DUE, batch)
+            total += closed
+            if closed < batch:
                 return total
 
     try:

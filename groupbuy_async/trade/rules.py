@@ -59,18 +59,23 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+# An order event's data, in its order: each key and the order row's column it is taken from
+# (here, and by the close cron's statement, which makes its bodies in SQL).
+ORDER_DATA = (
+    ("orderId", "order_id"),
+    ("outTradeNo", "out_trade_no"),
+    ("userId", "user_id"),
+    ("teamId", "team_id"),
+    ("activityId", "activity_id"),
+)
+
+
 def order_event(
     kind: EventType, order: Row, notify_url: str, refund_type: str | None = None
 ) -> Event:
     """order.closed / order.refunded for an order row (order_id, out_trade_no, user_id,
     team_id, activity_id)."""
-    data: dict[str, Any] = {
-        "orderId": order["order_id"],
-        "outTradeNo": order["out_trade_no"],
-        "userId": order["user_id"],
-        "teamId": order["team_id"],
-        "activityId": order["activity_id"],
-    }
+    data: dict[str, Any] = {key: order[column] for key, column in ORDER_DATA}
     if refund_type is not None:
         data["refundType"] = refund_type
     return Event(

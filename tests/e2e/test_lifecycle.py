@@ -1,11 +1,15 @@
 """The lifecycle over HTTP: refunds, unpaid timeout, team failure, late payments."""
 
+import json
 from typing import Any
 
 import asyncpg
 import pytest
 
+from groupbuy_async.callbacks import events as events_module
+from groupbuy_async.callbacks.events import EventType
 from groupbuy_async.trade import expiry
+from groupbuy_async.trade.rules import order_event
 
 from ..conftest import Api, new_id
 from .lifecycle_checks import (
@@ -151,6 +155,24 @@ async def test_an_unpaid_lock_past_its_timeout_is_closed_by_the_cron(
     assert await expiry.close_unpaid_orders(pool) >= 1
     view = await api.team(team.team_id)
     assert (view["status"], view["lockCount"], view["completeCount"]) == (0, 2, 1)
+    # Its order.closed, made by the close's statement, is byte for byte what Python makes,
+    # with a delivery to the merchant's endpoint.
+    closed = await pool.fetchrow(
+        "SELECT e.event_id, e.parameter_json, count(d.id) AS deliveries FROM event e"
+        " JOIN group_buy_order_list o ON o.order_id = e.order_id"
+        " LEFT JOIN notify_task d ON d.event_id = e.event_id"
+        " WHERE o.out_trade_no = $1 AND e.event_type = 'order.closed' GROUP BY e.id",
+        late_out,
+    )
+    order = await pool.fetchrow(
+        "SELECT * FROM group_buy_order_list WHERE out_trade_no = $1", late_out
+    )
+    assert closed is not None and order is not None and closed["deliveries"] == 1
+    stamp = json.loads(closed["parameter_json"])["timestamp"]
+    data = order_event(EventType.ORDER_CLOSED, order, "").data
+    expected = events_module.body("order.closed", str(closed["event_id"]), stamp, data)
+    assert closed["parameter_json"] == expected
+    assert closed["event_id"].version == 7  # time-ordered, as every event id
     # The late payment is refused with its own code; the event is not written twice.
     status, env = await settle(api, act, late_user, late_out)
     assert (status, env["code"], env["data"]) == (409, "E0112", None), env
