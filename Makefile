@@ -30,8 +30,10 @@ test: install
 
 ## make faults: the fault scenarios (tests/faults) against real API, worker and merchant
 ## processes, on PostgreSQL and Redis of their own; a table, exit 1 if any scenario fails.
+## Then (unless FAULTS_ARGS picks scenarios) the pytest tests marked `fault` (not in make test).
 faults: install
 	$(BIN)/python -m tests.faults $(FAULTS_ARGS)
+	$(if $(FAULTS_ARGS),,$(BIN)/python -m pytest -m fault)
 
 ## make fuzz: schemathesis over every operation of a real API process (tests/fuzz), positive
 ## and negative data, every check; exit 1 on any failure. FUZZ_ARGS="--max-examples 300 --seed 7".

@@ -3,8 +3,9 @@ RabbitMQ (tests/faults/rabbit.py: its own node, ports, epmd and data; never the 
 shared broker), stopped with SIGTERM (a clean shutdown) or SIGKILL (a crash) mid-drain and
 started again on the same data and port. Every delivery ends delivered, every event id is in
 the (durable) queue at least once, and a repeat is only ever of an event with a failed
-attempt. Skipped, saying why, where RabbitMQ is not installed. The same fault against the
-worker process: `make faults` scenarios 10a and 10b."""
+attempt. Skipped, saying why, where RabbitMQ is not installed. A fault scenario: run by
+`make faults` (after its scenarios 10a and 10b, the same fault against the worker process),
+not by `make test`."""
 
 import asyncio
 import contextlib
@@ -35,7 +36,7 @@ from ..faults.broker import declare
 from ..faults.rabbit import PrivateRabbit, missing
 
 _WHY = missing()
-pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+pytestmark = [pytest.mark.fault, pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
 
 EVENTS = 2000
 CUT_AT = 500  # delivered when the broker is stopped
