@@ -259,7 +259,8 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
 
 
 async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply each migration once, in order, each in its own transaction. Returns what ran."""
+    """Apply each migration once, in order, each in its own transaction (or, one marked
+    OUTSIDE_A_TRANSACTION, statement by statement). Returns what ran."""
     conn = await asyncpg.connect(dsn)
     try:
         return await apply_migrations(conn, sql_dir)
@@ -267,11 +268,47 @@ async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
         await conn.close()
 
 
+# A migration whose first line is this runs statement by statement outside a transaction:
+# for CREATE INDEX CONCURRENTLY and DROP INDEX CONCURRENTLY, which change the indexes of a
+# large table without holding up its writes for the build (a plain CREATE INDEX holds back
+# every insert and update for as long as it takes: tens of seconds at 10 M rows). Its
+# statements are separated by semicolons at the ends of lines and must be safe to run again:
+# a build that failed leaves an invalid index, so drop it IF EXISTS before creating it.
+OUTSIDE_A_TRANSACTION = "-- migrate: outside a transaction"
+
+
+def statements(text: str) -> list[str]:
+    """The statements of a migration run outside a transaction, without their comments."""
+    kept = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in re.split(r";[ \t]*$", "\n".join(kept), flags=re.M) if s.strip()]
+
+
+async def _run(conn: asyncpg.Connection, version: int, name: str, text: str) -> None:
+    record = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+    if text.startswith(OUTSIDE_A_TRANSACTION):
+        for statement in statements(text):
+            await conn.execute(statement)
+        await conn.execute(record, version, name)
+        return
+    async with conn.transaction():
+        await conn.execute(text)
+        await conn.execute(record, version, name)
+
+
+async def _take_migrate_lock(conn: asyncpg.Connection) -> None:
+    # Polled, not waited for in a statement: a process waiting in a statement holds a
+    # snapshot, which a CREATE INDEX CONCURRENTLY of the holder's would wait for in turn.
+    while True:
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATE_LOCK):
+            return
+        await asyncio.sleep(0.2)
+
+
 async def apply_migrations(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
     """migrate() on a connection already open; MigrationError names a migration that fails."""
     files = migration_files(sql_dir)
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)
+    await _take_migrate_lock(conn)
     try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -283,13 +320,7 @@ async def apply_migrations(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) ->
             if version in done:
                 continue
             try:
-                async with conn.transaction():
-                    await conn.execute(path.read_text())
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        path.name,
-                    )
+                await _run(conn, version, path.name, path.read_text())
             except asyncpg.PostgresError as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise MigrationError(f"migration {path.name} failed: {first}") from exc
