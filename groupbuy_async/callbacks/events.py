@@ -71,7 +71,8 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 def body(event_type: str, event_id: str, timestamp: str, data: dict[str, Any]) -> str:
     """The exact bytes sent on every attempt (stored once, so retries are byte-identical):
     {"type","timestamp","data"} with the event id last in data. `timestamp` is ISO-8601
-    (datetime.isoformat()), made once for the events written together."""
+    (datetime.isoformat()), made once for the events written together. outbox.body_sql makes
+    the same bytes in SQL (tests/integration/test_sql_bodies.py holds them equal)."""
     fields = _ENCODE(data)[:-1]  # "{" and data's members, the event id follows them
     comma = "," if data else ""
     return (
