@@ -469,6 +469,33 @@ async def test_immediate_sends_are_batched_bounded_and_finish_on_close(
     assert not dispatcher.fire(team_ids[4])  # closed: compensation's turn
 
 
+async def test_settlements_share_a_claim_only_within_the_immediate_window(
+    pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
+) -> None:
+    # Fired together, teams share one claim; 10 ms apart, each has its own. A window long
+    # enough to gather the second (20 ms was tried) makes claims of many teams under a busy
+    # shop front, and those meet their host's cap and hand the rest to the worker.
+    dispatcher = make_dispatcher()
+    delivery = dispatcher.immediate.delivery
+    claimed: list[list[str]] = []
+    claim = delivery.claim
+
+    async def counted(limit: int, team_ids: list[str] | None = None, **kw: Any) -> Any:
+        claimed.append(sorted(team_ids or []))
+        return await claim(limit, team_ids, **kw)
+
+    delivery.claim = counted
+    a, b, c, d = await make_tasks(pool, 4, merchant.url)
+    assert dispatcher.fire(a) and dispatcher.fire(b)
+    await asyncio.sleep(0.01)
+    assert dispatcher.fire(c)
+    await asyncio.sleep(0.01)
+    assert dispatcher.fire(d)
+    await dispatcher.wait_background(grace_seconds=5)
+    assert claimed == [sorted([a, b]), [c], [d]]
+    assert merchant.requests == 4
+
+
 async def test_success_body_split_across_chunks_is_read_whole(
     pool: asyncpg.Pool, merchant: LocalMerchant, make_dispatcher: Any
 ) -> None:
