@@ -33,7 +33,7 @@ test: install
 ## Then (unless FAULTS_ARGS picks scenarios) the pytest tests marked `fault` (not in make test).
 faults: install
 	$(BIN)/python -m tests.faults $(FAULTS_ARGS)
-	$(if $(FAULTS_ARGS),,$(BIN)/python -m pytest -m fault)
+	$(if $(FAULTS_ARGS),,$(BIN)/python -m pytest --faults -m fault)
 
 ## make fuzz: schemathesis over every operation of a real API process (tests/fuzz), positive
 ## and negative data, every check; exit 1 on any failure. FUZZ_ARGS="--max-examples 300 --seed 7".

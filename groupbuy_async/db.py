@@ -272,15 +272,20 @@ async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
 # for CREATE INDEX CONCURRENTLY and DROP INDEX CONCURRENTLY, which change the indexes of a
 # large table without holding up its writes for the build (a plain CREATE INDEX holds back
 # every insert and update for as long as it takes: tens of seconds at 10 M rows). Its
-# statements are separated by semicolons at the ends of lines and must be safe to run again:
+# statements end with a semicolon at the end of a line (none inside a literal or a $$ body
+# may end a line) and must be safe to run again:
 # a build that failed leaves an invalid index, so drop it IF EXISTS before creating it.
 OUTSIDE_A_TRANSACTION = "-- migrate: outside a transaction"
 
 
+# A semicolon at the end of a line (a comment may follow it) ends a statement.
+_STATEMENT_END = re.compile(r";[ \t]*(?:--.*)?$", re.M)
+
+
 def statements(text: str) -> list[str]:
     """The statements of a migration run outside a transaction, without their comments."""
-    kept = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
-    return [s.strip() for s in re.split(r";[ \t]*$", "\n".join(kept), flags=re.M) if s.strip()]
+    kept = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in _STATEMENT_END.split(kept) if s.strip()]
 
 
 async def _run(conn: asyncpg.Connection, version: int, name: str, text: str) -> None:

@@ -42,6 +42,23 @@ SHOP_PAIRS = [("s01", "c01"), ("s02", "c02"), ("s09", "c09"), ("s99", "c01")]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--faults", action="store_true", help="run the tests marked fault (make faults does)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fault scenarios (a server stopped and restarted) are `make faults`' to run: skipped,
+    saying so, in `make test`."""
+    if config.getoption("--faults"):
+        return
+    skip = pytest.mark.skip(reason="a fault scenario: make faults runs it (pytest --faults)")
+    for item in items:
+        if item.get_closest_marker("fault") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def server_dir() -> Iterator[Path]:
     """A data folder for servers a test starts itself (embedded PostgreSQL runs as another

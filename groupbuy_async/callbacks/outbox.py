@@ -65,9 +65,9 @@ def writing_events(ctes: str, made: str, result: str) -> str:
 
 
 # A new event id as events.new_event_id makes them: UUID version 7 (a random version 4 id, its
-# first 48 bits the Unix milliseconds, its version bits 0100 made 0111).
+# first 48 bits the Unix milliseconds, rounded down, its version bits 0100 made 0111).
 NEW_EVENT_ID = """encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
-    substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+    substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
     FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid"""
 
 

@@ -64,8 +64,8 @@ _CLOSE_DUE = outbox.writing_events(
 )
 
 CLOSE_BATCH = 1000
-# Batches in flight at once: while PostgreSQL closes one, the worker writes the events of
-# another, and a second core is used when there is one. SKIP LOCKED keeps them apart.
+# Batches in flight at once, each a statement on a connection of its own: a second core is
+# used when there is one. SKIP LOCKED keeps them apart.
 CLOSE_PARALLEL = 2
 
 

@@ -4,8 +4,8 @@ shared broker), stopped with SIGTERM (a clean shutdown) or SIGKILL (a crash) mid
 started again on the same data and port. Every delivery ends delivered, every event id is in
 the (durable) queue at least once, and a repeat is only ever of an event with a failed
 attempt. Skipped, saying why, where RabbitMQ is not installed. A fault scenario: run by
-`make faults` (after its scenarios 10a and 10b, the same fault against the worker process),
-not by `make test`."""
+`make faults` (after its scenarios 10a and 10b, the same fault against the worker process)
+with `pytest --faults`; `make test` skips it."""
 
 import asyncio
 import contextlib

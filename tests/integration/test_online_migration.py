@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from groupbuy_async.db import SQL_DIR, migrate
+from groupbuy_async.db import SQL_DIR, migrate, statements
 from groupbuy_async.dev.databases import temporary_database
 
 INDEX_MIGRATION = "015_scale_indexes.sql"
@@ -30,6 +30,19 @@ async def _valid(conn: asyncpg.Connection, index: str) -> bool | None:
         index,
     )
     return valid
+
+
+def test_statements_end_at_a_semicolon_ending_a_line() -> None:
+    text = (
+        "-- migrate: outside a transaction\n-- a comment; with a semicolon;\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS a; -- why\n\n"
+        "CREATE INDEX CONCURRENTLY b ON t (x)\n    WHERE y IN (1, 2);\nVACUUM t;"
+    )
+    assert statements(text) == [
+        "DROP INDEX CONCURRENTLY IF EXISTS a",
+        "CREATE INDEX CONCURRENTLY b ON t (x)\n    WHERE y IN (1, 2)",
+        "VACUUM t",
+    ]
 
 
 async def test_the_index_migration_does_not_hold_back_writes(
