@@ -64,8 +64,9 @@ class Event:
             raise ValueError(f"{self.type} events need an order_id exactly when about an order")
 
 
-# One encoder for every body: json.dumps with options would build one per call.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# One encoder for every body (json.dumps with options would build one per call): compact,
+# non-ASCII as it is.
+encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def body(event_type: str, event_id: str, timestamp: str, data: dict[str, Any]) -> str:
@@ -73,11 +74,11 @@ def body(event_type: str, event_id: str, timestamp: str, data: dict[str, Any]) -
     {"type","timestamp","data"} with the event id last in data. `timestamp` is ISO-8601
     (datetime.isoformat()), made once for the events written together. outbox.body_sql makes
     the same bytes in SQL (tests/integration/test_sql_bodies.py holds them equal)."""
-    fields = _ENCODE(data)[:-1]  # "{" and data's members, the event id follows them
+    fields = encode(data)[:-1]  # "{" and data's members, the event id follows them
     comma = "," if data else ""
     return (
-        f'{{"type":{_ENCODE(event_type)},"timestamp":"{timestamp}","data":'
-        f'{fields}{comma}"eventId":{_ENCODE(event_id)}}}}}'
+        f'{{"type":{encode(event_type)},"timestamp":"{timestamp}","data":'
+        f'{fields}{comma}"eventId":{encode(event_id)}}}}}'
     )
 
 

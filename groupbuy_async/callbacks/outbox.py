@@ -3,7 +3,6 @@ of the state change it reports; `writing_events` for a statement that makes its 
 SQL (the close cron's), with the same fan-out and bodies byte for byte `events.body`'s.
 Delivering what the outbox holds is claims.py's."""
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -53,15 +52,24 @@ SELECT event_id FROM written
 """
 
 
-def writing_events(ctes: str, made: str, result: str) -> str:
-    """One statement that changes state and writes the events of the change with their
-    deliveries, as `enqueue` would: `ctes` (a WITH list, without WITH) change the state,
-    `made` is a SELECT of the events' (event_id, event_type, activity_id, team_id, order_id,
-    pin, body) from them (see NEW_EVENT_ID, body_sql), `result` the statement's answer."""
-    return (
-        f"WITH {ctes}, e AS (\n    SELECT *, row_number() OVER () AS n FROM ({made}) AS made\n"
-        f"), {_FAN_OUT}\n{result}"
-    )
+def writing_events(
+    ctes: str, about: str, event_type: EventType, data: Sequence[tuple[str, str]], result: str
+) -> str:
+    """One statement that changes state and writes an event of `event_type` for each row it
+    reports, with its deliveries, as `enqueue` would: `ctes` (a WITH list, without WITH)
+    change the state; `about` is a SELECT from them of each event's activity_id, team_id,
+    order_id (NULL for a team event), pin ('' for none) and the columns `data` names (each
+    key of the body's data and the column it is taken from); `result` is the statement's
+    answer. Each event's id is made once (a CTE of its own) and carried by its body."""
+    body = body_sql(event_type, [(key, f"a.{column}") for key, column in data], "a.event_id")
+    return f"""WITH {ctes}, about AS MATERIALIZED (
+    SELECT {NEW_EVENT_ID} AS event_id, s.* FROM ({about}) AS s
+), e AS (
+    SELECT a.event_id, {_literal(event_type)}::text AS event_type, a.activity_id, a.team_id,
+           a.order_id, a.pin, {body} AS body, row_number() OVER () AS n
+    FROM about a
+), {_FAN_OUT}
+{result}"""
 
 
 # A new event id as events.new_event_id makes them: UUID version 7 (a random version 4 id, its
@@ -89,10 +97,6 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _key(name: str) -> str:
-    return json.dumps(name, ensure_ascii=False)
-
-
 def body_sql(
     event_type: EventType, data: Sequence[tuple[str, str]], event_id: str, timestamp: str = NOW
 ) -> str:
@@ -100,10 +104,13 @@ def body_sql(
     and the SQL of its value (text or an integer: to_json escapes text as json.dumps does; a
     NULL is null), then eventId, the text of the SQL `event_id`. `timestamp`: SQL of its
     text (NOW, or iso_timestamp_sql of another time)."""
-    parts = [_literal(f'{{"type":{_key(event_type)},"timestamp":"'), timestamp]
+    parts = [_literal(f'{{"type":{events.encode(event_type)},"timestamp":"'), timestamp]
     opening = '","data":{'
     for key, value in data:
-        parts += [_literal(f"{opening}{_key(key)}:"), f"coalesce(to_json({value})::text, 'null')"]
+        parts += [
+            _literal(f"{opening}{events.encode(key)}:"),
+            f"coalesce(to_json({value})::text, 'null')",
+        ]
         opening = ","
     parts += [_literal(f'{opening}"eventId":"'), f"({event_id})::text", _literal('"}}')]
     return " || ".join(parts)

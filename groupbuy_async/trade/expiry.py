@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 # locked at: the lock keeps it theirs until the statement ends, and no second index lookup
 # is needed. Teams are found by their unique team_id (= ANY of an array: an index scan
 # however many teams there are, where a join on the CTE's rows planned as a scan of every
-# team). The events' ids are made in a CTE of their own, so each is made once and its body
-# carries the same.
+# team).
 _CLOSING = """due AS (
     SELECT ctid FROM group_buy_order_list
     WHERE status = 0 AND pay_deadline <= now()
@@ -47,19 +46,11 @@ _CLOSING = """due AS (
     WHERE t.id = teams.id AND teams.status = 0 AND t.status = 0
 )"""
 _CLOSE_DUE = outbox.writing_events(
-    ctes=_CLOSING
-    + """, ids AS MATERIALIZED (
-    SELECT """
-    + outbox.NEW_EVENT_ID
-    + """ AS event_id, c.*, coalesce(teams.notify_url, '') AS pin
-    FROM closed c JOIN teams ON teams.team_id = c.team_id
-)""",
-    made=f"""
-    SELECT event_id, '{EventType.ORDER_CLOSED}' AS event_type, activity_id, team_id, order_id,
-           pin, """
-    + outbox.body_sql(EventType.ORDER_CLOSED, ORDER_DATA, "event_id")
-    + """ AS body
-    FROM ids""",
+    _CLOSING,
+    about="SELECT c.*, coalesce(teams.notify_url, '') AS pin"
+    " FROM closed c JOIN teams ON teams.team_id = c.team_id",
+    event_type=EventType.ORDER_CLOSED,
+    data=ORDER_DATA,
     result="SELECT count(*) FROM closed",
 )
 
