@@ -41,8 +41,11 @@ pytestmark = [pytest.mark.fault, pytest.mark.skipif(_WHY is not None, reason=_WH
 EVENTS = 2000
 CUT_AT = 500  # delivered when the broker is stopped
 OUTAGE = 2.0  # how long it stays down
-# From the broker being back until all are delivered: the breaker's pause (1 s here), then
-# the rest of the backlog (a few seconds).
+# From the broker being back until all are delivered: what is left of the breaker's pause
+# (here 1 s at first, doubled after each unanswered probe up to MAX_PAUSE), a probe, then the
+# rest of the backlog (a few seconds). With the service's 10-minute longest pause, a broker
+# slow to come back (a loaded machine) could leave the endpoint paused past any bound here.
+MAX_PAUSE = timedelta(seconds=4)
 RECOVER_BOUND = 45.0
 ROUTING_KEY = "rk"
 
@@ -82,9 +85,10 @@ async def dispatcher(
         ),
         Metrics(),
     )
-    # Attempts cut short are unanswered: the endpoint's breaker pauses it (1 s here, not 30).
+    # Attempts cut short are unanswered: the endpoint's breaker pauses it (1 s here, not 30,
+    # and MAX_PAUSE at the longest, not 10 minutes).
     breakers = made.delivery.breakers
-    breakers.policy = replace(breakers.policy, pause=timedelta(seconds=1))
+    breakers.policy = replace(breakers.policy, pause=timedelta(seconds=1), max_pause=MAX_PAUSE)
     yield made
     await made.close(grace_seconds=1)
 
